@@ -1,0 +1,15 @@
+//! The monolith's composition root: the list of modules this binary carries. Which of
+//! them run in a given process is configuration (`modules.enabled`).
+
+use std::sync::Arc;
+
+use runtime::Module;
+
+/// Every module compiled into the monolith.
+pub fn modules() -> Vec<Arc<dyn Module>> {
+    vec![
+        Arc::new(catalog::Catalog),
+        Arc::new(checkout::Checkout),
+        Arc::new(fulfillment::Fulfillment),
+    ]
+}

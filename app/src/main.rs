@@ -1,0 +1,126 @@
+//! The monolith binary: `app` serves, `app migrate` prepares the schemas and exits,
+//! `app check-config` validates the settings and exits.
+
+use clap::{Parser, Subcommand};
+use runtime::host::{self, Application};
+use runtime::{Settings, telemetry};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The shop: catalog, checkout and fulfillment in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Create or update each enabled module's schema (and role, on PostgreSQL), then exit.
+    Migrate,
+    /// Load and check the settings, print them (secrets redacted), then exit.
+    CheckConfig,
+    /// Exit 0 when this host's `/healthz` answers 200 (for container HEALTHCHECKs, which
+    /// have no curl in a minimal image).
+    Healthcheck,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Healthcheck)) {
+        return healthcheck();
+    }
+    let settings = match Settings::load_from_process_env() {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Telemetry is configured by these very settings, so this goes to stderr as is.
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let subscriber =
+        telemetry::subscriber("shop".into(), &settings.telemetry.level, std::io::stdout);
+    if let Err(e) = telemetry::init(subscriber) {
+        eprintln!("error: cannot install the log subscriber: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.cause_chain = ?e, "{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let available = app::modules();
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings, &available).await?;
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            let modules = host::select_modules(&settings, &available)?;
+            host::migrate(&settings, &modules).await
+        }
+        Command::Healthcheck => Ok(()),
+        Command::CheckConfig => {
+            host::select_modules(&settings, &available)?;
+            // The one place the binary prints to stdout: the command exists to show this.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{settings:#?}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// GET /healthz on the configured port with a plain HTTP/1.0 request.
+fn healthcheck() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let port = match Settings::load_from_process_env() {
+        Ok(settings) => settings.server.port,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    match answer {
+        Ok(answer) if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") => {
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("unhealthy: {}", answer.lines().next().unwrap_or(""));
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

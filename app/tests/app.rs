@@ -1,0 +1,347 @@
+//! The monolith as a whole: probes, request ids and logs, the one-role-per-schema rule,
+//! graceful shutdown, and how the binary refuses bad settings.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sea_orm::ConnectionTrait;
+use testkit::{Backend, Spawn, TestApp, json, on_both_backends};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn monolith(backend: Backend) -> TestApp {
+    Spawn::new(backend, app::modules()).start().await
+}
+
+on_both_backends!(
+    liveness_and_readiness_answer,
+    a_request_id_is_echoed_or_made,
+    unknown_routes_answer_in_the_error_shape,
+    stopping_drains_a_request_in_flight,
+);
+
+async fn liveness_and_readiness_answer(backend: Backend) {
+    let app = monolith(backend).await;
+    let live = app.get("/healthz").await;
+    live.expect_status(200);
+    assert_eq!(live.body, json!({"status": "ok"}));
+    let ready = app.get("/readyz").await;
+    ready.expect_status(200);
+    assert_eq!(ready.body["status"], "ready");
+    for module in ["catalog", "checkout", "fulfillment"] {
+        assert_eq!(
+            ready.body["checks"][format!("{module}.database")],
+            "ok",
+            "{}",
+            ready.text
+        );
+    }
+}
+
+async fn a_request_id_is_echoed_or_made(backend: Backend) {
+    let app = monolith(backend).await;
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+    let made = app.get("/healthz").await;
+    let id = made.header("x-request-id").expect("an id is made");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id} is a UUID");
+    let hostile = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "x".repeat(300))
+        .send()
+        .await
+        .expect("reachable");
+    let replaced = hostile.headers()["x-request-id"].to_str().expect("ascii");
+    assert!(
+        uuid::Uuid::parse_str(replaced).is_ok(),
+        "an oversized id is replaced"
+    );
+}
+
+async fn unknown_routes_answer_in_the_error_shape(backend: Backend) {
+    let app = monolith(backend).await;
+    let reply = app.get("/api/nothing/here").await;
+    assert_eq!((reply.status, reply.error_code()), (404, "no_route"));
+}
+
+/// A request whose body is still arriving when the app is told to stop is answered in
+/// full before the app exits.
+async fn stopping_drains_a_request_in_flight(backend: Backend) {
+    let app = monolith(backend).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let body = serde_json::to_vec(&json!({
+        "sku": "SLOW-1", "name": "Slow", "price_minor": 1, "currency": "EUR", "initial_stock": 1
+    }))
+    .expect("json");
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/catalog/products HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let (first, rest) = body.split_at(10);
+    stream.write_all(first).await.expect("write part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(rest).await.expect("write the rest");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the app stops once drained")
+        .expect("the stop task ends");
+}
+
+/// On PostgreSQL each module connects as its own role, which can use its own schema and
+/// no other: a cross-module query fails with "permission denied", as it would after
+/// extraction. Module roles cannot change any schema either; only the owner migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_role_reaches_its_own_schema_only() {
+    let app = monolith(Backend::Postgres).await;
+    let settings = &app.settings.database;
+    let modules = ["catalog", "checkout", "fulfillment"];
+    for own in modules {
+        let conn = runtime::db::connect_module(settings, leak(own))
+            .await
+            .expect("the module role connects");
+        let role = conn.conn().query_one_raw(sea_orm::Statement::from_string(
+            conn.backend(),
+            "SELECT current_user::text AS role, current_setting('search_path') AS path",
+        ));
+        let row = role.await.expect("query").expect("a row");
+        assert_eq!(
+            row.try_get::<String>("", "role").expect("role"),
+            format!("shop_{own}")
+        );
+        assert_eq!(row.try_get::<String>("", "path").expect("path"), own);
+
+        let mine = format!("SELECT count(*) FROM {own}.seaql_migrations");
+        conn.conn()
+            .execute_unprepared(&mine)
+            .await
+            .unwrap_or_else(|e| panic!("{own} reads its own schema: {e}"));
+        for other in modules.iter().filter(|m| **m != own) {
+            for sql in [
+                format!("SELECT count(*) FROM {other}.seaql_migrations"),
+                format!("CREATE TABLE {other}.intruder (id int)"),
+            ] {
+                let error = conn
+                    .conn()
+                    .execute_unprepared(&sql)
+                    .await
+                    .expect_err(&format!("{own} must not run: {sql}"));
+                assert!(
+                    error
+                        .to_string()
+                        .contains(&format!("permission denied for schema {other}")),
+                    "{own} running {sql}: {error}"
+                );
+            }
+        }
+        let ddl = conn
+            .conn()
+            .execute_unprepared(&format!("CREATE TABLE {own}.extra (id int)"))
+            .await
+            .expect_err("a module role cannot change its schema");
+        assert!(ddl.to_string().contains("permission denied"), "{ddl}");
+        conn.close().await.ok();
+    }
+}
+
+fn leak(name: &str) -> &'static str {
+    Box::leak(name.to_owned().into_boxed_str())
+}
+
+/// On PostgreSQL, readiness fails and names each database once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_what_failed() {
+    let app = monolith(Backend::Postgres).await;
+    app.get("/readyz").await.expect_status(200);
+    let name = app.db.pg_name().expect("postgres").to_owned();
+    let admin = sea_orm::Database::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .expect("admin");
+    admin
+        .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .await
+        .expect("drop");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.body["status"], "unavailable");
+    assert_eq!(
+        ready.body["failed"],
+        json!([
+            "catalog.database",
+            "checkout.database",
+            "fulfillment.database"
+        ])
+    );
+    app.get("/healthz").await.expect_status(200);
+}
+
+/// Runs the real binary with the repository's settings plus `vars`.
+fn binary(vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_app"));
+    command
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    command
+}
+
+/// Environment variables to set, and what the error message must name.
+type SettingsCase<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
+#[test]
+fn bad_settings_stop_the_binary_with_the_key_named() {
+    let cases: &[SettingsCase<'_>] = &[
+        (&[("APP__SERVER__PORT", "eighty")], &["server.port"]),
+        (
+            &[("APP__DATABASE__BACKEND", "oracle")],
+            &["database.backend", "sqlite, postgres"],
+        ),
+        (
+            &[("APP__SERVER__SHUTDOWN_TIMEOUT_SECS", "0")],
+            &["server.shutdown_timeout_secs"],
+        ),
+        (
+            &[("APP_ENVIRONMENT", "staging")],
+            &["staging", "APP_ENVIRONMENT"],
+        ),
+        (
+            &[("APP__MODULES__ENABLED", "catalog,payments")],
+            &["payments", "modules.enabled"],
+        ),
+        (&[("APP_CONFIG_DIR", "/nonexistent")], &["APP_CONFIG_DIR"]),
+    ];
+    for (vars, needles) in cases {
+        let output = binary(vars)
+            .arg("check-config")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{vars:?} must fail");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "{vars:?}: {stderr:?} should name {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secret_never_reaches_the_logs() {
+    let output = binary(&[
+        ("APP__DATABASE__POSTGRES__OWNER_PASSWORD", "hunter2-secret"),
+        ("APP__OPERATOR__TOKEN", "token-secret"),
+    ])
+    .arg("check-config")
+    .output()
+    .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !all.contains("hunter2-secret") && !all.contains("token-secret"),
+        "{all}"
+    );
+    assert!(all.contains("REDACTED"), "{all}");
+}
+
+/// The binary serves on SQLite with nothing installed; each log line of a request is JSON
+/// and carries the request id and the module.
+#[test]
+fn the_binary_serves_and_logs_json_with_request_id_and_module() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut child = binary(&[
+        ("APP__SERVER__PORT", "0"),
+        (
+            "APP__DATABASE__SQLITE__DIR",
+            data.path().to_str().expect("utf-8 path"),
+        ),
+    ])
+    .spawn()
+    .expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut port = None;
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let record: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+        if record["msg"] == "listening" {
+            let address = record["address"].as_str().expect("address");
+            port = address
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binary did not start in time"
+        );
+    }
+    let port = port.expect("the binary logged its address");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/catalog/products/NOPE"))
+            .header("x-request-id", "log-me-7")
+            .send()
+            .await
+            .expect("reachable")
+            .status()
+    });
+    assert_eq!(status, 404);
+    // SIGTERM: the binary drains and exits cleanly.
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.map(|s| s.success()).unwrap_or(false));
+    let mut tagged = 0;
+    for line in lines {
+        let line = line.expect("a line");
+        let record: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+        if record["request_id"] == "log-me-7" {
+            assert_eq!(record["module"], "catalog", "{line}");
+            tagged += 1;
+        }
+    }
+    assert!(
+        tagged >= 2,
+        "the request's lines carry its id (found {tagged})"
+    );
+    let status = child.wait().expect("the binary exits");
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}

@@ -1,0 +1,16 @@
+//! The only place in catalog that touches sea-orm: its tables, named without a schema so
+//! they resolve to catalog's own schema (or file) through the module's connection.
+
+pub(crate) mod products;
+pub(crate) mod stock_levels;
+
+use sea_orm::DbErr;
+
+/// True when `error` is a unique-key violation (a duplicate insert).
+pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+pub(crate) mod queries;

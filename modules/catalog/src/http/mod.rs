@@ -1,0 +1,88 @@
+//! Catalog's routes, mounted under `/api/catalog`.
+
+mod dto;
+mod error;
+
+use actix_web::{HttpResponse, web};
+use runtime::ModuleDb;
+use runtime::http::{ApiError, ValidJson, ValidQuery};
+
+use crate::use_cases::{create_product, get_product, list_products, restock, update_product};
+use dto::{
+    CreateProductBody, ListQuery, PageView, PatchProductBody, ProductView, RestockBody, sku_param,
+};
+
+const DEFAULT_PAGE: u64 = 20;
+
+pub(crate) fn routes(db: ModuleDb) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    move |cfg| {
+        cfg.app_data(web::Data::new(db.clone()))
+            .service(
+                web::resource("/products")
+                    .route(web::post().to(create))
+                    .route(web::get().to(list)),
+            )
+            .service(
+                web::resource("/products/{sku}")
+                    .route(web::get().to(get))
+                    .route(web::patch().to(patch)),
+            )
+            .service(
+                web::resource("/products/{sku}/restock").route(web::post().to(restock_product)),
+            );
+    }
+}
+
+async fn create(
+    db: web::Data<ModuleDb>,
+    body: ValidJson<CreateProductBody>,
+) -> Result<HttpResponse, ApiError> {
+    let new = body.0.into_new_product()?;
+    let product = create_product::create_product(&db, new).await?;
+    let location = format!("/api/catalog/products/{}", product.sku);
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", location))
+        .json(ProductView::from(product)))
+}
+
+async fn get(db: web::Data<ModuleDb>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let sku = sku_param(&sku)?;
+    let product = get_product::get_product(&db, sku).await?;
+    Ok(HttpResponse::Ok().json(ProductView::from(product)))
+}
+
+async fn list(
+    db: web::Data<ModuleDb>,
+    query: ValidQuery<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.0;
+    let after = query.after.as_deref().map(sku_param).transpose()?;
+    let page =
+        list_products::list_products(&db, after, query.limit.unwrap_or(DEFAULT_PAGE)).await?;
+    Ok(HttpResponse::Ok().json(PageView {
+        items: page.items.into_iter().map(ProductView::from).collect(),
+        next_after: page.next_after.map(|s| s.to_string()),
+    }))
+}
+
+async fn patch(
+    db: web::Data<ModuleDb>,
+    sku: web::Path<String>,
+    body: ValidJson<PatchProductBody>,
+) -> Result<HttpResponse, ApiError> {
+    let sku = sku_param(&sku)?;
+    let changes = body.0.into_changes()?;
+    let product = update_product::update_product(&db, sku, changes).await?;
+    Ok(HttpResponse::Ok().json(ProductView::from(product)))
+}
+
+async fn restock_product(
+    db: web::Data<ModuleDb>,
+    sku: web::Path<String>,
+    body: ValidJson<RestockBody>,
+) -> Result<HttpResponse, ApiError> {
+    let sku = sku_param(&sku)?;
+    let quantity = body.0.into_quantity()?;
+    let product = restock::restock(&db, sku, quantity).await?;
+    Ok(HttpResponse::Ok().json(ProductView::from(product)))
+}

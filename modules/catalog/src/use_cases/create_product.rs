@@ -1,0 +1,66 @@
+//! Adds a product with its price and initial stock.
+
+use anyhow::Context;
+use chrono::Utc;
+use kernel::Sku;
+use runtime::ModuleDb;
+use sea_orm::{ActiveValue::Set, EntityTrait};
+
+use crate::db::{is_unique_violation, products, stock_levels};
+use crate::domain::{NewProduct, Product};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CreateProductError {
+    #[error("a product with sku {0} already exists")]
+    DuplicateSku(Sku),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+#[tracing::instrument(name = "catalog.create_product", skip_all, fields(sku = %new.sku))]
+pub(crate) async fn create_product(
+    db: &ModuleDb,
+    new: NewProduct,
+) -> Result<Product, CreateProductError> {
+    let now = Utc::now();
+    let tx = db.begin().await.context("failed to begin a transaction")?;
+    let inserted = products::Entity::insert(products::ActiveModel {
+        sku: Set(new.sku.to_string()),
+        name: Set(new.name.as_str().to_owned()),
+        description: Set(new.description.clone()),
+        price_minor: Set(new.price.minor()),
+        currency: Set(new.price.currency().to_string()),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(&tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(CreateProductError::DuplicateSku(new.sku)),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("failed to insert product")
+                .into());
+        }
+    }
+    stock_levels::Entity::insert(stock_levels::ActiveModel {
+        sku: Set(new.sku.to_string()),
+        on_hand: Set(new.initial_stock.get()),
+        reserved: Set(0),
+    })
+    .exec_without_returning(&tx)
+    .await
+    .context("failed to insert stock level")?;
+    tx.commit().await.context("failed to commit new product")?;
+    tracing::info!("product created");
+    Ok(Product {
+        sku: new.sku,
+        name: new.name,
+        description: new.description,
+        price: new.price,
+        available: new.initial_stock.get(),
+        version: 1,
+    })
+}

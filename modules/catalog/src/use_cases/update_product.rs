@@ -1,0 +1,61 @@
+//! Changes a product's name, description or price.
+
+use anyhow::Context;
+use chrono::Utc;
+use kernel::Sku;
+use runtime::ModuleDb;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
+
+use crate::db::{products, queries};
+use crate::domain::{Product, ProductChanges, reprice, stored_price};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpdateProductError {
+    #[error("no product has sku {0}")]
+    NotFound(Sku),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+#[tracing::instrument(name = "catalog.update_product", skip_all, fields(sku = %sku))]
+pub(crate) async fn update_product(
+    db: &ModuleDb,
+    sku: Sku,
+    changes: ProductChanges,
+) -> Result<Product, UpdateProductError> {
+    let tx = db.begin().await.context("failed to begin a transaction")?;
+    let Some(row) = products::Entity::find_by_id(sku.as_str())
+        .one(&tx)
+        .await
+        .context("failed to load product")?
+    else {
+        return Err(UpdateProductError::NotFound(sku));
+    };
+    let current_price = stored_price(row.price_minor, &row.currency)?;
+    let version = row.version;
+    let mut active = row.into_active_model();
+    if let Some(name) = &changes.name {
+        active.name = Set(name.as_str().to_owned());
+    }
+    if let Some(description) = &changes.description {
+        active.description = Set(description.clone());
+    }
+    if let Some(minor) = changes.price_minor {
+        let price = reprice(current_price, minor).context("price was checked by the request")?;
+        active.price_minor = Set(price.minor());
+    }
+    active.version = Set(version + 1);
+    active.updated_at = Set(Utc::now());
+    active
+        .update(&tx)
+        .await
+        .context("failed to update product")?;
+    let product = queries::find_product(&tx, &sku)
+        .await?
+        .context("the product vanished inside its own transaction")?;
+    tx.commit()
+        .await
+        .context("failed to commit product change")?;
+    tracing::info!(version = product.version, "product updated");
+    Ok(product)
+}

@@ -1,0 +1,318 @@
+//! One module, one schema: each module gets its own connection pool, scoped so that
+//! unqualified table names resolve to the module's own place and nowhere else.
+//!
+//! - SQLite: one database file per module (`<dir>/<module>.db`), opened as `main`. A module's
+//!   business rows, outbox and inbox share that file, so one transaction covers them all;
+//!   no transaction ever spans two files (WAL commits are atomic per file only).
+//! - PostgreSQL: one schema per module, and one login role per module (`<prefix><module>`)
+//!   with rights on that schema only, connected with `search_path` set to it. A query naming
+//!   another module's schema fails with "permission denied". Migrations run as the owner role.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::sqlx::postgres::PgSslMode;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use secrecy::ExposeSecret;
+
+use crate::config::{Backend, DatabaseSettings, PostgresSettings, SqliteSettings, SslMode};
+
+/// A module's own connection pool. Everything the module stores goes through it.
+#[derive(Debug, Clone)]
+pub struct ModuleDb {
+    module: &'static str,
+    conn: DatabaseConnection,
+}
+
+impl ModuleDb {
+    pub fn new(module: &'static str, conn: DatabaseConnection) -> Self {
+        Self { module, conn }
+    }
+
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of failing
+    /// when a read lock cannot be upgraded.
+    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        begin_write(&self.conn).await
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.ping().await
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+}
+
+/// See [`ModuleDb::begin`].
+pub async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    conn.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The PostgreSQL role a module connects as.
+pub fn module_role(settings: &PostgresSettings, module: &str) -> String {
+    format!("{}{}", settings.role_prefix, module)
+}
+
+/// The SQLite file of a module.
+pub fn sqlite_file(settings: &SqliteSettings, module: &str) -> PathBuf {
+    settings.dir.join(format!("{module}.db"))
+}
+
+/// Opens the pool a module runs on: its own file, or its own role and schema.
+pub async fn connect_module(
+    settings: &DatabaseSettings,
+    module: &'static str,
+) -> anyhow::Result<ModuleDb> {
+    let conn = match settings.backend {
+        Backend::Sqlite => connect_sqlite(&settings.sqlite, module).await,
+        Backend::Postgres => {
+            let pg = &settings.postgres;
+            let password = pg
+                .role_passwords
+                .get(module)
+                .map(|s| s.expose_secret().to_owned());
+            connect_postgres(
+                pg,
+                &module_role(pg, module),
+                password,
+                module,
+                pg.max_connections,
+            )
+            .await
+        }
+    }
+    .with_context(|| {
+        format!(
+            "failed to connect module {module} to its {} database",
+            settings.backend
+        )
+    })?;
+    Ok(ModuleDb::new(module, conn))
+}
+
+async fn connect_sqlite(
+    settings: &SqliteSettings,
+    module: &str,
+) -> Result<DatabaseConnection, DbErr> {
+    std::fs::create_dir_all(&settings.dir).map_err(|e| {
+        DbErr::Custom(format!(
+            "cannot create data directory {}: {e}",
+            settings.dir.display()
+        ))
+    })?;
+    let file = sqlite_file(settings, module);
+    // The URL only selects the driver; the file is set below, verbatim.
+    let mut options = ConnectOptions::new(format!("sqlite://{}", file.display()));
+    let busy = Duration::from_millis(settings.busy_timeout_ms);
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(busy + Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o| {
+            o.filename(&file)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit reported to a caller (and an event relayed from it) survives
+                // a power cut, not only a killed process.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(busy)
+                .foreign_keys(true)
+        });
+    Database::connect(options).await
+}
+
+/// Opens a pool as `user` whose unqualified names resolve to `schema`.
+pub async fn connect_postgres(
+    settings: &PostgresSettings,
+    user: &str,
+    password: Option<String>,
+    schema: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let url = format!(
+        "postgres://{}:{}/{}",
+        settings.host, settings.port, settings.database
+    );
+    let mut options = ConnectOptions::new(url);
+    let user = user.to_owned();
+    let schema = schema.to_owned();
+    let statement_timeout = settings.statement_timeout_ms;
+    let ssl_mode = match settings.ssl_mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+    };
+    options
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(move |o| {
+            let o = o
+                .username(&user)
+                .ssl_mode(ssl_mode)
+                .application_name(&format!("shop-{schema}"))
+                .options([
+                    ("search_path", schema.clone()),
+                    ("statement_timeout", statement_timeout.to_string()),
+                ]);
+            match &password {
+                Some(p) => o.password(p),
+                None => o,
+            }
+        });
+    Database::connect(options).await
+}
+
+/// Creates (when missing) a module's schema and role, runs its migrations as the owner,
+/// and grants the module's role rights on that schema only. Idempotent, and safe when
+/// several processes start at once (PostgreSQL: an advisory lock per schema).
+pub async fn prepare_module<F>(
+    settings: &DatabaseSettings,
+    module: &'static str,
+    migrate: F,
+) -> anyhow::Result<()>
+where
+    F: AsyncFnOnce(&DatabaseConnection) -> Result<(), DbErr>,
+{
+    match settings.backend {
+        Backend::Sqlite => {
+            let conn = connect_sqlite(&settings.sqlite, module)
+                .await
+                .with_context(|| format!("failed to open the {module} database file"))?;
+            migrate(&conn)
+                .await
+                .with_context(|| format!("failed to migrate module {module}"))?;
+            conn.close().await.ok();
+        }
+        Backend::Postgres => {
+            let pg = &settings.postgres;
+            let owner = connect_postgres(
+                pg,
+                &pg.owner_user,
+                pg.owner_password
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned()),
+                module,
+                1,
+            )
+            .await
+            .with_context(|| format!("failed to connect as owner role {}", pg.owner_user))?;
+            let result = prepare_postgres_module(pg, &owner, module, migrate).await;
+            owner.close().await.ok();
+            result?;
+        }
+    }
+    Ok(())
+}
+
+async fn prepare_postgres_module<F>(
+    pg: &PostgresSettings,
+    owner: &DatabaseConnection,
+    module: &'static str,
+    migrate: F,
+) -> anyhow::Result<()>
+where
+    F: AsyncFnOnce(&DatabaseConnection) -> Result<(), DbErr>,
+{
+    // Module and role names were validated as [a-z][a-z0-9_]*, so quoting them is enough.
+    let schema = quote_ident(module);
+    let role_name = module_role(pg, module);
+    let role = quote_ident(&role_name);
+    let lock = format!("SELECT pg_advisory_lock(hashtext('shop.migrate.{module}'))");
+    exec(owner, &lock).await?;
+    let result = async {
+        exec(owner, &format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
+        if pg.provision_roles {
+            // Roles are global to the cluster: several databases (and parallel tests) may
+            // race to create the same one, which is fine.
+            exec(
+                owner,
+                &format!(
+                    "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                ),
+            )
+            .await?;
+            if let Some(password) = pg.role_passwords.get(module) {
+                let literal = quote_literal(password.expose_secret());
+                exec(owner, &format!("ALTER ROLE {role} PASSWORD {literal}")).await?;
+            }
+        }
+        exec(owner, &format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")).await?;
+        exec(owner, &format!("GRANT USAGE ON SCHEMA {schema} TO {role}")).await?;
+        exec(
+            owner,
+            &format!(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} \
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}"
+            ),
+        )
+        .await?;
+        exec(
+            owner,
+            &format!(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role}"
+            ),
+        )
+        .await?;
+        migrate(owner)
+            .await
+            .with_context(|| format!("failed to migrate module {module}"))?;
+        // Tables created before the default privileges existed, or by another owner.
+        exec(
+            owner,
+            &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        )
+        .await?;
+        exec(
+            owner,
+            &format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let unlock = format!("SELECT pg_advisory_unlock(hashtext('shop.migrate.{module}'))");
+    exec(owner, &unlock).await.ok();
+    result.with_context(|| format!("failed to prepare schema {module} for role {role_name}"))
+}
+
+async fn exec(conn: &DatabaseConnection, sql: &str) -> Result<(), DbErr> {
+    conn.execute_unprepared(sql).await.map(|_| ())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}

@@ -1,0 +1,10 @@
+//! HTTP pieces every module shares: the error shape, checked extractors, request ids.
+
+pub mod checks;
+mod error;
+mod extract;
+mod request_id;
+
+pub use error::ApiError;
+pub use extract::{BodyLimit, ValidJson, ValidQuery, parse_json, parse_query, uuid_param};
+pub use request_id::{RequestId, RootSpan, X_REQUEST_ID, request_id_middleware};

@@ -1,0 +1,18 @@
+//! The runtime the monolith and every extracted service share: configuration, telemetry,
+//! per-module databases, the HTTP host with probes and graceful shutdown. A service's
+//! `main` is a few lines on top of this crate.
+
+pub mod config;
+pub mod db;
+pub mod host;
+pub mod http;
+pub mod module;
+pub mod probes;
+pub mod telemetry;
+mod validation;
+
+pub use config::Settings;
+pub use db::ModuleDb;
+pub use host::Application;
+pub use module::{Module, ModuleContext, StartedModule};
+pub use validation::flatten_validation_errors;

@@ -1,0 +1,68 @@
+//! What a module gives the host: its name, its migrations, its settings check, and, once
+//! started on its own database, the routes it serves.
+
+use std::sync::Arc;
+
+use actix_web::web;
+use async_trait::async_trait;
+use kernel::FieldErrors;
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::db::ModuleDb;
+
+/// A module of the system. The app lists the modules it knows; configuration says which of
+/// them run in this process.
+#[async_trait]
+pub trait Module: Send + Sync + 'static {
+    /// The module's name: its URL prefix (`/api/<name>`), schema, role and SQLite file.
+    fn name(&self) -> &'static str;
+
+    /// Checks the module's own settings table (`[modules.<name>]`); paths are relative to it.
+    fn check_settings(&self, _settings: &serde_json::Value) -> Result<(), FieldErrors> {
+        Ok(())
+    }
+
+    /// Brings the module's schema up to date on `conn`, whose unqualified names resolve to
+    /// the module's own schema.
+    async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr>;
+
+    /// Starts the module on its own database.
+    async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule>;
+}
+
+/// What the host hands a module when starting it.
+pub struct ModuleContext {
+    pub db: ModuleDb,
+    /// The module's settings table, already checked by [`Module::check_settings`].
+    pub settings: serde_json::Value,
+}
+
+/// A running module, as the host sees it.
+pub struct StartedModule {
+    /// Mounted under `/api/<name>`.
+    pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+}
+
+impl StartedModule {
+    pub fn with_routes(routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static) -> Self {
+        Self {
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+/// Reads a module's settings table into its typed form, naming the key at fault.
+pub fn parse_settings<T: serde::de::DeserializeOwned>(
+    settings: &serde_json::Value,
+) -> Result<T, FieldErrors> {
+    serde_path_to_error::deserialize(settings).map_err(|e| {
+        let mut errors = FieldErrors::new();
+        let path = e.path().to_string();
+        errors.add(
+            if path == "." { "(table)".into() } else { path },
+            "invalid",
+            e.inner().to_string(),
+        );
+        errors
+    })
+}

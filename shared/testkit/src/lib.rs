@@ -1,0 +1,335 @@
+//! Test helpers: boot the app (or one module alone) on port 0 with a fresh database of its
+//! own, on SQLite or PostgreSQL, so tests run in parallel; talk to it over HTTP.
+//!
+//! PostgreSQL is reached with the `test` environment's settings (127.0.0.1:5432, owner
+//! `postgres`); `TEST_PG_HOST`, `TEST_PG_PORT` and `TEST_PG_USER` override them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use anyhow::Context;
+use runtime::config::{Settings, Sources};
+use runtime::{Application, Module};
+use serde_json::Value;
+
+pub use reqwest;
+pub use serde_json::json;
+
+/// Runs each named `async fn(Backend)` as two tests, `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            }
+        )+
+    };
+}
+
+pub use runtime::config::Backend as RuntimeBackend;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The repository's `config/` folder.
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
+}
+
+/// The `test` environment's settings, untouched by the process environment.
+pub fn test_settings() -> Settings {
+    Settings::load(Sources {
+        dir: &config_dir(),
+        environment: "test",
+        env_vars: Some(Default::default()),
+    })
+    .unwrap_or_else(|e| panic!("the test settings do not load: {e}"))
+}
+
+/// A database that exists for one test: a temporary folder of SQLite files, or a
+/// PostgreSQL database dropped when this value is dropped.
+pub struct TestDatabase {
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<PgDatabase>,
+}
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+fn pg_admin() -> (String, u16, String) {
+    let host = std::env::var("TEST_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    let user = std::env::var("TEST_PG_USER").unwrap_or_else(|_| "postgres".into());
+    (host, port, user)
+}
+
+impl TestDatabase {
+    /// Creates the database and points `settings` at it.
+    pub async fn create(backend: Backend, settings: &mut Settings) -> TestDatabase {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary folder");
+                settings.database.backend = RuntimeBackend::Sqlite;
+                settings.database.sqlite.dir = dir.path().to_path_buf();
+                TestDatabase {
+                    backend,
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let (host, port, user) = pg_admin();
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let admin_url = format!("postgres://{user}@{host}:{port}/postgres");
+                let admin = sea_orm::Database::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL must run at {host}:{port} for the tests: {e}")
+                    });
+                sea_orm::ConnectionTrait::execute_unprepared(
+                    &admin,
+                    &format!("CREATE DATABASE \"{name}\""),
+                )
+                .await
+                .expect("create the test database");
+                admin.close().await.ok();
+                settings.database.backend = RuntimeBackend::Postgres;
+                let pg = &mut settings.database.postgres;
+                pg.host = host;
+                pg.port = port;
+                pg.owner_user = user;
+                pg.database = name.clone();
+                TestDatabase {
+                    backend,
+                    _dir: None,
+                    pg: Some(PgDatabase { admin_url, name }),
+                }
+            }
+        }
+    }
+
+    /// The PostgreSQL database's name, on that backend.
+    pub fn pg_name(&self) -> Option<&str> {
+        self.pg.as_ref().map(|p| p.name.as_str())
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime; a thread of its own may block on its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = sea_orm::Database::connect(&url).await?;
+                sea_orm::ConnectionTrait::execute_unprepared(&admin, &sql).await?;
+                admin.close().await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("note: test database {} was not dropped", self.name);
+        }
+    }
+}
+
+/// An app serving on a free port of 127.0.0.1, with a database of its own.
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    handle: ServerHandle,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub db: TestDatabase,
+}
+
+/// How a test wants its app.
+pub struct Spawn {
+    pub backend: Backend,
+    pub modules: Vec<Arc<dyn Module>>,
+    pub settings: Settings,
+}
+
+impl Spawn {
+    pub fn new(backend: Backend, modules: Vec<Arc<dyn Module>>) -> Self {
+        let mut settings = test_settings();
+        settings.modules.enabled = modules.iter().map(|m| m.name().to_owned()).collect();
+        Self {
+            backend,
+            modules,
+            settings,
+        }
+    }
+
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(&mut self.settings);
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let Spawn {
+            backend,
+            modules,
+            mut settings,
+        } = self;
+        let db = TestDatabase::create(backend, &mut settings).await;
+        TestApp::start_on(settings, &modules, db)
+            .await
+            .unwrap_or_else(|e| panic!("the app does not start: {e:#}"))
+    }
+}
+
+impl TestApp {
+    /// Starts an app on an existing test database (say, to restart one).
+    pub async fn start_on(
+        mut settings: Settings,
+        modules: &[Arc<dyn Module>],
+        db: TestDatabase,
+    ) -> anyhow::Result<TestApp> {
+        settings.server.host = "127.0.0.1".into();
+        settings.server.port = 0;
+        let app = Application::build(settings.clone(), modules)
+            .await
+            .context("failed to build the app")?;
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        let served = tokio::spawn(app.run_until_stopped());
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(TestApp {
+            address,
+            settings,
+            client,
+            handle,
+            served,
+            db,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        read(self.client.get(self.url(path)).send().await).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        read(self.client.post(self.url(path)).json(body).send().await).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        read(self.client.patch(self.url(path)).json(body).send().await).await
+    }
+
+    /// Sends a raw body with the given content type.
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        read(
+            self.client
+                .request(method, self.url(path))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// Stops the app as SIGTERM would and waits until it has drained; returns its
+    /// database so another app can start on it.
+    pub async fn stop(self) -> TestDatabase {
+        self.handle.stop(true).await;
+        match self.served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the app stopped with an error: {e:#}"),
+            Err(e) => panic!("the app task failed: {e}"),
+        }
+        self.db
+    }
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// The `error.fields` keys of an error answer, sorted.
+    pub fn error_fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = self.body["error"]["fields"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        fields.sort();
+        fields
+    }
+
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Panics with the body when the status is not `expected`.
+    #[track_caller]
+    pub fn expect_status(&self, expected: u16) -> &Self {
+        assert_eq!(
+            self.status, expected,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+}
+
+/// Reads a whole answer; a request that does not reach the app fails the test.
+pub async fn read(result: reqwest::Result<reqwest::Response>) -> Reply {
+    let response = result.expect("the request reaches the app");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("the body is readable");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
