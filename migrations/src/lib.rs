@@ -9,6 +9,8 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
+mod messaging;
+
 #[cfg(feature = "catalog")]
 pub mod catalog;
 #[cfg(feature = "checkout")]

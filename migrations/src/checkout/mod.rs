@@ -1,11 +1,17 @@
-//! The checkout schema.
+//! The checkout schema: its local price list, orders with their lines, payment attempts,
+//! and idempotency keys.
 
 use sea_orm_migration::prelude::*;
+
+mod m0001_orders;
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![
+            Box::new(crate::messaging::Migration),
+            Box::new(m0001_orders::Migration),
+        ]
     }
 }

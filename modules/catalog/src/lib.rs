@@ -4,19 +4,34 @@
 //!
 //! - **Routes** (under `/api/catalog`): `POST /products`, `GET /products?limit=&after=`,
 //!   `GET /products/{sku}`, `PATCH /products/{sku}`, `POST /products/{sku}/restock`.
-//! - **Owns**: schema `catalog` (tables `products`, `stock_levels`).
+//! - **Publishes**: `catalog.product_published.v1`, `catalog.product_repriced.v1`,
+//!   `catalog.stock_reserved.v1`, `catalog.stock_rejected.v1`, `catalog.stock_released.v1`.
+//! - **Consumes**: `checkout.order_placed.v1` (hold stock for every line or none),
+//!   `checkout.order_cancelled.v1` (release it), `checkout.order_reinstated.v1` (hold it
+//!   again after a cancel lost to a dispatch).
+//! - **Owns**: schema `catalog` (tables `products`, `stock_levels`, `order_holds`,
+//!   `stock_reservations`, and the messaging tables).
 //! - **Settings**: none.
 //!
 //! Everything else is private: the app knows this crate only through [`Catalog`].
 
 mod db;
 mod domain;
+mod events;
 mod http;
 mod use_cases;
 
 use async_trait::async_trait;
-use runtime::{Module, ModuleContext, StartedModule};
+use messaging::Outbox;
+use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
 use sea_orm::{DatabaseConnection, DbErr};
+
+/// What catalog's use cases work with.
+#[derive(Clone)]
+pub(crate) struct State {
+    pub(crate) db: ModuleDb,
+    pub(crate) outbox: Outbox,
+}
 
 /// The catalog module, as the host sees it.
 pub struct Catalog;
@@ -35,6 +50,13 @@ impl Module for Catalog {
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
-        Ok(StartedModule::with_routes(http::routes(ctx.db)))
+        let state = State {
+            db: ctx.db,
+            outbox: ctx.outbox,
+        };
+        Ok(StartedModule::with_routes(http::routes(state))
+            .handler(events::ReserveStock)
+            .handler(events::ReleaseStock)
+            .handler(events::ReholdStock))
     }
 }

@@ -1,12 +1,65 @@
 //! # checkout
 //!
-//! - **Owns**: schema `checkout`.
+//! Orders and payments.
 //!
-//! Built out in the next step of the project; for now it owns its schema and role.
+//! - **Routes** (under `/api/checkout`): `POST /orders` (optional `Idempotency-Key`),
+//!   `GET /orders/{id}`, `POST /orders/{id}/cancel`, `GET /prices/{sku}` (its local price
+//!   list).
+//! - **Publishes**: `checkout.order_placed.v1`, `checkout.order_confirmed.v1`,
+//!   `checkout.order_cancelled.v1`, `checkout.order_reinstated.v1`.
+//! - **Consumes**: `catalog.product_published.v1`, `catalog.product_repriced.v1`,
+//!   `catalog.stock_reserved.v1`, `catalog.stock_rejected.v1`,
+//!   `fulfillment.shipment_dispatched.v1`, `fulfillment.shipment_delivered.v1`.
+//! - **Owns**: schema `checkout` (`prices`, `orders`, `order_lines`, `payment_attempts`,
+//!   `idempotency_keys`, and the messaging tables).
+//! - **Settings**: `[modules.checkout.payment]`: `latency_ms`, `failure_rate` (the
+//!   simulated provider), `max_concurrent`, `timeout_ms`, `max_attempts`.
+//! - **Background**: the payment worker.
+
+mod db;
+mod domain;
+mod events;
+mod http;
+mod payment;
+mod use_cases;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use runtime::{Module, ModuleContext, StartedModule};
+use futures::FutureExt;
+use kernel::FieldErrors;
+use messaging::Outbox;
+use runtime::module::parse_settings;
+use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
 use sea_orm::{DatabaseConnection, DbErr};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use validator::Validate;
+
+pub use payment::DECLINED_TOKEN;
+
+/// What checkout's use cases work with.
+#[derive(Clone)]
+pub(crate) struct State {
+    pub(crate) db: ModuleDb,
+    pub(crate) outbox: Outbox,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    #[validate(nested)]
+    payment: payment::PaymentSettings,
+}
+
+fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
+    let settings: Settings = parse_settings(raw)?;
+    settings
+        .validate()
+        .map_err(|e| runtime::flatten_validation_errors(&e))?;
+    Ok(settings)
+}
 
 pub struct Checkout;
 
@@ -18,12 +71,34 @@ impl Module for Checkout {
         NAME
     }
 
+    fn check_settings(&self, raw: &serde_json::Value) -> Result<(), FieldErrors> {
+        settings(raw).map(|_| ())
+    }
+
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
         use migrations::MigratorTrait;
         migrations::checkout::Migrator::up(conn, None).await
     }
 
-    async fn start(&self, _ctx: ModuleContext) -> anyhow::Result<StartedModule> {
-        Ok(StartedModule::with_routes(|_| {}))
+    async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
+        let settings =
+            settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
+        let state = State {
+            db: ctx.db,
+            outbox: ctx.outbox,
+        };
+        let payments = Arc::new(Notify::new());
+        let worker = use_cases::authorize_payments::PaymentWorker {
+            state: state.clone(),
+            gateway: Arc::new(payment::SimulatedGateway::new(&settings.payment)),
+            settings: settings.payment.clone(),
+            wake: payments.clone(),
+            poll: Duration::from_millis(250),
+        };
+        Ok(StartedModule::with_routes(http::routes(state))
+            .handler(events::PriceList)
+            .handler(events::StockOutcome { payments })
+            .handler(events::ShipmentProgress)
+            .task(move |cancel| worker.run(cancel).boxed()))
     }
 }

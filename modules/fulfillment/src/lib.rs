@@ -1,12 +1,32 @@
 //! # fulfillment
 //!
-//! - **Owns**: schema `fulfillment`.
+//! Shipments.
 //!
-//! Built out in the next step of the project; for now it owns its schema and role.
+//! - **Routes** (under `/api/fulfillment`): `GET /shipments?order_id=&limit=&after=`,
+//!   `GET /shipments/{id}`, `POST /shipments/{id}/dispatch`, `POST /shipments/{id}/deliver`.
+//! - **Publishes**: `fulfillment.shipment_created.v1`, `fulfillment.shipment_dispatched.v1`,
+//!   `fulfillment.shipment_delivered.v1`.
+//! - **Consumes**: `checkout.order_confirmed.v1`, `checkout.order_cancelled.v1`.
+//! - **Owns**: schema `fulfillment` (`shipments`, and the messaging tables).
+//! - **Settings**: none.
+
+mod db;
+mod domain;
+mod events;
+mod http;
+mod use_cases;
 
 use async_trait::async_trait;
-use runtime::{Module, ModuleContext, StartedModule};
+use messaging::Outbox;
+use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
 use sea_orm::{DatabaseConnection, DbErr};
+
+/// What fulfillment's use cases work with.
+#[derive(Clone)]
+pub(crate) struct State {
+    pub(crate) db: ModuleDb,
+    pub(crate) outbox: Outbox,
+}
 
 pub struct Fulfillment;
 
@@ -23,7 +43,13 @@ impl Module for Fulfillment {
         migrations::fulfillment::Migrator::up(conn, None).await
     }
 
-    async fn start(&self, _ctx: ModuleContext) -> anyhow::Result<StartedModule> {
-        Ok(StartedModule::with_routes(|_| {}))
+    async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
+        let state = State {
+            db: ctx.db,
+            outbox: ctx.outbox,
+        };
+        Ok(StartedModule::with_routes(http::routes(state))
+            .handler(events::CreateShipment)
+            .handler(events::CancelShipment))
     }
 }

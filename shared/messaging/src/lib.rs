@@ -1,1 +1,23 @@
-//! placeholder
+//! Messaging between modules: the transactional outbox and its relay, the idempotent
+//! inbox, the consumer with retries and dead letters, and the buses that carry events
+//! (in-process now, Redis Streams when a module runs elsewhere). Everything here is shared
+//! by the monolith and every extracted service.
+
+pub mod bus;
+pub mod consumer;
+pub mod db;
+pub mod dead_letters;
+pub mod faults;
+pub mod local_bus;
+pub mod outbox;
+pub mod settings;
+
+pub use bus::{
+    Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
+};
+pub use consumer::{Consumer, Emitter, Handler, HandlerError};
+pub use db::ModuleDb;
+pub use faults::Faults;
+pub use local_bus::LocalBus;
+pub use outbox::{Outbox, Relay};
+pub use settings::MessagingSettings;

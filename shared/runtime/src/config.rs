@@ -33,6 +33,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[validate(nested)]
     pub bus: BusSettings,
+    #[validate(nested)]
+    pub messaging: messaging::MessagingSettings,
     pub operator: OperatorSettings,
     pub modules: ModulesSettings,
 }
@@ -182,6 +184,11 @@ word_enum!(BusKind {
 #[serde(deny_unknown_fields)]
 pub struct BusSettings {
     pub kind: BusKind,
+    /// This process's stable name: it holds the claims of its deliveries and the relay
+    /// lease, and names its Redis consumers. Empty means the host name. Two processes
+    /// running at once must not share it.
+    #[validate(length(max = 100))]
+    pub instance: String,
     #[validate(nested)]
     pub redis: RedisSettings,
 }
@@ -213,6 +220,21 @@ pub struct ModulesSettings {
     /// One table per module with that module's own settings, checked by the module.
     #[serde(flatten)]
     pub sections: BTreeMap<String, serde_json::Value>,
+}
+
+impl BusSettings {
+    /// The instance name, the host name when none is set.
+    pub fn instance_name(&self) -> String {
+        if !self.instance.is_empty() {
+            return self.instance.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "shop".to_owned())
+    }
 }
 
 impl ModulesSettings {

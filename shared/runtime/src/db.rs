@@ -14,63 +14,12 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::sqlx::postgres::PgSslMode;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use secrecy::ExposeSecret;
 
 use crate::config::{Backend, DatabaseSettings, PostgresSettings, SqliteSettings, SslMode};
 
-/// A module's own connection pool. Everything the module stores goes through it.
-#[derive(Debug, Clone)]
-pub struct ModuleDb {
-    module: &'static str,
-    conn: DatabaseConnection,
-}
-
-impl ModuleDb {
-    pub fn new(module: &'static str, conn: DatabaseConnection) -> Self {
-        Self { module, conn }
-    }
-
-    pub fn module(&self) -> &'static str {
-        self.module
-    }
-
-    pub fn conn(&self) -> &DatabaseConnection {
-        &self.conn
-    }
-
-    pub fn backend(&self) -> DbBackend {
-        self.conn.get_database_backend()
-    }
-
-    /// Begins a transaction that will write. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of failing
-    /// when a read lock cannot be upgraded.
-    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
-        begin_write(&self.conn).await
-    }
-
-    /// A round trip to the database, for readiness.
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.conn.ping().await
-    }
-
-    pub async fn close(self) -> Result<(), DbErr> {
-        self.conn.close().await
-    }
-}
-
-/// See [`ModuleDb::begin`].
-pub async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    conn.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
-    .await
-}
+pub use messaging::db::{ModuleDb, begin_write};
 
 /// The PostgreSQL role a module connects as.
 pub fn module_role(settings: &PostgresSettings, module: &str) -> String {

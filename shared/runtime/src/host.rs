@@ -1,8 +1,11 @@
 //! The host: the part of `main` that the monolith and an extracted service share. Given the
 //! settings and the modules this binary knows, it prepares each enabled module's schema,
-//! opens its pool, starts it, serves its routes with probes and request ids, and on SIGTERM
-//! drains requests, then background work, then closes the pools.
+//! opens its pool, picks the bus, starts each module, serves its routes with probes and
+//! request ids, and runs each module's relay, consumer, cleaner and background tasks. On
+//! SIGTERM it drains HTTP requests, then stops the background work (each worker finishes
+//! the batch in hand), then closes the pools (LESSONS 20).
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +14,35 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use messaging::{
+    Consumer, EventBus, Faults, LocalBus, Outbox, Relay, SubscriberSpec, Subscription,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing_actix_web::TracingLogger;
 
-use crate::config::Settings;
+use crate::admin::{self, Admin, ModuleLetters};
+use crate::config::{BusKind, Settings};
 use crate::db::{self, ModuleDb};
 use crate::http::{ApiError, BodyLimit, RootSpan, request_id_middleware};
-use crate::module::{Module, ModuleContext, StartedModule};
+use crate::module::{BackgroundTask, Module, ModuleContext, StartedModule};
 use crate::probes::{self, Probe, Probes};
+
+/// What a test may change about how an application is built. Production uses the default.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Crash points and injected handler failures.
+    pub faults: Faults,
+    /// A bus to use instead of the one the settings choose (a recording bus, say).
+    pub bus: Option<Arc<dyn EventBus>>,
+    /// Wraps the bus the settings choose (to deliver every event twice, say).
+    pub wrap_bus: Option<BusWrapper>,
+}
+
+/// Turns a bus into another (see [`Hooks::wrap_bus`]).
+pub type BusWrapper = Arc<dyn Fn(Arc<dyn EventBus>) -> Arc<dyn EventBus> + Send + Sync>;
 
 /// Picks the modules the settings enable, in the order the settings list them, and checks
 /// their settings. Refuses a name this binary does not know.
@@ -78,54 +102,180 @@ pub struct Application {
     port: u16,
     server: Server,
     dbs: Vec<ModuleDb>,
-    background: CancellationToken,
+    workers: Vec<Worker>,
+    bus: Arc<dyn EventBus>,
+}
+
+enum Worker {
+    Relay(Relay),
+    Consumer(Consumer, Subscription),
+    Cleaner(ModuleDb, messaging::MessagingSettings),
+    Task(&'static str, BackgroundTask),
+}
+
+/// The bus the settings ask for, over the modules of this process.
+fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc<dyn EventBus>> {
+    match settings.bus.kind {
+        BusKind::Local => {
+            let mut bus = LocalBus::new(settings.bus.instance_name(), settings.messaging.clone());
+            for db in dbs {
+                if !contracts::subscriptions_of(db.module()).is_empty() {
+                    bus.add_consumer(db.clone());
+                }
+            }
+            let here: Vec<&str> = dbs.iter().map(|d| d.module()).collect();
+            bus.check_routes(&here).context(
+                "bus.kind = local needs every consumer of this process's events to run here",
+            )?;
+            Ok(Arc::new(bus))
+        }
+        BusKind::Redis => anyhow::bail!("bus.kind = redis is not available in this build"),
+    }
+}
+
+/// Checks that a module's handlers cover exactly what the contracts say it consumes.
+fn check_handlers(name: &str, parts: &StartedModule) -> anyhow::Result<()> {
+    let handled: BTreeSet<&str> = parts
+        .handlers
+        .iter()
+        .flat_map(|h| h.event_types().iter().copied())
+        .collect();
+    let declared: BTreeSet<&str> = contracts::subscriptions_of(name).into_iter().collect();
+    anyhow::ensure!(
+        handled == declared,
+        "module {name} handles {handled:?} but contracts::SUBSCRIPTIONS says it consumes {declared:?}"
+    );
+    let mut names = BTreeSet::new();
+    for handler in &parts.handlers {
+        anyhow::ensure!(
+            names.insert(handler.name()),
+            "module {name} has two handlers named {}",
+            handler.name()
+        );
+    }
+    Ok(())
 }
 
 impl Application {
     pub async fn build(settings: Settings, available: &[Arc<dyn Module>]) -> anyhow::Result<Self> {
+        Self::build_with(settings, available, Hooks::default()).await
+    }
+
+    pub async fn build_with(
+        settings: Settings,
+        available: &[Arc<dyn Module>],
+        hooks: Hooks,
+    ) -> anyhow::Result<Self> {
         let modules = select_modules(&settings, available)?;
         if settings.database.migrate_on_start {
             migrate(&settings, &modules).await?;
         }
         let mut dbs = Vec::new();
-        let mut started: Vec<(&'static str, StartedModule)> = Vec::new();
-        let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
         for module in &modules {
-            let db = db::connect_module(&settings.database, module.name()).await?;
+            dbs.push(db::connect_module(&settings.database, module.name()).await?);
+        }
+        let bus = match &hooks.bus {
+            Some(bus) => bus.clone(),
+            None => choose_bus(&settings, &dbs)?,
+        };
+        let bus = match &hooks.wrap_bus {
+            Some(wrap) => wrap(bus),
+            None => bus,
+        };
+        let instance = settings.bus.instance_name();
+        let mut routes: Vec<(&'static str, Routes)> = Vec::new();
+        let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
+        let mut workers = Vec::new();
+        let mut letters = HashMap::new();
+        for (module, db) in modules.iter().zip(&dbs) {
+            let name = module.name();
             probes.push(Arc::new(probes::DatabaseProbe(db.clone())));
+            let outbox = Outbox::new(name);
             let ctx = ModuleContext {
                 db: db.clone(),
-                settings: settings.modules.section(module.name()),
+                settings: settings.modules.section(name),
+                outbox: outbox.clone(),
             };
-            let parts = module
+            let mut parts = module
                 .start(ctx)
                 .await
-                .with_context(|| format!("failed to start module {}", module.name()))?;
-            dbs.push(db);
-            started.push((module.name(), parts));
+                .with_context(|| format!("failed to start module {name}"))?;
+            check_handlers(name, &parts)?;
+            workers.push(Worker::Relay(Relay {
+                db: db.clone(),
+                outbox: outbox.clone(),
+                bus: bus.clone(),
+                settings: settings.messaging.clone(),
+                instance: instance.clone(),
+                faults: hooks.faults.clone(),
+            }));
+            let replays = Arc::new(Notify::new());
+            if !parts.handlers.is_empty() {
+                let subscription = bus
+                    .subscribe(SubscriberSpec {
+                        module: name,
+                        event_types: contracts::subscriptions_of(name),
+                        max_in_flight: settings.messaging.max_in_flight,
+                    })
+                    .await
+                    .with_context(|| format!("failed to subscribe module {name}"))?;
+                let consumer = Consumer {
+                    db: db.clone(),
+                    outbox,
+                    handlers: std::mem::take(&mut parts.handlers),
+                    settings: settings.messaging.clone(),
+                    faults: hooks.faults.clone(),
+                    replays: replays.clone(),
+                };
+                workers.push(Worker::Consumer(consumer, subscription));
+            }
+            workers.push(Worker::Cleaner(db.clone(), settings.messaging.clone()));
+            for task in std::mem::take(&mut parts.tasks) {
+                workers.push(Worker::Task(name, task));
+            }
+            letters.insert(
+                name,
+                ModuleLetters {
+                    db: db.clone(),
+                    replays,
+                },
+            );
+            routes.push((name, parts.routes));
         }
+        probes.push(Arc::new(probes::BusProbe(bus.clone())));
+        let admin = settings.operator.token.clone().map(|token| Admin {
+            token,
+            modules: letters,
+        });
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener =
             TcpListener::bind(&address).with_context(|| format!("failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
-        let server = http_server(&settings, listener, started, Probes::new(probes))?;
+        let server = http_server(&settings, listener, routes, Probes::new(probes), admin)?;
         tracing::info!(
             address = %format!("http://{}:{port}", settings.server.host),
             modules = ?modules.iter().map(|m| m.name()).collect::<Vec<_>>(),
             backend = %settings.database.backend,
+            bus = bus.kind(),
+            instance = %instance,
             "listening"
         );
         Ok(Self {
             port,
             server,
             dbs,
-            background: CancellationToken::new(),
+            workers,
+            bus,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn bus(&self) -> Arc<dyn EventBus> {
+        self.bus.clone()
     }
 
     /// Stops the server as SIGTERM would: stop accepting, drain in-flight requests.
@@ -134,10 +284,41 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT (or [`ServerHandle::stop`]), then drains in order: HTTP
-    /// requests, background work, then the database pools.
+    /// requests, background work, then the database pools. Dropping this future (a test
+    /// simulating a crash) aborts every background task where it stands.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for worker in self.workers {
+            let token = cancel.child_token();
+            match worker {
+                Worker::Relay(relay) => {
+                    let span = tracing::info_span!("relay", module = relay.db.module());
+                    tasks.spawn(relay.run(token).instrument(span));
+                }
+                Worker::Consumer(consumer, subscription) => {
+                    let span = tracing::info_span!("consumer", module = consumer.db.module());
+                    tasks.spawn(consumer.run(subscription, token).instrument(span));
+                }
+                Worker::Cleaner(db, settings) => {
+                    tasks.spawn(messaging::consumer::run_cleaner(db, settings, token));
+                }
+                Worker::Task(module, task) => {
+                    let span = tracing::info_span!("task", module);
+                    tasks.spawn(task(token).instrument(span));
+                }
+            }
+        }
         let served = self.server.await;
-        self.background.cancel();
+        cancel.cancel();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background work did not stop in time; aborting it");
+            tasks.abort_all();
+        }
         for db in self.dbs {
             let module = db.module();
             if let Err(e) = db.close().await {
@@ -149,17 +330,25 @@ impl Application {
     }
 }
 
+type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// How long background work may take to finish its batch at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn http_server(
     settings: &Settings,
     listener: TcpListener,
-    modules: Vec<(&'static str, StartedModule)>,
+    modules: Vec<(&'static str, Routes)>,
     probes: Probes,
+    admin: Option<Admin>,
 ) -> anyhow::Result<Server> {
     let limit = web::Data::new(BodyLimit(settings.server.max_body_bytes));
     let probes = web::Data::new(probes);
+    let admin = admin.map(web::Data::new);
     let modules = Arc::new(modules);
     let mut server = HttpServer::new(move || {
         let modules = modules.clone();
+        let admin = admin.clone();
         App::new()
             .wrap(TracingLogger::<RootSpan>::new())
             .wrap(from_fn(request_id_middleware))
@@ -167,8 +356,14 @@ fn http_server(
             .app_data(probes.clone())
             .configure(probes::routes)
             .configure(move |cfg| {
-                for (name, module) in modules.iter() {
-                    let routes = module.routes.clone();
+                if let Some(admin) = admin {
+                    cfg.app_data(admin);
+                    admin::routes(cfg);
+                }
+            })
+            .configure(move |cfg| {
+                for (name, routes) in modules.iter() {
+                    let routes = routes.clone();
                     cfg.service(web::scope(&format!("/api/{name}")).configure(move |c| routes(c)));
                 }
             })

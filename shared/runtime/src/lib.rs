@@ -2,6 +2,7 @@
 //! per-module databases, the HTTP host with probes and graceful shutdown. A service's
 //! `main` is a few lines on top of this crate.
 
+mod admin;
 pub mod config;
 pub mod db;
 pub mod host;
@@ -13,6 +14,6 @@ mod validation;
 
 pub use config::Settings;
 pub use db::ModuleDb;
-pub use host::Application;
-pub use module::{Module, ModuleContext, StartedModule};
+pub use host::{Application, Hooks};
+pub use module::{BackgroundTask, Module, ModuleContext, StartedModule};
 pub use validation::flatten_validation_errors;

@@ -1,12 +1,16 @@
 //! What a module gives the host: its name, its migrations, its settings check, and, once
-//! started on its own database, the routes it serves.
+//! started on its own database, the routes it serves, the handlers of the events it
+//! consumes and any background work of its own.
 
 use std::sync::Arc;
 
 use actix_web::web;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use kernel::FieldErrors;
+use messaging::{Handler, Outbox};
 use sea_orm::{DatabaseConnection, DbErr};
+use tokio_util::sync::CancellationToken;
 
 use crate::db::ModuleDb;
 
@@ -35,19 +39,44 @@ pub struct ModuleContext {
     pub db: ModuleDb,
     /// The module's settings table, already checked by [`Module::check_settings`].
     pub settings: serde_json::Value,
+    /// Where the module writes the events it publishes, in its own transactions.
+    pub outbox: Outbox,
 }
+
+/// Work a module runs in the background until the token is cancelled (at shutdown, after
+/// HTTP has drained).
+pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 /// A running module, as the host sees it.
 pub struct StartedModule {
     /// Mounted under `/api/<name>`.
     pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+    /// The handlers of the events it consumes; together they must cover exactly the
+    /// module's rows of `contracts::SUBSCRIPTIONS`.
+    pub handlers: Vec<Arc<dyn Handler>>,
+    pub tasks: Vec<BackgroundTask>,
 }
 
 impl StartedModule {
     pub fn with_routes(routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static) -> Self {
         Self {
             routes: Arc::new(routes),
+            handlers: Vec::new(),
+            tasks: Vec::new(),
         }
+    }
+
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    pub fn task(
+        mut self,
+        task: impl FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send + 'static,
+    ) -> Self {
+        self.tasks.push(Box::new(task));
+        self
     }
 }
 

@@ -33,6 +33,19 @@ impl Probe for DatabaseProbe {
     }
 }
 
+pub struct BusProbe(pub Arc<dyn messaging::EventBus>);
+
+#[async_trait]
+impl Probe for BusProbe {
+    fn name(&self) -> String {
+        format!("bus.{}", self.0.kind())
+    }
+
+    async fn check(&self) -> anyhow::Result<()> {
+        Ok(self.0.check().await?)
+    }
+}
+
 pub struct Probes(Vec<Arc<dyn Probe>>);
 
 impl Probes {

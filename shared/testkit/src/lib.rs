@@ -10,11 +10,34 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use anyhow::Context;
 use runtime::config::{Settings, Sources};
-use runtime::{Application, Module};
+use runtime::{Application, Hooks, Module};
 use serde_json::Value;
 
+mod buses;
+
+pub use buses::{DuplicatingBus, RecordingBus};
 pub use reqwest;
 pub use serde_json::json;
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `secs` seconds with
+/// `what` in the message.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 /// Runs each named `async fn(Backend)` as two tests, `<name>::sqlite` and `<name>::postgres`.
 #[macro_export]
@@ -162,6 +185,10 @@ pub struct TestApp {
     pub address: String,
     pub settings: Settings,
     pub client: reqwest::Client,
+    pub modules: Vec<Arc<dyn Module>>,
+    pub hooks: Hooks,
+    /// The bus the app runs on.
+    pub bus: Arc<dyn messaging::EventBus>,
     handle: ServerHandle,
     served: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub db: TestDatabase,
@@ -172,16 +199,20 @@ pub struct Spawn {
     pub backend: Backend,
     pub modules: Vec<Arc<dyn Module>>,
     pub settings: Settings,
+    pub hooks: Hooks,
 }
 
 impl Spawn {
     pub fn new(backend: Backend, modules: Vec<Arc<dyn Module>>) -> Self {
         let mut settings = test_settings();
         settings.modules.enabled = modules.iter().map(|m| m.name().to_owned()).collect();
+        // Stable for the life of the test, so a restarted app takes its claims back.
+        settings.bus.instance = format!("test-{}", uuid::Uuid::new_v4().simple());
         Self {
             backend,
             modules,
             settings,
+            hooks: Hooks::default(),
         }
     }
 
@@ -190,14 +221,20 @@ impl Spawn {
         self
     }
 
+    pub fn hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
     pub async fn start(self) -> TestApp {
         let Spawn {
             backend,
             modules,
             mut settings,
+            hooks,
         } = self;
         let db = TestDatabase::create(backend, &mut settings).await;
-        TestApp::start_on(settings, &modules, db)
+        TestApp::start_on(settings, modules, hooks, db)
             .await
             .unwrap_or_else(|e| panic!("the app does not start: {e:#}"))
     }
@@ -207,16 +244,18 @@ impl TestApp {
     /// Starts an app on an existing test database (say, to restart one).
     pub async fn start_on(
         mut settings: Settings,
-        modules: &[Arc<dyn Module>],
+        modules: Vec<Arc<dyn Module>>,
+        hooks: Hooks,
         db: TestDatabase,
     ) -> anyhow::Result<TestApp> {
         settings.server.host = "127.0.0.1".into();
         settings.server.port = 0;
-        let app = Application::build(settings.clone(), modules)
+        let app = Application::build_with(settings.clone(), &modules, hooks.clone())
             .await
             .context("failed to build the app")?;
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
+        let bus = app.bus();
         let served = tokio::spawn(app.run_until_stopped());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -225,10 +264,48 @@ impl TestApp {
             address,
             settings,
             client,
+            modules,
+            hooks,
+            bus,
             handle,
             served,
             db,
         })
+    }
+
+    /// Kills the app where it stands, as `kill -9` would: no drain, background work
+    /// aborted mid-flight (open transactions roll back). Returns its database.
+    pub async fn crash(self) -> (TestDatabase, Settings, Vec<Arc<dyn Module>>) {
+        self.served.abort();
+        let _ = self.served.await;
+        self.handle.stop(false).await;
+        (self.db, self.settings, self.modules)
+    }
+
+    /// Starts the app again on the same database and instance name, with `hooks`.
+    pub async fn restart(self, hooks: Hooks) -> TestApp {
+        let (db, settings, modules) = self.crash().await;
+        TestApp::start_on(settings, modules, hooks, db)
+            .await
+            .unwrap_or_else(|e| panic!("the app does not restart: {e:#}"))
+    }
+
+    /// Runs one SQL query on a module's database, as its owner, returning the first
+    /// column of the first row as an integer: for tests that count rows.
+    pub async fn count(&self, module: &'static str, sql: &str) -> i64 {
+        let db = runtime::db::connect_module(&self.settings.database, module)
+            .await
+            .expect("connect to the module database");
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            db.conn(),
+            sea_orm::Statement::from_string(db.backend(), sql.to_owned()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .expect("a row");
+        let n: i64 = row.try_get_by_index(0).expect("an integer");
+        db.close().await.ok();
+        n
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -241,6 +318,10 @@ impl TestApp {
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         read(self.client.post(self.url(path)).json(body).send().await).await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Reply {
+        read(self.client.post(self.url(path)).send().await).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Reply {

@@ -1,8 +1,12 @@
 //! The only place in catalog that touches sea-orm: its tables, named without a schema so
 //! they resolve to catalog's own schema (or file) through the module's connection.
 
+pub(crate) mod order_holds;
 pub(crate) mod products;
+pub(crate) mod queries;
+pub(crate) mod stock;
 pub(crate) mod stock_levels;
+pub(crate) mod stock_reservations;
 
 use sea_orm::DbErr;
 
@@ -13,4 +17,3 @@ pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
 }
-pub(crate) mod queries;

@@ -4,9 +4,9 @@ mod dto;
 mod error;
 
 use actix_web::{HttpResponse, web};
-use runtime::ModuleDb;
-use runtime::http::{ApiError, ValidJson, ValidQuery};
+use runtime::http::{ApiError, Origin, ValidJson, ValidQuery};
 
+use crate::State;
 use crate::use_cases::{create_product, get_product, list_products, restock, update_product};
 use dto::{
     CreateProductBody, ListQuery, PageView, PatchProductBody, ProductView, RestockBody, sku_param,
@@ -14,9 +14,10 @@ use dto::{
 
 const DEFAULT_PAGE: u64 = 20;
 
-pub(crate) fn routes(db: ModuleDb) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    let state = web::Data::new(state);
     move |cfg| {
-        cfg.app_data(web::Data::new(db.clone()))
+        cfg.app_data(state.clone())
             .service(
                 web::resource("/products")
                     .route(web::post().to(create))
@@ -34,31 +35,32 @@ pub(crate) fn routes(db: ModuleDb) -> impl Fn(&mut web::ServiceConfig) + Send + 
 }
 
 async fn create(
-    db: web::Data<ModuleDb>,
+    state: web::Data<State>,
+    origin: Origin,
     body: ValidJson<CreateProductBody>,
 ) -> Result<HttpResponse, ApiError> {
     let new = body.0.into_new_product()?;
-    let product = create_product::create_product(&db, new).await?;
+    let product = create_product::create_product(&state, &origin.0, new).await?;
     let location = format!("/api/catalog/products/{}", product.sku);
     Ok(HttpResponse::Created()
         .insert_header(("Location", location))
         .json(ProductView::from(product)))
 }
 
-async fn get(db: web::Data<ModuleDb>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = get_product::get_product(&db, sku).await?;
+    let product = get_product::get_product(&state.db, sku).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
 async fn list(
-    db: web::Data<ModuleDb>,
+    state: web::Data<State>,
     query: ValidQuery<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.0;
     let after = query.after.as_deref().map(sku_param).transpose()?;
-    let page =
-        list_products::list_products(&db, after, query.limit.unwrap_or(DEFAULT_PAGE)).await?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let page = list_products::list_products(&state.db, after, limit).await?;
     Ok(HttpResponse::Ok().json(PageView {
         items: page.items.into_iter().map(ProductView::from).collect(),
         next_after: page.next_after.map(|s| s.to_string()),
@@ -66,23 +68,24 @@ async fn list(
 }
 
 async fn patch(
-    db: web::Data<ModuleDb>,
+    state: web::Data<State>,
+    origin: Origin,
     sku: web::Path<String>,
     body: ValidJson<PatchProductBody>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
     let changes = body.0.into_changes()?;
-    let product = update_product::update_product(&db, sku, changes).await?;
+    let product = update_product::update_product(&state, &origin.0, sku, changes).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
 async fn restock_product(
-    db: web::Data<ModuleDb>,
+    state: web::Data<State>,
     sku: web::Path<String>,
     body: ValidJson<RestockBody>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
     let quantity = body.0.into_quantity()?;
-    let product = restock::restock(&db, sku, quantity).await?;
+    let product = restock::restock(&state.db, sku, quantity).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }

@@ -1,11 +1,13 @@
-//! Adds a product with its price and initial stock.
+//! Adds a product with its price and initial stock, and announces it.
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::catalog::ProductPublishedV1;
+use contracts::{Cause, Envelope};
 use kernel::Sku;
-use runtime::ModuleDb;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 
+use crate::State;
 use crate::db::{is_unique_violation, products, stock_levels};
 use crate::domain::{NewProduct, Product};
 
@@ -19,11 +21,27 @@ pub(crate) enum CreateProductError {
 
 #[tracing::instrument(name = "catalog.create_product", skip_all, fields(sku = %new.sku))]
 pub(crate) async fn create_product(
-    db: &ModuleDb,
+    state: &State,
+    cause: &Cause,
     new: NewProduct,
 ) -> Result<Product, CreateProductError> {
     let now = Utc::now();
-    let tx = db.begin().await.context("failed to begin a transaction")?;
+    let published = Envelope::new(
+        &ProductPublishedV1 {
+            sku: new.sku.to_string(),
+            name: new.name.as_str().to_owned(),
+            price_minor: new.price.minor(),
+            currency: new.price.currency().to_string(),
+            version: 1,
+        },
+        cause,
+    )
+    .context("the product does not fit its event")?;
+    let tx = state
+        .db
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
     let inserted = products::Entity::insert(products::ActiveModel {
         sku: Set(new.sku.to_string()),
         name: Set(new.name.as_str().to_owned()),
@@ -53,7 +71,16 @@ pub(crate) async fn create_product(
     .exec_without_returning(&tx)
     .await
     .context("failed to insert stock level")?;
-    tx.commit().await.context("failed to commit new product")?;
+    state
+        .outbox
+        .append(&tx, &[published])
+        .await
+        .context("failed to append product_published")?;
+    state
+        .outbox
+        .commit(tx)
+        .await
+        .context("failed to commit new product")?;
     tracing::info!("product created");
     Ok(Product {
         sku: new.sku,

@@ -2,6 +2,7 @@
 
 pub(crate) mod create_product;
 pub(crate) mod get_product;
+pub(crate) mod hold_stock;
 pub(crate) mod list_products;
 pub(crate) mod restock;
 pub(crate) mod update_product;

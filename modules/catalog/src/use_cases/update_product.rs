@@ -1,11 +1,13 @@
-//! Changes a product's name, description or price.
+//! Changes a product's name, description or price; a new price is announced.
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::catalog::ProductRepricedV1;
+use contracts::{Cause, Envelope};
 use kernel::Sku;
-use runtime::ModuleDb;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
 
+use crate::State;
 use crate::db::{products, queries};
 use crate::domain::{Product, ProductChanges, reprice, stored_price};
 
@@ -19,11 +21,16 @@ pub(crate) enum UpdateProductError {
 
 #[tracing::instrument(name = "catalog.update_product", skip_all, fields(sku = %sku))]
 pub(crate) async fn update_product(
-    db: &ModuleDb,
+    state: &State,
+    cause: &Cause,
     sku: Sku,
     changes: ProductChanges,
 ) -> Result<Product, UpdateProductError> {
-    let tx = db.begin().await.context("failed to begin a transaction")?;
+    let tx = state
+        .db
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
     let Some(row) = products::Entity::find_by_id(sku.as_str())
         .one(&tx)
         .await
@@ -40,9 +47,13 @@ pub(crate) async fn update_product(
     if let Some(description) = &changes.description {
         active.description = Set(description.clone());
     }
-    if let Some(minor) = changes.price_minor {
+    let mut repriced = None;
+    if let Some(minor) = changes.price_minor
+        && minor != current_price.minor()
+    {
         let price = reprice(current_price, minor).context("price was checked by the request")?;
         active.price_minor = Set(price.minor());
+        repriced = Some(price);
     }
     active.version = Set(version + 1);
     active.updated_at = Set(Utc::now());
@@ -53,7 +64,26 @@ pub(crate) async fn update_product(
     let product = queries::find_product(&tx, &sku)
         .await?
         .context("the product vanished inside its own transaction")?;
-    tx.commit()
+    if let Some(price) = repriced {
+        let event = Envelope::new(
+            &ProductRepricedV1 {
+                sku: sku.to_string(),
+                price_minor: price.minor(),
+                currency: price.currency().to_string(),
+                version: product.version,
+            },
+            cause,
+        )
+        .context("the price does not fit its event")?;
+        state
+            .outbox
+            .append(&tx, &[event])
+            .await
+            .context("failed to append product_repriced")?;
+    }
+    state
+        .outbox
+        .commit(tx)
         .await
         .context("failed to commit product change")?;
     tracing::info!(version = product.version, "product updated");

@@ -7,4 +7,4 @@ mod request_id;
 
 pub use error::ApiError;
 pub use extract::{BodyLimit, ValidJson, ValidQuery, parse_json, parse_query, uuid_param};
-pub use request_id::{RequestId, RootSpan, X_REQUEST_ID, request_id_middleware};
+pub use request_id::{Origin, RequestId, RootSpan, X_REQUEST_ID, request_id_middleware};

@@ -1,15 +1,18 @@
 //! Request ids and the root span of every request.
 //!
 //! The outermost middleware takes the caller's `X-Request-Id` when it is a sane token (or
-//! makes a UUID v7), stores it for the root span, and returns it in the response. The
-//! root span carries it and the module the route belongs to, so every log line written
-//! while serving the request has both.
+//! makes a UUID v7) and the caller's W3C `traceparent` when valid (or starts a trace),
+//! stores both for the root span, and returns the id in the response. The root span
+//! carries the request id, the trace id and the module the route belongs to, so every log
+//! line written while serving the request has them. Events published by the request carry
+//! the same trace ([`Origin`]).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, FromRequest, HttpMessage, HttpRequest};
+use contracts::{Cause, Traceparent};
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
@@ -35,7 +38,14 @@ pub async fn request_id_middleware(
         .filter(|v| acceptable(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Traceparent::parse)
+        .unwrap_or_else(Traceparent::new_root);
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(trace);
     let mut response = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
@@ -51,6 +61,33 @@ fn module_of(path: &str) -> &str {
         .unwrap_or("app")
 }
 
+/// Where a request's events come from: its correlation (the request id, when it is a
+/// UUID) and its trace.
+#[derive(Debug, Clone)]
+pub struct Origin(pub Cause);
+
+impl FromRequest for Origin {
+    type Error = Error;
+    type Future = std::future::Ready<Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let extensions = req.extensions();
+        let correlation_id = extensions
+            .get::<RequestId>()
+            .and_then(|r| uuid::Uuid::parse_str(&r.0).ok())
+            .unwrap_or_else(uuid::Uuid::now_v7);
+        let traceparent = extensions
+            .get::<Traceparent>()
+            .copied()
+            .unwrap_or_else(Traceparent::new_root);
+        std::future::ready(Ok(Origin(Cause {
+            correlation_id,
+            causation_id: None,
+            traceparent,
+        })))
+    }
+}
+
 pub struct RootSpan;
 
 impl RootSpanBuilder for RootSpan {
@@ -63,6 +100,11 @@ impl RootSpanBuilder for RootSpan {
         let route = request
             .match_pattern()
             .unwrap_or_else(|| "unmatched".into());
+        let trace_id = request
+            .extensions()
+            .get::<Traceparent>()
+            .map(Traceparent::trace_id_hex)
+            .unwrap_or_default();
         tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
@@ -74,6 +116,7 @@ impl RootSpanBuilder for RootSpan {
             exception.details = tracing::field::Empty,
             module = %module_of(request.path()),
             request_id = %request_id,
+            trace_id = %trace_id,
         )
     }
 

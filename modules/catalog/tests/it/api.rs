@@ -1,4 +1,4 @@
-//! Catalog booted alone, over HTTP, on SQLite and on PostgreSQL.
+//! Catalog's HTTP API, on SQLite and on PostgreSQL.
 
 use std::sync::Arc;
 

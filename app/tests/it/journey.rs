@@ -1,0 +1,298 @@
+//! The order journey over HTTP, through catalog, checkout and fulfillment by events alone
+//! (PRODUCT.md §2), on SQLite and on PostgreSQL.
+
+use testkit::{Backend, json, on_both_backends};
+
+use crate::shop::Shop;
+
+on_both_backends!(
+    an_order_travels_from_placement_to_delivery,
+    an_order_beyond_the_stock_is_rejected_and_holds_nothing,
+    a_declined_payment_rejects_the_order_and_releases_its_stock,
+    a_cancel_before_dispatch_releases_stock_and_cancels_the_shipment,
+    a_cancel_after_dispatch_is_refused,
+    a_cancel_while_pending_stops_the_order_before_payment,
+    an_idempotency_key_gives_back_the_same_order,
+    an_order_checkout_cannot_price_is_refused,
+    an_invalid_order_names_every_bad_field,
+    a_new_price_reaches_checkout_and_an_old_one_never_returns,
+);
+
+async fn an_order_travels_from_placement_to_delivery(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    shop.product("MUG-7", 1200, 2).await;
+    let id = shop.place(&[("TEA-1", 2), ("MUG-7", 1)], "tok_visa").await;
+    let order = shop.order(&id).await;
+    assert_eq!(order["total_minor"], 2100);
+    assert_eq!(order["currency"], "EUR");
+
+    let confirmed = shop.order_becomes(&id, "confirmed").await;
+    assert_eq!(confirmed["status_reason"], serde_json::Value::Null);
+    assert_eq!(shop.available("TEA-1").await, 3);
+    assert_eq!(shop.available("MUG-7").await, 1);
+
+    let shipment = shop.shipment_becomes(&id, "ready").await;
+    let shipment_id = shipment["id"].as_str().expect("id");
+    let dispatched = shop.dispatch(shipment_id).await;
+    dispatched.expect_status(200);
+    assert_eq!(dispatched.body["status"], "dispatched");
+    assert!(
+        dispatched.body["tracking_number"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("TRK-"))
+    );
+    shop.order_becomes(&id, "shipped").await;
+
+    shop.deliver(shipment_id).await.expect_status(200);
+    shop.order_becomes(&id, "delivered").await;
+    let fetched = shop
+        .app
+        .get(&format!("/api/fulfillment/shipments/{shipment_id}"))
+        .await;
+    assert_eq!(fetched.body["status"], "delivered");
+    // Transitions the status does not allow are conflicts.
+    let again = shop.dispatch(shipment_id).await;
+    assert_eq!(
+        (again.status, again.error_code()),
+        (409, "invalid_transition")
+    );
+    let twice = shop.deliver(shipment_id).await;
+    assert_eq!(twice.status, 409);
+}
+
+async fn an_order_beyond_the_stock_is_rejected_and_holds_nothing(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    shop.product("MUG-7", 1200, 2).await;
+    let id = shop.place(&[("TEA-1", 1), ("MUG-7", 3)], "tok_visa").await;
+    let order = shop.order_becomes(&id, "rejected").await;
+    assert_eq!(order["status_reason"], "out_of_stock");
+    shop.settled().await;
+    assert_eq!(shop.available("TEA-1").await, 5, "all lines or none");
+    assert_eq!(shop.available("MUG-7").await, 2);
+    assert!(shop.shipments_of(&id).await.is_empty());
+}
+
+async fn a_declined_payment_rejects_the_order_and_releases_its_stock(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    let id = shop.place(&[("TEA-1", 2)], checkout::DECLINED_TOKEN).await;
+    let order = shop.order_becomes(&id, "rejected").await;
+    assert_eq!(order["status_reason"], "payment_declined");
+    shop.available_becomes("TEA-1", 5).await;
+    shop.settled().await;
+    assert!(shop.shipments_of(&id).await.is_empty());
+    assert_eq!(
+        shop.rows("catalog", "order_holds", "status = 'released'")
+            .await,
+        1
+    );
+}
+
+async fn a_cancel_before_dispatch_releases_stock_and_cancels_the_shipment(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    let id = shop.place(&[("TEA-1", 2)], "tok_visa").await;
+    shop.order_becomes(&id, "confirmed").await;
+    let shipment = shop.shipment_becomes(&id, "ready").await;
+    assert_eq!(shop.available("TEA-1").await, 3);
+
+    let cancelled = shop.cancel(&id).await;
+    cancelled.expect_status(200);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    assert_eq!(cancelled.body["status_reason"], "cancelled_by_customer");
+    shop.available_becomes("TEA-1", 5).await;
+    shop.shipment_becomes(&id, "cancelled").await;
+    let late = shop.dispatch(shipment["id"].as_str().expect("id")).await;
+    assert_eq!(late.status, 409);
+    // Cancelling again changes nothing and still succeeds.
+    let again = shop.cancel(&id).await;
+    again.expect_status(200);
+    assert_eq!(again.body["status"], "cancelled");
+    shop.settled().await;
+    assert_eq!(shop.available("TEA-1").await, 5);
+}
+
+async fn a_cancel_after_dispatch_is_refused(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    let id = shop.place(&[("TEA-1", 2)], "tok_visa").await;
+    let shipment = shop.shipment_becomes(&id, "ready").await;
+    shop.dispatch(shipment["id"].as_str().expect("id"))
+        .await
+        .expect_status(200);
+    shop.order_becomes(&id, "shipped").await;
+    let refused = shop.cancel(&id).await;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (409, "order_already_shipped")
+    );
+    assert_eq!(shop.order(&id).await["status"], "shipped");
+    assert_eq!(shop.available("TEA-1").await, 3);
+}
+
+async fn a_cancel_while_pending_stops_the_order_before_payment(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    // Place and cancel at once: whatever catalog and the payment worker did meanwhile, the
+    // order ends cancelled, its stock free, and no shipment exists.
+    let id = shop.place(&[("TEA-1", 2)], "tok_visa").await;
+    let cancelled = shop.cancel(&id).await;
+    cancelled.expect_status(200);
+    shop.settled().await;
+    let order = shop.order(&id).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(shop.available("TEA-1").await, 5);
+    let shipments = shop.shipments_of(&id).await;
+    assert!(
+        shipments.is_empty() || shipments.iter().all(|s| s["status"] == "cancelled"),
+        "{shipments:?}"
+    );
+}
+
+async fn an_idempotency_key_gives_back_the_same_order(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    let body = Shop::order_body(&[("TEA-1", 1)], "tok_visa");
+    let send = |key: &'static str, body: serde_json::Value| {
+        let app = &shop.app;
+        async move {
+            testkit::read(
+                app.client
+                    .post(app.url("/api/checkout/orders"))
+                    .header("Idempotency-Key", key)
+                    .json(&body)
+                    .send()
+                    .await,
+            )
+            .await
+        }
+    };
+    let first = send("order-42", body.clone()).await;
+    first.expect_status(201);
+    let second = send("order-42", body.clone()).await;
+    second.expect_status(201);
+    assert_eq!(second.body["id"], first.body["id"]);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    let mut other = body.clone();
+    other["items"][0]["quantity"] = json!(2);
+    let reused = send("order-42", other).await;
+    assert_eq!(
+        (reused.status, reused.error_code()),
+        (422, "idempotency_key_reused")
+    );
+    let bad = send("has space", body).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error_fields(), ["Idempotency-Key"]);
+    shop.settled().await;
+    assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 1);
+    assert_eq!(shop.available("TEA-1").await, 4);
+}
+
+async fn an_order_checkout_cannot_price_is_refused(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    let reply = shop
+        .app
+        .post(
+            "/api/checkout/orders",
+            &Shop::order_body(&[("TEA-1", 1), ("NOPE-1", 1)], "tok_visa"),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (422, "unknown_sku"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.error_fields(), ["items[1].sku"]);
+    assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 0);
+}
+
+async fn an_invalid_order_names_every_bad_field(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    let cases = [
+        (
+            json!({}),
+            vec![
+                "customer_email",
+                "items",
+                "payment_token",
+                "shipping_address",
+            ],
+        ),
+        (
+            json!({"customer_email": "not-an-email", "items": [], "payment_token": " ",
+                   "shipping_address": {"name": "", "line1": "x", "city": "c", "postal_code": "p", "country": "gbr"}}),
+            vec![
+                "customer_email",
+                "items",
+                "payment_token",
+                "shipping_address.country",
+                "shipping_address.name",
+            ],
+        ),
+        (
+            json!({"customer_email": "a@b.co", "items": [{"sku": "A", "quantity": 0}, {"sku": "bad sku", "quantity": 1}, {"quantity": "2"}],
+                   "payment_token": "t", "shipping_address": crate::shop::address()}),
+            vec![
+                "items[0].quantity",
+                "items[1].sku",
+                "items[2].quantity",
+                "items[2].sku",
+            ],
+        ),
+        (
+            json!({"customer_email": "a@b.co", "items": [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}],
+                   "payment_token": "t", "shipping_address": crate::shop::address()}),
+            vec!["items[1].sku"],
+        ),
+    ];
+    for (body, fields) in cases {
+        let reply = shop.app.post("/api/checkout/orders", &body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert_eq!(reply.error_fields(), fields, "{body}: {}", reply.text);
+    }
+    let not_uuid = shop.app.get("/api/checkout/orders/123").await;
+    assert_eq!(
+        (not_uuid.status, not_uuid.error_fields()),
+        (400, vec!["id".to_owned()])
+    );
+    let missing = shop
+        .app
+        .get(&format!("/api/checkout/orders/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (404, "order_not_found")
+    );
+    let cancel_missing = shop.cancel(&uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!(cancel_missing.status, 404);
+    assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 0);
+}
+
+async fn a_new_price_reaches_checkout_and_an_old_one_never_returns(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 5).await;
+    for price in [500, 550, 600] {
+        shop.app
+            .patch(
+                "/api/catalog/products/TEA-1",
+                &json!({"price_minor": price}),
+            )
+            .await
+            .expect_status(200);
+    }
+    testkit::eventually(
+        crate::shop::WAIT,
+        "checkout to see the last price",
+        || async {
+            let price = shop.app.get("/api/checkout/prices/TEA-1").await;
+            (price.body["price_minor"] == 600).then_some(())
+        },
+    )
+    .await;
+    let id = shop.place(&[("TEA-1", 2)], "tok_visa").await;
+    assert_eq!(shop.order(&id).await["total_minor"], 1200);
+}

@@ -1,0 +1,6 @@
+//! The monolith's integration tests: one binary, several files.
+
+mod basics;
+mod delivery;
+mod journey;
+mod shop;

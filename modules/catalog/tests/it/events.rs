@@ -1,0 +1,205 @@
+//! Catalog alone with a recording bus: feed it checkout's events, see what it publishes.
+
+use std::sync::Arc;
+
+use contracts::catalog::{
+    ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
+};
+use contracts::checkout::{
+    CancelReasonV1, OrderCancelledV1, OrderLineV1, OrderPlacedV1, OrderReinstatedV1,
+};
+use contracts::{Cause, Envelope, Event};
+use runtime::Hooks;
+use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
+use uuid::Uuid;
+
+async fn catalog(backend: Backend) -> (TestApp, Arc<RecordingBus>) {
+    let bus = RecordingBus::new();
+    let hooks = Hooks {
+        bus: Some(bus.clone()),
+        ..Hooks::default()
+    };
+    let app = Spawn::new(backend, vec![Arc::new(catalog::Catalog)])
+        .hooks(hooks)
+        .start()
+        .await;
+    (app, bus)
+}
+
+async fn product(app: &TestApp, sku: &str, stock: i64) {
+    app.post(
+        "/api/catalog/products",
+        &json!({"sku": sku, "name": sku, "price_minor": 100, "currency": "EUR", "initial_stock": stock}),
+    )
+    .await
+    .expect_status(201);
+}
+
+async fn available(app: &TestApp, sku: &str) -> i64 {
+    app.get(&format!("/api/catalog/products/{sku}")).await.body["available"]
+        .as_i64()
+        .expect("available")
+}
+
+fn envelope<E: Event>(event: &E) -> Envelope {
+    Envelope::new(event, &Cause::fresh()).expect("a valid event")
+}
+
+fn placed(order_id: Uuid, lines: &[(&str, i64)]) -> Envelope {
+    envelope(&OrderPlacedV1 {
+        order_id,
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| OrderLineV1 {
+                sku: (*sku).into(),
+                quantity: *quantity,
+                unit_price_minor: 100,
+            })
+            .collect(),
+        currency: "EUR".into(),
+        total_minor: 100,
+    })
+}
+
+fn cancelled(order_id: Uuid) -> Envelope {
+    envelope(&OrderCancelledV1 {
+        order_id,
+        reason: CancelReasonV1::CancelledByCustomer,
+    })
+}
+
+/// Injects an event and waits until the consumer settled it.
+async fn feed(bus: &RecordingBus, event: &Envelope) {
+    let tag = bus.inject("catalog", event);
+    eventually(20, "catalog to settle the event", || async {
+        bus.acked(&tag).then_some(())
+    })
+    .await;
+}
+
+on_both_backends!(
+    products_are_announced_and_repriced,
+    stock_is_held_for_every_line_or_none,
+    a_cancel_releases_the_stock_once,
+    a_cancel_before_the_order_arrived_means_nothing_is_held,
+    a_cancel_lost_to_a_dispatch_holds_the_stock_again,
+);
+
+async fn products_are_announced_and_repriced(backend: Backend) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "TEA-1", 5).await;
+    let published = eventually(20, "product_published", || async {
+        bus.published_of(ProductPublishedV1::TYPE)
+            .into_iter()
+            .next()
+    })
+    .await;
+    let payload: ProductPublishedV1 = published.decode().expect("decodes");
+    assert_eq!(
+        (payload.sku.as_str(), payload.price_minor, payload.version),
+        ("TEA-1", 100, 1)
+    );
+    assert_eq!(published.key, "TEA-1");
+    app.patch("/api/catalog/products/TEA-1", &json!({"name": "Tea"}))
+        .await
+        .expect_status(200);
+    app.patch("/api/catalog/products/TEA-1", &json!({"price_minor": 120}))
+        .await
+        .expect_status(200);
+    let repriced = eventually(20, "product_repriced", || async {
+        bus.published_of(ProductRepricedV1::TYPE).into_iter().next()
+    })
+    .await;
+    let payload: ProductRepricedV1 = repriced.decode().expect("decodes");
+    assert_eq!((payload.price_minor, payload.version), (120, 3));
+    assert_eq!(
+        bus.published_of(ProductRepricedV1::TYPE).len(),
+        1,
+        "a rename is not a new price"
+    );
+}
+
+async fn stock_is_held_for_every_line_or_none(backend: Backend) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "A", 5).await;
+    product(&app, "B", 1).await;
+    let first = Uuid::now_v7();
+    feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
+    let reserved: StockReservedV1 = bus.published_of(StockReservedV1::TYPE)[0]
+        .decode()
+        .expect("decodes");
+    assert_eq!(reserved.order_id, first);
+    assert_eq!(
+        (available(&app, "A").await, available(&app, "B").await),
+        (3, 0)
+    );
+
+    let second = Uuid::now_v7();
+    feed(&bus, &placed(second, &[("A", 1), ("B", 1), ("UNKNOWN", 1)])).await;
+    let rejected: StockRejectedV1 = bus.published_of(StockRejectedV1::TYPE)[0]
+        .decode()
+        .expect("decodes");
+    assert_eq!(rejected.order_id, second);
+    let short: Vec<(&str, i64)> = rejected
+        .shortages
+        .iter()
+        .map(|s| (s.sku.as_str(), s.available))
+        .collect();
+    assert_eq!(short, [("B", 0), ("UNKNOWN", 0)]);
+    assert_eq!(
+        (available(&app, "A").await, available(&app, "B").await),
+        (3, 0),
+        "none of it held"
+    );
+
+    // The same order again decides nothing new.
+    feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
+    assert_eq!(bus.published_of(StockReservedV1::TYPE).len(), 1);
+    assert_eq!(available(&app, "A").await, 3);
+}
+
+async fn a_cancel_releases_the_stock_once(backend: Backend) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "A", 5).await;
+    let order = Uuid::now_v7();
+    feed(&bus, &placed(order, &[("A", 2)])).await;
+    let cancel = cancelled(order);
+    feed(&bus, &cancel).await;
+    feed(&bus, &cancel).await;
+    feed(&bus, &cancelled(order)).await;
+    assert_eq!(available(&app, "A").await, 5);
+    let released = bus.published_of(StockReleasedV1::TYPE);
+    assert_eq!(released.len(), 1);
+    let payload: StockReleasedV1 = released[0].decode().expect("decodes");
+    assert_eq!(payload.lines.len(), 1);
+}
+
+async fn a_cancel_before_the_order_arrived_means_nothing_is_held(backend: Backend) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "A", 5).await;
+    let order = Uuid::now_v7();
+    feed(&bus, &cancelled(order)).await;
+    feed(&bus, &placed(order, &[("A", 2)])).await;
+    assert_eq!(available(&app, "A").await, 5);
+    assert!(bus.published_of(StockReservedV1::TYPE).is_empty());
+    assert!(bus.published_of(StockReleasedV1::TYPE).is_empty());
+}
+
+async fn a_cancel_lost_to_a_dispatch_holds_the_stock_again(backend: Backend) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "A", 5).await;
+    let order = Uuid::now_v7();
+    feed(&bus, &placed(order, &[("A", 2)])).await;
+    feed(&bus, &cancelled(order)).await;
+    assert_eq!(available(&app, "A").await, 5);
+    let reinstated = envelope(&OrderReinstatedV1 {
+        order_id: order,
+        lines: vec![contracts::catalog::StockLineV1 {
+            sku: "A".into(),
+            quantity: 2,
+        }],
+    });
+    feed(&bus, &reinstated).await;
+    feed(&bus, &reinstated).await;
+    assert_eq!(available(&app, "A").await, 3, "held again, once");
+}

@@ -1,0 +1,4 @@
+//! Catalog booted alone: its HTTP API, and its events against a recording bus.
+
+mod api;
+mod events;

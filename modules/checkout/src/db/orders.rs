@@ -1,0 +1,29 @@
+//! `orders`.
+
+// The entity derive generates public items; they stay inside this crate.
+#![allow(unreachable_pub)]
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "orders")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub customer_email: String,
+    /// The shipping address as JSON.
+    pub shipping_address: String,
+    /// Never shown by the API; kept to authorize the payment once stock is held.
+    pub payment_token: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

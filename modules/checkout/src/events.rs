@@ -1,0 +1,111 @@
+//! What checkout publishes and consumes.
+//!
+//! Publishes: `checkout.order_placed.v1`, `checkout.order_confirmed.v1`,
+//! `checkout.order_cancelled.v1`, `checkout.order_reinstated.v1`.
+//! Consumes: catalog's `product_published` and `product_repriced` (its price list),
+//! `stock_reserved` and `stock_rejected` (the order's fate), fulfillment's
+//! `shipment_dispatched` and `shipment_delivered`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
+use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
+use contracts::{Envelope, Event};
+use messaging::{Emitter, Handler, HandlerError};
+use sea_orm::DatabaseTransaction;
+use tokio::sync::Notify;
+
+use crate::use_cases::{price_list, shipment_progress, stock_outcome};
+
+fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
+    event
+        .decode()
+        .map_err(|e| HandlerError::Reject(e.to_string()))
+}
+
+fn unexpected(event: &Envelope) -> HandlerError {
+    HandlerError::Reject(format!(
+        "not a type this handler takes: {}",
+        event.event_type
+    ))
+}
+
+pub(crate) struct PriceList;
+
+#[async_trait]
+impl Handler for PriceList {
+    fn name(&self) -> &'static str {
+        "checkout.price_list"
+    }
+    fn event_types(&self) -> &'static [&'static str] {
+        &[ProductPublishedV1::TYPE, ProductRepricedV1::TYPE]
+    }
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        event: &Envelope,
+        _: &mut Emitter,
+    ) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            ProductPublishedV1::TYPE => price_list::on_published(tx, decode(event)?).await,
+            ProductRepricedV1::TYPE => price_list::on_repriced(tx, decode(event)?).await,
+            _ => Err(unexpected(event)),
+        }
+    }
+}
+
+pub(crate) struct StockOutcome {
+    /// Wakes the payment worker once a held order is committed.
+    pub(crate) payments: Arc<Notify>,
+}
+
+#[async_trait]
+impl Handler for StockOutcome {
+    fn name(&self) -> &'static str {
+        "checkout.stock_outcome"
+    }
+    fn event_types(&self) -> &'static [&'static str] {
+        &[StockReservedV1::TYPE, StockRejectedV1::TYPE]
+    }
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        event: &Envelope,
+        out: &mut Emitter,
+    ) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            StockReservedV1::TYPE => {
+                stock_outcome::on_reserved(tx, decode(event)?, out, &self.payments).await
+            }
+            StockRejectedV1::TYPE => stock_outcome::on_rejected(tx, decode(event)?).await,
+            _ => Err(unexpected(event)),
+        }
+    }
+}
+
+pub(crate) struct ShipmentProgress;
+
+#[async_trait]
+impl Handler for ShipmentProgress {
+    fn name(&self) -> &'static str {
+        "checkout.shipment_progress"
+    }
+    fn event_types(&self) -> &'static [&'static str] {
+        &[ShipmentDispatchedV1::TYPE, ShipmentDeliveredV1::TYPE]
+    }
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        event: &Envelope,
+        out: &mut Emitter,
+    ) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            ShipmentDispatchedV1::TYPE => {
+                shipment_progress::on_dispatched(tx, decode(event)?, out).await
+            }
+            ShipmentDeliveredV1::TYPE => shipment_progress::on_delivered(tx, decode(event)?).await,
+            _ => Err(unexpected(event)),
+        }
+    }
+}

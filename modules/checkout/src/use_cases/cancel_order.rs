@@ -1,0 +1,76 @@
+//! A customer cancels an order. Before dispatch it becomes `cancelled` and
+//! `checkout.order_cancelled.v1` goes out (catalog releases the stock, fulfillment cancels
+//! the shipment); once checkout knows it shipped, it is too late.
+
+use anyhow::Context;
+use contracts::checkout::{CancelReasonV1, OrderCancelledV1};
+use contracts::{Cause, Envelope};
+use uuid::Uuid;
+
+use crate::State;
+use crate::db::queries;
+use crate::domain::{Cancel, Order, OrderStatus, StatusReason};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CancelOrderError {
+    #[error("no order has id {0}")]
+    NotFound(Uuid),
+    #[error("order {0} has shipped and can no longer be cancelled")]
+    AlreadyShipped(Uuid),
+    #[error("order {0} was {1} and cannot be cancelled")]
+    NotCancellable(Uuid, OrderStatus),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+#[tracing::instrument(name = "checkout.cancel_order", skip_all, fields(order_id = %id))]
+pub(crate) async fn cancel_order(
+    state: &State,
+    cause: &Cause,
+    id: Uuid,
+) -> Result<Order, CancelOrderError> {
+    let tx = state
+        .db
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
+    let Some(order) = queries::load_order(&tx, id, true).await? else {
+        return Err(CancelOrderError::NotFound(id));
+    };
+    match order.status.cancel() {
+        Cancel::Proceed => {}
+        Cancel::AlreadyCancelled => return Ok(order),
+        Cancel::AlreadyShipped => return Err(CancelOrderError::AlreadyShipped(id)),
+        Cancel::NotCancellable => return Err(CancelOrderError::NotCancellable(id, order.status)),
+    }
+    let event = Envelope::new(
+        &OrderCancelledV1 {
+            order_id: id,
+            reason: CancelReasonV1::CancelledByCustomer,
+        },
+        cause,
+    )
+    .context("the cancellation does not fit its event")?;
+    queries::set_status(
+        &tx,
+        id,
+        OrderStatus::Cancelled,
+        Some(StatusReason::CancelledByCustomer),
+    )
+    .await?;
+    state
+        .outbox
+        .append(&tx, &[event])
+        .await
+        .context("failed to append order_cancelled")?;
+    state
+        .outbox
+        .commit(tx)
+        .await
+        .context("failed to commit the cancellation")?;
+    tracing::info!("order cancelled by the customer");
+    let order = queries::load_order(state.db.conn(), id, false)
+        .await?
+        .context("the order vanished after its cancellation")?;
+    Ok(order)
+}

@@ -1,0 +1,53 @@
+//! Fulfillment's news about an order's shipment: dispatched, then delivered.
+
+use contracts::catalog::StockLineV1;
+use contracts::checkout::OrderReinstatedV1;
+use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
+use messaging::{Emitter, HandlerError};
+use sea_orm::DatabaseTransaction;
+
+use crate::db::queries;
+use crate::domain::{Dispatch, OrderStatus};
+
+pub(crate) async fn on_dispatched(
+    tx: &DatabaseTransaction,
+    event: ShipmentDispatchedV1,
+    out: &mut Emitter,
+) -> Result<(), HandlerError> {
+    let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
+        return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
+    };
+    match order.status.on_dispatched() {
+        Dispatch::Ship => queries::set_status(tx, order.id, OrderStatus::Shipped, None).await?,
+        Dispatch::ShipAndReinstate => {
+            tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
+            queries::set_status(tx, order.id, OrderStatus::Shipped, None).await?;
+            out.emit(&OrderReinstatedV1 {
+                order_id: order.id,
+                lines: order
+                    .lines
+                    .iter()
+                    .map(|l| StockLineV1 {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect(),
+            })?;
+        }
+        Dispatch::Ignore => {}
+    }
+    Ok(())
+}
+
+pub(crate) async fn on_delivered(
+    tx: &DatabaseTransaction,
+    event: ShipmentDeliveredV1,
+) -> Result<(), HandlerError> {
+    let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
+        return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
+    };
+    if let Some(status) = order.status.on_delivered() {
+        queries::set_status(tx, order.id, status, None).await?;
+    }
+    Ok(())
+}

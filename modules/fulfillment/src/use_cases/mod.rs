@@ -1,0 +1,4 @@
+//! Fulfillment's use cases.
+
+pub(crate) mod orders;
+pub(crate) mod shipments;

@@ -1,0 +1,541 @@
+//! The consumer: takes a module's deliveries from its subscription and runs the module's
+//! handlers, exactly once in effect.
+//!
+//! Each event is recorded in the module's inbox under (event id, handler name) in the same
+//! transaction as the handler's work and the events it publishes, so a redelivered event
+//! finds its key and does nothing. Deliveries are handled in batches: one transaction for
+//! the whole batch; if any handler fails, the batch is rolled back and each event is
+//! handled alone, so one bad event costs its batch a retry but holds up nothing else.
+//! A failing event is retried with backoff and, after `max_attempts` deliveries, parked
+//! in the module's dead-letter store with its raw bytes, attempts and last error; one that
+//! cannot be decoded or breaks its contract is parked at once (LESSONS 6, 7, 8).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use contracts::{Cause, Envelope, Event};
+use futures::{FutureExt, StreamExt};
+use sea_orm::{DatabaseTransaction, DbErr, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::{Acker, Delivery, DeliveryTag, Subscription};
+use crate::db::{ModuleDb, execute, now_ms, query};
+use crate::dead_letters;
+use crate::faults::Faults;
+use crate::outbox::{Outbox, append};
+use crate::settings::MessagingSettings;
+
+/// Why a handler did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: the database was busy, a dependency was down, ...
+    #[error("{0:#}")]
+    Retry(anyhow::Error),
+    /// Retrying cannot help (the event contradicts the handler's data): park it now.
+    #[error("{0}")]
+    Reject(String),
+}
+
+impl From<DbErr> for HandlerError {
+    fn from(e: DbErr) -> Self {
+        HandlerError::Retry(anyhow::Error::new(e))
+    }
+}
+
+impl From<anyhow::Error> for HandlerError {
+    fn from(e: anyhow::Error) -> Self {
+        HandlerError::Retry(e)
+    }
+}
+
+/// What a handler publishes, committed with its work.
+pub struct Emitter {
+    cause: Cause,
+    events: Vec<Envelope>,
+    wakes: Vec<Arc<Notify>>,
+}
+
+impl Emitter {
+    fn new() -> Self {
+        Self {
+            cause: Cause::fresh(),
+            events: Vec::new(),
+            wakes: Vec::new(),
+        }
+    }
+
+    /// Publishes `event` as a consequence of the event being handled.
+    pub fn emit<E: Event>(&mut self, event: &E) -> Result<(), HandlerError> {
+        let envelope = Envelope::new(event, &self.cause)
+            .map_err(|e| HandlerError::Reject(format!("would publish an invalid event: {e}")))?;
+        self.events.push(envelope);
+        Ok(())
+    }
+
+    /// The cause of what this handler publishes: the event being handled.
+    pub fn cause(&self) -> &Cause {
+        &self.cause
+    }
+
+    /// Wakes `notify` once the handler's transaction has committed.
+    pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
+        self.wakes.push(notify);
+    }
+}
+
+/// One of a module's event handlers.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// A stable name, recorded in the inbox. Never derive it from a Rust path: renaming
+    /// code must not make old events look new (LESSONS 1).
+    fn name(&self) -> &'static str;
+
+    /// The wire names of the events it handles.
+    fn event_types(&self) -> &'static [&'static str];
+
+    /// Does the work inside the consumer's transaction, which also holds the inbox key and
+    /// the outbox rows of what it emits. Must tolerate events of other keys and topics
+    /// arriving in any order.
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        event: &Envelope,
+        out: &mut Emitter,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Runs a module's handlers on its subscription.
+pub struct Consumer {
+    pub db: ModuleDb,
+    pub outbox: Outbox,
+    pub handlers: Vec<Arc<dyn Handler>>,
+    pub settings: MessagingSettings,
+    pub faults: Faults,
+    /// Woken when an operator asks for a dead letter to be replayed.
+    pub replays: Arc<Notify>,
+}
+
+struct Ready {
+    delivery: Delivery,
+    envelope: Envelope,
+    handlers: Vec<Arc<dyn Handler>>,
+}
+
+enum Outcome {
+    Retry(Duration, String),
+    Dead(String),
+}
+
+const REPLAY_POLL: Duration = Duration::from_secs(1);
+
+impl Consumer {
+    pub async fn run(self, subscription: Subscription, cancel: CancellationToken) {
+        let Subscription {
+            mut deliveries,
+            acker,
+        } = subscription;
+        let mut replay_tick = tokio::time::interval(REPLAY_POLL);
+        replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = self.replays.notified() => { self.replay().await; continue }
+                _ = replay_tick.tick() => { self.replay().await; continue }
+                next = deliveries.next() => match next {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.settings.consumer_batch {
+                match deliveries.next().now_or_never() {
+                    Some(Some(d)) => batch.push(d),
+                    _ => break,
+                }
+            }
+            self.process(batch, acker.as_ref()).await;
+        }
+        tracing::debug!(module = self.db.module(), "consumer stopped");
+    }
+
+    async fn process(&self, batch: Vec<Delivery>, acker: &dyn Acker) {
+        let module = self.db.module();
+        let mut done: Vec<DeliveryTag> = Vec::with_capacity(batch.len());
+        let mut ready = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let envelope = match Envelope::from_bytes(&delivery.raw) {
+                Ok(e) => e,
+                Err(reason) => {
+                    let error = format!("undecodable envelope: {reason}");
+                    if self.park(&delivery, None, &[], &error).await {
+                        done.push(delivery.tag);
+                    }
+                    continue;
+                }
+            };
+            let handlers: Vec<Arc<dyn Handler>> = self
+                .handlers
+                .iter()
+                .filter(|h| h.event_types().contains(&envelope.event_type.as_str()))
+                .cloned()
+                .collect();
+            if handlers.is_empty() {
+                done.push(delivery.tag);
+                continue;
+            }
+            let contract = contracts::event_type_named(&envelope.event_type)
+                .map(|t| (t.check)(&envelope))
+                .unwrap_or_else(|| {
+                    Err(contracts::ContractError::Undecodable {
+                        event_type: envelope.event_type.clone(),
+                        reason: "unknown event type".into(),
+                    })
+                });
+            if let Err(e) = contract {
+                if self
+                    .park(&delivery, Some(&envelope), &handlers, &e.to_string())
+                    .await
+                {
+                    done.push(delivery.tag);
+                }
+                continue;
+            }
+            ready.push(Ready {
+                delivery,
+                envelope,
+                handlers,
+            });
+        }
+        if !ready.is_empty() {
+            match self.handle(&ready).await {
+                Ok(()) => {
+                    metrics::counter!("events_handled_total", "module" => module)
+                        .increment(ready.len() as u64);
+                    done.extend(ready.into_iter().map(|r| r.delivery.tag));
+                }
+                Err(e) if ready.len() == 1 => {
+                    if let Some(tag) = self.settle_failure(&ready[0], e, acker).await {
+                        done.push(tag);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(module, error = %e, size = ready.len(), "batch failed; handling its events one by one");
+                    for item in &ready {
+                        let outcome = match self.handle(std::slice::from_ref(item)).await {
+                            Ok(()) => {
+                                metrics::counter!("events_handled_total", "module" => module)
+                                    .increment(1);
+                                Some(item.delivery.tag.clone())
+                            }
+                            Err(e) => self.settle_failure(item, e, acker).await,
+                        };
+                        done.extend(outcome);
+                    }
+                }
+            }
+        }
+        if !done.is_empty()
+            && let Err(e) = acker.ack(&done).await
+        {
+            tracing::warn!(module, error = %e, count = done.len(), "acknowledging failed; the events will come back and be skipped as duplicates");
+        }
+    }
+
+    /// Decides what a failed event's delivery becomes; the tag when it is settled here.
+    async fn settle_failure(
+        &self,
+        item: &Ready,
+        error: HandlerError,
+        acker: &dyn Acker,
+    ) -> Option<DeliveryTag> {
+        let module = self.db.module();
+        let attempt = item.delivery.attempt;
+        let outcome = match error {
+            HandlerError::Reject(reason) => Outcome::Dead(reason),
+            HandlerError::Retry(e) if attempt >= self.settings.max_attempts => {
+                Outcome::Dead(format!("{e:#}"))
+            }
+            HandlerError::Retry(e) => {
+                Outcome::Retry(self.settings.backoff(attempt), format!("{e:#}"))
+            }
+        };
+        let envelope = &item.envelope;
+        match outcome {
+            Outcome::Retry(delay, error) => {
+                tracing::warn!(
+                    module, event_id = %envelope.id, event_type = %envelope.event_type,
+                    trace_id = envelope.trace_id().unwrap_or_default(), attempt,
+                    delay_ms = delay.as_millis() as u64, error = %error,
+                    "handling failed; retrying later"
+                );
+                metrics::counter!("event_retries_total", "module" => module).increment(1);
+                if let Err(e) = acker.retry(&item.delivery.tag, delay, &error).await {
+                    tracing::warn!(module, error = %e, "scheduling the retry failed; the event will come back when its claim expires");
+                }
+                None
+            }
+            Outcome::Dead(error) => {
+                if self
+                    .park(&item.delivery, Some(envelope), &item.handlers, &error)
+                    .await
+                {
+                    Some(item.delivery.tag.clone())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Records a dead letter; false if even that failed (the delivery then comes back).
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        envelope: Option<&Envelope>,
+        handlers: &[Arc<dyn Handler>],
+        error: &str,
+    ) -> bool {
+        let module = self.db.module();
+        let names: Vec<&str> = handlers.iter().map(|h| h.name()).collect();
+        let letter = dead_letters::NewDeadLetter {
+            event_id: envelope.map(|e| e.id),
+            event_type: envelope.map(|e| e.event_type.clone()),
+            handlers: names.join(","),
+            raw: delivery.raw.to_vec(),
+            attempts: delivery.attempt as i32,
+            error: error.to_owned(),
+        };
+        match dead_letters::record(&self.db, letter).await {
+            Ok(id) => {
+                tracing::error!(
+                    module, dead_letter_id = id,
+                    event_id = %envelope.map(|e| e.id.to_string()).unwrap_or_default(),
+                    event_type = %envelope.map(|e| e.event_type.as_str()).unwrap_or("?"),
+                    attempts = delivery.attempt, error,
+                    "event parked in the dead-letter store"
+                );
+                metrics::counter!("dead_letters_total", "module" => module).increment(1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(module, error = %format!("{e:#}"), "recording a dead letter failed");
+                false
+            }
+        }
+    }
+
+    /// Handles events in one transaction: inbox keys, handlers, their events, then commit.
+    async fn handle(&self, items: &[Ready]) -> Result<(), HandlerError> {
+        let tx = self.db.begin().await?;
+        let mut fresh = claim_inbox_keys(&tx, items).await?;
+        self.faults.point("consumer.before_handler").await;
+        let mut out = Emitter::new();
+        for item in items {
+            for handler in &item.handlers {
+                // Taken out once run: a copy of the same event in this batch is skipped.
+                if !fresh.remove(&(item.envelope.id, handler.name())) {
+                    continue;
+                }
+                if self.faults.fails(&item.envelope) {
+                    return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
+                }
+                out.cause = Cause::following(&item.envelope);
+                handler.handle(&tx, &item.envelope, &mut out).await?;
+            }
+        }
+        append(&tx, &out.events).await?;
+        self.faults.point("consumer.before_commit").await;
+        tx.commit().await?;
+        self.faults.point("consumer.after_commit").await;
+        if !out.events.is_empty() {
+            self.outbox.wake();
+        }
+        for notify in out.wakes {
+            notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Handles the dead letters an operator asked to replay. A replayed event runs after
+    /// later events of its key already ran; handlers tolerate that. It still goes through
+    /// the inbox, so one that had in fact been processed is not processed again.
+    async fn replay(&self) {
+        let module = self.db.module();
+        let requested = match dead_letters::requested(&self.db, 50).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(module, error = %format!("{e:#}"), "reading replay requests failed");
+                return;
+            }
+        };
+        for (id, raw) in requested {
+            let outcome = match Envelope::from_bytes(&raw) {
+                Err(reason) => Err(format!("undecodable envelope: {reason}")),
+                Ok(envelope) => {
+                    let handlers: Vec<Arc<dyn Handler>> = self
+                        .handlers
+                        .iter()
+                        .filter(|h| h.event_types().contains(&envelope.event_type.as_str()))
+                        .cloned()
+                        .collect();
+                    let item = Ready {
+                        delivery: Delivery {
+                            tag: DeliveryTag::Row(id),
+                            raw: Arc::from(raw.clone()),
+                            attempt: 1,
+                        },
+                        envelope,
+                        handlers,
+                    };
+                    self.replay_one(id, &item).await.map_err(|e| e.to_string())
+                }
+            };
+            match outcome {
+                Ok(()) => tracing::info!(module, dead_letter_id = id, "dead letter replayed"),
+                Err(error) => {
+                    tracing::warn!(module, dead_letter_id = id, error = %error, "replay failed; the letter stays dead");
+                    if let Err(e) = dead_letters::replay_failed(&self.db, id, &error).await {
+                        tracing::warn!(module, error = %format!("{e:#}"), "recording the failed replay failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn replay_one(&self, id: i64, item: &Ready) -> Result<(), HandlerError> {
+        if let Some(t) = contracts::event_type_named(&item.envelope.event_type) {
+            (t.check)(&item.envelope).map_err(|e| HandlerError::Reject(e.to_string()))?;
+        }
+        let tx = self.db.begin().await?;
+        let mut fresh = claim_inbox_keys(&tx, std::slice::from_ref(item)).await?;
+        let mut out = Emitter::new();
+        out.cause = Cause::following(&item.envelope);
+        for handler in &item.handlers {
+            if !fresh.remove(&(item.envelope.id, handler.name())) {
+                continue;
+            }
+            if self.faults.fails(&item.envelope) {
+                return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
+            }
+            handler.handle(&tx, &item.envelope, &mut out).await?;
+        }
+        append(&tx, &out.events).await?;
+        dead_letters::mark_replayed(&tx, id).await?;
+        tx.commit().await?;
+        if !out.events.is_empty() {
+            self.outbox.wake();
+        }
+        for notify in out.wakes {
+            notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Inserts the inbox keys of `items`; returns those that were new (the others were
+/// processed before and are skipped).
+async fn claim_inbox_keys(
+    tx: &DatabaseTransaction,
+    items: &[Ready],
+) -> Result<HashSet<(Uuid, &'static str)>, HandlerError> {
+    let now = now_ms();
+    let mut values: Vec<Value> = Vec::new();
+    let mut rows = Vec::new();
+    for item in items {
+        for handler in &item.handlers {
+            let n = values.len();
+            rows.push(format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+            values.push(item.envelope.id.into());
+            values.push(handler.name().into());
+            values.push(now.into());
+        }
+    }
+    let sql = format!(
+        "INSERT INTO inbox (event_id, handler, processed_at) VALUES {} \
+         ON CONFLICT (event_id, handler) DO NOTHING RETURNING event_id, handler",
+        rows.join(", ")
+    );
+    let inserted = query(tx, &sql, values)
+        .await
+        .context("failed to record inbox keys")?;
+    let names: Vec<&'static str> = items
+        .iter()
+        .flat_map(|i| i.handlers.iter().map(|h| h.name()))
+        .collect();
+    let mut fresh = HashSet::with_capacity(inserted.len());
+    for row in inserted {
+        let id: Uuid = row.try_get("", "event_id")?;
+        let handler: String = row.try_get("", "handler")?;
+        if let Some(name) = names.iter().find(|n| **n == handler) {
+            fresh.insert((id, *name));
+        }
+    }
+    Ok(fresh)
+}
+
+/// Deletes published outbox rows and inbox keys older than their retention, a chunk at a
+/// time, so the tables stay small (LESSONS 4).
+pub async fn clean(db: &ModuleDb, settings: &MessagingSettings) -> Result<(u64, u64), DbErr> {
+    const CHUNK: i64 = 5000;
+    let now = now_ms();
+    let outbox_before = now - (settings.outbox_retention_secs as i64) * 1000;
+    let inbox_before = now - (settings.inbox_retention_secs as i64) * 1000;
+    let mut outbox = 0;
+    loop {
+        let n = execute(
+            db.conn(),
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
+            vec![outbox_before.into(), CHUNK.into()],
+        )
+        .await?;
+        outbox += n;
+        if n < CHUNK as u64 {
+            break;
+        }
+    }
+    let mut inbox = 0;
+    loop {
+        let n = execute(
+            db.conn(),
+            "DELETE FROM inbox WHERE (event_id, handler) IN (SELECT event_id, handler FROM inbox WHERE processed_at < $1 LIMIT $2)",
+            vec![inbox_before.into(), CHUNK.into()],
+        )
+        .await?;
+        inbox += n;
+        if n < CHUNK as u64 {
+            break;
+        }
+    }
+    Ok((outbox, inbox))
+}
+
+/// Cleans a module's tables every `cleanup_interval_secs` until cancelled.
+pub async fn run_cleaner(db: ModuleDb, settings: MessagingSettings, cancel: CancellationToken) {
+    let every = Duration::from_secs(settings.cleanup_interval_secs);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match clean(&db, &settings).await {
+            Ok((outbox, inbox)) if outbox + inbox > 0 => {
+                tracing::info!(
+                    module = db.module(),
+                    outbox,
+                    inbox,
+                    "old outbox rows and inbox keys deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(module = db.module(), error = %e, "cleaning the outbox and inbox failed")
+            }
+        }
+    }
+}

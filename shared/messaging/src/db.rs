@@ -1,0 +1,125 @@
+//! A module's own connection pool, and the few SQL helpers the messaging tables need to
+//! run the same statements on SQLite and PostgreSQL.
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
+
+/// A module's own connection pool. Everything the module stores goes through it.
+#[derive(Debug, Clone)]
+pub struct ModuleDb {
+    module: &'static str,
+    conn: DatabaseConnection,
+}
+
+impl ModuleDb {
+    pub fn new(module: &'static str, conn: DatabaseConnection) -> Self {
+        Self { module, conn }
+    }
+
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of failing
+    /// when a read lock cannot be upgraded.
+    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        begin_write(&self.conn).await
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.ping().await
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+}
+
+/// See [`ModuleDb::begin`].
+pub async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    conn.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Milliseconds since the epoch: how the messaging tables store time.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One statement written with PostgreSQL placeholders (`$1`) and clauses, adapted to the
+/// backend: SQLite numbers its placeholders `?1` and has no row locks to skip. The SQL must
+/// not contain `$` anywhere else (no dollar-quoted strings).
+pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Sqlite => sql.replace('$', "?").replace(" FOR UPDATE SKIP LOCKED", ""),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// `$first, $first+1, ...`: `count` placeholders, for an `IN (...)` list.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs one statement (see [`stmt`]); returns the rows affected.
+pub async fn execute(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<u64, DbErr> {
+    let backend = conn.get_database_backend();
+    conn.execute_raw(stmt(backend, sql, values))
+        .await
+        .map(|r| r.rows_affected())
+}
+
+/// Runs one query (see [`stmt`]).
+pub async fn query(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    let backend = conn.get_database_backend();
+    conn.query_all_raw(stmt(backend, sql, values)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_adapt_to_sqlite() {
+        let s = stmt(
+            DbBackend::Sqlite,
+            "SELECT id FROM t WHERE a = $1 AND b IN ($2, $3) FOR UPDATE SKIP LOCKED",
+            vec![],
+        );
+        assert_eq!(s.sql, "SELECT id FROM t WHERE a = ?1 AND b IN (?2, ?3)");
+        let p = stmt(
+            DbBackend::Postgres,
+            "SELECT $1 FOR UPDATE SKIP LOCKED",
+            vec![],
+        );
+        assert_eq!(p.sql, "SELECT $1 FOR UPDATE SKIP LOCKED");
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+    }
+}

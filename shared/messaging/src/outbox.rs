@@ -1,0 +1,281 @@
+//! The transactional outbox and its relay.
+//!
+//! A use case appends its events to the `outbox` table in the same transaction as the
+//! change they announce, so both commit or neither does. The relay hands committed rows to
+//! the bus in batches and marks them published only after the bus accepted them.
+//!
+//! The relay never reads "after the last id it saw": it always takes the lowest unpublished
+//! ids, so a row whose transaction committed late (with a lower id than rows already
+//! published) is picked up on the next pass instead of being skipped (LESSONS 5). Only one
+//! relay per module publishes at a time, under a lease renewed while it works, so events of
+//! one key leave in the order their transactions committed (LESSONS 2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use contracts::Envelope;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{EventBus, Outgoing};
+use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
+use crate::faults::Faults;
+use crate::settings::MessagingSettings;
+
+/// A module's handle on its own outbox.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    module: &'static str,
+    wake: Arc<Notify>,
+}
+
+const INSERT_CHUNK: usize = 500;
+
+impl Outbox {
+    pub fn new(module: &'static str) -> Self {
+        Self {
+            module,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    /// Adds events to the outbox inside the caller's transaction.
+    pub async fn append(
+        &self,
+        tx: &impl ConnectionTrait,
+        events: &[Envelope],
+    ) -> Result<(), DbErr> {
+        append(tx, events).await
+    }
+
+    /// Commits `tx` and wakes the relay, so the events leave now rather than at the next
+    /// poll.
+    pub async fn commit(&self, tx: DatabaseTransaction) -> Result<(), DbErr> {
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Tells the relay that new events were committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+}
+
+pub(crate) async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
+    let now = now_ms();
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (i, event) in chunk.iter().enumerate() {
+            let n = i * 5;
+            rows.push(format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+            values.push(event.id.into());
+            values.push(event.event_type.clone().into());
+            values.push(event.key.clone().into());
+            values.push(
+                String::from_utf8_lossy(&event.to_bytes())
+                    .into_owned()
+                    .into(),
+            );
+            values.push(now.into());
+        }
+        let sql = format!(
+            "INSERT INTO outbox (event_id, event_type, ordering_key, envelope, created_at) VALUES {}",
+            rows.join(", ")
+        );
+        execute(tx, &sql, values).await?;
+    }
+    Ok(())
+}
+
+/// How many events wait in a module's outbox, and the age of the oldest, in ms.
+pub async fn backlog(db: &ModuleDb) -> Result<(i64, i64), DbErr> {
+    let rows = query(
+        db.conn(),
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL",
+        vec![],
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Ok((0, 0));
+    };
+    let n: i64 = row.try_get("", "n")?;
+    let oldest: Option<i64> = row.try_get("", "oldest")?;
+    Ok((n, oldest.map_or(0, |o| (now_ms() - o).max(0))))
+}
+
+/// Publishes a module's outbox through the bus until cancelled.
+pub struct Relay {
+    pub db: ModuleDb,
+    pub outbox: Outbox,
+    pub bus: Arc<dyn EventBus>,
+    pub settings: MessagingSettings,
+    /// This process's name, as holder of the relay lease.
+    pub instance: String,
+    pub faults: Faults,
+}
+
+const LEASE_NAME: &str = "relay";
+
+impl Relay {
+    pub async fn run(self, cancel: CancellationToken) {
+        let module = self.db.module();
+        let wake = self.outbox.waker();
+        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let mut lease_until = 0_i64;
+        let mut failures = 0_u32;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let outcome = self.pass(&mut lease_until).await;
+            let idle = match outcome {
+                Ok(Pass::Published(n)) => {
+                    failures = 0;
+                    n < self.settings.relay_batch
+                }
+                Ok(Pass::Empty) => {
+                    failures = 0;
+                    true
+                }
+                Ok(Pass::NotLeader) => true,
+                Err(e) => {
+                    failures += 1;
+                    let delay = self.settings.backoff(failures);
+                    tracing::warn!(module, error = %format!("{e:#}"), attempt = failures, delay_ms = delay.as_millis() as u64, "relay pass failed; retrying");
+                    metrics::counter!("relay_failures_total", "module" => module).increment(1);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    false
+                }
+            };
+            if idle {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+        // Hand the lease back so another instance can take over at once.
+        let _ = execute(
+            self.db.conn(),
+            "UPDATE relay_lease SET holder = NULL, held_until = 0 WHERE name = $1 AND holder = $2",
+            vec![LEASE_NAME.into(), self.instance.clone().into()],
+        )
+        .await;
+        tracing::debug!(module, "relay stopped");
+    }
+
+    async fn pass(&self, lease_until: &mut i64) -> anyhow::Result<Pass> {
+        let now = now_ms();
+        let lease = self.settings.lease_ms as i64;
+        if *lease_until - now < lease / 2 {
+            if !self.take_lease(now, lease).await? {
+                *lease_until = 0;
+                return Ok(Pass::NotLeader);
+            }
+            *lease_until = now + lease;
+        }
+        let rows = query(
+            self.db.conn(),
+            "SELECT id, event_id, event_type, ordering_key, envelope FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            vec![(self.settings.relay_batch as i64).into()],
+        )
+        .await
+        .context("failed to read the outbox")?;
+        if rows.is_empty() {
+            return Ok(Pass::Empty);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.try_get::<i64>("", "id")?);
+            let event_type: String = row.try_get("", "event_type")?;
+            batch.push(Outgoing {
+                event_id: row.try_get("", "event_id")?,
+                source: contracts::source_of(&event_type).to_owned(),
+                event_type,
+                key: row.try_get("", "ordering_key")?,
+                envelope: Arc::from(row.try_get::<String>("", "envelope")?),
+            });
+        }
+        self.faults.point("relay.before_publish").await;
+        self.bus
+            .publish(&batch)
+            .await
+            .context("the bus did not accept the batch")?;
+        self.faults.point("relay.after_publish").await;
+        let mut values: Vec<Value> = vec![now_ms().into()];
+        values.extend(ids.iter().map(|id| Value::from(*id)));
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
+            placeholders(2, ids.len())
+        );
+        execute(self.db.conn(), &sql, values)
+            .await
+            .context("failed to mark events published")?;
+        metrics::counter!("outbox_published_total", "module" => self.db.module())
+            .increment(ids.len() as u64);
+        Ok(Pass::Published(ids.len()))
+    }
+
+    /// Takes or renews the module's relay lease; false when another instance holds it.
+    async fn take_lease(&self, now: i64, lease: i64) -> anyhow::Result<bool> {
+        let values = || -> Vec<Value> {
+            vec![
+                self.instance.clone().into(),
+                (now + lease).into(),
+                LEASE_NAME.into(),
+                now.into(),
+            ]
+        };
+        let taken = execute(
+            self.db.conn(),
+            "UPDATE relay_lease SET holder = $1, held_until = $2 \
+             WHERE name = $3 AND (holder = $1 OR holder IS NULL OR held_until < $4)",
+            values(),
+        )
+        .await
+        .context("failed to renew the relay lease")?;
+        if taken == 1 {
+            return Ok(true);
+        }
+        // The first relay ever: create the lease row (a concurrent one may win; fine).
+        let created = execute(
+            self.db.conn(),
+            "INSERT INTO relay_lease (name, holder, held_until) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            vec![LEASE_NAME.into(), self.instance.clone().into(), (now + lease).into()],
+        )
+        .await
+        .context("failed to create the relay lease")?;
+        Ok(created == 1)
+    }
+}
+
+enum Pass {
+    Published(usize),
+    Empty,
+    NotLeader,
+}

@@ -1,0 +1,100 @@
+//! How the outbox relay, the consumers and the cleaner behave; `[messaging]` in the
+//! settings files.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use validator::Validate;
+
+#[derive(Debug, Clone, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// Events the relay hands to the bus per round trip.
+    #[validate(range(min = 1, max = 5000))]
+    pub relay_batch: usize,
+    /// Events a consumer handles per transaction.
+    #[validate(range(min = 1, max = 5000))]
+    pub consumer_batch: usize,
+    /// Deliveries a module may hold unacknowledged.
+    #[validate(range(min = 1, max = 100000))]
+    pub max_in_flight: usize,
+    /// How often idle relays and consumers look for work they were not woken for.
+    #[validate(range(min = 5, max = 60000))]
+    pub poll_interval_ms: u64,
+    /// How long a relay lease or a claimed delivery stays held without renewal.
+    #[validate(range(min = 500, max = 600000))]
+    pub lease_ms: u64,
+    /// Deliveries of a failing event before it is dead-lettered.
+    #[validate(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// Retry delays grow from this base, doubling, with full jitter.
+    #[validate(range(min = 1, max = 600000))]
+    pub retry_base_ms: u64,
+    /// and never exceed this cap.
+    #[validate(range(min = 1, max = 3600000))]
+    pub retry_max_ms: u64,
+    /// Published outbox rows are kept this long (for inspection), then deleted.
+    #[validate(range(min = 0, max = 31536000))]
+    pub outbox_retention_secs: u64,
+    /// Inbox keys are kept this long: longer than any redelivery can come late.
+    #[validate(range(min = 60, max = 31536000))]
+    pub inbox_retention_secs: u64,
+    #[validate(range(min = 1, max = 86400))]
+    pub cleanup_interval_secs: u64,
+}
+
+impl MessagingSettings {
+    /// The delay before retry number `attempt` (1-based): exponential with full jitter,
+    /// capped (LESSONS 6).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let ceiling = self
+            .retry_base_ms
+            .saturating_mul(1_u64 << exponent)
+            .min(self.retry_max_ms);
+        Duration::from_millis(fastrand::u64(0..=ceiling))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn settings() -> MessagingSettings {
+        MessagingSettings {
+            relay_batch: 100,
+            consumer_batch: 100,
+            max_in_flight: 100,
+            poll_interval_ms: 100,
+            lease_ms: 1000,
+            max_attempts: 5,
+            retry_base_ms: 100,
+            retry_max_ms: 1000,
+            outbox_retention_secs: 60,
+            inbox_retention_secs: 60,
+            cleanup_interval_secs: 60,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_a_cap() {
+        let s = settings();
+        for (attempt, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let delays: Vec<u64> = (0..200)
+                .map(|_| s.backoff(attempt).as_millis() as u64)
+                .collect();
+            assert!(delays.iter().all(|d| *d <= ceiling), "attempt {attempt}");
+            assert!(
+                delays.iter().any(|d| *d < ceiling / 2),
+                "attempt {attempt} is jittered"
+            );
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Operator endpoints for each module's dead letters, under `/admin/<module>/dead-letters`:
+//! list, inspect, replay, discard. They exist only when `operator.token` is set, and every
+//! call must carry it as `Authorization: Bearer <token>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use messaging::ModuleDb;
+use messaging::dead_letters::{self, Change};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+use validator::Validate;
+
+use crate::http::{ApiError, ValidQuery};
+
+pub(crate) struct ModuleLetters {
+    pub db: ModuleDb,
+    /// Wakes the module's consumer to run a replay now.
+    pub replays: Arc<Notify>,
+}
+
+pub(crate) struct Admin {
+    pub token: SecretString,
+    pub modules: HashMap<&'static str, ModuleLetters>,
+}
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/{module}/dead-letters")
+            .route("", web::get().to(list))
+            .route("/{id}", web::get().to(get))
+            .route("/{id}/replay", web::post().to(replay))
+            .route("/{id}/discard", web::post().to(discard)),
+    );
+}
+
+impl Admin {
+    fn authorize(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = self.token.expose_secret().as_bytes();
+        if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "a valid operator bearer token is required",
+            ))
+        }
+    }
+
+    fn module(&self, name: &str) -> Result<&ModuleLetters, ApiError> {
+        self.modules.get(name).ok_or_else(|| {
+            ApiError::not_found("module_not_found", format!("no module {name} runs here"))
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Validate)]
+struct ListQuery {
+    #[validate(range(min = 1, max = 500))]
+    limit: Option<u64>,
+    after: Option<i64>,
+    #[validate(custom(function = "letter_status"))]
+    status: Option<String>,
+}
+
+fn letter_status(s: &str) -> Result<(), validator::ValidationError> {
+    if ["dead", "replay_requested", "replayed", "discarded"].contains(&s) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("invalid_value")
+            .with_message("must be dead, replay_requested, replayed or discarded".into()))
+    }
+}
+
+async fn list(
+    admin: web::Data<Admin>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: ValidQuery<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admin.authorize(&req)?;
+    let module = admin.module(&path)?;
+    let query = query.0;
+    let limit = query.limit.unwrap_or(50);
+    let items = dead_letters::list(&module.db, query.status.as_deref(), query.after, limit).await?;
+    let next_after = if items.len() as u64 == limit {
+        items.last().map(|l| l.id)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_after": next_after})))
+}
+
+fn letter_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse().map_err(|_| {
+        let mut e = kernel::FieldErrors::new();
+        e.add(
+            "id",
+            "invalid_format",
+            "must be a dead letter id (an integer)",
+        );
+        ApiError::invalid(e)
+    })
+}
+
+async fn get(
+    admin: web::Data<Admin>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    admin.authorize(&req)?;
+    let (module, id) = path.into_inner();
+    let module = admin.module(&module)?;
+    let id = letter_id(&id)?;
+    match dead_letters::get(&module.db, id).await? {
+        Some(letter) => Ok(HttpResponse::Ok().json(letter)),
+        None => Err(not_found(id)),
+    }
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"))
+}
+
+async fn settle(change: Change, id: i64, module: &ModuleLetters) -> Result<HttpResponse, ApiError> {
+    match change {
+        Change::Done => {
+            let letter = dead_letters::get(&module.db, id).await?;
+            Ok(HttpResponse::Ok().json(letter))
+        }
+        Change::NotFound => Err(not_found(id)),
+        Change::WrongStatus => Err(ApiError::conflict(
+            "dead_letter_status",
+            format!("dead letter {id} is not in a status that allows this"),
+        )),
+    }
+}
+
+async fn replay(
+    admin: web::Data<Admin>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    admin.authorize(&req)?;
+    let (module, id) = path.into_inner();
+    let module = admin.module(&module)?;
+    let id = letter_id(&id)?;
+    let change = dead_letters::request_replay(&module.db, id).await?;
+    if change == Change::Done {
+        module.replays.notify_one();
+    }
+    settle(change, id, module).await
+}
+
+async fn discard(
+    admin: web::Data<Admin>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    admin.authorize(&req)?;
+    let (module, id) = path.into_inner();
+    let module = admin.module(&module)?;
+    let id = letter_id(&id)?;
+    let change = dead_letters::discard(&module.db, id).await?;
+    settle(change, id, module).await
+}
