@@ -1,6 +1,10 @@
 //! `cargo xtask <command>`: the project's developer commands, in Rust so they run wherever
 //! cargo does.
 
+mod bench;
+
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -14,11 +18,30 @@ struct Cli {
 enum Command {
     /// Print the workspace's crates and what each one depends on inside the workspace.
     Crates,
+    /// Measure the order journey under load on PostgreSQL (loopback only).
+    Bench(bench::BenchArgs),
+}
+
+/// The workspace's root folder (where the top `Cargo.toml` is).
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crates => crates(),
+        Command::Bench(args) => {
+            if !args.no_build {
+                bench::build_release(&["app"])?;
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(bench::monolith(&args))?;
+            bench::print(&[report]);
+            Ok(())
+        }
     }
 }
 

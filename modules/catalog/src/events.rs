@@ -9,16 +9,10 @@
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError};
+use messaging::{Emitter, Handler, HandlerError, decode_all};
 use sea_orm::DatabaseTransaction;
 
 use crate::use_cases::hold_stock;
-
-fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
-    event
-        .decode()
-        .map_err(|e| HandlerError::Reject(e.to_string()))
-}
 
 pub(crate) struct ReserveStock;
 
@@ -27,16 +21,18 @@ impl Handler for ReserveStock {
     fn name(&self) -> &'static str {
         "catalog.reserve_stock"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderPlacedV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        hold_stock::reserve(tx, decode(event)?, out).await
+        hold_stock::reserve(tx, &decode_all(events)?, out).await
     }
 }
 
@@ -47,16 +43,21 @@ impl Handler for ReleaseStock {
     fn name(&self) -> &'static str {
         "catalog.release_stock"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderCancelledV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        hold_stock::release(tx, decode(event)?, out).await
+        for (event, cancelled) in decode_all(events)? {
+            hold_stock::release(tx, event, cancelled, out).await?;
+        }
+        Ok(())
     }
 }
 
@@ -67,15 +68,20 @@ impl Handler for ReholdStock {
     fn name(&self) -> &'static str {
         "catalog.rehold_stock"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderReinstatedV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        hold_stock::rehold(tx, decode(event)?).await
+        for (_, reinstated) in decode_all::<OrderReinstatedV1>(events)? {
+            hold_stock::rehold(tx, reinstated).await?;
+        }
+        Ok(())
     }
 }

@@ -12,24 +12,11 @@ use async_trait::async_trait;
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError};
+use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
 use sea_orm::DatabaseTransaction;
 use tokio::sync::Notify;
 
 use crate::use_cases::{price_list, shipment_progress, stock_outcome};
-
-fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
-    event
-        .decode()
-        .map_err(|e| HandlerError::Reject(e.to_string()))
-}
-
-fn unexpected(event: &Envelope) -> HandlerError {
-    HandlerError::Reject(format!(
-        "not a type this handler takes: {}",
-        event.event_type
-    ))
-}
 
 pub(crate) struct PriceList;
 
@@ -38,20 +25,25 @@ impl Handler for PriceList {
     fn name(&self) -> &'static str {
         "checkout.price_list"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[ProductPublishedV1::TYPE, ProductRepricedV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        match event.event_type.as_str() {
-            ProductPublishedV1::TYPE => price_list::on_published(tx, decode(event)?).await,
-            ProductRepricedV1::TYPE => price_list::on_repriced(tx, decode(event)?).await,
-            _ => Err(unexpected(event)),
+        for event in events {
+            if event.event_type == ProductPublishedV1::TYPE {
+                price_list::on_published(tx, decode(event)?).await?;
+            } else {
+                price_list::on_repriced(tx, decode(event)?).await?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -65,22 +57,20 @@ impl Handler for StockOutcome {
     fn name(&self) -> &'static str {
         "checkout.stock_outcome"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[StockReservedV1::TYPE, StockRejectedV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        match event.event_type.as_str() {
-            StockReservedV1::TYPE => {
-                stock_outcome::on_reserved(tx, decode(event)?, out, &self.payments).await
-            }
-            StockRejectedV1::TYPE => stock_outcome::on_rejected(tx, decode(event)?).await,
-            _ => Err(unexpected(event)),
-        }
+        let (reserved, rejected) = by_type(events, StockReservedV1::TYPE);
+        stock_outcome::on_reserved(tx, &decode_all(&reserved)?, out, &self.payments).await?;
+        stock_outcome::on_rejected(tx, &decode_all(&rejected)?).await
     }
 }
 
@@ -91,21 +81,32 @@ impl Handler for ShipmentProgress {
     fn name(&self) -> &'static str {
         "checkout.shipment_progress"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[ShipmentDispatchedV1::TYPE, ShipmentDeliveredV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        match event.event_type.as_str() {
-            ShipmentDispatchedV1::TYPE => {
-                shipment_progress::on_dispatched(tx, decode(event)?, out).await
+        for event in events {
+            if event.event_type == ShipmentDispatchedV1::TYPE {
+                shipment_progress::on_dispatched(tx, event, decode(event)?, out).await?;
+            } else {
+                shipment_progress::on_delivered(tx, decode(event)?).await?;
             }
-            ShipmentDeliveredV1::TYPE => shipment_progress::on_delivered(tx, decode(event)?).await,
-            _ => Err(unexpected(event)),
         }
+        Ok(())
     }
+}
+
+/// Splits a batch into the events of `event_type` and the others, keeping their order.
+fn by_type<'a>(
+    events: &[&'a Envelope],
+    event_type: &str,
+) -> (Vec<&'a Envelope>, Vec<&'a Envelope>) {
+    events.iter().partition(|e| e.event_type == event_type)
 }

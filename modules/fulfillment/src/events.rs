@@ -8,16 +8,10 @@
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError};
+use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
 use sea_orm::DatabaseTransaction;
 
 use crate::use_cases::orders;
-
-fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
-    event
-        .decode()
-        .map_err(|e| HandlerError::Reject(e.to_string()))
-}
 
 pub(crate) struct CreateShipment;
 
@@ -26,16 +20,18 @@ impl Handler for CreateShipment {
     fn name(&self) -> &'static str {
         "fulfillment.create_shipment"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderConfirmedV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        orders::on_confirmed(tx, decode(event)?, out).await
+        orders::on_confirmed(tx, &decode_all(events)?, out).await
     }
 }
 
@@ -46,15 +42,20 @@ impl Handler for CancelShipment {
     fn name(&self) -> &'static str {
         "fulfillment.cancel_shipment"
     }
+
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderCancelledV1::TYPE]
     }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        orders::on_cancelled(tx, decode(event)?).await
+        for event in events {
+            orders::on_cancelled(tx, decode(event)?).await?;
+        }
+        Ok(())
     }
 }

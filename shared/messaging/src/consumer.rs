@@ -55,7 +55,6 @@ impl From<anyhow::Error> for HandlerError {
 
 /// What a handler publishes, committed with its work.
 pub struct Emitter {
-    cause: Cause,
     events: Vec<Envelope>,
     wakes: Vec<Arc<Notify>>,
 }
@@ -63,29 +62,40 @@ pub struct Emitter {
 impl Emitter {
     fn new() -> Self {
         Self {
-            cause: Cause::fresh(),
             events: Vec::new(),
             wakes: Vec::new(),
         }
     }
 
-    /// Publishes `event` as a consequence of the event being handled.
-    pub fn emit<E: Event>(&mut self, event: &E) -> Result<(), HandlerError> {
-        let envelope = Envelope::new(event, &self.cause)
+    /// Publishes `event` as a consequence of `cause`, the event being handled: it keeps
+    /// the correlation and the trace, and names `cause` as its causation.
+    pub fn emit<E: Event>(&mut self, cause: &Envelope, event: &E) -> Result<(), HandlerError> {
+        let envelope = Envelope::new(event, &Cause::following(cause))
             .map_err(|e| HandlerError::Reject(format!("would publish an invalid event: {e}")))?;
         self.events.push(envelope);
         Ok(())
-    }
-
-    /// The cause of what this handler publishes: the event being handled.
-    pub fn cause(&self) -> &Cause {
-        &self.cause
     }
 
     /// Wakes `notify` once the handler's transaction has committed.
     pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
         self.wakes.push(notify);
     }
+}
+
+/// Reads an event's payload as `E`; one that does not fit is refused for good (the
+/// consumer already checked the contract, so this means the handler was given the wrong
+/// type).
+pub fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
+    event
+        .decode()
+        .map_err(|err| HandlerError::Reject(err.to_string()))
+}
+
+/// [`decode`] for a batch, keeping each event beside its payload.
+pub fn decode_all<'a, E: Event>(
+    events: &[&'a Envelope],
+) -> Result<Vec<(&'a Envelope, E)>, HandlerError> {
+    events.iter().map(|e| Ok((*e, decode(e)?))).collect()
 }
 
 /// One of a module's event handlers.
@@ -98,13 +108,15 @@ pub trait Handler: Send + Sync + 'static {
     /// The wire names of the events it handles.
     fn event_types(&self) -> &'static [&'static str];
 
-    /// Does the work inside the consumer's transaction, which also holds the inbox key and
-    /// the outbox rows of what it emits. Must tolerate events of other keys and topics
-    /// arriving in any order.
+    /// Does the work for `events`, in the order given, inside the consumer's transaction,
+    /// which also holds their inbox keys and the outbox rows of what it emits. The events
+    /// have distinct ordering keys (a subscription never hands out two of one key at
+    /// once), so a handler may apply them in one set-based pass: many events per round
+    /// trip. It must tolerate events of other keys and topics arriving in any order.
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError>;
 }
@@ -333,33 +345,52 @@ impl Consumer {
     /// Handles events in one transaction: inbox keys, handlers, their events, then commit.
     async fn handle(&self, items: &[Ready]) -> Result<(), HandlerError> {
         let tx = self.db.begin().await?;
-        let mut fresh = claim_inbox_keys(&tx, items).await?;
+        let fresh = claim_inbox_keys(&tx, items).await?;
         self.faults.point("consumer.before_handler").await;
         let mut out = Emitter::new();
-        for item in items {
-            for handler in &item.handlers {
-                // Taken out once run: a copy of the same event in this batch is skipped.
-                if !fresh.remove(&(item.envelope.id, handler.name())) {
-                    continue;
-                }
-                if self.faults.fails(&item.envelope) {
-                    return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
-                }
-                out.cause = Cause::following(&item.envelope);
-                handler.handle(&tx, &item.envelope, &mut out).await?;
-            }
-        }
+        self.run_handlers(&tx, items, fresh, &mut out).await?;
         append(&tx, &out.events).await?;
         self.faults.point("consumer.before_commit").await;
         tx.commit().await?;
         self.faults.point("consumer.after_commit").await;
+        self.after_commit(out);
+        Ok(())
+    }
+
+    /// Runs each handler once, on the events of this batch it has not processed before,
+    /// in batch order. A copy of an event within the batch runs once.
+    async fn run_handlers(
+        &self,
+        tx: &DatabaseTransaction,
+        items: &[Ready],
+        mut fresh: HashSet<(Uuid, &'static str)>,
+        out: &mut Emitter,
+    ) -> Result<(), HandlerError> {
+        for handler in &self.handlers {
+            let events: Vec<&Envelope> = items
+                .iter()
+                .filter(|item| item.handlers.iter().any(|h| h.name() == handler.name()))
+                .filter(|item| fresh.remove(&(item.envelope.id, handler.name())))
+                .map(|item| &item.envelope)
+                .collect();
+            if events.is_empty() {
+                continue;
+            }
+            if events.iter().any(|e| self.faults.fails(e)) {
+                return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
+            }
+            handler.handle(tx, &events, out).await?;
+        }
+        Ok(())
+    }
+
+    fn after_commit(&self, out: Emitter) {
         if !out.events.is_empty() {
             self.outbox.wake();
         }
         for notify in out.wakes {
             notify.notify_one();
         }
-        Ok(())
     }
 
     /// Handles the dead letters an operator asked to replay. A replayed event runs after
@@ -412,28 +443,15 @@ impl Consumer {
         if let Some(t) = contracts::event_type_named(&item.envelope.event_type) {
             (t.check)(&item.envelope).map_err(|e| HandlerError::Reject(e.to_string()))?;
         }
+        let items = std::slice::from_ref(item);
         let tx = self.db.begin().await?;
-        let mut fresh = claim_inbox_keys(&tx, std::slice::from_ref(item)).await?;
+        let fresh = claim_inbox_keys(&tx, items).await?;
         let mut out = Emitter::new();
-        out.cause = Cause::following(&item.envelope);
-        for handler in &item.handlers {
-            if !fresh.remove(&(item.envelope.id, handler.name())) {
-                continue;
-            }
-            if self.faults.fails(&item.envelope) {
-                return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
-            }
-            handler.handle(&tx, &item.envelope, &mut out).await?;
-        }
+        self.run_handlers(&tx, items, fresh, &mut out).await?;
         append(&tx, &out.events).await?;
         dead_letters::mark_replayed(&tx, id).await?;
         tx.commit().await?;
-        if !out.events.is_empty() {
-            self.outbox.wake();
-        }
-        for notify in out.wakes {
-            notify.notify_one();
-        }
+        self.after_commit(out);
         Ok(())
     }
 }

@@ -62,11 +62,15 @@ pub fn now_ms() -> i64 {
 }
 
 /// One statement written with PostgreSQL placeholders (`$1`) and clauses, adapted to the
-/// backend: SQLite numbers its placeholders `?1` and has no row locks to skip. The SQL must
+/// backend: SQLite numbers its placeholders `?1` and has no row locks (its write
+/// transactions are exclusive), so `FOR UPDATE [SKIP LOCKED]` is dropped. The SQL must
 /// not contain `$` anywhere else (no dollar-quoted strings).
 pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = match backend {
-        DbBackend::Sqlite => sql.replace('$', "?").replace(" FOR UPDATE SKIP LOCKED", ""),
+        DbBackend::Sqlite => sql
+            .replace('$', "?")
+            .replace(" FOR UPDATE SKIP LOCKED", "")
+            .replace(" FOR UPDATE", ""),
         _ => sql.to_owned(),
     };
     Statement::from_sql_and_values(backend, sql, values)
@@ -114,6 +118,12 @@ mod tests {
             vec![],
         );
         assert_eq!(s.sql, "SELECT id FROM t WHERE a = ?1 AND b IN (?2, ?3)");
+        let locked = stmt(
+            DbBackend::Sqlite,
+            "SELECT a FROM t ORDER BY a FOR UPDATE",
+            vec![],
+        );
+        assert_eq!(locked.sql, "SELECT a FROM t ORDER BY a");
         let p = stmt(
             DbBackend::Postgres,
             "SELECT $1 FOR UPDATE SKIP LOCKED",

@@ -15,7 +15,7 @@ pub mod settings;
 pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
-pub use consumer::{Consumer, Emitter, Handler, HandlerError};
+pub use consumer::{Consumer, Emitter, Handler, HandlerError, decode, decode_all};
 pub use db::ModuleDb;
 pub use faults::Faults;
 pub use local_bus::LocalBus;

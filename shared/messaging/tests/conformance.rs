@@ -199,28 +199,27 @@ impl Handler for Recorder {
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
-        event: &Envelope,
+        events: &[&Envelope],
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        let payload: OrderConfirmedV1 = event
-            .decode()
-            .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        execute(
-            tx,
-            "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
-            vec![
-                event.id.to_string().into(),
-                event.key.clone().into(),
-                payload.total_minor.into(),
-            ],
-        )
-        .await?;
-        execute(
-            tx,
-            "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
-            vec![],
-        )
-        .await?;
+        for (event, payload) in messaging::decode_all::<OrderConfirmedV1>(events)? {
+            execute(
+                tx,
+                "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
+                vec![
+                    event.id.to_string().into(),
+                    event.key.clone().into(),
+                    payload.total_minor.into(),
+                ],
+            )
+            .await?;
+            execute(
+                tx,
+                "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
+                vec![],
+            )
+            .await?;
+        }
         Ok(())
     }
 }

@@ -19,6 +19,17 @@ pub use buses::{DuplicatingBus, RecordingBus};
 pub use reqwest;
 pub use serde_json::json;
 
+/// Installs JSON logs on stdout when `TEST_LOG` is set (e.g. `TEST_LOG=debug`), once.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            let subscriber = runtime::telemetry::subscriber("test".into(), &level, std::io::stdout);
+            let _ = runtime::telemetry::init(subscriber);
+        }
+    });
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `secs` seconds with
 /// `what` in the message.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
@@ -227,6 +238,7 @@ impl Spawn {
     }
 
     pub async fn start(self) -> TestApp {
+        init_logs();
         let Spawn {
             backend,
             modules,

@@ -1,8 +1,11 @@
 //! Holding and releasing stock: the row-level updates behind reservations.
 
 use chrono::Utc;
+use messaging::db::{execute, placeholders, query};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Value,
+};
 use uuid::Uuid;
 
 use super::{order_holds, stock_levels, stock_reservations};
@@ -131,4 +134,114 @@ pub(crate) async fn forget_reservations(
         .exec(conn)
         .await
         .map(|_| ())
+}
+
+/// The decisions already taken for these orders.
+pub(crate) async fn hold_statuses(
+    conn: &impl ConnectionTrait,
+    orders: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, DbErr> {
+    if orders.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT order_id, status FROM order_holds WHERE order_id IN ({})",
+        placeholders(1, orders.len())
+    );
+    let rows = query(conn, &sql, orders.iter().map(|o| Value::from(*o)).collect()).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "order_id")?, r.try_get("", "status")?)))
+        .collect()
+}
+
+/// Units free per sku, for these skus, locking their rows until the transaction ends
+/// (PostgreSQL; a SQLite write transaction is exclusive anyway). Rows are locked in sku
+/// order, so concurrent batches cannot deadlock on them.
+pub(crate) async fn lock_free_units(
+    conn: &impl ConnectionTrait,
+    skus: &[&str],
+) -> Result<std::collections::HashMap<String, i64>, DbErr> {
+    if skus.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT sku, on_hand - reserved AS free FROM stock_levels WHERE sku IN ({}) ORDER BY sku FOR UPDATE",
+        placeholders(1, skus.len())
+    );
+    let rows = query(conn, &sql, skus.iter().map(|s| Value::from(*s)).collect()).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "sku")?, r.try_get("", "free")?)))
+        .collect()
+}
+
+/// Adds `delta` held units to each sku, in one statement.
+pub(crate) async fn hold_many(
+    conn: &impl ConnectionTrait,
+    deltas: &[(String, i64)],
+) -> Result<(), DbErr> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<Value> = Vec::with_capacity(deltas.len() * 3);
+    let mut cases = String::new();
+    for (i, (sku, delta)) in deltas.iter().enumerate() {
+        cases.push_str(&format!(" WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2));
+        values.push(sku.clone().into());
+        values.push((*delta).into());
+    }
+    let first = deltas.len() * 2 + 1;
+    values.extend(deltas.iter().map(|(sku, _)| Value::from(sku.clone())));
+    let sql = format!(
+        "UPDATE stock_levels SET reserved = reserved + CASE sku{cases} ELSE 0 END WHERE sku IN ({})",
+        placeholders(first, deltas.len())
+    );
+    execute(conn, &sql, values).await.map(|_| ())
+}
+
+/// Records the decision for many orders at once.
+pub(crate) async fn set_holds(
+    conn: &impl ConnectionTrait,
+    decisions: &[(Uuid, &str)],
+) -> Result<(), DbErr> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut values: Vec<Value> = Vec::with_capacity(decisions.len() * 3);
+    let mut rows = Vec::with_capacity(decisions.len());
+    for (i, (order, status)) in decisions.iter().enumerate() {
+        rows.push(format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
+        values.push((*order).into());
+        values.push((*status).into());
+        values.push(now.into());
+    }
+    let sql = format!(
+        "INSERT INTO order_holds (order_id, status, updated_at) VALUES {} \
+         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+        rows.join(", ")
+    );
+    execute(conn, &sql, values).await.map(|_| ())
+}
+
+/// Records the units held for many orders at once.
+pub(crate) async fn record_many_reservations(
+    conn: &impl ConnectionTrait,
+    lines: &[(Uuid, String, i64)],
+) -> Result<(), DbErr> {
+    for chunk in lines.chunks(1000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (i, (order, sku, quantity)) in chunk.iter().enumerate() {
+            rows.push(format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
+            values.push((*order).into());
+            values.push(sku.clone().into());
+            values.push((*quantity).into());
+        }
+        let sql = format!(
+            "INSERT INTO stock_reservations (order_id, sku, quantity) VALUES {}",
+            rows.join(", ")
+        );
+        execute(conn, &sql, values).await?;
+    }
+    Ok(())
 }

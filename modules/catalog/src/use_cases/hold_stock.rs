@@ -2,14 +2,16 @@
 //! `order_placed`, released on `order_cancelled`, held again on `order_reinstated`. Each
 //! order's decision is recorded, so a duplicate or late event cannot decide twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use contracts::Envelope;
 use contracts::catalog::{
     ShortageV1, StockLineV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use messaging::{Emitter, HandlerError};
-use sea_orm::{DatabaseTransaction, TransactionTrait};
+use sea_orm::DatabaseTransaction;
+use uuid::Uuid;
 
 use crate::db::order_holds::{REJECTED, RELEASED, RESERVED};
 use crate::db::stock;
@@ -34,50 +36,84 @@ fn stock_lines(lines: &[(String, i64)]) -> Vec<StockLineV1> {
         .collect()
 }
 
+/// Decides a batch of orders in one pass: each order holds stock for all its lines or
+/// none, in batch order, against the stock left by the orders before it. A handful of
+/// statements serve the whole batch.
 pub(crate) async fn reserve(
     tx: &DatabaseTransaction,
-    event: OrderPlacedV1,
+    orders: &[(&Envelope, OrderPlacedV1)],
     out: &mut Emitter,
 ) -> Result<(), HandlerError> {
-    let order_id = event.order_id;
-    if let Some(status) = stock::hold_status(tx, order_id).await? {
-        tracing::info!(module = "catalog", %order_id, status, "order already decided; nothing to hold");
-        return Ok(());
-    }
-    let lines = merged(event.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
-    let attempt = tx.begin().await?;
-    let mut shortages = Vec::new();
-    for (sku, quantity) in &lines {
-        if !stock::try_hold(&attempt, sku, *quantity).await? {
-            shortages.push(ShortageV1 {
-                sku: sku.clone(),
-                requested: *quantity,
-                available: stock::available(&attempt, sku).await?,
-            });
+    let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
+    let decided = stock::hold_statuses(tx, &ids).await?;
+    let mut pending = Vec::new();
+    let mut seen = HashSet::new();
+    for (event, order) in orders {
+        if let Some(status) = decided.get(&order.order_id) {
+            tracing::info!(module = "catalog", order_id = %order.order_id, status, "order already decided; nothing to hold");
+        } else if seen.insert(order.order_id) {
+            pending.push((
+                *event,
+                order,
+                merged(order.lines.iter().map(|l| (l.sku.as_str(), l.quantity))),
+            ));
         }
     }
-    if shortages.is_empty() {
-        stock::record_reservations(&attempt, order_id, &lines).await?;
-        attempt.commit().await?;
-        stock::set_hold(tx, order_id, RESERVED).await?;
-        out.emit(&StockReservedV1 {
-            order_id,
-            lines: stock_lines(&lines),
-        })?;
-    } else {
-        attempt.rollback().await?;
-        stock::set_hold(tx, order_id, REJECTED).await?;
-        tracing::info!(module = "catalog", %order_id, shortages = shortages.len(), "not enough stock; order refused");
-        out.emit(&StockRejectedV1 {
-            order_id,
-            shortages,
-        })?;
+    let skus: BTreeSet<&str> = pending
+        .iter()
+        .flat_map(|(_, _, lines)| lines.iter().map(|(sku, _)| sku.as_str()))
+        .collect();
+    let mut free = stock::lock_free_units(tx, &skus.into_iter().collect::<Vec<_>>()).await?;
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    let mut reservations = Vec::new();
+    let mut decisions = Vec::with_capacity(pending.len());
+    for (event, order, lines) in pending {
+        let shortages: Vec<ShortageV1> = lines
+            .iter()
+            .filter_map(|(sku, quantity)| {
+                let available = free.get(sku).copied().unwrap_or(0);
+                (available < *quantity).then(|| ShortageV1 {
+                    sku: sku.clone(),
+                    requested: *quantity,
+                    available: available.max(0),
+                })
+            })
+            .collect();
+        if shortages.is_empty() {
+            for (sku, quantity) in &lines {
+                *free.entry(sku.clone()).or_default() -= quantity;
+                *held.entry(sku.clone()).or_default() += quantity;
+                reservations.push((order.order_id, sku.clone(), *quantity));
+            }
+            decisions.push((order.order_id, RESERVED));
+            out.emit(
+                event,
+                &StockReservedV1 {
+                    order_id: order.order_id,
+                    lines: stock_lines(&lines),
+                },
+            )?;
+        } else {
+            tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
+            decisions.push((order.order_id, REJECTED));
+            out.emit(
+                event,
+                &StockRejectedV1 {
+                    order_id: order.order_id,
+                    shortages,
+                },
+            )?;
+        }
     }
+    stock::hold_many(tx, &held.into_iter().collect::<Vec<_>>()).await?;
+    stock::record_many_reservations(tx, &reservations).await?;
+    stock::set_holds(tx, &decisions).await?;
     Ok(())
 }
 
 pub(crate) async fn release(
     tx: &DatabaseTransaction,
+    cause: &Envelope,
     event: OrderCancelledV1,
     out: &mut Emitter,
 ) -> Result<(), HandlerError> {
@@ -91,10 +127,13 @@ pub(crate) async fn release(
             stock::forget_reservations(tx, order_id).await?;
             stock::set_hold(tx, order_id, RELEASED).await?;
             if !lines.is_empty() {
-                out.emit(&StockReleasedV1 {
-                    order_id,
-                    lines: stock_lines(&lines),
-                })?;
+                out.emit(
+                    cause,
+                    &StockReleasedV1 {
+                        order_id,
+                        lines: stock_lines(&lines),
+                    },
+                )?;
             }
         }
         Some(_) => {}

@@ -5,8 +5,14 @@ use std::sync::Arc;
 use serde_json::Value;
 use testkit::{Backend, Spawn, TestApp, json, on_both_backends};
 
+/// Catalog alone: what it publishes goes to a recording bus, since no consumer runs.
 async fn catalog(backend: Backend) -> TestApp {
+    let hooks = runtime::Hooks {
+        bus: Some(testkit::RecordingBus::new()),
+        ..Default::default()
+    };
     Spawn::new(backend, vec![Arc::new(catalog::Catalog)])
+        .hooks(hooks)
         .start()
         .await
 }

@@ -3,7 +3,6 @@
 pub(crate) mod idempotency_keys;
 pub(crate) mod order_lines;
 pub(crate) mod orders;
-pub(crate) mod payment_attempts;
 pub(crate) mod queries;
 
 use sea_orm::DbErr;

@@ -1,5 +1,7 @@
 //! Reading and changing orders.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
@@ -17,43 +19,7 @@ pub(crate) async fn load_order(
     id: Uuid,
     lock: bool,
 ) -> anyhow::Result<Option<Order>> {
-    let mut query = orders::Entity::find_by_id(id);
-    if lock {
-        query = query.lock_exclusive();
-    }
-    let Some(row) = query.one(conn).await.context("failed to load order")? else {
-        return Ok(None);
-    };
-    let lines = order_lines::Entity::find()
-        .filter(order_lines::Column::OrderId.eq(id))
-        .order_by_asc(order_lines::Column::LineNo)
-        .all(conn)
-        .await
-        .context("failed to load order lines")?;
-    let status = OrderStatus::parse(&row.status)
-        .with_context(|| format!("stored status {:?} is unknown", row.status))?;
-    let shipping_address: Address = serde_json::from_str(&row.shipping_address)
-        .context("stored shipping address is not valid")?;
-    Ok(Some(Order {
-        id: row.id,
-        status,
-        status_reason: row.status_reason,
-        customer_email: row.customer_email,
-        shipping_address,
-        payment_token: row.payment_token,
-        currency: row.currency,
-        total_minor: row.total_minor,
-        lines: lines
-            .into_iter()
-            .map(|l| Line {
-                sku: l.sku,
-                quantity: l.quantity,
-                unit_price_minor: l.unit_price_minor,
-            })
-            .collect(),
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    }))
+    Ok(load_orders(conn, &[id], lock).await?.remove(&id))
 }
 
 pub(crate) async fn set_status(
@@ -62,6 +28,75 @@ pub(crate) async fn set_status(
     status: OrderStatus,
     reason: Option<StatusReason>,
 ) -> anyhow::Result<()> {
+    set_statuses(conn, &[id], status, reason).await
+}
+
+/// Loads several orders and their lines in two queries; with `lock`, their rows stay
+/// locked until the transaction ends.
+pub(crate) async fn load_orders(
+    conn: &impl ConnectionTrait,
+    ids: &[Uuid],
+    lock: bool,
+) -> anyhow::Result<HashMap<Uuid, Order>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut query = orders::Entity::find().filter(orders::Column::Id.is_in(ids.iter().copied()));
+    if lock {
+        query = query.order_by_asc(orders::Column::Id).lock_exclusive();
+    }
+    let rows = query.all(conn).await.context("failed to load orders")?;
+    let mut lines: HashMap<Uuid, Vec<Line>> = HashMap::new();
+    for l in order_lines::Entity::find()
+        .filter(order_lines::Column::OrderId.is_in(ids.iter().copied()))
+        .order_by_asc(order_lines::Column::OrderId)
+        .order_by_asc(order_lines::Column::LineNo)
+        .all(conn)
+        .await
+        .context("failed to load order lines")?
+    {
+        lines.entry(l.order_id).or_default().push(Line {
+            sku: l.sku,
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price_minor,
+        });
+    }
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let status = OrderStatus::parse(&row.status)
+            .with_context(|| format!("stored status {:?} is unknown", row.status))?;
+        let shipping_address: Address = serde_json::from_str(&row.shipping_address)
+            .context("stored shipping address is not valid")?;
+        out.insert(
+            row.id,
+            Order {
+                id: row.id,
+                status,
+                status_reason: row.status_reason,
+                customer_email: row.customer_email,
+                shipping_address,
+                payment_token: row.payment_token,
+                currency: row.currency,
+                total_minor: row.total_minor,
+                lines: lines.remove(&row.id).unwrap_or_default(),
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Moves several orders to one status, in one statement.
+pub(crate) async fn set_statuses(
+    conn: &impl ConnectionTrait,
+    ids: &[Uuid],
+    status: OrderStatus,
+    reason: Option<StatusReason>,
+) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     orders::Entity::update_many()
         .col_expr(orders::Column::Status, Expr::value(status.as_str()))
         .col_expr(
@@ -69,9 +104,9 @@ pub(crate) async fn set_status(
             Expr::value(reason.map(|r| r.as_str().to_owned())),
         )
         .col_expr(orders::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(orders::Column::Id.eq(id))
+        .filter(orders::Column::Id.is_in(ids.iter().copied()))
         .exec(conn)
         .await
-        .context("failed to update order status")?;
+        .context("failed to update order statuses")?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use contracts::checkout::{
 };
 use contracts::{Cause, Envelope, Traceparent};
 use futures::FutureExt;
-use messaging::db::{execute, now_ms, query};
+use messaging::db::{execute, now_ms, placeholders, query};
 use sea_orm::{DatabaseTransaction, Value};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::State;
 use crate::db::queries;
-use crate::domain::{Order, OrderStatus};
+use crate::domain::{Order, OrderStatus, StatusReason};
 use crate::payment::{Authorization, AuthorizeRequest, PaymentGateway, PaymentSettings};
 
 pub(crate) struct PaymentWorker {
@@ -39,13 +39,22 @@ pub(crate) struct PaymentWorker {
     pub(crate) poll: Duration,
 }
 
-/// An attempt this worker holds.
+/// An attempt this worker holds, with what the provider needs to know of its order.
 #[derive(Debug, Clone)]
 struct Claimed {
     id: Uuid,
     order_id: Uuid,
     attempts: i32,
     cause: Cause,
+    /// `None` when the order no longer waits for its payment.
+    charge: Option<Charge>,
+}
+
+#[derive(Debug, Clone)]
+struct Charge {
+    amount_minor: i64,
+    currency: String,
+    token: String,
 }
 
 enum Called {
@@ -166,7 +175,8 @@ impl PaymentWorker {
         .await
         .context("failed to claim payment attempts")?;
         tx.commit().await.context("failed to commit the claim")?;
-        rows.into_iter()
+        let mut claimed = rows
+            .into_iter()
             .map(|r| {
                 let correlation: Option<Uuid> = r.try_get("", "correlation_id")?;
                 let traceparent: Option<String> = r.try_get("", "traceparent")?;
@@ -182,26 +192,35 @@ impl PaymentWorker {
                             .and_then(Traceparent::parse)
                             .unwrap_or_else(Traceparent::new_root),
                     },
+                    charge: None,
                 })
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<Claimed>>>()?;
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.order_id).collect();
+        let orders = queries::load_orders(self.state.db.conn(), &ids, false).await?;
+        for attempt in &mut claimed {
+            attempt.charge = orders
+                .get(&attempt.order_id)
+                .filter(|o| o.status == OrderStatus::Pending)
+                .map(|o| Charge {
+                    amount_minor: o.total_minor,
+                    currency: o.currency.clone(),
+                    token: o.payment_token.clone(),
+                });
+        }
+        Ok(claimed)
     }
 
     async fn call(&self, attempt: &Claimed) -> Called {
-        let order = match queries::load_order(self.state.db.conn(), attempt.order_id, false).await {
-            Ok(Some(order)) => order,
-            Ok(None) => return Called::Failed(format!("order {} is missing", attempt.order_id)),
-            Err(e) => return Called::Failed(format!("{e:#}")),
-        };
-        if order.status != OrderStatus::Pending {
+        let Some(charge) = &attempt.charge else {
             return Called::NotNeeded;
-        }
+        };
         let request = AuthorizeRequest {
             idempotency_key: attempt.id,
-            order_id: order.id,
-            amount_minor: order.total_minor,
-            currency: order.currency.clone(),
-            token: order.payment_token.clone(),
+            order_id: attempt.order_id,
+            amount_minor: charge.amount_minor,
+            currency: charge.currency.clone(),
+            token: charge.token.clone(),
         };
         let timeout = Duration::from_millis(self.settings.timeout_ms);
         match tokio::time::timeout(timeout, self.gateway.authorize(&request)).await {
@@ -236,107 +255,172 @@ impl PaymentWorker {
         }
     }
 
-    /// Records outcomes in one transaction; returns the authorizations to void.
+    /// Records outcomes in one transaction, a few statements for the whole batch; returns
+    /// the authorizations to void.
     async fn record_in_one(&self, batch: &[(Claimed, Called)]) -> anyhow::Result<Vec<String>> {
         let tx = self.state.db.begin().await.context("failed to begin")?;
-        let mut events = Vec::new();
-        let mut voids = Vec::new();
+        let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.order_id).collect();
+        let orders = queries::load_orders(&tx, &ids, true).await?;
+        let mut outcome = Outcome::default();
         for (attempt, called) in batch {
-            let order = queries::load_order(&tx, attempt.order_id, true)
-                .await?
+            let order = orders
+                .get(&attempt.order_id)
                 .with_context(|| format!("order {} is missing", attempt.order_id))?;
             match called {
-                Called::NotNeeded => finish(&tx, attempt.id, "voided", None, None).await?,
+                Called::NotNeeded => outcome.finish(attempt.id, "voided", None, None),
                 Called::Answered(Authorization::Approved { reference }) => {
                     if order.status.on_payment(true).is_some() {
-                        queries::set_status(&tx, order.id, OrderStatus::Confirmed, None).await?;
-                        finish(&tx, attempt.id, "approved", Some(reference), None).await?;
-                        events.push(confirmed(&order, &attempt.cause)?);
-                        tracing::info!(module = "checkout", order_id = %order.id, "payment approved; order confirmed");
+                        outcome.confirmed.push(order.id);
+                        outcome.events.push(confirmed(order, &attempt.cause)?);
+                        outcome.finish(attempt.id, "approved", Some(reference), None);
                     } else {
                         // Cancelled while the provider was answering: release the money.
-                        finish(&tx, attempt.id, "voided", Some(reference), None).await?;
-                        voids.push(reference.clone());
+                        outcome.finish(attempt.id, "voided", Some(reference), None);
+                        outcome.voids.push(reference.clone());
                     }
                 }
                 Called::Answered(Authorization::Declined { reason }) => {
-                    decline(&tx, &order, attempt, reason, &mut events).await?;
+                    outcome.decline(order, attempt, reason)?;
                 }
                 Called::Failed(error) => {
                     let attempts = attempt.attempts + 1;
                     if attempts >= self.settings.max_attempts {
                         tracing::error!(module = "checkout", order_id = %order.id, attempts, error, "the payment provider kept failing; the payment counts as declined");
-                        decline(&tx, &order, attempt, error, &mut events).await?;
+                        outcome.decline(order, attempt, error)?;
                     } else {
                         let delay = backoff(attempts);
                         tracing::warn!(module = "checkout", order_id = %order.id, attempts, error, delay_ms = delay.as_millis() as u64, "the payment call failed; retrying");
-                        execute(
-                            &tx,
-                            "UPDATE payment_attempts SET attempts = $1, next_attempt_at = $2, locked_until = 0, last_error = $3, updated_at = $4 WHERE id = $5",
-                            vec![
-                                attempts.into(),
-                                (now_ms() + delay.as_millis() as i64).into(),
-                                error.clone().into(),
-                                Utc::now().into(),
-                                attempt.id.into(),
-                            ],
-                        )
-                        .await?;
+                        outcome
+                            .retries
+                            .push((attempt.id, attempts, delay, error.clone()));
                     }
                 }
             }
         }
-        self.state.outbox.append(&tx, &events).await?;
+        queries::set_statuses(&tx, &outcome.confirmed, OrderStatus::Confirmed, None).await?;
+        queries::set_statuses(
+            &tx,
+            &outcome.declined,
+            OrderStatus::Rejected,
+            Some(StatusReason::PaymentDeclined),
+        )
+        .await?;
+        finish_many(&tx, &outcome.finished).await?;
+        for (id, attempts, delay, error) in outcome.retries {
+            execute(
+                &tx,
+                "UPDATE payment_attempts SET attempts = $1, next_attempt_at = $2, locked_until = 0, last_error = $3, updated_at = $4 WHERE id = $5",
+                vec![
+                    attempts.into(),
+                    (now_ms() + delay.as_millis() as i64).into(),
+                    error.into(),
+                    Utc::now().into(),
+                    id.into(),
+                ],
+            )
+            .await?;
+        }
+        if !outcome.confirmed.is_empty() {
+            tracing::info!(
+                module = "checkout",
+                orders = outcome.confirmed.len(),
+                "payments approved; orders confirmed"
+            );
+        }
+        self.state.outbox.append(&tx, &outcome.events).await?;
         self.state
             .outbox
             .commit(tx)
             .await
             .context("failed to commit payment outcomes")?;
-        Ok(voids)
+        Ok(outcome.voids)
     }
 }
 
-async fn decline(
-    tx: &DatabaseTransaction,
-    order: &Order,
-    attempt: &Claimed,
-    reason: &str,
-    events: &mut Vec<Envelope>,
-) -> anyhow::Result<()> {
-    if let Some((status, why)) = order.status.on_payment(false) {
-        queries::set_status(tx, order.id, status, why).await?;
-        events.push(Envelope::new(
-            &OrderCancelledV1 {
-                order_id: order.id,
-                reason: CancelReasonV1::PaymentDeclined,
-            },
-            &attempt.cause,
-        )?);
-        tracing::info!(module = "checkout", order_id = %order.id, reason, "payment declined; order rejected");
-    }
-    finish(tx, attempt.id, "declined", None, Some(reason)).await
+/// What a batch of payment outcomes changes.
+#[derive(Default)]
+struct Outcome {
+    confirmed: Vec<Uuid>,
+    declined: Vec<Uuid>,
+    finished: Vec<Finished>,
+    retries: Vec<(Uuid, i32, Duration, String)>,
+    events: Vec<Envelope>,
+    voids: Vec<String>,
 }
 
-async fn finish(
-    tx: &DatabaseTransaction,
+impl Outcome {
+    fn finish(
+        &mut self,
+        id: Uuid,
+        status: &'static str,
+        reference: Option<&String>,
+        error: Option<&str>,
+    ) {
+        self.finished.push(Finished {
+            id,
+            status,
+            reference: reference.cloned(),
+            error: error.map(str::to_owned),
+        });
+    }
+
+    /// A declined payment rejects the order (if it still waits) and releases its stock.
+    fn decline(&mut self, order: &Order, attempt: &Claimed, reason: &str) -> anyhow::Result<()> {
+        if order.status.on_payment(false).is_some() {
+            self.declined.push(order.id);
+            self.events.push(Envelope::new(
+                &OrderCancelledV1 {
+                    order_id: order.id,
+                    reason: CancelReasonV1::PaymentDeclined,
+                },
+                &attempt.cause,
+            )?);
+            tracing::info!(module = "checkout", order_id = %order.id, reason, "payment declined; order rejected");
+        }
+        self.finish(attempt.id, "declined", None, Some(reason));
+        Ok(())
+    }
+}
+
+/// A payment attempt's final state.
+struct Finished {
     id: Uuid,
-    status: &str,
-    reference: Option<&String>,
-    error: Option<&str>,
-) -> anyhow::Result<()> {
-    execute(
-        tx,
-        "UPDATE payment_attempts SET status = $1, reference = $2, last_error = COALESCE($3, last_error), updated_at = $4 WHERE id = $5",
-        vec![
-            status.into(),
-            Value::String(reference.cloned()),
-            Value::String(error.map(str::to_owned)),
-            Utc::now().into(),
-            id.into(),
-        ],
-    )
-    .await
-    .context("failed to record the payment attempt")?;
+    status: &'static str,
+    reference: Option<String>,
+    error: Option<String>,
+}
+
+/// Records final states of many attempts in one statement.
+async fn finish_many(tx: &DatabaseTransaction, finished: &[Finished]) -> anyhow::Result<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<Value> = Vec::with_capacity(finished.len() * 5 + 1);
+    let (mut status, mut reference, mut error) = (String::new(), String::new(), String::new());
+    for (i, f) in finished.iter().enumerate() {
+        let n = i * 4;
+        status.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 2));
+        reference.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 3));
+        error.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 4));
+        values.push(f.id.into());
+        values.push(f.status.into());
+        values.push(Value::String(f.reference.clone()));
+        values.push(Value::String(f.error.clone()));
+    }
+    let now = values.len() + 1;
+    values.push(Utc::now().into());
+    let first = values.len() + 1;
+    values.extend(finished.iter().map(|f| Value::from(f.id)));
+    let sql = format!(
+        "UPDATE payment_attempts SET status = CASE id{status} END, \
+         reference = COALESCE(CASE id{reference} END, reference), \
+         last_error = COALESCE(CASE id{error} END, last_error), updated_at = ${now} \
+         WHERE id IN ({})",
+        placeholders(first, finished.len())
+    );
+    execute(tx, &sql, values)
+        .await
+        .context("failed to record payment attempts")?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Fulfillment's news about an order's shipment: dispatched, then delivered.
 
+use contracts::Envelope;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
@@ -11,6 +12,7 @@ use crate::domain::{Dispatch, OrderStatus};
 
 pub(crate) async fn on_dispatched(
     tx: &DatabaseTransaction,
+    cause: &Envelope,
     event: ShipmentDispatchedV1,
     out: &mut Emitter,
 ) -> Result<(), HandlerError> {
@@ -22,17 +24,20 @@ pub(crate) async fn on_dispatched(
         Dispatch::ShipAndReinstate => {
             tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
             queries::set_status(tx, order.id, OrderStatus::Shipped, None).await?;
-            out.emit(&OrderReinstatedV1 {
-                order_id: order.id,
-                lines: order
-                    .lines
-                    .iter()
-                    .map(|l| StockLineV1 {
-                        sku: l.sku.clone(),
-                        quantity: l.quantity,
-                    })
-                    .collect(),
-            })?;
+            out.emit(
+                cause,
+                &OrderReinstatedV1 {
+                    order_id: order.id,
+                    lines: order
+                        .lines
+                        .iter()
+                        .map(|l| StockLineV1 {
+                            sku: l.sku.clone(),
+                            quantity: l.quantity,
+                        })
+                        .collect(),
+                },
+            )?;
         }
         Dispatch::Ignore => {}
     }

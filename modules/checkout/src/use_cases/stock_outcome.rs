@@ -1,67 +1,108 @@
-//! Catalog's answer to an order: stock held (go on to payment) or refused (reject it).
+//! Catalog's answers to orders: stock held (go on to payment) or refused (reject the
+//! order). A batch of answers is applied in a few statements.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
-use messaging::db::now_ms;
+use contracts::{Cause, Envelope};
+use messaging::db::{execute, now_ms};
 use messaging::{Emitter, HandlerError};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
+use sea_orm::{DatabaseTransaction, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::db::{payment_attempts, queries};
+use crate::db::queries;
+use crate::domain::OrderStatus;
 
+/// Starts a payment for every held order that still waits for one.
 pub(crate) async fn on_reserved(
     tx: &DatabaseTransaction,
-    event: StockReservedV1,
+    events: &[(&Envelope, StockReservedV1)],
     out: &mut Emitter,
     payments: &Arc<Notify>,
 ) -> Result<(), HandlerError> {
-    let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
-        return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
-    };
-    if !order.status.takes_payment() {
-        tracing::info!(module = "checkout", order_id = %order.id, status = %order.status, "stock held for an order that no longer waits for it");
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let orders = queries::load_orders(tx, &ids, true).await?;
+    let now = Utc::now();
+    let mut values: Vec<Value> = Vec::new();
+    let mut rows = Vec::new();
+    for (event, reserved) in events {
+        let Some(order) = orders.get(&reserved.order_id) else {
+            return Err(HandlerError::Reject(format!(
+                "no order {}",
+                reserved.order_id
+            )));
+        };
+        if !order.status.takes_payment() {
+            tracing::info!(module = "checkout", order_id = %order.id, status = %order.status, "stock held for an order that no longer waits for it");
+            continue;
+        }
+        // The payment's outcome will be announced as caused by this reservation.
+        let cause = Cause::following(event);
+        let n = values.len();
+        rows.push(format!(
+            "(${}, ${}, 'pending', 0, ${}, 0, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7
+        ));
+        values.extend([
+            Uuid::now_v7().into(),
+            order.id.into(),
+            now_ms().into(),
+            cause.correlation_id.into(),
+            cause.traceparent.to_string().into(),
+            now.into(),
+            now.into(),
+        ]);
+    }
+    if rows.is_empty() {
         return Ok(());
     }
-    let now = Utc::now();
-    payment_attempts::Entity::insert(payment_attempts::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        order_id: Set(order.id),
-        status: Set("pending".into()),
-        attempts: Set(0),
-        next_attempt_at: Set(now_ms()),
-        locked_until: Set(0),
-        last_error: Set(None),
-        reference: Set(None),
-        correlation_id: Set(Some(out.cause().correlation_id)),
-        traceparent: Set(Some(out.cause().traceparent.to_string())),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .on_conflict(
-        OnConflict::column(payment_attempts::Column::OrderId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(tx)
-    .await?;
+    let sql = format!(
+        "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, locked_until, \
+         correlation_id, traceparent, created_at, updated_at) VALUES {} ON CONFLICT (order_id) DO NOTHING",
+        rows.join(", ")
+    );
+    execute(tx, &sql, values).await?;
     out.wake_after_commit(payments.clone());
     Ok(())
 }
 
+/// Rejects every refused order that still waits for its stock.
 pub(crate) async fn on_rejected(
     tx: &DatabaseTransaction,
-    event: StockRejectedV1,
+    events: &[(&Envelope, StockRejectedV1)],
 ) -> Result<(), HandlerError> {
-    let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
-        return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
-    };
-    if let Some((status, reason)) = order.status.on_stock_rejected() {
-        queries::set_status(tx, order.id, status, Some(reason)).await?;
-        tracing::info!(module = "checkout", order_id = %order.id, "order rejected: out of stock");
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let orders = queries::load_orders(tx, &ids, true).await?;
+    let mut rejected = Vec::new();
+    for id in &ids {
+        let order = orders
+            .get(id)
+            .ok_or_else(|| HandlerError::Reject(format!("no order {id}")))?;
+        if let Some((OrderStatus::Rejected, _)) = order.status.on_stock_rejected() {
+            rejected.push(*id);
+        }
+    }
+    queries::set_statuses(
+        tx,
+        &rejected,
+        OrderStatus::Rejected,
+        Some(crate::domain::StatusReason::OutOfStock),
+    )
+    .await?;
+    if !rejected.is_empty() {
+        tracing::info!(
+            module = "checkout",
+            orders = rejected.len(),
+            "orders rejected: out of stock"
+        );
     }
     Ok(())
 }

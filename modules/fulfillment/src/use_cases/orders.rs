@@ -1,7 +1,10 @@
 //! Checkout's order events: a confirmed order gets a shipment; a cancelled one loses it
 //! unless it was dispatched already.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
+use contracts::Envelope;
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
 use contracts::fulfillment::ShipmentCreatedV1;
 use messaging::{Emitter, HandlerError};
@@ -26,52 +29,72 @@ async fn shipment_of(
         .await?)
 }
 
+/// Creates a `ready` shipment for each confirmed order that has none and was not
+/// cancelled first, in a few statements per batch.
 pub(crate) async fn on_confirmed(
     tx: &DatabaseTransaction,
-    event: OrderConfirmedV1,
+    events: &[(&Envelope, OrderConfirmedV1)],
     out: &mut Emitter,
 ) -> Result<(), HandlerError> {
-    if let Some(existing) = shipment_of(tx, event.order_id).await? {
-        tracing::info!(module = "fulfillment", order_id = %event.order_id, status = existing.status, "order already has a shipment");
-        return Ok(());
-    }
-    if cancelled_orders::Entity::find_by_id(event.order_id)
-        .one(tx)
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let taken: HashSet<Uuid> = shipments::Entity::find()
+        .select_only()
+        .column(shipments::Column::OrderId)
+        .filter(shipments::Column::OrderId.is_in(ids.iter().copied()))
+        .into_tuple::<Uuid>()
+        .all(tx)
         .await?
-        .is_some()
-    {
-        tracing::info!(module = "fulfillment", order_id = %event.order_id, "order was cancelled before its confirmation arrived; no shipment");
-        return Ok(());
-    }
-    let id = Uuid::now_v7();
+        .into_iter()
+        .chain(
+            cancelled_orders::Entity::find()
+                .select_only()
+                .column(cancelled_orders::Column::OrderId)
+                .filter(cancelled_orders::Column::OrderId.is_in(ids.iter().copied()))
+                .into_tuple::<Uuid>()
+                .all(tx)
+                .await?,
+        )
+        .collect();
     let now = Utc::now();
-    let recipient = serde_json::json!({
-        "email": event.customer_email,
-        "address": event.shipping_address,
-    });
-    let inserted = shipments::Entity::insert(shipments::ActiveModel {
-        id: Set(id),
-        order_id: Set(event.order_id),
-        status: Set(ShipmentStatus::Ready.as_str().into()),
-        tracking_number: Set(None),
-        recipient: Set(recipient.to_string()),
-        lines: Set(serde_json::to_string(&event.lines).unwrap_or_default()),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .on_conflict(
-        OnConflict::column(shipments::Column::OrderId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(tx)
-    .await?;
-    if inserted == 1 {
-        tracing::info!(module = "fulfillment", order_id = %event.order_id, shipment_id = %id, "shipment ready");
-        out.emit(&ShipmentCreatedV1 {
-            shipment_id: id,
-            order_id: event.order_id,
-        })?;
+    let mut new = Vec::new();
+    let mut seen = HashSet::new();
+    for (event, order) in events {
+        if taken.contains(&order.order_id) || !seen.insert(order.order_id) {
+            tracing::info!(module = "fulfillment", order_id = %order.order_id, "order already has a shipment or was cancelled; none created");
+            continue;
+        }
+        let id = Uuid::now_v7();
+        let recipient = serde_json::json!({
+            "email": order.customer_email,
+            "address": order.shipping_address,
+        });
+        new.push(shipments::ActiveModel {
+            id: Set(id),
+            order_id: Set(order.order_id),
+            status: Set(ShipmentStatus::Ready.as_str().into()),
+            tracking_number: Set(None),
+            recipient: Set(recipient.to_string()),
+            lines: Set(serde_json::to_string(&order.lines).unwrap_or_default()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+        out.emit(
+            event,
+            &ShipmentCreatedV1 {
+                shipment_id: id,
+                order_id: order.order_id,
+            },
+        )?;
+    }
+    if !new.is_empty() {
+        tracing::info!(
+            module = "fulfillment",
+            shipments = new.len(),
+            "shipments ready"
+        );
+        shipments::Entity::insert_many(new)
+            .exec_without_returning(tx)
+            .await?;
     }
     Ok(())
 }
