@@ -379,6 +379,9 @@ impl Consumer {
             if events.iter().any(|e| self.faults.fails(e)) {
                 return Err(HandlerError::Retry(anyhow::anyhow!("injected failure")));
             }
+            if let Some(delay) = events.iter().filter_map(|e| self.faults.slowness(e)).max() {
+                tokio::time::sleep(delay).await;
+            }
             handler.handle(tx, &events, out).await?;
         }
         Ok(())

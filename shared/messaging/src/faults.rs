@@ -27,6 +27,8 @@ struct Inner {
     armed: Mutex<HashMap<&'static str, oneshot::Sender<()>>>,
     /// What fails, and how many more times (`None`: until healed).
     failing: Mutex<Vec<(Failing, Option<u32>)>>,
+    /// Keys whose handling takes this long, as a slow handler would.
+    slow: Mutex<Vec<(String, std::time::Duration)>>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -91,6 +93,33 @@ impl Faults {
                 .push((failing, times));
             inner.any.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Makes handling events of this ordering key take `delay` longer.
+    pub fn slow_key(&self, key: impl Into<String>, delay: std::time::Duration) {
+        if let Some(inner) = &self.0 {
+            inner
+                .slow
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((key.into(), delay));
+            inner.any.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// How much longer handling `event` must take.
+    pub(crate) fn slowness(&self, event: &contracts::Envelope) -> Option<std::time::Duration> {
+        let inner = self.0.as_ref()?;
+        if !inner.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        inner
+            .slow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(key, _)| *key == event.key)
+            .map(|(_, delay)| *delay)
     }
 
     /// The bug is fixed.

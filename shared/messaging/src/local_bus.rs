@@ -233,9 +233,9 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                     .in_flight
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend(rows.iter().map(|d| match d.tag {
-                        DeliveryTag::Row(id) => id,
-                        DeliveryTag::Entry { .. } => -1,
+                    .extend(rows.iter().filter_map(|d| match d.tag {
+                        DeliveryTag::Row(id) => Some(id),
+                        DeliveryTag::Entry { .. } => None,
                     }));
                 for delivery in rows {
                     if tx.send(delivery).await.is_err() {

@@ -204,6 +204,10 @@ pub struct RedisSettings {
     /// Prefix of every key this system writes, so several deployments can share a server.
     #[validate(length(min = 1, max = 64))]
     pub namespace: String,
+    /// Partitions of each producer's stream: the unit of work sharing between instances
+    /// of a consuming module. Every process of a deployment must use the same number.
+    #[validate(range(min = 1, max = 256))]
+    pub partitions: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

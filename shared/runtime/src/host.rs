@@ -15,8 +15,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use messaging::{
-    Consumer, EventBus, Faults, LocalBus, Outbox, Relay, SubscriberSpec, Subscription,
+    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, SubscriberSpec,
+    Subscription,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +116,7 @@ enum Worker {
 }
 
 /// The bus the settings ask for, over the modules of this process.
-fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc<dyn EventBus>> {
+async fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc<dyn EventBus>> {
     match settings.bus.kind {
         BusKind::Local => {
             let mut bus = LocalBus::new(settings.bus.instance_name(), settings.messaging.clone());
@@ -129,7 +131,21 @@ fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc<dyn E
             )?;
             Ok(Arc::new(bus))
         }
-        BusKind::Redis => anyhow::bail!("bus.kind = redis is not available in this build"),
+        BusKind::Redis => {
+            let redis = &settings.bus.redis;
+            let config = RedisConfig {
+                url: redis.url.clone(),
+                password: redis
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+                namespace: redis.namespace.clone(),
+                partitions: redis.partitions,
+                instance: settings.bus.instance_name(),
+            };
+            let bus = RedisBus::connect(config, settings.messaging.clone()).await?;
+            Ok(Arc::new(bus))
+        }
     }
 }
 
@@ -176,7 +192,7 @@ impl Application {
         }
         let bus = match &hooks.bus {
             Some(bus) => bus.clone(),
-            None => choose_bus(&settings, &dbs)?,
+            None => choose_bus(&settings, &dbs).await?,
         };
         let bus = match &hooks.wrap_bus {
             Some(wrap) => wrap(bus),

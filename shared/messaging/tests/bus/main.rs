@@ -1,10 +1,11 @@
-//! The bus conformance suite: what every bus implementation must do, proven against real
-//! databases (SQLite and PostgreSQL) with the real relay and consumer. A producer module
+//! The bus tests: the conformance suite every bus implementation passes (`conformance.rs`)
+//! and what only the Redis Streams bus has to prove (`redis.rs`), against real databases
+//! (SQLite and PostgreSQL) and a real Redis, with the real relay and consumer. A producer module
 //! ("checkout") publishes `checkout.order_confirmed.v1` events through its outbox; a
 //! consumer module ("fulfillment") applies each one with a deliberately non-idempotent
 //! effect (a counter incremented, a row appended), so a duplicate or a loss shows.
 //!
-//! Each test runs for every (bus, backend) pair listed in `conformance!` at the bottom.
+//! Each conformance test runs for every (bus, backend) pair (`conformance!`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,29 +17,32 @@ use futures::StreamExt;
 use messaging::db::{execute, query};
 use messaging::{
     Consumer, Emitter, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings,
-    ModuleDb, Outbox, Outgoing, Relay, SubscriberSpec,
+    ModuleDb, Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec,
 };
 use sea_orm::{ConnectionTrait, Database, DatabaseTransaction, DbBackend};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const PRODUCER: &str = "checkout";
-const CONSUMER: &str = "fulfillment";
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const PRODUCER: &str = "checkout";
+pub(crate) const CONSUMER: &str = "fulfillment";
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Transport {
+pub(crate) enum Transport {
     Local,
+    Redis,
 }
 
-fn settings() -> MessagingSettings {
+pub(crate) const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+pub(crate) fn settings() -> MessagingSettings {
     MessagingSettings {
         relay_batch: 50,
         consumer_batch: 20,
@@ -54,16 +58,28 @@ fn settings() -> MessagingSettings {
     }
 }
 
-/// Two module databases (a producer's and a consumer's) for one test.
-struct Dbs {
+/// Two module databases (a producer's and a consumer's) and a Redis namespace, for one
+/// test.
+pub(crate) struct Dbs {
     producer: ModuleDb,
     consumer: ModuleDb,
+    namespace: String,
     _dir: Option<tempfile::TempDir>,
     pg: Option<String>,
 }
 
 impl Drop for Dbs {
     fn drop(&mut self) {
+        // Remove this test's Redis keys.
+        if let Ok(mut conn) = redis::Client::open(REDIS).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.namespace))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
         if let Some(name) = self.pg.take() {
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -85,7 +101,7 @@ impl Drop for Dbs {
     }
 }
 
-async fn open(backend: Backend) -> Dbs {
+pub(crate) async fn open(backend: Backend) -> Dbs {
     let (producer, consumer, dir, pg) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -169,24 +185,39 @@ async fn open(backend: Backend) -> Dbs {
     Dbs {
         producer: ModuleDb::new(PRODUCER, producer),
         consumer: ModuleDb::new(CONSUMER, consumer),
+        namespace: format!("test-{}", Uuid::new_v4().simple()),
         _dir: dir,
         pg,
     }
 }
 
 /// A bus of the given transport over these databases, for one instance.
-fn bus(transport: Transport, dbs: &Dbs, instance: &str) -> Arc<dyn EventBus> {
+pub(crate) async fn bus(transport: Transport, dbs: &Dbs, instance: &str) -> Arc<dyn EventBus> {
     match transport {
         Transport::Local => {
             let mut bus = LocalBus::new(instance, settings());
             bus.add_consumer(dbs.consumer.clone());
             Arc::new(bus)
         }
+        Transport::Redis => {
+            let config = RedisConfig {
+                url: REDIS.into(),
+                password: None,
+                namespace: dbs.namespace.clone(),
+                partitions: 4,
+                instance: instance.into(),
+            };
+            Arc::new(
+                RedisBus::connect(config, settings())
+                    .await
+                    .expect("Redis runs on 127.0.0.1:6379"),
+            )
+        }
     }
 }
 
 /// Applies each event with effects that are wrong if applied twice.
-struct Recorder;
+pub(crate) struct Recorder;
 
 #[async_trait]
 impl Handler for Recorder {
@@ -225,7 +256,7 @@ impl Handler for Recorder {
 }
 
 /// An event of `key` carrying sequence number `seq`.
-fn event(key: Uuid, seq: i64) -> Envelope {
+pub(crate) fn event(key: Uuid, seq: i64) -> Envelope {
     Envelope::new(
         &OrderConfirmedV1 {
             order_id: key,
@@ -251,7 +282,7 @@ fn event(key: Uuid, seq: i64) -> Envelope {
     .expect("valid event")
 }
 
-fn outgoing(e: &Envelope) -> Outgoing {
+pub(crate) fn outgoing(e: &Envelope) -> Outgoing {
     Outgoing {
         event_id: e.id,
         event_type: e.event_type.clone(),
@@ -262,7 +293,7 @@ fn outgoing(e: &Envelope) -> Outgoing {
 }
 
 /// `keys` keys with `per_key` events each, interleaved as a producer would write them.
-fn events(keys: usize, per_key: i64) -> Vec<Envelope> {
+pub(crate) fn events(keys: usize, per_key: i64) -> Vec<Envelope> {
     let keys: Vec<Uuid> = (0..keys).map(|_| Uuid::now_v7()).collect();
     (1..=per_key)
         .flat_map(|seq| keys.iter().map(move |k| event(*k, seq)))
@@ -270,13 +301,13 @@ fn events(keys: usize, per_key: i64) -> Vec<Envelope> {
 }
 
 /// Commits events to the producer's outbox, as a use case would.
-async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
+pub(crate) async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
     let tx = dbs.producer.begin().await.expect("begin");
     outbox.append(&tx, events).await.expect("append");
     outbox.commit(tx).await.expect("commit");
 }
 
-struct Running {
+pub(crate) struct Running {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -302,14 +333,25 @@ impl Running {
 
 /// Starts a relay for the producer and a consumer for the consumer module, as one process
 /// named `instance`.
-async fn start(
+pub(crate) async fn start(
     transport: Transport,
     dbs: &Dbs,
     instance: &str,
     faults: Faults,
     relay: bool,
 ) -> Running {
-    let bus = bus(transport, dbs, instance);
+    let bus = bus(transport, dbs, instance).await;
+    start_on(bus, dbs, instance, faults, relay).await
+}
+
+/// [`start`] on a given bus.
+pub(crate) async fn start_on(
+    bus: Arc<dyn EventBus>,
+    dbs: &Dbs,
+    instance: &str,
+    faults: Faults,
+    relay: bool,
+) -> Running {
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if relay {
@@ -345,7 +387,56 @@ async fn start(
     Running { cancel, tasks }
 }
 
-async fn scalar(db: &ModuleDb, sql: &str) -> i64 {
+/// What a subscription handed out: (instance, tag, attempt), in order.
+pub(crate) type Seen = Arc<std::sync::Mutex<Vec<(String, messaging::DeliveryTag, u32)>>>;
+
+/// A bus that notes every delivery its subscriptions hand out.
+pub(crate) struct Spy {
+    pub(crate) inner: Arc<dyn EventBus>,
+    pub(crate) instance: String,
+    pub(crate) seen: Seen,
+}
+
+#[async_trait]
+impl EventBus for Spy {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn publish(&self, batch: &[Outgoing]) -> Result<(), messaging::BusError> {
+        self.inner.publish(batch).await
+    }
+
+    async fn subscribe(
+        &self,
+        spec: SubscriberSpec,
+    ) -> Result<messaging::Subscription, messaging::BusError> {
+        let inner = self.inner.subscribe(spec).await?;
+        let seen = self.seen.clone();
+        let instance = self.instance.clone();
+        let deliveries = inner
+            .deliveries
+            .map(move |d| {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    instance.clone(),
+                    d.tag.clone(),
+                    d.attempt,
+                ));
+                d
+            })
+            .boxed();
+        Ok(messaging::Subscription {
+            deliveries,
+            acker: inner.acker,
+        })
+    }
+
+    async fn check(&self) -> Result<(), messaging::BusError> {
+        self.inner.check().await
+    }
+}
+
+pub(crate) async fn scalar(db: &ModuleDb, sql: &str) -> i64 {
     let rows = query(db.conn(), sql, vec![])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -354,7 +445,7 @@ async fn scalar(db: &ModuleDb, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
-async fn applied(dbs: &Dbs) -> i64 {
+pub(crate) async fn applied(dbs: &Dbs) -> i64 {
     scalar(
         &dbs.consumer,
         "SELECT n FROM counters WHERE name = 'applied'",
@@ -362,7 +453,7 @@ async fn applied(dbs: &Dbs) -> i64 {
     .await
 }
 
-async fn wait_applied(dbs: &Dbs, n: i64) {
+pub(crate) async fn wait_applied(dbs: &Dbs, n: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let now = applied(dbs).await;
@@ -382,7 +473,7 @@ async fn wait_applied(dbs: &Dbs, n: i64) {
 }
 
 /// Every event applied exactly once, and per key in sequence order.
-async fn assert_exactly_once_in_order(dbs: &Dbs, sent: &[Envelope]) {
+pub(crate) async fn assert_exactly_once_in_order(dbs: &Dbs, sent: &[Envelope]) {
     wait_applied(dbs, sent.len() as i64).await;
     // Let stragglers (duplicates in flight) arrive before checking nothing more came.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -414,7 +505,7 @@ async fn assert_exactly_once_in_order(dbs: &Dbs, sent: &[Envelope]) {
     assert_eq!(seen.len(), sent.len());
 }
 
-async fn dead_letters(dbs: &Dbs) -> i64 {
+pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
     scalar(
         &dbs.consumer,
         "SELECT COUNT(*) FROM dead_letters WHERE status = 'dead'",
@@ -422,267 +513,5 @@ async fn dead_letters(dbs: &Dbs) -> i64 {
     .await
 }
 
-// ---------------------------------------------------------------------------------------
-
-async fn events_of_one_key_are_handled_in_order_by_two_instances(
-    transport: Transport,
-    backend: Backend,
-) {
-    let dbs = open(backend).await;
-    let a = start(transport, &dbs, "instance-a", Faults::default(), true).await;
-    let b = start(transport, &dbs, "instance-b", Faults::default(), true).await;
-    let sent = events(10, 30);
-    let outbox = Outbox::new(PRODUCER);
-    for chunk in sent.chunks(25) {
-        commit(&dbs, &outbox, chunk).await;
-    }
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    a.stop().await;
-    b.stop().await;
-}
-
-async fn duplicates_are_applied_once(transport: Transport, backend: Backend) {
-    let dbs = open(backend).await;
-    let running = start(transport, &dbs, "instance-a", Faults::default(), false).await;
-    let publisher = bus(transport, &dbs, "publisher");
-    let sent = events(5, 10);
-    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
-    for _ in 0..3 {
-        publisher.publish(&batch).await.expect("publish");
-    }
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    // Once more after everything was handled: the inbox remembers.
-    publisher.publish(&batch).await.expect("publish again");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(applied(&dbs).await, sent.len() as i64);
-    running.stop().await;
-}
-
-async fn a_failing_event_is_retried_then_parked_while_other_keys_flow(
-    transport: Transport,
-    backend: Backend,
-) {
-    let dbs = open(backend).await;
-    let faults = Faults::for_tests();
-    let poison = Uuid::now_v7();
-    faults.fail_key(poison.to_string());
-    let running = start(transport, &dbs, "instance-a", faults.clone(), true).await;
-    let outbox = Outbox::new(PRODUCER);
-    let others = events(4, 5);
-    let mut sent = vec![event(poison, 1)];
-    sent.extend(others.iter().cloned());
-    commit(&dbs, &outbox, &sent).await;
-    wait_applied(&dbs, others.len() as i64).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while dead_letters(&dbs).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the poison event was not parked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let attempts = scalar(
-        &dbs.consumer,
-        "SELECT CAST(MAX(attempts) AS BIGINT) FROM dead_letters",
-    )
-    .await;
-    assert_eq!(
-        attempts,
-        i64::from(settings().max_attempts),
-        "parked after max_attempts deliveries"
-    );
-    // A later event of the poisoned key flows once the first one is parked.
-    faults.heal();
-    let after = event(poison, 2);
-    commit(&dbs, &outbox, std::slice::from_ref(&after)).await;
-    wait_applied(&dbs, others.len() as i64 + 1).await;
-    running.stop().await;
-}
-
-async fn an_event_that_recovers_before_its_last_attempt_is_applied_once(
-    transport: Transport,
-    backend: Backend,
-) {
-    let dbs = open(backend).await;
-    let faults = Faults::for_tests();
-    let key = Uuid::now_v7();
-    // Fails on all deliveries but the last one allowed.
-    faults.fail_key_times(key.to_string(), settings().max_attempts - 1);
-    let running = start(transport, &dbs, "instance-a", faults, true).await;
-    let sent = vec![event(key, 1), event(key, 2)];
-    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    assert_eq!(dead_letters(&dbs).await, 0);
-    running.stop().await;
-}
-
-async fn undecodable_bytes_are_parked_and_the_subscription_goes_on(
-    transport: Transport,
-    backend: Backend,
-) {
-    let dbs = open(backend).await;
-    let running = start(transport, &dbs, "instance-a", Faults::default(), false).await;
-    let publisher = bus(transport, &dbs, "publisher");
-    let garbage = Outgoing {
-        event_id: Uuid::now_v7(),
-        event_type: OrderConfirmedV1::TYPE.into(),
-        source: PRODUCER.into(),
-        key: "k".into(),
-        envelope: Arc::from("\u{1}not json"),
-    };
-    let sent = events(3, 3);
-    let mut batch = vec![garbage];
-    batch.extend(sent.iter().map(outgoing));
-    publisher.publish(&batch).await.expect("publish");
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    assert_eq!(dead_letters(&dbs).await, 1);
-    let raw = query(dbs.consumer.conn(), "SELECT raw FROM dead_letters", vec![])
-        .await
-        .expect("raw");
-    let raw: Vec<u8> = raw[0].try_get("", "raw").expect("bytes");
-    assert_eq!(raw, "\u{1}not json".as_bytes());
-    running.stop().await;
-}
-
-/// Kills relay and consumer when a task reaches `point`, restarts them under the same
-/// instance name, and checks every event is applied exactly once, in order.
-async fn crash_at(transport: Transport, backend: Backend, point: &'static str) {
-    let dbs = open(backend).await;
-    let faults = Faults::for_tests();
-    let reached = faults.arm(point);
-    let running = start(transport, &dbs, "instance-a", faults, true).await;
-    let sent = events(4, 5);
-    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
-    tokio::time::timeout(WAIT, reached)
-        .await
-        .unwrap_or_else(|_| panic!("nothing reached {point}"))
-        .expect("reported");
-    running.kill().await;
-    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    running.stop().await;
-}
-
-async fn crash_after_commit_before_publish(transport: Transport, backend: Backend) {
-    crash_at(transport, backend, "relay.before_publish").await;
-}
-
-async fn crash_after_publish_before_the_outbox_row_is_marked(
-    transport: Transport,
-    backend: Backend,
-) {
-    crash_at(transport, backend, "relay.after_publish").await;
-}
-
-async fn crash_inside_the_handler(transport: Transport, backend: Backend) {
-    crash_at(transport, backend, "consumer.before_handler").await;
-}
-
-async fn crash_before_the_consumer_commits(transport: Transport, backend: Backend) {
-    crash_at(transport, backend, "consumer.before_commit").await;
-}
-
-async fn crash_after_the_consumer_committed_before_it_acknowledged(
-    transport: Transport,
-    backend: Backend,
-) {
-    crash_at(transport, backend, "consumer.after_commit").await;
-}
-
-/// An instance dies holding deliveries; another instance, under another name, takes them
-/// over once the dead one's claims lapse, and applies each once.
-async fn a_dead_instance_s_deliveries_are_taken_over(transport: Transport, backend: Backend) {
-    let dbs = open(backend).await;
-    let faults = Faults::for_tests();
-    let reached = faults.arm("consumer.before_commit");
-    let a = start(transport, &dbs, "instance-a", faults, true).await;
-    let sent = events(3, 4);
-    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
-    tokio::time::timeout(WAIT, reached)
-        .await
-        .expect("a reaches the point")
-        .expect("reported");
-    a.kill().await;
-    let b = start(transport, &dbs, "instance-b", Faults::default(), true).await;
-    assert_exactly_once_in_order(&dbs, &sent).await;
-    b.stop().await;
-}
-
-/// A subscription never hands out more than `max_in_flight` unsettled deliveries.
-async fn in_flight_deliveries_are_bounded(transport: Transport, backend: Backend) {
-    let dbs = open(backend).await;
-    let bus = bus(transport, &dbs, "instance-a");
-    let sent = events(10, 1);
-    bus.publish(&sent.iter().map(outgoing).collect::<Vec<_>>())
-        .await
-        .expect("publish");
-    let mut subscription = bus
-        .subscribe(SubscriberSpec {
-            module: CONSUMER,
-            event_types: vec![OrderConfirmedV1::TYPE],
-            max_in_flight: 3,
-        })
-        .await
-        .expect("subscribe");
-    let mut got = Vec::new();
-    while let Ok(Some(d)) =
-        tokio::time::timeout(Duration::from_millis(500), subscription.deliveries.next()).await
-    {
-        got.push(d);
-    }
-    assert_eq!(got.len(), 3, "three in flight at most");
-    subscription
-        .acker
-        .ack(&[got[0].tag.clone()])
-        .await
-        .expect("ack");
-    let next = tokio::time::timeout(Duration::from_secs(5), subscription.deliveries.next())
-        .await
-        .expect("one more after an ack");
-    assert!(next.is_some());
-    let extra =
-        tokio::time::timeout(Duration::from_millis(300), subscription.deliveries.next()).await;
-    assert!(extra.is_err(), "still three in flight");
-}
-
-/// The backend helper: SQLite statements get SQLite placeholders.
-#[test]
-fn statements_are_adapted_per_backend() {
-    let s = messaging::db::stmt(DbBackend::Sqlite, "SELECT $1", vec![]);
-    assert_eq!(s.sql, "SELECT ?1");
-}
-
-macro_rules! conformance {
-    ($($test:ident),+ $(,)?) => {
-        $(
-            mod $test {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn local_sqlite() {
-                    super::$test(Transport::Local, Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn local_postgres() {
-                    super::$test(Transport::Local, Backend::Postgres).await
-                }
-            }
-        )+
-    };
-}
-
-conformance!(
-    events_of_one_key_are_handled_in_order_by_two_instances,
-    duplicates_are_applied_once,
-    a_failing_event_is_retried_then_parked_while_other_keys_flow,
-    an_event_that_recovers_before_its_last_attempt_is_applied_once,
-    undecodable_bytes_are_parked_and_the_subscription_goes_on,
-    crash_after_commit_before_publish,
-    crash_after_publish_before_the_outbox_row_is_marked,
-    crash_inside_the_handler,
-    crash_before_the_consumer_commits,
-    crash_after_the_consumer_committed_before_it_acknowledged,
-    a_dead_instance_s_deliveries_are_taken_over,
-    in_flight_deliveries_are_bounded,
-);
+mod conformance;
+mod redis_only;

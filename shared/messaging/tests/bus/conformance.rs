@@ -1,0 +1,324 @@
+//! What every bus implementation must do.
+
+use super::*;
+
+async fn events_of_one_key_are_handled_in_order_by_two_instances(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let a = start(transport, &dbs, "instance-a", Faults::default(), true).await;
+    let b = start(transport, &dbs, "instance-b", Faults::default(), true).await;
+    let sent = events(10, 30);
+    let outbox = Outbox::new(PRODUCER);
+    for chunk in sent.chunks(25) {
+        commit(&dbs, &outbox, chunk).await;
+    }
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn duplicates_are_applied_once(transport: Transport, backend: Backend) {
+    let dbs = open(backend).await;
+    let running = start(transport, &dbs, "instance-a", Faults::default(), false).await;
+    let publisher = bus(transport, &dbs, "publisher").await;
+    let sent = events(5, 10);
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    for _ in 0..3 {
+        publisher.publish(&batch).await.expect("publish");
+    }
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    // Once more after everything was handled: the inbox remembers.
+    publisher.publish(&batch).await.expect("publish again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(applied(&dbs).await, sent.len() as i64);
+    running.stop().await;
+}
+
+async fn a_failing_event_is_retried_then_parked_while_other_keys_flow(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let faults = Faults::for_tests();
+    let poison = Uuid::now_v7();
+    faults.fail_key(poison.to_string());
+    let running = start(transport, &dbs, "instance-a", faults.clone(), true).await;
+    let outbox = Outbox::new(PRODUCER);
+    let others = events(4, 5);
+    let mut sent = vec![event(poison, 1)];
+    sent.extend(others.iter().cloned());
+    commit(&dbs, &outbox, &sent).await;
+    wait_applied(&dbs, others.len() as i64).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letters(&dbs).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poison event was not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts = scalar(
+        &dbs.consumer,
+        "SELECT CAST(MAX(attempts) AS BIGINT) FROM dead_letters",
+    )
+    .await;
+    assert_eq!(
+        attempts,
+        i64::from(settings().max_attempts),
+        "parked after max_attempts deliveries"
+    );
+    // A later event of the poisoned key flows once the first one is parked.
+    faults.heal();
+    let after = event(poison, 2);
+    commit(&dbs, &outbox, std::slice::from_ref(&after)).await;
+    wait_applied(&dbs, others.len() as i64 + 1).await;
+    running.stop().await;
+}
+
+async fn an_event_that_recovers_before_its_last_attempt_is_applied_once(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let faults = Faults::for_tests();
+    let key = Uuid::now_v7();
+    // Fails on all deliveries but the last one allowed.
+    faults.fail_key_times(key.to_string(), settings().max_attempts - 1);
+    let running = start(transport, &dbs, "instance-a", faults, true).await;
+    let sent = vec![event(key, 1), event(key, 2)];
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    assert_eq!(dead_letters(&dbs).await, 0);
+    running.stop().await;
+}
+
+async fn undecodable_bytes_are_parked_and_the_subscription_goes_on(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let running = start(transport, &dbs, "instance-a", Faults::default(), false).await;
+    let publisher = bus(transport, &dbs, "publisher").await;
+    let garbage = Outgoing {
+        event_id: Uuid::now_v7(),
+        event_type: OrderConfirmedV1::TYPE.into(),
+        source: PRODUCER.into(),
+        key: "k".into(),
+        envelope: Arc::from("\u{1}not json"),
+    };
+    let sent = events(3, 3);
+    let mut batch = vec![garbage];
+    batch.extend(sent.iter().map(outgoing));
+    publisher.publish(&batch).await.expect("publish");
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    assert_eq!(dead_letters(&dbs).await, 1);
+    let raw = query(dbs.consumer.conn(), "SELECT raw FROM dead_letters", vec![])
+        .await
+        .expect("raw");
+    let raw: Vec<u8> = raw[0].try_get("", "raw").expect("bytes");
+    assert_eq!(raw, "\u{1}not json".as_bytes());
+    running.stop().await;
+}
+
+/// Kills relay and consumer when a task reaches `point`, restarts them under the same
+/// instance name, and checks every event is applied exactly once, in order.
+async fn crash_at(transport: Transport, backend: Backend, point: &'static str) {
+    let dbs = open(backend).await;
+    let faults = Faults::for_tests();
+    let reached = faults.arm(point);
+    let running = start(transport, &dbs, "instance-a", faults, true).await;
+    let sent = events(4, 5);
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .unwrap_or_else(|_| panic!("nothing reached {point}"))
+        .expect("reported");
+    running.kill().await;
+    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    running.stop().await;
+}
+
+async fn crash_after_commit_before_publish(transport: Transport, backend: Backend) {
+    crash_at(transport, backend, "relay.before_publish").await;
+}
+
+async fn crash_after_publish_before_the_outbox_row_is_marked(
+    transport: Transport,
+    backend: Backend,
+) {
+    crash_at(transport, backend, "relay.after_publish").await;
+}
+
+async fn crash_inside_the_handler(transport: Transport, backend: Backend) {
+    crash_at(transport, backend, "consumer.before_handler").await;
+}
+
+async fn crash_before_the_consumer_commits(transport: Transport, backend: Backend) {
+    crash_at(transport, backend, "consumer.before_commit").await;
+}
+
+async fn crash_after_the_consumer_committed_before_it_acknowledged(
+    transport: Transport,
+    backend: Backend,
+) {
+    crash_at(transport, backend, "consumer.after_commit").await;
+}
+
+/// An instance dies holding deliveries; another instance, under another name, takes them
+/// over once the dead one's claims lapse, and applies each once.
+async fn a_dead_instance_s_deliveries_are_taken_over(transport: Transport, backend: Backend) {
+    let dbs = open(backend).await;
+    let faults = Faults::for_tests();
+    let reached = faults.arm("consumer.before_commit");
+    let a = start(transport, &dbs, "instance-a", faults, true).await;
+    let sent = events(3, 4);
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("a reaches the point")
+        .expect("reported");
+    a.kill().await;
+    let b = start(transport, &dbs, "instance-b", Faults::default(), true).await;
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    b.stop().await;
+}
+
+/// A subscription never hands out more than `max_in_flight` unsettled deliveries.
+async fn in_flight_deliveries_are_bounded(transport: Transport, backend: Backend) {
+    let dbs = open(backend).await;
+    let bus = bus(transport, &dbs, "instance-a").await;
+    let sent = events(10, 1);
+    bus.publish(&sent.iter().map(outgoing).collect::<Vec<_>>())
+        .await
+        .expect("publish");
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 3,
+        })
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    while let Ok(Some(d)) =
+        tokio::time::timeout(Duration::from_millis(500), subscription.deliveries.next()).await
+    {
+        got.push(d);
+    }
+    assert_eq!(got.len(), 3, "three in flight at most");
+    subscription
+        .acker
+        .ack(&[got[0].tag.clone()])
+        .await
+        .expect("ack");
+    let next = tokio::time::timeout(Duration::from_secs(5), subscription.deliveries.next())
+        .await
+        .expect("one more after an ack");
+    assert!(next.is_some());
+    let extra =
+        tokio::time::timeout(Duration::from_millis(300), subscription.deliveries.next()).await;
+    assert!(extra.is_err(), "still three in flight");
+}
+
+/// A handler slower than the claim lease keeps its delivery: nobody else gets it, and it
+/// is delivered once (LESSONS 11).
+async fn a_slow_handler_keeps_its_delivery(transport: Transport, backend: Backend) {
+    let dbs = open(backend).await;
+    let faults = Faults::for_tests();
+    let slow = Uuid::now_v7();
+    faults.slow_key(
+        slow.to_string(),
+        Duration::from_millis(settings().lease_ms * 3),
+    );
+    let seen: Seen = Default::default();
+    let mut running = Vec::new();
+    for instance in ["instance-a", "instance-b"] {
+        let spy = Arc::new(Spy {
+            inner: bus(transport, &dbs, instance).await,
+            instance: instance.into(),
+            seen: seen.clone(),
+        });
+        running.push(
+            start_on(
+                spy,
+                &dbs,
+                instance,
+                faults.clone(),
+                instance == "instance-a",
+            )
+            .await,
+        );
+    }
+    let mut sent = vec![event(slow, 1)];
+    sent.extend(events(6, 2));
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut tags = std::collections::HashSet::new();
+    for (instance, tag, attempt) in &seen {
+        assert_eq!(*attempt, 1, "{instance} got {tag:?} again: {seen:?}");
+        assert!(
+            tags.insert(tag.clone()),
+            "{tag:?} was handed out twice: {seen:?}"
+        );
+    }
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// The backend helper: SQLite statements get SQLite placeholders.
+#[test]
+fn statements_are_adapted_per_backend() {
+    let s = messaging::db::stmt(DbBackend::Sqlite, "SELECT $1", vec![]);
+    assert_eq!(s.sql, "SELECT ?1");
+}
+
+macro_rules! conformance {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn local_sqlite() {
+                    super::$test(Transport::Local, Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn local_postgres() {
+                    super::$test(Transport::Local, Backend::Postgres).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis_sqlite() {
+                    super::$test(Transport::Redis, Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis_postgres() {
+                    super::$test(Transport::Redis, Backend::Postgres).await
+                }
+            }
+        )+
+    };
+}
+
+conformance!(
+    events_of_one_key_are_handled_in_order_by_two_instances,
+    duplicates_are_applied_once,
+    a_failing_event_is_retried_then_parked_while_other_keys_flow,
+    an_event_that_recovers_before_its_last_attempt_is_applied_once,
+    undecodable_bytes_are_parked_and_the_subscription_goes_on,
+    crash_after_commit_before_publish,
+    crash_after_publish_before_the_outbox_row_is_marked,
+    crash_inside_the_handler,
+    crash_before_the_consumer_commits,
+    crash_after_the_consumer_committed_before_it_acknowledged,
+    a_dead_instance_s_deliveries_are_taken_over,
+    in_flight_deliveries_are_bounded,
+    a_slow_handler_keeps_its_delivery,
+);
