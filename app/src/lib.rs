@@ -8,8 +8,10 @@ use runtime::Module;
 /// Every module compiled into the monolith.
 pub fn modules() -> Vec<Arc<dyn Module>> {
     vec![
+        // xtask:modules:begin (cargo xtask extract/inline edit these lines)
         Arc::new(catalog::Catalog),
         Arc::new(checkout::Checkout),
         Arc::new(fulfillment::Fulfillment),
+        // xtask:modules:end
     ]
 }

@@ -9,6 +9,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
+#[cfg(any(feature = "catalog", feature = "checkout", feature = "fulfillment"))]
 mod messaging;
 
 #[cfg(feature = "catalog")]
@@ -19,3 +20,22 @@ pub mod checkout;
 pub mod fulfillment;
 
 pub use sea_orm_migration::MigratorTrait;
+
+/// Runs the migrations of `module` on `conn` (whose unqualified names resolve to the
+/// module's schema); an error for a module this build does not carry.
+pub async fn up(
+    module: &str,
+    conn: &sea_orm_migration::sea_orm::DatabaseConnection,
+) -> Result<(), sea_orm_migration::DbErr> {
+    match module {
+        #[cfg(feature = "catalog")]
+        "catalog" => catalog::Migrator::up(conn, None).await,
+        #[cfg(feature = "checkout")]
+        "checkout" => checkout::Migrator::up(conn, None).await,
+        #[cfg(feature = "fulfillment")]
+        "fulfillment" => fulfillment::Migrator::up(conn, None).await,
+        other => Err(sea_orm_migration::DbErr::Custom(format!(
+            "this build has no migrations for module {other}"
+        ))),
+    }
+}

@@ -2,6 +2,10 @@
 //! cargo does.
 
 mod bench;
+mod boundaries;
+mod extract;
+mod move_data;
+mod templates;
 
 use std::path::PathBuf;
 
@@ -16,23 +20,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the workspace's crates and what each one depends on inside the workspace.
-    Crates,
+    /// Check the module boundaries (crates, source, migrations) and print the module map.
+    Boundaries,
+    /// Turn a module into a service of its own (code, configuration, deploy files).
+    Extract(extract::Args),
+    /// Bring an extracted module back into the monolith.
+    Inline(extract::Args),
+    /// Move a module's data between the monolith's database and its service's.
+    MoveData(move_data::Args),
     /// Measure the order journey under load on PostgreSQL (loopback only).
     Bench(bench::BenchArgs),
 }
 
-/// The workspace's root folder (where the top `Cargo.toml` is).
+/// The root of the workspace the command runs in: the nearest folder, from the current
+/// one up, whose `Cargo.toml` declares `[workspace]`. (Not where this binary was built:
+/// it may run in a copy of the workspace.)
 pub(crate) fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    let start = std::env::current_dir().unwrap_or_default();
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
         .map(PathBuf::from)
-        .unwrap_or_default()
+        .unwrap_or(start)
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crates => crates(),
+        Command::Boundaries => boundaries::run(&workspace_root()),
+        Command::Extract(args) => extract::extract(&workspace_root(), &args),
+        Command::Inline(args) => extract::inline(&workspace_root(), &args),
+        Command::MoveData(args) => move_data::run(&workspace_root(), &args),
         Command::Bench(args) => {
             if !args.no_build {
                 bench::build_release(&["app"])?;
@@ -43,31 +63,4 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn crates() -> anyhow::Result<()> {
-    let output =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["metadata", "--format-version", "1", "--no-deps"])
-            .output()?;
-    anyhow::ensure!(output.status.success(), "cargo metadata failed");
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
-    for package in &packages {
-        let deps: Vec<&str> = package["dependencies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|d| d["kind"].is_null())
-            .filter_map(|d| d["name"].as_str())
-            .filter(|d| names.contains(d))
-            .collect();
-        eprintln!(
-            "{} -> {}",
-            package["name"].as_str().unwrap_or("?"),
-            deps.join(", ")
-        );
-    }
-    Ok(())
 }

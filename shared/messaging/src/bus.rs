@@ -76,6 +76,9 @@ pub trait Acker: Send + Sync {
 pub struct Subscription {
     pub deliveries: BoxStream<'static, Delivery>,
     pub acker: Arc<dyn Acker>,
+    /// The bus's reader, which ends (handing back what it holds) once the stream is
+    /// dropped; a graceful shutdown waits for it.
+    pub reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -150,6 +150,7 @@ impl Consumer {
         let Subscription {
             mut deliveries,
             acker,
+            reader,
         } = subscription;
         let mut replay_tick = tokio::time::interval(REPLAY_POLL);
         replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,6 +173,18 @@ impl Consumer {
                 }
             }
             self.process(batch, acker.as_ref()).await;
+        }
+        // Close the subscription and let the bus's reader hand back what it holds.
+        drop(deliveries);
+        if let Some(reader) = reader
+            && tokio::time::timeout(Duration::from_secs(5), reader)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                module = self.db.module(),
+                "the bus reader did not stop in time"
+            );
         }
         tracing::debug!(module = self.db.module(), "consumer stopped");
     }

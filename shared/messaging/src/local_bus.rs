@@ -164,10 +164,11 @@ impl EventBus for LocalBus {
             settings: self.settings.clone(),
         });
         let (tx, rx) = mpsc::channel(spec.max_in_flight.max(1));
-        tokio::spawn(read_queue(state.clone(), tx));
+        let reader = tokio::spawn(read_queue(state.clone(), tx));
         Ok(Subscription {
             deliveries: Box::pin(ReceiverStream::new(rx)),
             acker: Arc::new(LocalAcker(state)),
+            reader: Some(reader),
         })
     }
 

@@ -391,10 +391,11 @@ impl EventBus for RedisBus {
             flow: Mutex::new(Flow::default()),
         });
         let types: HashSet<&'static str> = spec.event_types.iter().copied().collect();
-        tokio::spawn(read(state.clone(), reader, producers, types));
+        let reader = tokio::spawn(read(state.clone(), reader, producers, types));
         Ok(Subscription {
             deliveries: Box::pin(ReceiverStream::new(rx)),
             acker: Arc::new(RedisAcker(state)),
+            reader: Some(reader),
         })
     }
 

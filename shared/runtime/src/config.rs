@@ -286,6 +286,12 @@ impl Settings {
     /// Reads `APP_CONFIG_DIR` (default `config`) and `APP_ENVIRONMENT` (default `local`).
     pub fn load_from_process_env() -> Result<Settings, ConfigError> {
         let dir = std::env::var("APP_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        Settings::load_from_process_env_in(&dir)
+    }
+
+    /// Reads the files of `dir` for `APP_ENVIRONMENT` (default `local`), then the process
+    /// environment.
+    pub fn load_from_process_env_in(dir: &str) -> Result<Settings, ConfigError> {
         let environment = std::env::var("APP_ENVIRONMENT").unwrap_or_else(|_| "local".into());
         Settings::load(Sources {
             dir: Path::new(&dir),

@@ -160,6 +160,7 @@ impl EventBus for RecordingBus {
         Ok(Subscription {
             deliveries: Box::pin(deliveries),
             acker,
+            reader: None,
         })
     }
 
@@ -208,6 +209,7 @@ impl EventBus for DuplicatingBus {
         Ok(Subscription {
             deliveries,
             acker: Arc::new(DuplicateAcker(inner.acker)),
+            reader: inner.reader,
         })
     }
 

@@ -428,6 +428,7 @@ impl EventBus for Spy {
         Ok(messaging::Subscription {
             deliveries,
             acker: inner.acker,
+            reader: inner.reader,
         })
     }
 

@@ -1,0 +1,737 @@
+//! `cargo xtask extract` / `inline` / `move-data`, run for real in scratch copies of the
+//! workspace (git repositories of their own), built, and run against PostgreSQL and Redis.
+//!
+//! Scratch builds use their own target folder (beside the main one) so they never
+//! overwrite the binaries other tests run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+fn scratch_target() -> PathBuf {
+    let main = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    main.join("scratch")
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// A copy of the workspace's files (tracked and new, not ignored), committed in a git
+/// repository of its own.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = Command::new("git")
+            .current_dir(root())
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
+            .output()
+            .expect("git ls-files");
+        for file in String::from_utf8_lossy(&files.stdout)
+            .split('\0')
+            .filter(|f| !f.is_empty())
+        {
+            let from = root().join(file);
+            if !from.is_file() {
+                continue; // deleted in the working tree
+            }
+            let to = dir.path().join(file);
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&from, &to).expect("copy");
+        }
+        let scratch = Self { dir };
+        scratch.git(&["init", "-q"]);
+        scratch.git(&["add", "-A"]);
+        scratch.git(&[
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@test",
+            "commit",
+            "-qm",
+            "base",
+        ]);
+        scratch
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(self.path())
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self) -> String {
+        self.git(&["status", "--porcelain"])
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .current_dir(self.path())
+            .env("CARGO_TARGET_DIR", scratch_target())
+            .env("CARGO_INCREMENTAL", "0")
+            .env("RUST_BACKTRACE", "0")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// `cargo xtask <args>`, with extra environment variables.
+    fn xtask(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut command = self.command(&cargo());
+        command.arg("xtask").args(args);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().expect("cargo xtask runs")
+    }
+
+    fn xtask_ok(&self, args: &[&str], vars: &[(&str, &str)]) -> String {
+        let out = self.xtask(args, vars);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "cargo xtask {args:?} failed:\n{stderr}"
+        );
+        stderr
+    }
+
+    fn build(&self, packages: &[&str]) {
+        let mut command = self.command(&cargo());
+        command.args(["build", "--quiet"]);
+        for p in packages {
+            command.args(["-p", p]);
+        }
+        let out = command.output().expect("cargo build runs");
+        assert!(
+            out.status.success(),
+            "cargo build {packages:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn extract_then_inline_leaves_the_tree_exactly_as_it_was() {
+    let scratch = Scratch::new();
+    let said = scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    assert!(
+        said.contains("cargo xtask move-data fulfillment --out"),
+        "{said}"
+    );
+    for file in [
+        "services/fulfillment/Cargo.toml",
+        "services/fulfillment/src/main.rs",
+        "services/fulfillment/config/base.toml",
+        "services/fulfillment/Dockerfile",
+        "services/fulfillment/deploy/compose.yaml",
+        "services/fulfillment/deploy/k8s/service.yaml",
+        "services/fulfillment/deploy/k8s/network-policy.yaml",
+    ] {
+        assert!(scratch.path().join(file).is_file(), "{file} is generated");
+    }
+    let config = std::fs::read_to_string(scratch.path().join("config/base.toml")).expect("config");
+    assert!(
+        config.contains("kind = \"redis\"")
+            && config.contains("enabled = [\"catalog\", \"checkout\"]"),
+        "{config}"
+    );
+    let lib = std::fs::read_to_string(scratch.path().join("app/src/lib.rs")).expect("lib");
+    assert!(
+        !lib.contains("fulfillment::Fulfillment"),
+        "the monolith no longer carries fulfillment"
+    );
+    let again = scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    assert!(
+        again.contains("already extracted; nothing changed"),
+        "{again}"
+    );
+    scratch.xtask_ok(&["inline", "fulfillment"], &[]);
+    assert_eq!(scratch.status(), "", "the round trip leaves no trace");
+    assert_eq!(scratch.git(&["diff", "HEAD"]), "");
+}
+
+#[test]
+fn a_module_that_breaks_a_boundary_is_not_extracted() {
+    let scratch = Scratch::new();
+    let manifest = scratch.path().join("modules/fulfillment/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "[dependencies]\n",
+            "[dependencies]\ncheckout.workspace = true\n",
+        ),
+    )
+    .expect("write");
+    let sql = scratch.path().join("modules/fulfillment/src/db/mod.rs");
+    let mut text = std::fs::read_to_string(&sql).expect("db");
+    text.push_str("\npub(crate) const PEEK: &str = \"SELECT status FROM checkout.orders\";\n");
+    std::fs::write(&sql, text).expect("write");
+    // Let cargo record the new dependency in Cargo.lock before the baseline commit.
+    let resolved = scratch
+        .command(&cargo())
+        .args(["update", "--workspace", "--offline", "--quiet"])
+        .output()
+        .expect("cargo");
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
+    scratch.git(&["add", "-A"]);
+    scratch.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "violations",
+    ]);
+
+    let out = scratch.xtask(&["extract", "fulfillment"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "cannot extract fulfillment",
+        "modules/fulfillment/Cargo.toml: depends on module checkout",
+        "a module crate depends only on shared crates",
+        "modules/fulfillment/src/db/mod.rs",
+        "names schema checkout in SQL",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} in:\n{stderr}");
+    }
+    assert_eq!(scratch.status(), "", "a refused extraction changes nothing");
+    let boundaries = scratch.xtask(&["boundaries"], &[]);
+    assert!(
+        !boundaries.status.success(),
+        "cargo xtask boundaries fails too"
+    );
+}
+
+#[test]
+fn dry_runs_change_nothing_and_every_generated_service_builds() {
+    let scratch = Scratch::new();
+    for module in ["catalog", "checkout", "fulfillment"] {
+        let said = scratch.xtask_ok(&["extract", module, "--dry-run"], &[]);
+        assert!(said.contains("dry run"), "{said}");
+        assert_eq!(scratch.status(), "", "a dry run writes nothing ({module})");
+    }
+    scratch.xtask_ok(&["extract", "catalog"], &[]);
+    scratch.xtask_ok(&["extract", "checkout"], &[]);
+    let config = std::fs::read_to_string(scratch.path().join("config/base.toml")).expect("config");
+    assert!(config.contains("enabled = [\"fulfillment\"]"), "{config}");
+    scratch.build(&["app", "catalog-service", "checkout-service"]);
+    let map = scratch.xtask_ok(&["boundaries"], &[]);
+    assert!(
+        map.contains("schema catalog<br/>service")
+            && map.contains("schema fulfillment<br/>monolith"),
+        "{map}"
+    );
+    scratch.xtask_ok(&["inline", "checkout"], &[]);
+    scratch.xtask_ok(&["inline", "catalog"], &[]);
+    assert_eq!(scratch.status(), "");
+}
+
+// ------------------------------------------------------------------ the extracted topology
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A process of ours: the monolith or the service.
+struct Proc {
+    child: Option<Child>,
+    port: u16,
+    name: &'static str,
+}
+
+impl Proc {
+    fn start(
+        scratch: &Scratch,
+        binary: &'static str,
+        port: u16,
+        vars: &[(String, String)],
+    ) -> Proc {
+        let mut command = scratch.command(
+            &scratch_target()
+                .join("debug")
+                .join(binary)
+                .display()
+                .to_string(),
+        );
+        command
+            .env("APP__SERVER__PORT", port.to_string())
+            .env("APP__TELEMETRY__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("the binary starts");
+        let mut proc = Proc {
+            child: Some(child),
+            port,
+            name: binary,
+        };
+        proc.wait_ready();
+        proc
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http::blocking_get(&format!("http://127.0.0.1:{}/readyz", self.port))
+                && r == 200
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("{} exited ({status}):\n{err}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let status = child.wait().expect("wait");
+            assert!(
+                status.success(),
+                "{} exits cleanly after SIGTERM: {status}",
+                self.name
+            );
+        }
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tiny blocking HTTP client over the async one.
+mod http {
+    use reqwest::{Client, Method, Result};
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RT.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"))
+    }
+
+    pub(crate) fn blocking_get(url: &str) -> Result<u16> {
+        runtime().block_on(async { Ok(Client::new().get(url).send().await?.status().as_u16()) })
+    }
+
+    pub(crate) use reqwest::Method as Verb;
+
+    pub(crate) fn call(
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        runtime().block_on(async {
+            let mut request = Client::new().request(method, url);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.expect("reachable");
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            )
+        })
+    }
+}
+
+fn get(url: &str) -> (u16, Value) {
+    http::call(http::Verb::GET, url, None)
+}
+
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    http::call(http::Verb::POST, url, Some(body))
+}
+
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn order_body(sku: &str, quantity: i64, token: &str) -> Value {
+    json!({"customer_email": "ada@example.com", "items": [{"sku": sku, "quantity": quantity}],
+           "shipping_address": {"name": "Ada", "line1": "1 Rd", "city": "London", "postal_code": "N1", "country": "GB"},
+           "payment_token": token})
+}
+
+fn place(monolith: &Proc, sku: &str, quantity: i64, token: &str) -> String {
+    let (status, body) = post(
+        &monolith.url("/api/checkout/orders"),
+        &order_body(sku, quantity, token),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+fn order_becomes(monolith: &Proc, id: &str, status: &str) -> Value {
+    eventually(&format!("order {id} to be {status}"), || {
+        let (_, order) = get(&monolith.url(&format!("/api/checkout/orders/{id}")));
+        (order["status"] == status).then_some(order)
+    })
+}
+
+fn shipment_of(service: &Proc, order: &str, status: &str) -> Value {
+    eventually(&format!("the shipment of {order} to be {status}"), || {
+        let (_, page) = get(&service.url(&format!("/api/fulfillment/shipments?order_id={order}")));
+        page["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|s| s["status"] == status).cloned())
+    })
+}
+
+fn available(monolith: &Proc, sku: &str) -> i64 {
+    get(&monolith.url(&format!("/api/catalog/products/{sku}"))).1["available"]
+        .as_i64()
+        .expect("available")
+}
+
+fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+struct Databases(Vec<String>);
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        for db in &self.0 {
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// Extract fulfillment, move its data, run the monolith and the service as two processes on
+/// PostgreSQL and Redis through the whole journey (compensations included), kill the
+/// service with SIGKILL under load and restart it, then bring everything back.
+#[test]
+fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
+    let scratch = Scratch::new();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (mono_db, svc_db) = (
+        format!("t_e2e_m_{}", &id[..12]),
+        format!("t_e2e_f_{}", &id[..12]),
+    );
+    let _databases = Databases(vec![mono_db.clone(), svc_db.clone()]);
+    for db in [&mono_db, &svc_db] {
+        psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    }
+    let namespace = format!("e2e-{}", &id[..12]);
+    let common = |db: &str| -> Vec<(String, String)> {
+        [
+            ("APP__DATABASE__BACKEND", "postgres"),
+            ("APP__DATABASE__POSTGRES__DATABASE", db),
+            ("APP__DATABASE__POSTGRES__SSL_MODE", "disable"),
+            ("APP__BUS__REDIS__NAMESPACE", namespace.as_str()),
+            ("APP__MESSAGING__LEASE_MS", "3000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    let move_vars: Vec<(&str, &str)> = vec![
+        ("APP__DATABASE__BACKEND", "postgres"),
+        ("APP__DATABASE__POSTGRES__SSL_MODE", "disable"),
+        ("APP__BUS__REDIS__NAMESPACE", namespace.as_str()),
+    ];
+
+    // 1. Before: the monolith with every module, already on the Redis bus.
+    scratch.build(&["app"]);
+    let mut before_vars = common(&mono_db);
+    before_vars.push(("APP__BUS__KIND".into(), "redis".into()));
+    before_vars.push(("APP__BUS__INSTANCE".into(), "monolith-1".into()));
+    let mut monolith = Proc::start(&scratch, "app", free_port(), &before_vars);
+    let (status, _) = post(
+        &monolith.url("/api/catalog/products"),
+        &json!({"sku": "TEA-1", "name": "Tea", "price_minor": 450, "currency": "EUR", "initial_stock": 1000}),
+    );
+    assert_eq!(status, 201);
+    eventually("checkout to price TEA-1", || {
+        (get(&monolith.url("/api/checkout/prices/TEA-1")).0 == 200).then_some(())
+    });
+    let early = place(&monolith, "TEA-1", 2, "tok_visa");
+    shipment_of(&monolith, &early, "ready");
+    monolith.stop();
+
+    // 2. Extract, build, move fulfillment's data out.
+    scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    scratch.build(&["app", "fulfillment-service"]);
+    let moved = scratch.xtask_ok(
+        &[
+            "move-data",
+            "fulfillment",
+            "--out",
+            "--monolith-database",
+            &mono_db,
+            "--service-database",
+            &svc_db,
+        ],
+        &move_vars,
+    );
+    assert!(moved.contains("verified shipments"), "{moved}");
+    assert_eq!(
+        psql(
+            &mono_db,
+            "SELECT COUNT(*) FROM pg_namespace WHERE nspname = 'fulfillment'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.shipments"),
+        "1"
+    );
+
+    // 3. Two processes.
+    let mut mono_vars = common(&mono_db);
+    mono_vars.push(("APP__BUS__INSTANCE".into(), "monolith-1".into()));
+    let mut svc_vars = common(&svc_db);
+    svc_vars.push(("APP__BUS__INSTANCE".into(), "fulfillment-1".into()));
+    let mut monolith = Proc::start(&scratch, "app", free_port(), &mono_vars);
+    let service_port = free_port();
+    let mut service = Proc::start(&scratch, "fulfillment-service", service_port, &svc_vars);
+    let (status, _) = get(&monolith.url("/api/fulfillment/shipments"));
+    assert_eq!(status, 404, "the monolith no longer serves fulfillment");
+
+    // The shipment made before the move is there, and completes the journey.
+    let shipment = shipment_of(&service, &early, "ready");
+    let (status, _) = post(
+        &service.url(&format!(
+            "/api/fulfillment/shipments/{}/dispatch",
+            shipment["id"].as_str().expect("id")
+        )),
+        &json!({}),
+    );
+    assert_eq!(status, 200);
+    order_becomes(&monolith, &early, "shipped");
+    let (status, _) = post(
+        &service.url(&format!(
+            "/api/fulfillment/shipments/{}/deliver",
+            shipment["id"].as_str().expect("id")
+        )),
+        &json!({}),
+    );
+    assert_eq!(status, 200);
+    order_becomes(&monolith, &early, "delivered");
+
+    // A new order, cancelled before dispatch: stock released, shipment cancelled.
+    let stock = available(&monolith, "TEA-1");
+    let cancelled = place(&monolith, "TEA-1", 3, "tok_visa");
+    order_becomes(&monolith, &cancelled, "confirmed");
+    shipment_of(&service, &cancelled, "ready");
+    let (status, _) = post(
+        &monolith.url(&format!("/api/checkout/orders/{cancelled}/cancel")),
+        &json!({}),
+    );
+    assert_eq!(status, 200);
+    shipment_of(&service, &cancelled, "cancelled");
+    eventually("the stock to come back", || {
+        (available(&monolith, "TEA-1") == stock).then_some(())
+    });
+
+    // A declined payment: rejected, stock released, no shipment.
+    let declined = place(&monolith, "TEA-1", 1, "tok_decline");
+    let order = order_becomes(&monolith, &declined, "rejected");
+    assert_eq!(order["status_reason"], "payment_declined");
+    eventually("the stock to come back", || {
+        (available(&monolith, "TEA-1") == stock).then_some(())
+    });
+
+    // Dispatched, then a cancel: refused.
+    let shipped = place(&monolith, "TEA-1", 1, "tok_visa");
+    let s = shipment_of(&service, &shipped, "ready");
+    post(
+        &service.url(&format!(
+            "/api/fulfillment/shipments/{}/dispatch",
+            s["id"].as_str().expect("id")
+        )),
+        &json!({}),
+    );
+    order_becomes(&monolith, &shipped, "shipped");
+    let (status, body) = post(
+        &monolith.url(&format!("/api/checkout/orders/{shipped}/cancel")),
+        &json!({}),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("order_already_shipped"))
+    );
+
+    // 4. Load, and the service killed with SIGKILL in the middle of it.
+    let orders = 150;
+    let placer = {
+        let url = monolith.url("/api/checkout/orders");
+        std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            for i in 0..orders {
+                let (status, body) = post(&url, &order_body("TEA-1", 1, "tok_visa"));
+                assert_eq!(status, 201, "order {i}: {body}");
+                ids.push(body["id"].as_str().expect("id").to_owned());
+            }
+            ids
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    service.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut service = Proc::start(&scratch, "fulfillment-service", service_port, &svc_vars);
+    let ids = placer.join().expect("the placer finishes");
+    for id in &ids {
+        order_becomes(&monolith, id, "confirmed");
+    }
+    eventually("every confirmed order to have its shipment", || {
+        let shipments: i64 = psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.shipments")
+            .parse()
+            .ok()?;
+        (shipments == 3 + orders).then_some(())
+    });
+    assert_eq!(
+        psql(
+            &svc_db,
+            "SELECT COUNT(*) FROM (SELECT order_id FROM fulfillment.shipments GROUP BY order_id HAVING COUNT(*) > 1) d"
+        ),
+        "0",
+        "exactly one shipment per order"
+    );
+    assert_eq!(
+        psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.dead_letters"),
+        "0"
+    );
+    service.stop();
+    monolith.stop();
+
+    // 5. And back: data in, module inlined, the monolith alone serves everything again.
+    let back = scratch.xtask_ok(
+        &[
+            "move-data",
+            "fulfillment",
+            "--in",
+            "--monolith-database",
+            &mono_db,
+            "--service-database",
+            &svc_db,
+        ],
+        &move_vars,
+    );
+    assert!(back.contains("verified shipments"), "{back}");
+    scratch.xtask_ok(&["inline", "fulfillment"], &[]);
+    scratch.build(&["app"]);
+    let monolith = Proc::start(&scratch, "app", free_port(), &mono_vars);
+    let (status, page) = get(&monolith.url("/api/fulfillment/shipments?limit=100"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(100),
+        "the shipments came back"
+    );
+    assert_eq!(
+        psql(&mono_db, "SELECT COUNT(*) FROM fulfillment.shipments"),
+        (3 + orders).to_string()
+    );
+    drop(monolith);
+    assert!(
+        scratch.status().lines().all(|l| l.starts_with("?? data")),
+        "{}",
+        scratch.status()
+    );
+}
