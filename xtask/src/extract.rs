@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// Show what would change, change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Inline even if the service's database still holds the module's data.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 /// One change to the tree.
@@ -351,6 +354,9 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if !args.force {
+        check_data_moved_back(root, module)?;
+    }
     let extracted: Vec<String> = currently_extracted(&layout)
         .into_iter()
         .filter(|m| m != module)
@@ -366,8 +372,63 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     refresh_lockfile(root)?;
     eprintln!(
-        "\n{module} is back in the monolith.\n\nNext:\n  1. stop {module}-service, then bring its data back:\n       cargo xtask move-data {module} --in\n  2. build and deploy the monolith: cargo build --release -p app"
+        "\n{module} is back in the monolith (its data was moved back before). Next: build and \
+         deploy the monolith (cargo build --release -p app); with no service left it uses the \
+         in-process bus again."
     );
+    Ok(())
+}
+
+/// Refuses to inline while the service's own database still holds the module's data: the
+/// monolith would start on an empty schema and the data would be stranded.
+fn check_data_moved_back(root: &Path, module: &str) -> anyhow::Result<()> {
+    let dir = root.join("services").join(module).join("config");
+    let settings = runtime::Settings::load_from_process_env_in(&dir.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let holds_data = match settings.database.backend {
+        runtime::config::Backend::Sqlite => {
+            runtime::db::sqlite_file(&settings.database.sqlite, module).is_file()
+        }
+        runtime::config::Backend::Postgres => {
+            let pg = &settings.database.postgres;
+            let check = async {
+                let conn = runtime::db::connect_postgres(
+                    pg,
+                    &pg.owner_user,
+                    pg.owner_password
+                        .as_ref()
+                        .map(|s| secrecy::ExposeSecret::expose_secret(s).to_owned()),
+                    module,
+                    1,
+                )
+                .await?;
+                let row = sea_orm::ConnectionTrait::query_one_raw(
+                    &conn,
+                    sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        format!("SELECT COUNT(*) FROM pg_namespace WHERE nspname = '{module}'"),
+                    ),
+                )
+                .await?;
+                let n: i64 = row.map(|r| r.try_get_by_index(0)).transpose()?.unwrap_or(0);
+                anyhow::Ok(n > 0)
+            };
+            match tokio::runtime::Runtime::new()?.block_on(check) {
+                Ok(holds) => holds,
+                // No database at all (never deployed): nothing to strand.
+                Err(e) if e.to_string().contains("does not exist") => false,
+                Err(e) => bail!(
+                    "cannot check the service's database ({e:#}); use --force to inline anyway"
+                ),
+            }
+        }
+    };
+    if holds_data {
+        bail!(
+            "the service's database still holds {module}'s data: stop {module}-service and run \
+             `cargo xtask move-data {module} --in` first (or --force to inline anyway)"
+        );
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod boundaries;
 mod extract;
 mod move_data;
+mod scratch;
 mod templates;
 
 use std::path::PathBuf;
@@ -58,8 +59,14 @@ fn main() -> anyhow::Result<()> {
                 bench::build_release(&["app"])?;
             }
             let runtime = tokio::runtime::Runtime::new()?;
-            let report = runtime.block_on(bench::monolith(&args))?;
-            bench::print(&[report]);
+            let mut reports = Vec::new();
+            if args.topology != bench::Topology::Extracted {
+                reports.push(runtime.block_on(bench::monolith(&args))?);
+            }
+            if args.topology != bench::Topology::Monolith {
+                reports.push(runtime.block_on(bench::extracted(&args))?);
+            }
+            bench::print(&reports);
             Ok(())
         }
     }

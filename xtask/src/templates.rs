@@ -453,7 +453,7 @@ database, and exchanges events with the monolith over Redis Streams.
   3. run the monolith and the service (both need Redis on 127.0.0.1:6379):
                               cargo run -p app
                               cargo run -p {package}      # http://127.0.0.1:{port}/api/{m}/...
-  To undo: stop {package}, `cargo xtask move-data {m} --in`, `cargo xtask inline {m}`."#,
+  To undo: stop {package}, then `cargo xtask move-data {m} --in`, then `cargo xtask inline {m}`."#,
             package = self.package,
             port = self.port
         )

@@ -345,3 +345,40 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
     let status = child.wait().expect("the binary exits");
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
 }
+
+/// No foreign key leaves a module's schema: each schema can move to another database on
+/// its own (the rule `cargo xtask boundaries` checks in the source, proven on the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_foreign_key_crosses_a_schema() {
+    let app = monolith(Backend::Postgres).await;
+    let name = app.db.pg_name().expect("postgres").to_owned();
+    let owner = sea_orm::Database::connect(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .expect("owner");
+    let rows = owner
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT n.nspname::text AS schema, c.conname::text AS name, rn.nspname::text AS target \
+             FROM pg_constraint c \
+             JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace \
+             JOIN pg_class t ON t.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = t.relnamespace \
+             WHERE c.contype = 'f' AND n.nspname IN ('catalog', 'checkout', 'fulfillment')"
+                .to_owned(),
+        ))
+        .await
+        .expect("constraints");
+    assert!(
+        !rows.is_empty(),
+        "the schemas do have foreign keys of their own"
+    );
+    for row in rows {
+        let schema: String = row.try_get("", "schema").expect("schema");
+        let target: String = row.try_get("", "target").expect("target");
+        let name: String = row.try_get("", "name").expect("name");
+        assert_eq!(
+            schema, target,
+            "foreign key {name} of {schema} points into {target}"
+        );
+    }
+    owner.close().await.ok();
+}
