@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
-pub(crate) fn copy_workspace(root: &Path) -> anyhow::Result<tempfile::TempDir> {
+pub fn copy_workspace(root: &Path) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     let files = Command::new("git")
         .current_dir(root)

@@ -37,30 +37,7 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let files = Command::new("git")
-            .current_dir(root())
-            .args([
-                "ls-files",
-                "-z",
-                "--cached",
-                "--others",
-                "--exclude-standard",
-            ])
-            .output()
-            .expect("git ls-files");
-        for file in String::from_utf8_lossy(&files.stdout)
-            .split('\0')
-            .filter(|f| !f.is_empty())
-        {
-            let from = root().join(file);
-            if !from.is_file() {
-                continue; // deleted in the working tree
-            }
-            let to = dir.path().join(file);
-            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-            std::fs::copy(&from, &to).expect("copy");
-        }
+        let dir = xtask::scratch::copy_workspace(&root()).expect("a scratch copy");
         let scratch = Self { dir };
         scratch.git(&["init", "-q"]);
         scratch.git(&["add", "-A"]);

@@ -382,3 +382,33 @@ async fn no_foreign_key_crosses_a_schema() {
     }
     owner.close().await.ok();
 }
+
+/// `app migrate` (what a deploy pipeline runs) creates every module's schema and exits.
+#[test]
+fn migrate_prepares_every_module_and_exits() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let output = binary(&[(
+        "APP__DATABASE__SQLITE__DIR",
+        data.path().to_str().expect("utf-8"),
+    )])
+    .arg("migrate")
+    .output()
+    .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for module in ["catalog", "checkout", "fulfillment"] {
+        let file = data.path().join(format!("{module}.db"));
+        assert!(file.is_file(), "{module}.db is created");
+    }
+    let again = binary(&[(
+        "APP__DATABASE__SQLITE__DIR",
+        data.path().to_str().expect("utf-8"),
+    )])
+    .arg("migrate")
+    .output()
+    .expect("the binary runs");
+    assert!(again.status.success(), "migrate is idempotent");
+}

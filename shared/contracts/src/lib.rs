@@ -18,7 +18,7 @@ pub mod fulfillment;
 pub use envelope::{Cause, ContractError, Envelope};
 pub use registry::{
     EVENT_TYPES, EventType, SUBSCRIPTIONS, Subscription, consumers_of, event_type_named,
-    subscriptions_of,
+    subscribers_of, subscriptions_of,
 };
 pub use traceparent::Traceparent;
 

@@ -88,3 +88,15 @@ pub fn consumers_of(event_type: &str) -> Vec<&'static str> {
         .map(|s| s.consumer)
         .collect()
 }
+
+/// The modules that consume any event of `producer`, in name order.
+pub fn subscribers_of(producer: &str) -> Vec<&'static str> {
+    let mut consumers: Vec<&'static str> = SUBSCRIPTIONS
+        .iter()
+        .filter(|s| crate::source_of(s.event_type) == producer)
+        .map(|s| s.consumer)
+        .collect();
+    consumers.sort_unstable();
+    consumers.dedup();
+    consumers
+}

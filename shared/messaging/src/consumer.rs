@@ -516,37 +516,33 @@ async fn claim_inbox_keys(
 /// Deletes published outbox rows and inbox keys older than their retention, a chunk at a
 /// time, so the tables stay small (LESSONS 4).
 pub async fn clean(db: &ModuleDb, settings: &MessagingSettings) -> Result<(u64, u64), DbErr> {
-    const CHUNK: i64 = 5000;
     let now = now_ms();
-    let outbox_before = now - (settings.outbox_retention_secs as i64) * 1000;
-    let inbox_before = now - (settings.inbox_retention_secs as i64) * 1000;
-    let mut outbox = 0;
-    loop {
-        let n = execute(
-            db.conn(),
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
-            vec![outbox_before.into(), CHUNK.into()],
-        )
-        .await?;
-        outbox += n;
-        if n < CHUNK as u64 {
-            break;
-        }
-    }
-    let mut inbox = 0;
-    loop {
-        let n = execute(
-            db.conn(),
-            "DELETE FROM inbox WHERE (event_id, handler) IN (SELECT event_id, handler FROM inbox WHERE processed_at < $1 LIMIT $2)",
-            vec![inbox_before.into(), CHUNK.into()],
-        )
-        .await?;
-        inbox += n;
-        if n < CHUNK as u64 {
-            break;
-        }
-    }
+    let outbox = delete_in_chunks(
+        db,
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
+        now - (settings.outbox_retention_secs as i64) * 1000,
+    )
+    .await?;
+    let inbox = delete_in_chunks(
+        db,
+        "DELETE FROM inbox WHERE (event_id, handler) IN (SELECT event_id, handler FROM inbox WHERE processed_at < $1 LIMIT $2)",
+        now - (settings.inbox_retention_secs as i64) * 1000,
+    )
+    .await?;
     Ok((outbox, inbox))
+}
+
+/// Runs `sql` (which deletes at most `$2` rows older than `$1`) until it deletes fewer.
+async fn delete_in_chunks(db: &ModuleDb, sql: &str, before: i64) -> Result<u64, DbErr> {
+    const CHUNK: i64 = 5000;
+    let mut total = 0;
+    loop {
+        let n = execute(db.conn(), sql, vec![before.into(), CHUNK.into()]).await?;
+        total += n;
+        if n < CHUNK as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Cleans a module's tables every `cleanup_interval_secs` until cancelled.

@@ -178,15 +178,10 @@ impl Inner {
         {
             return Ok(());
         }
-        let consumers: BTreeSet<&str> = contracts::SUBSCRIPTIONS
-            .iter()
-            .filter(|s| contracts::source_of(s.event_type) == producer)
-            .map(|s| s.consumer)
-            .collect();
         let mut conn = self.conn.clone();
         for partition in 0..self.config.partitions {
             let stream = self.stream(producer, partition);
-            for group in &consumers {
+            for group in contracts::subscribers_of(producer) {
                 create_group(&mut conn, &stream, group).await?;
             }
         }
@@ -200,11 +195,7 @@ impl Inner {
     /// Trims `producer`'s streams below the oldest entry some group still needs. A stream
     /// missing one of its groups is left alone.
     async fn trim(&self, producer: &str) -> Result<(), redis::RedisError> {
-        let expected: BTreeSet<&str> = contracts::SUBSCRIPTIONS
-            .iter()
-            .filter(|s| contracts::source_of(s.event_type) == producer)
-            .map(|s| s.consumer)
-            .collect();
+        let expected = contracts::subscribers_of(producer);
         let mut conn = self.conn.clone();
         for partition in 0..self.config.partitions {
             let stream = self.stream(producer, partition);
@@ -217,13 +208,7 @@ impl Inner {
                 Ok(g) => g,
                 Err(_) => continue,
             };
-            let names: BTreeSet<String> = groups
-                .iter()
-                .filter_map(|g| {
-                    g.get("name")
-                        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                })
-                .collect();
+            let names: BTreeSet<String> = groups.iter().filter_map(|g| field(g, "name")).collect();
             if !expected.iter().all(|e| names.contains(*e)) {
                 // A group is missing (Redis lost it?): create it and trim nothing now.
                 self.grouped
@@ -234,14 +219,8 @@ impl Inner {
             }
             let mut floor: Option<(u64, u64)> = None;
             for group in &groups {
-                let name: String = group
-                    .get("name")
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                    .unwrap_or_default();
-                let pending: u64 = group
-                    .get("pending")
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                    .unwrap_or(0);
+                let name: String = field(group, "name").unwrap_or_default();
+                let pending: u64 = field(group, "pending").unwrap_or(0);
                 let needed = if pending > 0 {
                     let summary: Vec<RedisValue> = redis::cmd("XPENDING")
                         .arg(&stream)
@@ -253,9 +232,7 @@ impl Inner {
                         .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
                         .and_then(|id| parse_id(&id))
                 } else {
-                    group
-                        .get("last-delivered-id")
-                        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                    field::<String>(group, "last-delivered-id")
                         .and_then(|id| parse_id(&id))
                         .map(|(ms, seq)| (ms, seq.saturating_add(1)))
                 };
@@ -294,6 +271,13 @@ async fn create_group(
         Err(e) if !is_busy_group(&e) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// One field of an XINFO reply.
+fn field<T: redis::FromRedisValue>(reply: &HashMap<String, RedisValue>, name: &str) -> Option<T> {
+    reply
+        .get(name)
+        .and_then(|v| redis::from_redis_value(v.clone()).ok())
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {

@@ -111,15 +111,26 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
+impl Admin {
+    /// The module and letter id of a `/admin/{module}/dead-letters/{id}...` request, once
+    /// the caller is authorized.
+    fn letter<'a>(
+        &'a self,
+        req: &HttpRequest,
+        path: web::Path<(String, String)>,
+    ) -> Result<(&'a ModuleLetters, i64), ApiError> {
+        self.authorize(req)?;
+        let (module, id) = path.into_inner();
+        Ok((self.module(&module)?, letter_id(&id)?))
+    }
+}
+
 async fn get(
     admin: web::Data<Admin>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    admin.authorize(&req)?;
-    let (module, id) = path.into_inner();
-    let module = admin.module(&module)?;
-    let id = letter_id(&id)?;
+    let (module, id) = admin.letter(&req, path)?;
     match dead_letters::get(&module.db, id).await? {
         Some(letter) => Ok(HttpResponse::Ok().json(letter)),
         None => Err(not_found(id)),
@@ -130,6 +141,7 @@ fn not_found(id: i64) -> ApiError {
     ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"))
 }
 
+/// Answers with the letter as it is after `change`, or why the change did not apply.
 async fn settle(change: Change, id: i64, module: &ModuleLetters) -> Result<HttpResponse, ApiError> {
     match change {
         Change::Done => {
@@ -149,10 +161,7 @@ async fn replay(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    admin.authorize(&req)?;
-    let (module, id) = path.into_inner();
-    let module = admin.module(&module)?;
-    let id = letter_id(&id)?;
+    let (module, id) = admin.letter(&req, path)?;
     let change = dead_letters::request_replay(&module.db, id).await?;
     if change == Change::Done {
         module.replays.notify_one();
@@ -165,10 +174,7 @@ async fn discard(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    admin.authorize(&req)?;
-    let (module, id) = path.into_inner();
-    let module = admin.module(&module)?;
-    let id = letter_id(&id)?;
+    let (module, id) = admin.letter(&req, path)?;
     let change = dead_letters::discard(&module.db, id).await?;
     settle(change, id, module).await
 }

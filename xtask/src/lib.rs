@@ -1,0 +1,74 @@
+//! `cargo xtask <command>`: the project's developer commands, in Rust so they run wherever
+//! cargo does. The binary is `main.rs`; this library also serves the tests.
+
+mod bench;
+mod boundaries;
+mod extract;
+mod move_data;
+pub mod scratch;
+mod templates;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer commands for the shop workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the module boundaries (crates, source, migrations) and print the module map.
+    Boundaries,
+    /// Turn a module into a service of its own (code, configuration, deploy files).
+    Extract(extract::Args),
+    /// Bring an extracted module back into the monolith.
+    Inline(extract::Args),
+    /// Move a module's data between the monolith's database and its service's.
+    MoveData(move_data::Args),
+    /// Measure the order journey under load on PostgreSQL (loopback only).
+    Bench(bench::BenchArgs),
+}
+
+/// The root of the workspace the command runs in: the nearest folder, from the current
+/// one up, whose `Cargo.toml` declares `[workspace]`. (Not where this binary was built:
+/// it may run in a copy of the workspace.)
+pub(crate) fn workspace_root() -> PathBuf {
+    let start = std::env::current_dir().unwrap_or_default();
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(PathBuf::from)
+        .unwrap_or(start)
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Boundaries => boundaries::run(&workspace_root()),
+        Command::Extract(args) => extract::extract(&workspace_root(), &args),
+        Command::Inline(args) => extract::inline(&workspace_root(), &args),
+        Command::MoveData(args) => move_data::run(&workspace_root(), &args),
+        Command::Bench(args) => {
+            if !args.no_build {
+                bench::build_release(&["app"])?;
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut reports = Vec::new();
+            if args.topology != bench::Topology::Extracted {
+                reports.push(runtime.block_on(bench::monolith(&args))?);
+            }
+            if args.topology != bench::Topology::Monolith {
+                reports.push(runtime.block_on(bench::extracted(&args))?);
+            }
+            bench::print(&reports);
+            Ok(())
+        }
+    }
+}
