@@ -179,6 +179,13 @@ fn a_module_that_breaks_a_boundary_is_not_extracted() {
     let mut text = std::fs::read_to_string(&sql).expect("db");
     text.push_str("\npub(crate) const PEEK: &str = \"SELECT status FROM checkout.orders\";\n");
     std::fs::write(&sql, text).expect("write");
+    // A foreign key from shipments to checkout's orders.
+    let migration = scratch
+        .path()
+        .join("migrations/src/fulfillment/m0001_shipments.rs");
+    let mut text = std::fs::read_to_string(&migration).expect("migration");
+    text.push_str("\nconst _ORDERS: (&str, &str) = (\"checkout\", \"orders\");\n");
+    std::fs::write(&migration, text).expect("write");
     // Let cargo record the new dependency in Cargo.lock before the baseline commit.
     let resolved = scratch
         .command(&cargo())
@@ -210,6 +217,8 @@ fn a_module_that_breaks_a_boundary_is_not_extracted() {
         "a module crate depends only on shared crates",
         "modules/fulfillment/src/db/mod.rs",
         "names schema checkout in SQL",
+        "migrations/src/fulfillment/m0001_shipments.rs",
+        "a foreign key across schemas",
     ] {
         assert!(stderr.contains(needle), "{needle:?} in:\n{stderr}");
     }
