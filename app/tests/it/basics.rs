@@ -69,6 +69,9 @@ async fn unknown_routes_answer_in_the_error_shape(backend: Backend) {
     let app = monolith(backend).await;
     let reply = app.get("/api/nothing/here").await;
     assert_eq!((reply.status, reply.error_code()), (404, "no_route"));
+    // Without an operator token configured, the operator endpoints do not exist at all.
+    let admin = app.get("/admin/checkout/dead-letters").await;
+    assert_eq!((admin.status, admin.error_code()), (404, "no_route"));
 }
 
 /// A request whose body is still arriving when the app is told to stop is answered in
