@@ -69,18 +69,6 @@ impl FieldErrors {
     pub fn into_result(self) -> Result<(), FieldErrors> {
         if self.is_empty() { Ok(()) } else { Err(self) }
     }
-
-    /// Moves every error of `other` in, with `prefix.` before its path.
-    pub fn merge_prefixed(&mut self, prefix: &str, other: FieldErrors) {
-        for (path, error) in other.0 {
-            let path = if prefix.is_empty() {
-                path
-            } else {
-                format!("{prefix}.{path}")
-            };
-            self.0.entry(path).or_insert(error);
-        }
-    }
 }
 
 impl serde::Serialize for FieldErrors {

@@ -196,14 +196,3 @@ pub(crate) async fn replay_failed(db: &ModuleDb, id: i64, error: &str) -> Result
     .await
     .map(|_| ())
 }
-
-/// How many letters are parked (status `dead`), for metrics and readiness reports.
-pub async fn count_dead(db: &ModuleDb) -> Result<i64, DbErr> {
-    let rows = query(
-        db.conn(),
-        "SELECT COUNT(*) AS n FROM dead_letters WHERE status = 'dead'",
-        vec![],
-    )
-    .await?;
-    rows.first().map_or(Ok(0), |r| r.try_get("", "n"))
-}

@@ -106,22 +106,6 @@ pub(crate) async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Re
     Ok(())
 }
 
-/// How many events wait in a module's outbox, and the age of the oldest, in ms.
-pub async fn backlog(db: &ModuleDb) -> Result<(i64, i64), DbErr> {
-    let rows = query(
-        db.conn(),
-        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL",
-        vec![],
-    )
-    .await?;
-    let Some(row) = rows.first() else {
-        return Ok((0, 0));
-    };
-    let n: i64 = row.try_get("", "n")?;
-    let oldest: Option<i64> = row.try_get("", "oldest")?;
-    Ok((n, oldest.map_or(0, |o| (now_ms() - o).max(0))))
-}
-
 /// Publishes a module's outbox through the bus until cancelled.
 pub struct Relay {
     pub db: ModuleDb,
