@@ -477,6 +477,26 @@ fn psql(database: &str, sql: &str) -> String {
 
 struct Databases(Vec<String>);
 
+/// Removes a Redis namespace's keys when dropped.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
 impl Drop for Databases {
     fn drop(&mut self) {
         for db in &self.0 {
@@ -504,6 +524,7 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         psql("postgres", &format!("CREATE DATABASE \"{db}\""));
     }
     let namespace = format!("e2e-{}", &id[..12]);
+    let _namespace = Namespace(namespace.clone());
     let common = |db: &str| -> Vec<(String, String)> {
         [
             ("APP__DATABASE__BACKEND", "postgres"),
