@@ -57,7 +57,8 @@ pub struct StockLineV1 {
     pub quantity: i64,
 }
 
-fn check_lines(lines: &[StockLineV1]) -> Result<(), String> {
+/// Every line names a valid sku and quantity, and there is at least one.
+pub(crate) fn check_lines(lines: &[StockLineV1]) -> Result<(), String> {
     check_not_empty("lines", lines)?;
     for (i, line) in lines.iter().enumerate() {
         check_sku(&format!("lines[{i}].sku"), &line.sku)?;

@@ -125,11 +125,6 @@ impl Event for OrderReinstatedV1 {
         self.order_id.to_string()
     }
     fn validate(&self) -> Result<(), String> {
-        check_not_empty("lines", &self.lines)?;
-        for (i, line) in self.lines.iter().enumerate() {
-            check_sku(&format!("lines[{i}].sku"), &line.sku)?;
-            check_quantity(&format!("lines[{i}].quantity"), line.quantity)?;
-        }
-        Ok(())
+        crate::catalog::check_lines(&self.lines)
     }
 }

@@ -337,8 +337,15 @@ impl EventBus for RedisBus {
                 }
                 due
             };
-            if due && let Err(e) = inner.trim(producer).await {
-                tracing::warn!(producer, error = %e, "trimming streams failed");
+            if due {
+                // Off the relay's path: trimming costs a few round trips per stream.
+                let inner = inner.clone();
+                let producer = producer.to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = inner.trim(&producer).await {
+                        tracing::warn!(producer, error = %e, "trimming streams failed");
+                    }
+                });
             }
         }
         Ok(())
