@@ -380,6 +380,7 @@ pub(crate) async fn start_on(
         settings: settings(),
         faults,
         replays: Arc::new(tokio::sync::Notify::new()),
+        progress: messaging::Progress::new(CONSUMER),
     };
     tasks.push(tokio::spawn(
         consumer.run(subscription, cancel.child_token()),
@@ -515,4 +516,5 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
 }
 
 mod conformance;
+mod local_only;
 mod redis_only;
