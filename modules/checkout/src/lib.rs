@@ -94,6 +94,7 @@ impl Module for Checkout {
             settings: settings.payment.clone(),
             wake: payments.clone(),
             poll: Duration::from_millis(250),
+            lease_ms: settings.payment.lease_ms(),
         };
         Ok(StartedModule::with_routes(http::routes(state))
             .handler(events::PriceList)
