@@ -516,3 +516,4 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
 
 mod conformance;
 mod redis_only;
+mod replays;
