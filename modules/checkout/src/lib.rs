@@ -98,6 +98,7 @@ impl Module for Checkout {
             settings: settings.payment.clone(),
             wake: payments.clone(),
             poll: Duration::from_millis(250),
+            lease_ms: settings.payment.lease_ms(),
         };
         let watchdog = use_cases::watch_orders::OrderWatchdog {
             db: state.db.clone(),

@@ -619,6 +619,10 @@ async fn claim_inbox_keys(
             values.push(now.into());
         }
     }
+    if rows.is_empty() {
+        // No handler takes these events (a replayed letter whose handler is gone).
+        return Ok(HashSet::new());
+    }
     let sql = format!(
         "INSERT INTO inbox (event_id, handler, processed_at) VALUES {} \
          ON CONFLICT (event_id, handler) DO NOTHING RETURNING event_id, handler",

@@ -518,3 +518,4 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
 mod conformance;
 mod local_only;
 mod redis_only;
+mod replays;
