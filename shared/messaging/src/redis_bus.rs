@@ -493,6 +493,8 @@ struct Owned {
     /// Above this instance's share: nothing new is read from it, and its lease is handed
     /// back once nothing of it is in flight.
     draining: bool,
+    /// The lease ran out by this process's clock and no renewal has answered since.
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -607,20 +609,27 @@ impl Flow {
         }
     }
 
-    /// The next entry for the consumer, if its partition's lease is still confirmed; the
-    /// entries of a partition whose lease is not are dropped with it.
+    /// The next entry for the consumer whose partition's lease is confirmed. Entries of a
+    /// partition whose lease ran out wait (the next renewal decides); those of a partition
+    /// no longer held are dropped with it.
     fn hand_out(&mut self, now: Instant) -> Option<Entry> {
-        while let Some(tag) = self.ready.front().cloned() {
+        let mut index = 0;
+        while let Some(tag) = self.ready.get(index).cloned() {
             let Some(entry) = self.outstanding.get(&tag) else {
-                self.ready.pop_front();
+                self.ready.remove(index);
                 continue;
             };
-            if self.holds(entry.partition, now) {
-                self.ready.pop_front();
-                return Some(entry.clone());
-            }
             let partition = entry.partition;
-            self.lose(partition);
+            if self.holds(partition, now) {
+                let entry = entry.clone();
+                self.ready.remove(index);
+                return Some(entry);
+            }
+            if self.active && self.owned.contains_key(&partition) {
+                index += 1;
+            } else {
+                self.lose(partition);
+            }
         }
         None
     }
@@ -747,23 +756,22 @@ impl SubState {
         self.freed.notify_one();
     }
 
-    /// Stops using partitions whose lease was not confirmed in time by this process's
-    /// clock (renewals failing or late): another instance may hold them by now.
+    /// Notes partitions whose lease was not confirmed in time by this process's clock
+    /// (renewals failing or late): another instance may hold them by now, so nothing of
+    /// them is read or handed out until a renewal answers. If it finds the lease still
+    /// this process's, Redis never let it go and the partition resumes as it was;
+    /// otherwise it is lost.
     fn expire(&self, now: Instant) {
         let mut flow = self.flow();
-        let late: Vec<u32> = flow
-            .owned
-            .iter()
-            .filter(|(_, o)| o.confirmed_until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for partition in late {
-            tracing::warn!(
-                module = self.group,
-                partition,
-                "a partition lease was not renewed in time; this instance stops reading it"
-            );
-            flow.lose(partition);
+        for (partition, owned) in flow.owned.iter_mut() {
+            if owned.confirmed_until <= now && !owned.paused {
+                owned.paused = true;
+                tracing::warn!(
+                    module = self.group,
+                    partition,
+                    "a partition lease was not renewed in time; this instance stops using it until a renewal answers"
+                );
+            }
         }
     }
 
@@ -1156,6 +1164,7 @@ async fn maintain(
         if renewed == 1 {
             if let Some(owned) = flow.owned.get_mut(&partition) {
                 owned.confirmed_until = sent + confirmed_for(lease);
+                owned.paused = false;
             }
         } else {
             tracing::warn!(
@@ -1166,6 +1175,9 @@ async fn maintain(
             flow.lose(partition);
         }
     }
+
+    // Entries that waited while a lease was unconfirmed may go now.
+    state.ready.notify_one();
 
     // Take free partitions, starting at a place of our own so instances spread out.
     let start = partition_of(me, partitions);
@@ -1201,6 +1213,7 @@ async fn maintain(
                 streams,
                 recovering,
                 draining: false,
+                paused: false,
             },
         );
         tracing::info!(module = group, partition, "partition taken");
@@ -1326,6 +1339,9 @@ async fn recover_page(
     types: &HashSet<&'static str>,
 ) -> Result<Page, redis::RedisError> {
     let group = state.group;
+    // Taken before XPENDING: an entry settled meanwhile is then either still known here
+    // or no longer pending there.
+    let known = state.flow().known(stream);
     let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
     let rows: Vec<(String, String, u64, usize)> = redis::cmd("XPENDING")
         .arg(stream)
@@ -1335,7 +1351,6 @@ async fn recover_page(
         .arg(PAGE)
         .query_async(conn)
         .await?;
-    let known = state.flow().known(stream);
     let mut take: Vec<(String, usize)> = Vec::new();
     let mut cursor = after.map(str::to_owned);
     let mut full = false;
@@ -1360,11 +1375,27 @@ async fn recover_page(
             .query_async(conn)
             .await?;
         let returned: HashSet<&str> = reply.ids.iter().map(|s| s.id.as_str()).collect();
-        let gone: Vec<String> = ids
+        let missing: Vec<&str> = ids
             .iter()
             .filter(|id| !returned.contains(**id))
-            .map(|id| (*id).to_owned())
+            .copied()
             .collect();
+        // Not claimed: acknowledged meanwhile (by an earlier owner finishing late), or its
+        // data was trimmed away, which XCLAIM answers alike; only the latter is an error.
+        let mut gone = Vec::new();
+        if !missing.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &missing {
+                pipe.cmd("XRANGE").arg(stream).arg(*id).arg(*id);
+            }
+            let found: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
+            gone = missing
+                .iter()
+                .zip(found)
+                .filter(|(_, f)| f.ids.is_empty())
+                .map(|(id, _)| (*id).to_owned())
+                .collect();
+        }
         if !gone.is_empty() {
             tracing::error!(
                 module = group,
@@ -1463,11 +1494,26 @@ impl Acker for RedisAcker {
                 if state.closed.is_cancelled() {
                     return;
                 }
-                if !state.flow().holds(entry.partition, Instant::now()) {
+                let (held, owned) = {
+                    let flow = state.flow();
+                    (
+                        flow.holds(entry.partition, Instant::now()),
+                        flow.active && flow.owned.contains_key(&entry.partition),
+                    )
+                };
+                if !owned {
                     // The partition is no longer ours: its owner delivers the entry, and
                     // claiming it here would take it from them.
                     state.forget(&tag);
                     return;
+                }
+                if !held {
+                    // Its lease is not confirmed now: wait for a renewal to decide.
+                    tokio::select! {
+                        _ = state.closed.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(state.inner.settings.lease_ms / 3)) => {}
+                    }
+                    continue;
                 }
                 let mut conn = state.inner.conn.clone();
                 let claimed: Result<redis::streams::StreamClaimReply, redis::RedisError> =
