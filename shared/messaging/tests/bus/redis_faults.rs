@@ -715,3 +715,61 @@ async fn a_crashed_instance_s_partition_is_taken_over_only_after_its_lease_expir
     assert_eq!(again.attempt, 2);
     ack(&subscription, &again).await;
 }
+
+/// A delivery retried after its partition went to another instance is not claimed back
+/// when its delay is over: the new owner keeps it, and the old one hands it out no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_does_not_take_an_entry_back_from_the_partition_s_new_owner() {
+    let dbs = open(Backend::Sqlite).await;
+    let publisher = redis_bus(&dbs, REDIS, "publisher").await;
+    let key = Uuid::now_v7();
+    publish(&publisher, &[event(key, 1)]).await;
+    let a = redis_bus(&dbs, REDIS, "instance-a").await;
+    let mut subscription = subscribe(&a, 10).await;
+    let first = next(&mut subscription, WAIT).await.expect("a delivery");
+    subscription
+        .acker
+        .retry(&first.tag, lease() * 2, "failed")
+        .await
+        .expect("retry");
+    // Meanwhile another instance takes the partition and claims the entry.
+    let mut conn = connect(REDIS).await;
+    let _: () = ::redis::cmd("SET")
+        .arg(lease_key(&dbs, key))
+        .arg("instance-b")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let messaging::DeliveryTag::Entry { stream, id } = &first.tag else {
+        panic!("a stream entry")
+    };
+    let _: ::redis::Value = ::redis::cmd("XCLAIM")
+        .arg(&**stream)
+        .arg(CONSUMER)
+        .arg("instance-b")
+        .arg(0)
+        .arg(&**id)
+        .query_async(&mut conn)
+        .await
+        .expect("XCLAIM");
+    assert!(
+        next(&mut subscription, lease() * 3).await.is_none(),
+        "the old owner hands the entry out no more"
+    );
+    let rows: Vec<(String, String, u64, usize)> = ::redis::cmd("XPENDING")
+        .arg(&**stream)
+        .arg(CONSUMER)
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].1, "instance-b",
+        "the new owner still holds the entry"
+    );
+}
