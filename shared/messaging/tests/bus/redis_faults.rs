@@ -8,7 +8,7 @@
 //! XREADGROUP, as a process that read them and died would leave them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use contracts::checkout::OrderPlacedV1;
@@ -514,12 +514,16 @@ async fn a_busy_instance_hands_surplus_partitions_to_a_joining_one() {
 
 /// A TCP relay to the shared Redis that, once armed, freezes the next connection that
 /// sends an XREADGROUP: it forwards nothing more either way and keeps the socket open,
-/// as a half-open connection would.
+/// as a half-open connection would. Armed with [`LOSE_REPLY`], it forwards that read
+/// first, so Redis hands entries out in a reply that never arrives.
 struct FreezingRelay {
     port: u16,
-    armed: Arc<AtomicBool>,
+    armed: Arc<AtomicU8>,
     frozen: Arc<AtomicUsize>,
 }
+
+const FREEZE: u8 = 1;
+const LOSE_REPLY: u8 = 2;
 
 impl FreezingRelay {
     async fn start() -> Self {
@@ -527,7 +531,7 @@ impl FreezingRelay {
             .await
             .expect("bind");
         let port = listener.local_addr().expect("address").port();
-        let armed = Arc::new(AtomicBool::new(false));
+        let armed = Arc::new(AtomicU8::new(0));
         let frozen = Arc::new(AtomicUsize::new(0));
         let (a, f) = (armed.clone(), frozen.clone());
         tokio::spawn(async move {
@@ -549,12 +553,16 @@ impl FreezingRelay {
                             continue;
                         }
                         let chunk = &buf[..n];
-                        if chunk.windows(10).any(|w| w == b"XREADGROUP")
-                            && armed.swap(false, Ordering::SeqCst)
-                        {
-                            stuck_up.store(true, Ordering::SeqCst);
-                            frozen.fetch_add(1, Ordering::SeqCst);
-                            continue;
+                        if chunk.windows(10).any(|w| w == b"XREADGROUP") {
+                            let mode = armed.swap(0, Ordering::SeqCst);
+                            if mode != 0 {
+                                stuck_up.store(true, Ordering::SeqCst);
+                                if mode == LOSE_REPLY {
+                                    let _ = server_write.write_all(chunk).await;
+                                }
+                                frozen.fetch_add(1, Ordering::SeqCst);
+                                continue;
+                            }
                         }
                         if server_write.write_all(chunk).await.is_err() {
                             break;
@@ -603,7 +611,7 @@ async fn a_reader_whose_connection_stops_answering_reconnects() {
     publish(&publisher, &events(1, 1)).await;
     let first = next(&mut subscription, WAIT).await.expect("a delivery");
     ack(&subscription, &first).await;
-    relay.armed.store(true, Ordering::SeqCst);
+    relay.armed.store(FREEZE, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + WAIT;
     while relay.frozen.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -772,4 +780,48 @@ async fn a_retry_does_not_take_an_entry_back_from_the_partition_s_new_owner() {
         rows[0].1, "instance-b",
         "the new owner still holds the entry"
     );
+}
+
+/// Entries Redis handed out in a reply that never arrived are delivered before anything
+/// newer of their key: after a failed read, the reader looks through its pending entries
+/// before it reads new ones from those streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_lost_reply_come_before_newer_entries_of_their_key() {
+    let dbs = open(Backend::Sqlite).await;
+    let relay = FreezingRelay::start().await;
+    let publisher = redis_bus(&dbs, REDIS, "publisher").await;
+    let a = redis_bus(&dbs, &relay.url(), "instance-a").await;
+    let mut subscription = subscribe(&a, 10).await;
+    publish(&publisher, &events(1, 1)).await;
+    let warm = next(&mut subscription, WAIT).await.expect("a delivery");
+    ack(&subscription, &warm).await;
+    let key = Uuid::now_v7();
+    relay.armed.store(LOSE_REPLY, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.frozen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader reads again"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish(&publisher, &[event(key, 1)]).await;
+    // Redis handed it to A in the reply that is lost.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending(&dbs, REDIS).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost read took the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish(&publisher, &[event(key, 2)]).await;
+    let first = next(&mut subscription, WAIT).await.expect("a delivery");
+    assert_eq!(seq(&first), (key.to_string(), 1), "the lost entry first");
+    assert_eq!(first.attempt, 2, "the lost delivery counts");
+    ack(&subscription, &first).await;
+    let second = next(&mut subscription, WAIT).await.expect("a delivery");
+    assert_eq!(seq(&second), (key.to_string(), 2));
+    ack(&subscription, &second).await;
+    wait_until_nothing_pending(&dbs, REDIS).await;
 }
