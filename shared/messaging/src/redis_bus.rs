@@ -1589,6 +1589,95 @@ mod tests {
         assert_eq!(partition_of("a", 1), 0);
     }
 
+    fn entry(partition: u32, key: &str, id: &str) -> Entry {
+        let stream: Arc<str> = Arc::from(format!("ns:stream:checkout:{partition}"));
+        Entry {
+            key: format!("{stream}/{key}"),
+            stream,
+            partition,
+            id: Arc::from(id),
+            raw: Arc::from(Vec::new()),
+            attempt: 1,
+        }
+    }
+
+    fn flow_owning(partitions: &[u32], until: Instant) -> Flow {
+        let mut flow = Flow {
+            active: true,
+            ..Flow::default()
+        };
+        for p in partitions {
+            flow.owned.insert(
+                *p,
+                Owned {
+                    confirmed_until: until,
+                    streams: Vec::new(),
+                    recovering: BTreeMap::new(),
+                    draining: false,
+                    paused: false,
+                },
+            );
+        }
+        flow
+    }
+
+    #[test]
+    fn a_key_s_next_entry_is_ready_only_once_the_one_before_settled() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0], now + Duration::from_secs(60));
+        assert!(flow.offer(entry(0, "k", "1-0")));
+        assert!(!flow.offer(entry(0, "k", "2-0")));
+        assert!(
+            !flow.offer(entry(0, "k", "2-0")),
+            "offered twice, queued once"
+        );
+        assert_eq!(flow.in_flight(), 2);
+        let first = flow.hand_out(now).expect("the first entry");
+        assert!(flow.hand_out(now).is_none(), "the second waits");
+        assert!(flow.settle(&first.tag()));
+        assert_eq!(&*flow.hand_out(now).expect("the second").id, "2-0");
+    }
+
+    #[test]
+    fn a_lost_partition_drops_what_waits_and_keeps_the_key_held_by_what_is_handed_out() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0, 1], now + Duration::from_secs(60));
+        flow.offer(entry(0, "k", "1-0"));
+        flow.offer(entry(0, "k", "2-0"));
+        flow.offer(entry(0, "j", "3-0"));
+        flow.offer(entry(1, "m", "4-0"));
+        let handed = flow.hand_out(now).expect("k's head");
+        flow.lose(0);
+        assert_eq!(
+            flow.in_flight(),
+            2,
+            "k's handed-out head and m stay counted; k's second and j are dropped"
+        );
+        assert_eq!(&*flow.hand_out(now).expect("m").id, "4-0");
+        // The partition comes back and k's second entry is found again: it still waits
+        // behind the head the consumer holds.
+        flow.owned
+            .extend(flow_owning(&[0], now + Duration::from_secs(60)).owned);
+        assert!(!flow.offer(entry(0, "k", "2-0")));
+        assert!(flow.settle(&handed.tag()));
+        assert_eq!(&*flow.hand_out(now).expect("k's second").id, "2-0");
+    }
+
+    #[test]
+    fn entries_of_a_partition_whose_lease_ran_out_wait_and_others_go_on() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0], now);
+        flow.owned
+            .extend(flow_owning(&[1], now + Duration::from_secs(60)).owned);
+        flow.offer(entry(0, "k", "1-0"));
+        flow.offer(entry(1, "m", "2-0"));
+        assert_eq!(&*flow.hand_out(now).expect("m").id, "2-0");
+        assert!(flow.hand_out(now).is_none(), "k waits for a renewal");
+        assert_eq!(flow.in_flight(), 2, "k is not dropped");
+        flow.owned.get_mut(&0).expect("owned").confirmed_until = now + Duration::from_secs(60);
+        assert_eq!(&*flow.hand_out(now).expect("k").id, "1-0");
+    }
+
     #[test]
     fn stream_ids_parse() {
         assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
