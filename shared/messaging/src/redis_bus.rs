@@ -766,6 +766,8 @@ impl SubState {
         for (partition, owned) in flow.owned.iter_mut() {
             if owned.confirmed_until <= now && !owned.paused {
                 owned.paused = true;
+                metrics::counter!("bus_leases_unconfirmed_total", "module" => self.group)
+                    .increment(1);
                 tracing::warn!(
                     module = self.group,
                     partition,
@@ -1096,6 +1098,10 @@ async fn maintain(
         };
         let renewed = watch.left_ms.is_some_and(|before| left_ms > before);
         watch.left_ms = Some(left_ms);
+        metrics::gauge!("bus_partitions_held", "module" => group).set(0.0);
+        if renewed {
+            metrics::gauge!("bus_duplicate_instance", "module" => group).set(1.0);
+        }
         if (was_active || renewed)
             && watch
                 .reported
@@ -1112,6 +1118,7 @@ async fn maintain(
     }
     *watch = Watch::default();
     state.flow().active = true;
+    metrics::gauge!("bus_duplicate_instance", "module" => group).set(0.0);
 
     let members = inner.key(&format!("members:{group}"));
     let now_ms = crate::db::now_ms();
@@ -1253,6 +1260,8 @@ async fn maintain(
         release(&mut conn, state, &format!("lease:{group}:{partition}")).await?;
         tracing::info!(module = group, partition, "partition handed back");
     }
+    let held = state.flow().owned.len();
+    metrics::gauge!("bus_partitions_held", "module" => group).set(held as f64);
     Ok(())
 }
 
