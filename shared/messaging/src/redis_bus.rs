@@ -399,7 +399,7 @@ impl EventBus for RedisBus {
             flow: Mutex::new(Flow::default()),
         });
         let types: HashSet<&'static str> = spec.event_types.iter().copied().collect();
-        let reader = tokio::spawn(read(state.clone(), reader, producers, types));
+        let reader = tokio::spawn(read(state.clone(), reader, producers.clone(), types));
         // The stream owns the guard: once the consumer drops it (stopped or aborted), the
         // reader is told. Handing out only takes from the ready queue, so settling a
         // delivery never waits for the consumer.
@@ -423,7 +423,7 @@ impl EventBus for RedisBus {
         );
         Ok(Subscription {
             deliveries: Box::pin(deliveries),
-            acker: Arc::new(RedisAcker(state)),
+            acker: Arc::new(RedisAcker(state, producers)),
             reader: Some(reader),
         })
     }
@@ -1439,10 +1439,46 @@ async fn recover_page(
     })
 }
 
-struct RedisAcker(Arc<SubState>);
+/// Settles this subscription's deliveries; knows the producers it reads from, for its
+/// backlog.
+struct RedisAcker(Arc<SubState>, Vec<String>);
 
 #[async_trait]
 impl Acker for RedisAcker {
+    /// What the partitions this instance holds still have for its group: entries
+    /// delivered and not acknowledged, plus entries not read yet (`XINFO GROUPS`).
+    async fn backlog(&self) -> Result<Option<u64>, BusError> {
+        let state = &self.0;
+        let partitions: Vec<u32> = state.flow().owned.keys().copied().collect();
+        let mut conn = state.inner.conn.clone();
+        let mut total = 0_u64;
+        for producer in &self.1 {
+            for &partition in &partitions {
+                let stream = state.inner.stream(producer, partition);
+                let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                for group in groups {
+                    let named = matches!(group.get("name"), Some(v) if redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(state.group));
+                    if !named {
+                        continue;
+                    }
+                    let number = |field: &str| {
+                        group
+                            .get(field)
+                            .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                            .unwrap_or(0)
+                    };
+                    total += number("pending") + number("lag");
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BusError> {
         let state = &self.0;
         let mut by_stream: HashMap<Arc<str>, Vec<String>> = HashMap::new();

@@ -270,3 +270,71 @@ mod an_event_that_crashes_its_consumer_every_time {
         .await
     }
 }
+
+/// The backlog the progress watchdog reads counts what waits for a subscription, and
+/// falls to zero once everything is acknowledged.
+async fn the_backlog_counts_what_waits_for_the_subscription(
+    transport: Transport,
+    backend: Backend,
+) {
+    use futures::StreamExt;
+    let dbs = open(backend).await;
+    let bus = bus(transport, &dbs, "a").await;
+    let sent = events(4, 1);
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    bus.publish(&batch).await.expect("publish");
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 10,
+        })
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let backlog = subscription.acker.backlog().await.expect("backlog");
+        if backlog == Some(4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog:?}, not 4"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut tags = Vec::new();
+    while tags.len() < 4 {
+        let delivery = tokio::time::timeout(WAIT, subscription.deliveries.next())
+            .await
+            .expect("a delivery in time")
+            .expect("open");
+        tags.push(delivery.tag);
+    }
+    subscription.acker.ack(&tags).await.expect("ack");
+    assert_eq!(
+        subscription.acker.backlog().await.expect("backlog"),
+        Some(0)
+    );
+}
+
+mod the_backlog_counts_what_waits {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Local, Backend::Postgres)
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Local, Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_postgres() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Redis, Backend::Postgres)
+            .await
+    }
+}
