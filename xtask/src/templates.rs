@@ -116,40 +116,14 @@ fn main() -> std::process::ExitCode {{
 
     fn dockerfile(&self) -> String {
         let m = &self.module;
-        format!(
-            r#"# syntax=docker/dockerfile:1
-# {package}: {GENERATED}.
-# Build from the repository root: docker build -f services/{m}/Dockerfile -t {package} .
-
-ARG RUST_VERSION=1.95
-
-FROM lukemathwalker/cargo-chef:latest-rust-${{RUST_VERSION}}-slim-bookworm AS chef
-WORKDIR /src
-
-FROM chef AS planner
-COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
-
-FROM chef AS builder
-COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json --bin {package}
-COPY . .
-RUN cargo build --release --locked --bin {package} && cp target/release/{package} /usr/local/bin/service
-
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
-WORKDIR /app
-COPY --from=builder /usr/local/bin/service /app/service
-COPY services/{m}/config /app/config
-ENV APP_ENVIRONMENT=production \
-    APP_CONFIG_DIR=/app/config
-USER nonroot:nonroot
-EXPOSE {port}
-HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["/app/service", "healthcheck"]
-ENTRYPOINT ["/app/service"]
-"#,
-            package = self.package,
-            port = self.port
+        dockerfile(
+            &format!(
+                "# {package}'s image: {GENERATED}.\n# Build from the repository root: docker build -f services/{m}/Dockerfile -t {package} .",
+                package = self.package
+            ),
+            &self.package,
+            &format!("services/{m}/config"),
+            self.port,
         )
     }
 
@@ -457,5 +431,107 @@ database, and exchanges events with the monolith over Redis Streams.
             package = self.package,
             port = self.port
         )
+    }
+}
+
+/// The Dockerfile of one package of the workspace: the monolith's (the repository's own
+/// `Dockerfile`, kept equal to this by a test) or a generated service's. Cargo is asked for
+/// the package, never for `--bin`: it looks for a `--bin` only in the workspace's default
+/// members, which hold the monolith alone. The binary is named as its package.
+pub(crate) fn dockerfile(header: &str, package: &str, config: &str, port: u16) -> String {
+    format!(
+        r#"# syntax=docker/dockerfile:1
+{header}
+# Stages: plan the dependency graph, build the dependencies once (a layer reused while
+# Cargo.lock and the manifests are unchanged), build the package, then copy its binary and
+# its configuration into a small runtime image that runs as an unprivileged numeric user.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${{RUST_VERSION}}-slim-bookworm AS chef
+# A fixed cargo-chef, so that the same sources always plan the same recipe.
+RUN cargo install cargo-chef --locked --version 0.1.78
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+# The dependencies of {package} only: this layer is reused until a manifest or Cargo.lock changes.
+RUN cargo chef cook --release --locked --recipe-path recipe.json -p {package}
+COPY . .
+RUN cargo build --release --locked -p {package} \
+ && cp target/release/{package} /usr/local/bin/service
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+WORKDIR /app
+COPY --from=builder /usr/local/bin/service /app/service
+COPY {config} /app/config
+ENV APP_ENVIRONMENT=production \
+    APP_CONFIG_DIR=/app/config
+# Numeric (distroless's nonroot): the kubelet enforces runAsNonRoot only on a numeric user.
+USER 65532:65532
+EXPOSE {port}
+# The binary checks its own /healthz: the image has no shell and no curl.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["/app/service", "healthcheck"]
+ENTRYPOINT ["/app/service"]
+"#
+    )
+}
+
+/// The header of the monolith's `Dockerfile`.
+pub(crate) const MONOLITH_DOCKERFILE_HEADER: &str = "# The monolith's image. An extracted service has its own, generated from the same template\n# (services/<module>/Dockerfile). Build from the repository root: docker build -t shop .";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace")
+            .to_path_buf()
+    }
+
+    #[test]
+    fn the_root_dockerfile_is_the_template_rendered_for_the_monolith() {
+        let expected = dockerfile(MONOLITH_DOCKERFILE_HEADER, "app", "config", 8080);
+        let actual = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+        assert_eq!(
+            actual, expected,
+            "Dockerfile differs from xtask/src/templates.rs::dockerfile(\"app\", ...): edit the template and write its output there"
+        );
+    }
+
+    #[test]
+    fn a_generated_dockerfile_builds_its_package_never_a_bin() {
+        let service = Service::new(&root(), "fulfillment", "Fulfillment", 8083).expect("service");
+        let text = service.dockerfile();
+        for (rule, ok) in [
+            ("no --bin anywhere", !text.contains("--bin")),
+            (
+                "cargo chef cooks the package",
+                text.contains("cargo chef cook --release --locked --recipe-path recipe.json -p fulfillment-service\n"),
+            ),
+            (
+                "cargo builds the package",
+                text.contains("cargo build --release --locked -p fulfillment-service "),
+            ),
+            (
+                "the service's own configuration",
+                text.contains("COPY services/fulfillment/config /app/config\n"),
+            ),
+            ("a numeric user", text.contains("USER 65532:65532\n")),
+            (
+                "an exec-form HEALTHCHECK",
+                text.contains("CMD [\"/app/service\", \"healthcheck\"]"),
+            ),
+            ("no latest tag", !text.contains(":latest")),
+        ] {
+            assert!(ok, "generated Dockerfile: {rule}:\n{text}");
+        }
     }
 }
