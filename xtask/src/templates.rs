@@ -196,7 +196,12 @@ services:
       dockerfile: Dockerfile
     environment:
       <<: *database
-{roles}    ports: ["8080:8080"]
+      # A stable name for its Redis consumer across restarts.
+      APP__BUS__INSTANCE: monolith-1
+{roles}    # As in Kubernetes: nothing writable but the data path.
+    read_only: true
+    tmpfs: [/app/data]
+    ports: ["8080:8080"]
     depends_on:
       postgres: {{ condition: service_healthy }}
       redis: {{ condition: service_healthy }}
@@ -208,6 +213,9 @@ services:
     environment:
       <<: *database
       APP__DATABASE__POSTGRES__ROLE_PASSWORDS__{upper}: dev-{m}
+      APP__BUS__INSTANCE: {package}-1
+    read_only: true
+    tmpfs: [/app/data]
     ports: ["{port}:{port}"]
     depends_on:
       postgres: {{ condition: service_healthy }}
