@@ -246,6 +246,8 @@ fn dry_runs_change_nothing_and_every_generated_service_builds() {
     scratch.xtask_ok(&["extract", "checkout"], &[]);
     let config = std::fs::read_to_string(scratch.path().join("config/base.toml")).expect("config");
     assert!(config.contains("enabled = [\"fulfillment\"]"), "{config}");
+    // Every module's generated deploy files pass the checks, not only fulfillment's.
+    ci_script("validate-deploy", &[&scratch.path().display().to_string()]);
     scratch.build(&["app", "catalog-service", "checkout-service"]);
     let map = scratch.xtask_ok(&["boundaries"], &[]);
     assert!(
