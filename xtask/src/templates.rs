@@ -339,6 +339,7 @@ metadata:
   name: {name}
   labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop, app.kubernetes.io/component: server }}
 spec:
+  # The Service below: the pods need stable names, not DNS records of their own.
   serviceName: {name}
   replicas: 2
   # No ordering between the pods is needed, only their stable names.
