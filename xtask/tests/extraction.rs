@@ -776,6 +776,11 @@ fn ci_script(script: &str, args: &[&str]) {
     );
 }
 
+#[test]
+fn the_repository_deploy_files_pass_the_checks() {
+    ci_script("validate-deploy", &[&root().display().to_string()]);
+}
+
 /// A freshly extracted service's Dockerfile, compose file and manifests pass the checks the
 /// repository's own pass, and both binaries of the extracted topology run as their images
 /// and manifests say: user 65532, read-only files but the data path, only the manifests'
