@@ -153,6 +153,12 @@ async fn a_journey_shows_in_every_metric_family(backend: Backend) {
     }
     at_least(&samples, "checkout_orders_cancelled_total", &[], 0.0);
     at_least(&samples, "checkout_orders_overdue", &[], 0.0);
+    at_least(&samples, "catalog_oversold_units_total", &[], 0.0);
+
+    // The runtime of the background work.
+    at_least(&samples, "tokio_workers", &[], 1.0);
+    at_least(&samples, "tokio_alive_tasks", &[], 1.0);
+    at_least(&samples, "tokio_global_queue_depth", &[], 0.0);
 
     // Per module: the outbox, the consumer, the pool.
     for module in ["catalog", "checkout", "fulfillment"] {

@@ -109,6 +109,18 @@ fn describe() {
         "Open connections of a module's pool, by state (idle, in_use)"
     );
     describe_gauge!(
+        "tokio_workers",
+        "Worker threads of the runtime running the background work"
+    );
+    describe_gauge!(
+        "tokio_alive_tasks",
+        "Tasks alive on the runtime running the background work"
+    );
+    describe_gauge!(
+        "tokio_global_queue_depth",
+        "Tasks waiting in that runtime's global queue: a rising value means its workers cannot keep up"
+    );
+    describe_gauge!(
         "db_pool_max_connections",
         "The most connections a module's pool may open"
     );
@@ -177,8 +189,9 @@ fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// Every [`SAMPLE_EVERY`] until cancelled: each module's outbox depth and oldest
-/// unpublished age, its pool's connections, and the recorder's upkeep (which folds
-/// recorded histogram samples into their buckets, so they do not pile up between scrapes).
+/// unpublished age, its pool's connections, the runtime's figures that cost nothing to
+/// read, and the recorder's upkeep (which folds recorded histogram samples into their
+/// buckets, so they do not pile up between scrapes).
 pub(crate) async fn sample(
     dbs: Vec<ModuleDb>,
     handle: PrometheusHandle,
@@ -189,6 +202,7 @@ pub(crate) async fn sample(
             sample_outbox(db).await;
             sample_pool(db);
         }
+        sample_runtime();
         handle.run_upkeep();
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -210,6 +224,15 @@ async fn sample_outbox(db: &ModuleDb) {
             tracing::debug!(module, error = %e, "reading the outbox for its metrics failed");
         }
     }
+}
+
+/// The runtime this runs on: the one of relays, consumers and module tasks (each HTTP
+/// worker runs a small runtime of its own, which the request metrics already cover).
+fn sample_runtime() {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("tokio_workers").set(runtime.num_workers() as f64);
+    metrics::gauge!("tokio_alive_tasks").set(runtime.num_alive_tasks() as f64);
+    metrics::gauge!("tokio_global_queue_depth").set(runtime.global_queue_depth() as f64);
 }
 
 fn sample_pool(db: &ModuleDb) {
