@@ -5,6 +5,9 @@
 //! counters hold the sum of every app here: the checks are lower bounds.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use testkit::{Backend, eventually, on_both_backends};
 
@@ -203,6 +206,147 @@ async fn a_journey_shows_in_every_metric_family(backend: Backend) {
                 "{}{{{key}={value:?}}} holds an id",
                 sample.name
             );
+        }
+    }
+}
+
+/// What an extracted service is: the same host running one module. The real binary, with
+/// only fulfillment enabled on the Redis bus, serves that module's families on its own
+/// admin port, and nothing of the modules it does not run.
+#[test]
+fn a_process_running_one_module_serves_that_modules_families() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let namespace = format!("test-metrics-{}", uuid::Uuid::new_v4().simple());
+    let _keys = RedisKeys(namespace.clone());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env_remove("RUST_LOG")
+        .env("APP__SERVER__PORT", "0")
+        .env("APP__SERVER__ADMIN_PORT", "0")
+        .env("APP__MODULES__ENABLED", "fulfillment")
+        .env("APP__BUS__KIND", "redis")
+        .env("APP__BUS__REDIS__NAMESPACE", &namespace)
+        .env("APP__BUS__INSTANCE", &namespace)
+        .env(
+            "APP__DATABASE__SQLITE__DIR",
+            data.path().to_str().expect("utf-8 path"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addresses = None;
+    for line in lines.by_ref() {
+        let record: serde_json::Value =
+            serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
+        if record["msg"] == "listening" {
+            addresses = Some((
+                record["address"].as_str().expect("address").to_owned(),
+                record["metrics"].as_str().expect("metrics").to_owned(),
+            ));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binary did not start in time"
+        );
+    }
+    let (address, metrics) = addresses.expect("the binary logged its addresses");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let text = runtime.block_on(async {
+        let client = testkit::reqwest::Client::new();
+        let listed = client
+            .get(format!("{address}/api/fulfillment/shipments"))
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(listed.status(), 200);
+        // The request is counted as it is answered; the sampler's first round runs as the
+        // process starts serving, so it may still be under way.
+        eventually(WAIT, "the sampler's first round", || async {
+            let text = client
+                .get(&metrics)
+                .send()
+                .await
+                .expect("the admin port answers")
+                .text()
+                .await
+                .expect("a body");
+            let samples = parse(&text);
+            value(
+                &samples,
+                "outbox_unpublished_events",
+                &[("module", "fulfillment")],
+            )
+            .is_some()
+            .then_some(text)
+        })
+        .await
+    });
+    let samples = parse(&text);
+    let module = [("module", "fulfillment")];
+    for family in [
+        "outbox_unpublished_events",
+        "outbox_oldest_unpublished_age_seconds",
+        "outbox_published_total",
+        "events_handled_total",
+        "event_retries_total",
+        "dead_letters_total",
+        "db_pool_max_connections",
+    ] {
+        at_least(&samples, family, &module, 0.0);
+    }
+    at_least(&samples, "fulfillment_shipments_dispatched_total", &[], 0.0);
+    at_least(
+        &samples,
+        "http_requests_total",
+        &[
+            ("method", "GET"),
+            ("route", "/api/fulfillment/shipments"),
+            ("status", "2xx"),
+        ],
+        1.0,
+    );
+    let foreign: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("checkout_")
+                || s.name.starts_with("catalog_")
+                || s.labels.get("module").is_some_and(|m| m != "fulfillment")
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?}");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.map(|s| s.success()).unwrap_or(false));
+    for _ in lines {}
+    let status = child.wait().expect("the binary exits");
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
+
+/// Removes a test's Redis keys when dropped.
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
     }
 }
