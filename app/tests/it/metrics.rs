@@ -171,6 +171,7 @@ async fn a_journey_shows_in_every_metric_family(backend: Backend) {
         at_least(&samples, "outbox_published_total", &m, 1.0);
         at_least(&samples, "relay_failures_total", &m, 0.0);
         at_least(&samples, "db_pool_max_connections", &m, 1.0);
+        at_least(&samples, "db_begin_duration_seconds_count", &m, 1.0);
         for state in ["idle", "in_use"] {
             at_least(
                 &samples,

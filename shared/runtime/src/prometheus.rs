@@ -120,6 +120,11 @@ fn describe() {
         "tokio_global_queue_depth",
         "Tasks waiting in that runtime's global queue: a rising value means its workers cannot keep up"
     );
+    describe_histogram!(
+        "db_begin_duration_seconds",
+        Unit::Seconds,
+        "Time to begin a module's write transaction: waits for a pooled connection (or SQLite's write lock) show here"
+    );
     describe_gauge!(
         "db_pool_max_connections",
         "The most connections a module's pool may open"
