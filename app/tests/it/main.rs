@@ -3,4 +3,5 @@
 mod basics;
 mod delivery;
 mod journey;
+mod metrics;
 mod shop;

@@ -50,6 +50,12 @@ impl Module for Catalog {
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
+        // Present at zero from start-up, so an alert on any increase has a series to watch.
+        metrics::describe_counter!(
+            "catalog_oversold_units_total",
+            "Units a dispatched order needed that were no longer free to hold"
+        );
+        metrics::counter!("catalog_oversold_units_total").increment(0);
         let state = State {
             db: ctx.db,
             outbox: ctx.outbox,

@@ -70,7 +70,7 @@ impl Handler for StockOutcome {
     ) -> Result<(), HandlerError> {
         let (reserved, rejected) = by_type(events, StockReservedV1::TYPE);
         stock_outcome::on_reserved(tx, &decode_all(&reserved)?, out, &self.payments).await?;
-        stock_outcome::on_rejected(tx, &decode_all(&rejected)?).await
+        stock_outcome::on_rejected(tx, &decode_all(&rejected)?, out).await
     }
 }
 

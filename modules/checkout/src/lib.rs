@@ -18,6 +18,7 @@
 //!   reported), `every_secs`.
 //! - **Background**: the payment worker; the order watchdog.
 
+mod counters;
 mod db;
 mod domain;
 mod events;
@@ -87,6 +88,7 @@ impl Module for Checkout {
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         let settings =
             settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
+        counters::describe();
         let state = State {
             db: ctx.db,
             outbox: ctx.outbox,

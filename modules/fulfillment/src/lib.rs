@@ -44,6 +44,12 @@ impl Module for Fulfillment {
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
+        // Counted after each dispatch commits; present at zero before the first one.
+        metrics::describe_counter!(
+            "fulfillment_shipments_dispatched_total",
+            "Shipments dispatched"
+        );
+        metrics::counter!("fulfillment_shipments_dispatched_total").increment(0);
         let state = State {
             db: ctx.db,
             outbox: ctx.outbox,

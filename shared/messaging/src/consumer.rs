@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -58,6 +58,7 @@ impl From<anyhow::Error> for HandlerError {
 pub struct Emitter {
     events: Vec<Envelope>,
     wakes: Vec<Arc<Notify>>,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Emitter {
@@ -65,6 +66,7 @@ impl Emitter {
         Self {
             events: Vec::new(),
             wakes: Vec::new(),
+            after_commit: Vec::new(),
         }
     }
 
@@ -80,6 +82,13 @@ impl Emitter {
     /// Wakes `notify` once the handler's transaction has committed.
     pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
         self.wakes.push(notify);
+    }
+
+    /// Runs `f` once the handler's transaction has committed, and never if it rolls back
+    /// (a business counter, say: a batch that is rolled back and handled again one event
+    /// at a time must not count twice).
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(f));
     }
 }
 
@@ -158,6 +167,16 @@ impl Consumer {
             acker,
             reader,
         } = subscription;
+        // Every counter of the subscription exists from the start, at zero, so a rate over
+        // it reads 0 rather than nothing until the first retry or dead letter.
+        let module = self.db.module();
+        for family in [
+            "events_handled_total",
+            "event_retries_total",
+            "dead_letters_total",
+        ] {
+            metrics::counter!(family, "module" => module).increment(0);
+        }
         let lease = Duration::from_millis(self.settings.lease_ms);
         let watchdog = tokio::spawn(progress::watch(
             self.progress.clone(),
@@ -470,8 +489,18 @@ impl Consumer {
         }
     }
 
-    /// Handles events in one transaction: inbox keys, handlers, their events, then commit.
+    /// [`Self::handle_in_one`], timed: the `consumer_batch_duration_seconds` histogram.
     async fn handle(&self, items: &[Ready]) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = self.handle_in_one(items).await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::histogram!("consumer_batch_duration_seconds", "module" => self.db.module(), "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Handles events in one transaction: inbox keys, handlers, their events, then commit.
+    async fn handle_in_one(&self, items: &[Ready]) -> Result<(), HandlerError> {
         let tx = self.db.begin().await?;
         let fresh = claim_inbox_keys(&tx, items).await?;
         self.faults.point("consumer.before_handler").await;
@@ -521,6 +550,9 @@ impl Consumer {
         }
         for notify in out.wakes {
             notify.notify_one();
+        }
+        for f in out.after_commit {
+            f();
         }
     }
 

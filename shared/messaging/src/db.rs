@@ -33,8 +33,15 @@ impl ModuleDb {
     /// Begins a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of failing
     /// when a read lock cannot be upgraded.
+    ///
+    /// How long that takes is the `db_begin_duration_seconds` histogram: waiting for a
+    /// free connection of the pool (or, on SQLite, for the write lock) shows there first.
     pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
-        begin_write(&self.conn).await
+        let started = std::time::Instant::now();
+        let tx = begin_write(&self.conn).await;
+        metrics::histogram!("db_begin_duration_seconds", "module" => self.module)
+            .record(started.elapsed().as_secs_f64());
+        tx
     }
 
     /// A round trip to the database, for readiness.

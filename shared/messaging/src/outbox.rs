@@ -106,6 +106,48 @@ pub(crate) async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Re
     Ok(())
 }
 
+/// What waits in a module's outbox, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpublished {
+    pub count: u64,
+    /// How long the oldest waiting event has waited; zero when none waits.
+    pub oldest_age: Duration,
+}
+
+/// Counts the unpublished rows and dates the oldest. Both read the partial index on
+/// unpublished ids only (the oldest is the lowest id: ids are given in insertion order),
+/// so the cost follows the backlog, not the table.
+pub async fn unpublished(db: &ModuleDb) -> Result<Unpublished, DbErr> {
+    let conn = db.conn();
+    let count = query(
+        conn,
+        "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
+        vec![],
+    )
+    .await?;
+    let count: i64 = match count.first() {
+        Some(row) => row.try_get("", "n")?,
+        None => 0,
+    };
+    let oldest = query(
+        conn,
+        "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+        vec![],
+    )
+    .await?;
+    let oldest_age = match oldest.first() {
+        Some(row) => {
+            let created_at: i64 = row.try_get("", "created_at")?;
+            Duration::from_millis((now_ms() - created_at).max(0) as u64)
+        }
+        None => Duration::ZERO,
+    };
+    Ok(Unpublished {
+        count: count.max(0) as u64,
+        oldest_age,
+    })
+}
+
 /// Publishes a module's outbox through the bus until cancelled.
 pub struct Relay {
     pub db: ModuleDb,
@@ -126,6 +168,9 @@ impl Relay {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         let mut lease_until = 0_i64;
         let mut failures = 0_u32;
+        // Present at zero from the start, so a rate over them reads 0 rather than nothing.
+        metrics::counter!("relay_failures_total", "module" => module).increment(0);
+        metrics::counter!("outbox_published_total", "module" => module).increment(0);
         loop {
             if cancel.is_cancelled() {
                 break;

@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub host: String,
     /// 0 picks a free port (tests use it).
     pub port: u16,
+    /// The admin port: `/metrics` only, on `host`, so scrapes need not pass through the
+    /// public ingress and the public port cannot be used to read them. 0 picks a free
+    /// port, logged at start-up (tests, and a developer running several processes).
+    pub admin_port: u16,
     /// HTTP worker threads; 0 means one per core.
     #[validate(range(max = 256))]
     pub workers: usize,
@@ -360,6 +364,13 @@ impl Settings {
                 );
             }
         }
+        if self.server.admin_port != 0 && self.server.admin_port == self.server.port {
+            errors.add(
+                "server.admin_port",
+                "conflict",
+                "must differ from server.port (or be 0 to pick a free port)",
+            );
+        }
         for module in self.database.postgres.role_passwords.keys() {
             if !kernel::is_valid_module_name(module) {
                 errors.add(
@@ -460,6 +471,10 @@ mod tests {
         let settings = load("local", &[]).expect("local loads");
         assert_eq!(settings.server.host, "127.0.0.1");
         assert_eq!(settings.server.port, 8080);
+        assert_eq!(
+            settings.server.admin_port, 0,
+            "several local processes never clash"
+        );
         assert_eq!(settings.database.backend, Backend::Sqlite);
     }
 
@@ -497,6 +512,7 @@ mod tests {
         let cases: &[(&str, &str, &[&str])] = &[
             ("APP__SERVER__PORT", "eighty", &["server.port", "integer"]),
             ("APP__SERVER__PORT", "70000", &["server.port"]),
+            ("APP__SERVER__ADMIN_PORT", "8080", &["server.admin_port"]),
             (
                 "APP__SERVER__MAX_BODY_BYTES",
                 "10",
@@ -532,6 +548,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn production_serves_metrics_on_its_own_port() {
+        let settings = load("production", &[]).expect("production loads");
+        assert_eq!(settings.server.admin_port, 9090);
+        assert_ne!(settings.server.admin_port, settings.server.port);
     }
 
     #[test]

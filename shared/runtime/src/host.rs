@@ -1,9 +1,10 @@
 //! The host: the part of `main` that the monolith and an extracted service share. Given the
 //! settings and the modules this binary knows, it prepares each enabled module's schema,
 //! opens its pool, picks the bus, starts each module, serves its routes with probes and
-//! request ids, and runs each module's relay, consumer, cleaner and background tasks. On
-//! SIGTERM it drains HTTP requests, then stops the background work (each worker finishes
-//! the batch in hand), then closes the pools (LESSONS 20).
+//! request ids, serves `/metrics` on the admin port, and runs each module's relay,
+//! consumer, cleaner and background tasks, and the metrics sampler. On SIGTERM it drains
+//! HTTP requests, then stops the background work (each worker finishes the batch in
+//! hand), then the admin port (scrapes see the drain to its end), then closes the pools.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -18,6 +19,7 @@ use messaging::{
     Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, SubscriberSpec,
     Subscription,
 };
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -31,6 +33,7 @@ use crate::db::{self, ModuleDb};
 use crate::http::{ApiError, BodyLimit, RootSpan, request_id_middleware};
 use crate::module::{BackgroundTask, Module, ModuleContext, StartedModule};
 use crate::probes::{self, Probe, Probes};
+use crate::prometheus;
 
 /// What a test may change about how an application is built. Production uses the default.
 #[derive(Clone, Default)]
@@ -99,10 +102,12 @@ pub async fn migrate(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow
     Ok(())
 }
 
-/// A built application: bound to its port, not yet serving.
+/// A built application: bound to its ports, not yet serving.
 pub struct Application {
     port: u16,
     server: Server,
+    admin_port: u16,
+    admin_server: Server,
     dbs: Vec<ModuleDb>,
     workers: Vec<Worker>,
     bus: Arc<dyn EventBus>,
@@ -113,6 +118,7 @@ enum Worker {
     Consumer(Consumer, Subscription),
     Cleaner(ModuleDb, messaging::MessagingSettings),
     Task(&'static str, BackgroundTask),
+    Sampler(Vec<ModuleDb>, PrometheusHandle),
 }
 
 /// The bus the settings ask for, over the modules of this process.
@@ -183,6 +189,7 @@ impl Application {
         hooks: Hooks,
     ) -> anyhow::Result<Self> {
         let modules = select_modules(&settings, available)?;
+        let metrics = prometheus::install()?;
         if settings.database.migrate_on_start {
             migrate(&settings, &modules).await?;
         }
@@ -261,6 +268,7 @@ impl Application {
             routes.push((name, parts.routes));
         }
         probes.push(Arc::new(probes::BusProbe(bus.clone())));
+        workers.push(Worker::Sampler(dbs.clone(), metrics.clone()));
         let admin = settings.operator.token.clone().map(|token| Admin {
             token,
             modules: letters,
@@ -271,8 +279,15 @@ impl Application {
             TcpListener::bind(&address).with_context(|| format!("failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
         let server = http_server(&settings, listener, routes, Probes::new(probes), admin)?;
+        let admin_address = format!("{}:{}", settings.server.host, settings.server.admin_port);
+        let admin_listener = TcpListener::bind(&admin_address).with_context(|| {
+            format!("failed to bind the admin port {admin_address} (server.admin_port)")
+        })?;
+        let admin_port = admin_listener.local_addr()?.port();
+        let admin_server = admin_server(admin_listener, metrics)?;
         tracing::info!(
             address = %format!("http://{}:{port}", settings.server.host),
+            metrics = %format!("http://{}:{admin_port}/metrics", settings.server.host),
             modules = ?modules.iter().map(|m| m.name()).collect::<Vec<_>>(),
             backend = %settings.database.backend,
             bus = bus.kind(),
@@ -282,6 +297,8 @@ impl Application {
         Ok(Self {
             port,
             server,
+            admin_port,
+            admin_server,
             dbs,
             workers,
             bus,
@@ -290,6 +307,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port serving `/metrics`.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     pub fn bus(&self) -> Arc<dyn EventBus> {
@@ -325,8 +347,13 @@ impl Application {
                     let span = tracing::info_span!("task", module);
                     tasks.spawn(task(token).instrument(span));
                 }
+                Worker::Sampler(dbs, handle) => {
+                    tasks.spawn(prometheus::sample(dbs, handle, token));
+                }
             }
         }
+        let admin = StopOnDrop(self.admin_server.handle());
+        let admin_served = tokio::spawn(self.admin_server);
         let served = self.server.await;
         cancel.cancel();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -337,6 +364,12 @@ impl Application {
             tracing::warn!("background work did not stop in time; aborting it");
             tasks.abort_all();
         }
+        admin.0.stop(true).await;
+        match admin_served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the admin port failed"),
+            Err(e) => tracing::warn!(error = %e, "the admin port's task failed"),
+        }
         for db in self.dbs {
             let module = db.module();
             if let Err(e) = db.close().await {
@@ -345,6 +378,17 @@ impl Application {
         }
         tracing::info!("stopped");
         served.context("the HTTP server failed")
+    }
+}
+
+/// Stops a server when dropped: the admin port runs in a task of its own, and must not
+/// outlive an application whose run was dropped (a test simulating a crash).
+struct StopOnDrop(ServerHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // The command is sent at once; nobody needs to wait for it here.
+        drop(self.0.stop(false));
     }
 }
 
@@ -368,6 +412,7 @@ fn http_server(
         let modules = modules.clone();
         let admin = admin.clone();
         App::new()
+            .wrap(from_fn(prometheus::record_http))
             .wrap(TracingLogger::<RootSpan>::new())
             .wrap(from_fn(request_id_middleware))
             .app_data(limit.clone())
@@ -393,6 +438,24 @@ fn http_server(
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
     }
+    Ok(server.run())
+}
+
+/// The admin port: `/metrics` alone, on one worker. It stops with the application (see
+/// [`Application::run_until_stopped`]), not on its own signal handling, so it keeps
+/// answering while the main port drains.
+fn admin_server(listener: TcpListener, metrics: PrometheusHandle) -> anyhow::Result<Server> {
+    let metrics = web::Data::new(metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .route("/metrics", web::get().to(prometheus::endpoint))
+            .default_service(web::to(no_route))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?;
     Ok(server.run())
 }
 

@@ -10,6 +10,7 @@ pub mod host;
 pub mod http;
 pub mod module;
 pub mod probes;
+pub mod prometheus;
 pub mod telemetry;
 mod validation;
 

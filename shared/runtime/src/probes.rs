@@ -1,6 +1,11 @@
 //! Liveness (`/healthz`: the process answers; no dependency is touched) and readiness
 //! (`/readyz`: every dependency this process needs answers in time; 503 names the ones
 //! that did not).
+//!
+//! The answer names each check and says `ok` or `down`, nothing more: readiness is often
+//! reachable by more people than the logs, and a failure's detail (a host name, a role,
+//! a driver's message) is for operators. It goes to the log at WARN, one line per failed
+//! check.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +78,10 @@ impl Probes {
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What `/readyz` says of a check: these two words and nothing else.
+const UP: &str = "ok";
+const DOWN: &str = "down";
+
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
@@ -97,12 +106,12 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
     for (name, outcome) in results {
         match outcome {
             Ok(()) => {
-                checks.insert(name, "ok".to_owned());
+                checks.insert(name, UP);
             }
             Err(e) => {
                 tracing::warn!(probe = %name, error = %e, "readiness check failed");
                 failed.push(name.clone());
-                checks.insert(name, e);
+                checks.insert(name, DOWN);
             }
         }
     }
@@ -114,5 +123,55 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
             "failed": failed,
             "checks": checks,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{App, test};
+
+    struct Failing;
+
+    #[async_trait]
+    impl Probe for Failing {
+        fn name(&self) -> String {
+            "orders.database".into()
+        }
+
+        async fn check(&self) -> anyhow::Result<()> {
+            anyhow::bail!("password authentication failed for user \"shop_orders\" at db.internal")
+        }
+    }
+
+    struct Passing;
+
+    #[async_trait]
+    impl Probe for Passing {
+        fn name(&self) -> String {
+            "bus.local".into()
+        }
+
+        async fn check(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_failed_check_is_named_and_down_without_its_detail() {
+        let probes = web::Data::new(Probes::new(vec![Arc::new(Failing), Arc::new(Passing)]));
+        let app = test::init_service(App::new().app_data(probes).configure(routes)).await;
+        let reply =
+            test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+        assert_eq!(reply.status(), 503);
+        let body: serde_json::Value = test::read_body_json(reply).await;
+        assert_eq!(
+            body,
+            json!({
+                "status": "unavailable",
+                "failed": ["orders.database"],
+                "checks": {"orders.database": "down", "bus.local": "ok"},
+            })
+        );
     }
 }

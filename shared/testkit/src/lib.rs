@@ -194,6 +194,8 @@ impl Drop for PgDatabase {
 /// An app serving on a free port of 127.0.0.1, with a database of its own.
 pub struct TestApp {
     pub address: String,
+    /// The admin port's base URL (`/metrics`).
+    pub admin_address: String,
     pub settings: Settings,
     pub client: reqwest::Client,
     pub modules: Vec<Arc<dyn Module>>,
@@ -266,6 +268,7 @@ impl TestApp {
             .await
             .context("failed to build the app")?;
         let address = format!("http://127.0.0.1:{}", app.port());
+        let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
         let handle = app.handle();
         let bus = app.bus();
         let served = tokio::spawn(app.run_until_stopped());
@@ -274,6 +277,7 @@ impl TestApp {
             .build()?;
         Ok(TestApp {
             address,
+            admin_address,
             settings,
             client,
             modules,
@@ -322,6 +326,17 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// The admin port's `/metrics`, in the Prometheus text format.
+    pub async fn scrape(&self) -> Reply {
+        read(
+            self.client
+                .get(format!("{}/metrics", self.admin_address))
+                .send()
+                .await,
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -363,6 +363,11 @@ impl PaymentWorker {
             .commit(tx)
             .await
             .context("failed to commit payment outcomes")?;
+        crate::counters::orders_confirmed(outcome.confirmed.len() as u64);
+        crate::counters::orders_rejected(
+            StatusReason::PaymentDeclined,
+            outcome.declined.len() as u64,
+        );
         Ok(outcome.voids)
     }
 }

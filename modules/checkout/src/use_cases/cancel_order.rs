@@ -68,6 +68,7 @@ pub(crate) async fn cancel_order(
         .commit(tx)
         .await
         .context("failed to commit the cancellation")?;
+    crate::counters::orders_cancelled(1);
     tracing::info!("order cancelled by the customer");
     let order = queries::load_order(state.db.conn(), id, false)
         .await?

@@ -227,6 +227,7 @@ pub(crate) async fn place_order(
         .commit(tx)
         .await
         .context("failed to commit the order")?;
+    crate::counters::orders_placed(1);
     tracing::info!(order_id = %id, total_minor = total.minor(), "order placed");
     Ok(Placed::New(Order {
         id,

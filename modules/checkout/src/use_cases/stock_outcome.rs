@@ -78,6 +78,7 @@ pub(crate) async fn on_reserved(
 pub(crate) async fn on_rejected(
     tx: &DatabaseTransaction,
     events: &[(&Envelope, StockRejectedV1)],
+    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
@@ -98,6 +99,10 @@ pub(crate) async fn on_rejected(
     )
     .await?;
     if !rejected.is_empty() {
+        let n = rejected.len() as u64;
+        out.after_commit(move || {
+            crate::counters::orders_rejected(crate::domain::StatusReason::OutOfStock, n)
+        });
         tracing::info!(
             module = "checkout",
             orders = rejected.len(),

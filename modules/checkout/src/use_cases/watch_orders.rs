@@ -49,13 +49,15 @@ pub(crate) struct OrderWatchdog {
 impl OrderWatchdog {
     pub(crate) async fn run(self, cancel: CancellationToken) {
         let every = Duration::from_secs(self.settings.every_secs);
+        // Look first, then wait: the gauge exists from start-up, and orders left overdue
+        // by a previous run are reported at once.
         loop {
+            if let Err(e) = self.look().await {
+                tracing::warn!(error = %format!("{e:#}"), "the order watchdog could not read the orders");
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
-            }
-            if let Err(e) = self.look().await {
-                tracing::warn!(error = %format!("{e:#}"), "the order watchdog could not read the orders");
             }
         }
     }

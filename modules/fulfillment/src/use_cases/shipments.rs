@@ -172,6 +172,9 @@ async fn advance(
         .await
         .context("failed to append the event")?;
     state.outbox.commit(tx).await.context("failed to commit")?;
+    if action == "dispatched" {
+        metrics::counter!("fulfillment_shipments_dispatched_total").increment(1);
+    }
     tracing::info!(module = "fulfillment", %order_id, "shipment {action}");
     Ok(view(row)?)
 }

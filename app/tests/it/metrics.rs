@@ -1,0 +1,374 @@
+//! `/metrics` after a journey: every family is there, on the admin port only, with values
+//! that fit what happened and labels that stay bounded (route templates, never ids).
+//!
+//! The recorder is one per process and the tests of this binary run side by side, so
+//! counters hold the sum of every app here: the checks are lower bounds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{Backend, eventually, on_both_backends};
+
+use crate::shop::{Shop, WAIT};
+
+on_both_backends!(a_journey_shows_in_every_metric_family);
+
+/// One line of the text format: `name{label="value",...} value`.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').expect("key=value");
+                    (key.to_owned(), value.trim_matches('"').to_owned())
+                })
+                .collect();
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().unwrap_or_else(|_| panic!("a number: {line}")),
+            }
+        })
+        .collect()
+}
+
+/// The value of the one series of `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+#[track_caller]
+fn at_least(samples: &[Sample], name: &str, labels: &[(&str, &str)], min: f64) {
+    let found = value(samples, name, labels);
+    assert!(
+        found.is_some_and(|v| v >= min),
+        "{name}{labels:?} should be at least {min}, is {found:?}"
+    );
+}
+
+async fn a_journey_shows_in_every_metric_family(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("METRIC-1", 300, 5).await;
+    let order = shop.place(&[("METRIC-1", 1)], "tok_visa").await;
+    shop.order_becomes(&order, "confirmed").await;
+    let shipment = shop.shipment_becomes(&order, "ready").await;
+    let shipment = shipment["id"].as_str().expect("an id").to_owned();
+    shop.dispatch(&shipment).await.expect_status(200);
+    shop.order_becomes(&order, "shipped").await;
+    shop.settled().await;
+
+    // The main port does not serve metrics.
+    shop.app.get("/metrics").await.expect_status(404);
+    // Paths holding ids, matched or not: neither may become a label.
+    let unknown = uuid::Uuid::now_v7();
+    shop.app
+        .get(&format!("/api/checkout/orders/{unknown}"))
+        .await
+        .expect_status(404);
+    shop.app
+        .get(&format!("/api/checkout/orders/{order}/nowhere"))
+        .await
+        .expect_status(404);
+
+    // The watchdog reports the backlog every third of a lease: wait for its first round.
+    let reply = eventually(WAIT, "every consumer to report its backlog", || async {
+        let reply = shop.app.scrape().await;
+        let samples = parse(&reply.text);
+        ["checkout", "catalog", "fulfillment"]
+            .iter()
+            .all(|m| value(&samples, "consumer_backlog", &[("module", m)]).is_some())
+            .then_some(reply)
+    })
+    .await;
+    reply.expect_status(200);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        reply.headers
+    );
+    let samples = parse(&reply.text);
+
+    // HTTP, by route template and status class.
+    let post = [
+        ("method", "POST"),
+        ("route", "/api/checkout/orders"),
+        ("status", "2xx"),
+    ];
+    at_least(&samples, "http_requests_total", &post, 1.0);
+    at_least(&samples, "http_request_duration_seconds_count", &post, 1.0);
+    at_least(
+        &samples,
+        "http_request_duration_seconds_bucket",
+        &[post[0], post[1], post[2], ("le", "+Inf")],
+        1.0,
+    );
+    let get_order = [
+        ("method", "GET"),
+        ("route", "/api/checkout/orders/{id}"),
+        ("status", "2xx"),
+    ];
+    at_least(&samples, "http_requests_total", &get_order, 1.0);
+    at_least(
+        &samples,
+        "http_requests_total",
+        &[
+            ("method", "POST"),
+            ("route", "/api/fulfillment/shipments/{id}/dispatch"),
+            ("status", "2xx"),
+        ],
+        1.0,
+    );
+    at_least(
+        &samples,
+        "http_requests_total",
+        &[
+            ("method", "GET"),
+            ("route", "/api/checkout/orders/{id}"),
+            ("status", "4xx"),
+        ],
+        1.0,
+    );
+    at_least(
+        &samples,
+        "http_requests_total",
+        &[("route", "unmatched"), ("status", "4xx")],
+        1.0,
+    );
+
+    // Business counters.
+    at_least(&samples, "checkout_orders_placed_total", &[], 1.0);
+    at_least(&samples, "checkout_orders_confirmed_total", &[], 1.0);
+    at_least(&samples, "fulfillment_shipments_dispatched_total", &[], 1.0);
+    for reason in ["out_of_stock", "payment_declined"] {
+        at_least(
+            &samples,
+            "checkout_orders_rejected_total",
+            &[("reason", reason)],
+            0.0,
+        );
+    }
+    at_least(&samples, "checkout_orders_cancelled_total", &[], 0.0);
+    at_least(&samples, "checkout_orders_overdue", &[], 0.0);
+    at_least(&samples, "catalog_oversold_units_total", &[], 0.0);
+
+    // The runtime of the background work.
+    at_least(&samples, "tokio_workers", &[], 1.0);
+    at_least(&samples, "tokio_alive_tasks", &[], 1.0);
+    at_least(&samples, "tokio_global_queue_depth", &[], 0.0);
+
+    // Per module: the outbox, the consumer, the pool.
+    for module in ["catalog", "checkout", "fulfillment"] {
+        let m = [("module", module)];
+        at_least(&samples, "outbox_unpublished_events", &m, 0.0);
+        at_least(&samples, "outbox_oldest_unpublished_age_seconds", &m, 0.0);
+        at_least(&samples, "outbox_published_total", &m, 1.0);
+        at_least(&samples, "relay_failures_total", &m, 0.0);
+        at_least(&samples, "db_pool_max_connections", &m, 1.0);
+        at_least(&samples, "db_begin_duration_seconds_count", &m, 1.0);
+        for state in ["idle", "in_use"] {
+            at_least(
+                &samples,
+                "db_pool_connections",
+                &[("module", module), ("state", state)],
+                0.0,
+            );
+        }
+        // Every module here consumes something.
+        at_least(&samples, "events_handled_total", &m, 1.0);
+        at_least(&samples, "event_retries_total", &m, 0.0);
+        at_least(&samples, "dead_letters_total", &m, 0.0);
+        at_least(&samples, "consumer_backlog", &m, 0.0);
+        at_least(&samples, "consumer_stalled", &m, 0.0);
+        at_least(
+            &samples,
+            "consumer_batch_duration_seconds_count",
+            &[("module", module), ("outcome", "ok")],
+            1.0,
+        );
+    }
+
+    // Bounded labels: no id anywhere, whole or as a path segment.
+    for sample in &samples {
+        for (key, value) in &sample.labels {
+            assert!(
+                !value
+                    .split('/')
+                    .chain([value.as_str()])
+                    .any(|part| uuid::Uuid::parse_str(part).is_ok())
+                    && !value.contains(&order)
+                    && !value.contains(&shipment)
+                    && !value.contains(&unknown.to_string()),
+                "{}{{{key}={value:?}}} holds an id",
+                sample.name
+            );
+        }
+    }
+}
+
+/// What an extracted service is: the same host running one module. The real binary, with
+/// only fulfillment enabled on the Redis bus, serves that module's families on its own
+/// admin port, and nothing of the modules it does not run.
+#[test]
+fn a_process_running_one_module_serves_that_modules_families() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let namespace = format!("test-metrics-{}", uuid::Uuid::new_v4().simple());
+    let _keys = RedisKeys(namespace.clone());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env_remove("RUST_LOG")
+        .env("APP__SERVER__PORT", "0")
+        .env("APP__SERVER__ADMIN_PORT", "0")
+        .env("APP__MODULES__ENABLED", "fulfillment")
+        .env("APP__BUS__KIND", "redis")
+        .env("APP__BUS__REDIS__NAMESPACE", &namespace)
+        .env("APP__BUS__INSTANCE", &namespace)
+        .env(
+            "APP__DATABASE__SQLITE__DIR",
+            data.path().to_str().expect("utf-8 path"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addresses = None;
+    for line in lines.by_ref() {
+        let record: serde_json::Value =
+            serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
+        if record["msg"] == "listening" {
+            addresses = Some((
+                record["address"].as_str().expect("address").to_owned(),
+                record["metrics"].as_str().expect("metrics").to_owned(),
+            ));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binary did not start in time"
+        );
+    }
+    let (address, metrics) = addresses.expect("the binary logged its addresses");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let text = runtime.block_on(async {
+        let client = testkit::reqwest::Client::new();
+        let listed = client
+            .get(format!("{address}/api/fulfillment/shipments"))
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(listed.status(), 200);
+        // The request is counted as it is answered; the sampler's first round runs as the
+        // process starts serving, so it may still be under way.
+        eventually(WAIT, "the sampler's first round", || async {
+            let text = client
+                .get(&metrics)
+                .send()
+                .await
+                .expect("the admin port answers")
+                .text()
+                .await
+                .expect("a body");
+            let samples = parse(&text);
+            value(
+                &samples,
+                "outbox_unpublished_events",
+                &[("module", "fulfillment")],
+            )
+            .is_some()
+            .then_some(text)
+        })
+        .await
+    });
+    let samples = parse(&text);
+    let module = [("module", "fulfillment")];
+    for family in [
+        "outbox_unpublished_events",
+        "outbox_oldest_unpublished_age_seconds",
+        "outbox_published_total",
+        "events_handled_total",
+        "event_retries_total",
+        "dead_letters_total",
+        "db_pool_max_connections",
+    ] {
+        at_least(&samples, family, &module, 0.0);
+    }
+    at_least(&samples, "fulfillment_shipments_dispatched_total", &[], 0.0);
+    at_least(
+        &samples,
+        "http_requests_total",
+        &[
+            ("method", "GET"),
+            ("route", "/api/fulfillment/shipments"),
+            ("status", "2xx"),
+        ],
+        1.0,
+    );
+    let foreign: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("checkout_")
+                || s.name.starts_with("catalog_")
+                || s.labels.get("module").is_some_and(|m| m != "fulfillment")
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?}");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.map(|s| s.success()).unwrap_or(false));
+    for _ in lines {}
+    let status = child.wait().expect("the binary exits");
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
+
+/// Removes a test's Redis keys when dropped.
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
