@@ -98,6 +98,42 @@ where
     Run { outcomes, skipped }
 }
 
+/// Runs `make(i)` back to back on `connections` workers until `stop` is set or `until`
+/// has come: as many requests as the app will take, as a burst of clients would send.
+pub(crate) async fn closed_loop<F, Fut>(
+    connections: usize,
+    until: Instant,
+    stop: Arc<AtomicBool>,
+    make: F,
+) -> Run
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (make, next, stop) = (make.clone(), next.clone(), stop.clone());
+        workers.spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                mine.push(make(i).await);
+            }
+            mine
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        outcomes.extend(done.unwrap_or_default());
+    }
+    Run {
+        outcomes,
+        skipped: 0,
+    }
+}
+
 /// Lowercase hex without dashes: how the audit compares ids across backends.
 pub(crate) fn normalize_id(id: &str) -> String {
     id.replace('-', "").to_lowercase()

@@ -19,7 +19,13 @@ fn describe(ctx: &Ctx, scenario: Scenario, shape: Shape) -> (&'static str, Strin
     let (name, injected) = match scenario {
         Scenario::Soak | Scenario::All => (
             "soak",
-            format!("nothing: {} orders/s for {} s", a.rate, a.secs),
+            match a.connections {
+                Some(n) => format!(
+                    "nothing: {n} clients placing orders back to back for {} s",
+                    a.secs
+                ),
+                None => format!("nothing: {} orders/s for {} s", a.rate, a.secs),
+            },
         ),
         Scenario::PgRestart => {
             shape.private_pg = true;
