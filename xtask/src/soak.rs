@@ -718,10 +718,12 @@ pub(crate) fn run(mut args: SoakArgs) -> anyhow::Result<()> {
     if !args.no_build {
         let mut command =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        command.args(["build", "--quiet", "-p", "app"]);
-        if profile == Profile::Release {
-            command.arg("--release");
-        }
+        match profile {
+            Profile::Release => command.args(["build", "--quiet", "--release", "-p", "app"]),
+            // The very build `cargo test --workspace` makes (app's integration tests need
+            // its binary), with the same features: after the tests, nothing to rebuild.
+            Profile::Dev => command.args(["test", "--quiet", "--workspace", "--no-run"]),
+        };
         anyhow::ensure!(command.status()?.success(), "building the app failed");
     }
     let binary = target_dir()

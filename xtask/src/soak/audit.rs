@@ -750,6 +750,9 @@ pub(crate) async fn audit(
     Ok(checks)
 }
 
+/// A consuming module, a producing module, an ordering key.
+type Stream<'a> = (&'a str, &'a str, String);
+
 /// Each consuming module handled each key's events from one producer in the order the
 /// producer committed them (outbox id order): the processing times in its inbox never go
 /// backwards along a key.
@@ -771,7 +774,7 @@ async fn per_key_order(dbs: &Dbs) -> anyhow::Result<Check> {
             );
         }
     }
-    let mut sequences: HashMap<(&str, &str, String), Vec<(i64, i64)>> = HashMap::new();
+    let mut sequences: HashMap<Stream<'_>, Vec<(i64, i64)>> = HashMap::new();
     let mut handled = 0;
     for m in &dbs.0 {
         // An event with several handlers in one module counts once, at its first.
