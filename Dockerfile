@@ -1,14 +1,15 @@
 # syntax=docker/dockerfile:1
-# The monolith image (and, with --build-arg BIN=<service>, an extracted service's).
-# Stages: plan the dependency graph, build dependencies once (cached while Cargo.lock and
-# manifests are unchanged), build the binary, copy it into a small non-root runtime image.
-# No Docker engine runs on the development machine this was written on: build it in CI
-# or locally with `docker build -t shop .`.
+# The monolith's image. An extracted service has its own, generated from the same template
+# (services/<module>/Dockerfile). Build from the repository root: docker build -t shop .
+# Stages: plan the dependency graph, build the dependencies once (a layer reused while
+# Cargo.lock and the manifests are unchanged), build the package, then copy its binary and
+# its configuration into a small runtime image that runs as an unprivileged numeric user.
 
 ARG RUST_VERSION=1.95
-ARG BIN=app
 
-FROM lukemathwalker/cargo-chef:latest-rust-${RUST_VERSION}-slim-bookworm AS chef
+FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+# A fixed cargo-chef, so that the same sources always plan the same recipe.
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
 FROM chef AS planner
@@ -16,13 +17,12 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-ARG BIN
 COPY --from=planner /src/recipe.json recipe.json
-# Dependencies only: this layer is reused until a manifest or Cargo.lock changes.
-RUN cargo chef cook --release --locked --recipe-path recipe.json --bin "${BIN}"
+# The dependencies of app only: this layer is reused until a manifest or Cargo.lock changes.
+RUN cargo chef cook --release --locked --recipe-path recipe.json -p app
 COPY . .
-RUN cargo build --release --locked --bin "${BIN}" \
- && cp "target/release/${BIN}" /usr/local/bin/service
+RUN cargo build --release --locked -p app \
+ && cp target/release/app /usr/local/bin/service
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 WORKDIR /app
@@ -30,7 +30,8 @@ COPY --from=builder /usr/local/bin/service /app/service
 COPY config /app/config
 ENV APP_ENVIRONMENT=production \
     APP_CONFIG_DIR=/app/config
-USER nonroot:nonroot
+# Numeric (distroless's nonroot): the kubelet enforces runAsNonRoot only on a numeric user.
+USER 65532:65532
 EXPOSE 8080
 # The binary checks its own /healthz: the image has no shell and no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

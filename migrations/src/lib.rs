@@ -11,6 +11,8 @@
 
 #[cfg(any(feature = "catalog", feature = "checkout", feature = "fulfillment"))]
 mod messaging;
+#[cfg(any(feature = "catalog", feature = "checkout", feature = "fulfillment"))]
+mod messaging_ready;
 
 #[cfg(feature = "catalog")]
 pub mod catalog;

@@ -35,6 +35,12 @@ impl Service {
             ("Dockerfile".into(), self.dockerfile()),
             ("deploy/compose.yaml".into(), self.compose()),
             ("deploy/initdb.sql".into(), self.initdb()),
+            ("deploy/k8s/config.yaml".into(), self.k8s_config()),
+            (
+                "deploy/k8s/secret.example.yaml".into(),
+                self.k8s_secret_example(),
+            ),
+            ("deploy/k8s/migrate.yaml".into(), self.k8s_migrate()),
             ("deploy/k8s/service.yaml".into(), self.k8s_service()),
             ("deploy/k8s/monolith.yaml".into(), self.k8s_monolith()),
             (
@@ -116,40 +122,14 @@ fn main() -> std::process::ExitCode {{
 
     fn dockerfile(&self) -> String {
         let m = &self.module;
-        format!(
-            r#"# syntax=docker/dockerfile:1
-# {package}: {GENERATED}.
-# Build from the repository root: docker build -f services/{m}/Dockerfile -t {package} .
-
-ARG RUST_VERSION=1.95
-
-FROM lukemathwalker/cargo-chef:latest-rust-${{RUST_VERSION}}-slim-bookworm AS chef
-WORKDIR /src
-
-FROM chef AS planner
-COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
-
-FROM chef AS builder
-COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json --bin {package}
-COPY . .
-RUN cargo build --release --locked --bin {package} && cp target/release/{package} /usr/local/bin/service
-
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
-WORKDIR /app
-COPY --from=builder /usr/local/bin/service /app/service
-COPY services/{m}/config /app/config
-ENV APP_ENVIRONMENT=production \
-    APP_CONFIG_DIR=/app/config
-USER nonroot:nonroot
-EXPOSE {port}
-HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["/app/service", "healthcheck"]
-ENTRYPOINT ["/app/service"]
-"#,
-            package = self.package,
-            port = self.port
+        dockerfile(
+            &format!(
+                "# {package}'s image: {GENERATED}.\n# Build from the repository root: docker build -f services/{m}/Dockerfile -t {package} .",
+                package = self.package
+            ),
+            &self.package,
+            &format!("services/{m}/config"),
+            self.port,
         )
     }
 
@@ -216,7 +196,12 @@ services:
       dockerfile: Dockerfile
     environment:
       <<: *database
-{roles}    ports: ["8080:8080"]
+      # A stable name for its Redis consumer across restarts.
+      APP__BUS__INSTANCE: monolith-1
+{roles}    # As in Kubernetes: nothing writable but the data path.
+    read_only: true
+    tmpfs: [/app/data]
+    ports: ["8080:8080"]
     depends_on:
       postgres: {{ condition: service_healthy }}
       redis: {{ condition: service_healthy }}
@@ -228,6 +213,9 @@ services:
     environment:
       <<: *database
       APP__DATABASE__POSTGRES__ROLE_PASSWORDS__{upper}: dev-{m}
+      APP__BUS__INSTANCE: {package}-1
+    read_only: true
+    tmpfs: [/app/data]
     ports: ["{port}:{port}"]
     depends_on:
       postgres: {{ condition: service_healthy }}
@@ -240,66 +228,174 @@ services:
         )
     }
 
-    fn deployment(&self, name: &str, port: u16, image: &str, secret_keys: &[String]) -> String {
-        let env: String = secret_keys
+    /// The monolith's modules once this one is out.
+    fn monolith_modules(&self) -> Vec<String> {
+        crate::boundaries::modules(&self.root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| *m != self.module)
+            .collect()
+    }
+
+    fn k8s_config(&self) -> String {
+        let m = &self.module;
+        format!(
+            r#"# The settings of the monolith and of {package} that differ per cluster, as environment
+# variables over each image's config/production.toml. {generated}. Secrets are not here:
+# they are in the Secrets shop-secrets and {package}-secrets (secret.example.yaml).
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: shop-config
+  labels: {{ app.kubernetes.io/part-of: shop }}
+data:
+  APP__DATABASE__POSTGRES__HOST: postgres
+  APP__DATABASE__POSTGRES__PORT: "5432"
+  APP__DATABASE__POSTGRES__DATABASE: shop
+  # The login roles <prefix><module> that a DBA created (production does not create roles).
+  APP__DATABASE__POSTGRES__ROLE_PREFIX: shop_
+  APP__BUS__REDIS__URL: redis://redis:6379/0
+  APP__TELEMETRY__LEVEL: info
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {package}-config
+  labels: {{ app.kubernetes.io/part-of: shop }}
+data:
+  APP__DATABASE__POSTGRES__HOST: postgres
+  APP__DATABASE__POSTGRES__PORT: "5432"
+  # The service's own database: `cargo xtask move-data {m} --out` moved its schema there.
+  APP__DATABASE__POSTGRES__DATABASE: {m}
+  APP__DATABASE__POSTGRES__ROLE_PREFIX: shop_
+  APP__BUS__REDIS__URL: redis://redis:6379/0
+  APP__TELEMETRY__LEVEL: info
+"#,
+            package = self.package,
+            generated = capitalized(GENERATED)
+        )
+    }
+
+    fn k8s_secret_example(&self) -> String {
+        let role = |module: &str| {
+            format!(
+                "  APP__DATABASE__POSTGRES__ROLE_PASSWORDS__{}: change-me\n",
+                module.to_uppercase()
+            )
+        };
+        let monolith_roles: String = self.monolith_modules().iter().map(|m| role(m)).collect();
+        format!(
+            r#"# The shape of the Secrets the monolith, {package} and their migration Jobs read
+# ({GENERATED}). An example only: create the real ones from your secret
+# store, never from a committed file (`kubectl create secret generic <name> --from-literal=KEY=...`).
+apiVersion: v1
+kind: Secret
+metadata:
+  name: shop-secrets
+  labels: {{ app.kubernetes.io/part-of: shop }}
+type: Opaque
+stringData:
+  # Read by the migration Job only: the owner of the schemas.
+  APP__DATABASE__POSTGRES__OWNER_PASSWORD: change-me
+{monolith_roles}  # Optional: without it the operator endpoints do not exist.
+  APP__OPERATOR__TOKEN: change-me
+  # Optional: Redis without a password needs none.
+  APP__BUS__REDIS__PASSWORD: change-me
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {package}-secrets
+  labels: {{ app.kubernetes.io/part-of: shop }}
+type: Opaque
+stringData:
+  APP__DATABASE__POSTGRES__OWNER_PASSWORD: change-me
+{service_role}  APP__OPERATOR__TOKEN: change-me
+  APP__BUS__REDIS__PASSWORD: change-me
+"#,
+            package = self.package,
+            service_role = role(&self.module),
+        )
+    }
+
+    /// A StatefulSet, its Service and its disruption budget. A StatefulSet because its pods'
+    /// names are stable (`<name>-0`, `<name>-1`, ...) and name the pods' Redis consumers: a
+    /// restarted pod takes back its own pending deliveries instead of leaving one more
+    /// consumer behind for ever.
+    fn statefulset(&self, name: &str, image: &str, port: u16, secret_keys: &[String]) -> String {
+        let secret_env: String = secret_keys
             .iter()
-            .map(|key| {
-                format!(
-                    "            - name: {key}\n              valueFrom:\n                secretKeyRef: {{ name: shop-secrets, key: {key} }}\n"
-                )
-            })
+            .map(|key| secret_ref(name, key, false))
+            .chain(
+                ["APP__OPERATOR__TOKEN", "APP__BUS__REDIS__PASSWORD"]
+                    .iter()
+                    .map(|key| secret_ref(name, key, true)),
+            )
             .collect();
         format!(
             r#"apiVersion: apps/v1
-kind: Deployment
+kind: StatefulSet
 metadata:
   name: {name}
-  labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop }}
+  labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop, app.kubernetes.io/component: server }}
 spec:
+  # The Service below: the pods need stable names, not DNS records of their own.
+  serviceName: {name}
   replicas: 2
+  # No ordering between the pods is needed, only their stable names.
+  podManagementPolicy: Parallel
+  updateStrategy: {{ type: RollingUpdate }}
   selector:
-    matchLabels: {{ app.kubernetes.io/name: {name} }}
+    matchLabels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/component: server }}
   template:
     metadata:
-      labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop }}
+      labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop, app.kubernetes.io/component: server }}
     spec:
-      # Long enough for the HTTP drain (server.shutdown_timeout_secs) and the workers.
+      automountServiceAccountToken: false
+      # preStop (5 s) + the HTTP drain (server.shutdown_timeout_secs = 30) + stopping the
+      # relay and consumers, with room to spare.
       terminationGracePeriodSeconds: 45
-      securityContext:
-        runAsNonRoot: true
-        seccompProfile: {{ type: RuntimeDefault }}
-      containers:
+{pod_security}      containers:
         - name: {name}
           image: {image}
           ports:
             - {{ name: http, containerPort: {port} }}
+          envFrom:
+            - configMapRef: {{ name: {name}-config }}
           env:
-            # A stable name per pod: it names the Redis consumer and holds claims.
+            # The pod's stable name names its Redis consumer (bus.instance).
             - name: APP__BUS__INSTANCE
-              valueFrom:
-                fieldRef: {{ fieldPath: metadata.name }}
-            - name: APP__DATABASE__POSTGRES__HOST
-              value: postgres
-            - name: APP__BUS__REDIS__URL
-              value: redis://redis:6379/0
-{env}          startupProbe:
+              valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }}
+{secret_env}          startupProbe:
             httpGet: {{ path: /healthz, port: http }}
             periodSeconds: 2
+            timeoutSeconds: 3
             failureThreshold: 30
           livenessProbe:
             httpGet: {{ path: /healthz, port: http }}
             periodSeconds: 10
+            timeoutSeconds: 3
+            failureThreshold: 3
+          # /readyz gives each dependency check 2 s: the probe waits longer than that.
           readinessProbe:
             httpGet: {{ path: /readyz, port: http }}
             periodSeconds: 5
+            timeoutSeconds: 3
             failureThreshold: 2
+          lifecycle:
+            # Endpoints are removed asynchronously: keep serving while they go, then drain
+            # on SIGTERM. A sleep action, because the image has no shell and no sleep binary.
+            preStop:
+              sleep: {{ seconds: 5 }}
           resources:
             requests: {{ cpu: 250m, memory: 128Mi }}
             limits: {{ cpu: "1", memory: 512Mi }}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {{ drop: [ALL] }}
+{container_security}          volumeMounts:
+            # The one writable path: database.sqlite.dir, relative to the working directory.
+            - {{ name: data, mountPath: /app/data }}
+      volumes:
+        - name: data
+          emptyDir: {{ sizeLimit: 64Mi }}
 ---
 apiVersion: v1
 kind: Service
@@ -307,30 +403,74 @@ metadata:
   name: {name}
   labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop }}
 spec:
-  selector: {{ app.kubernetes.io/name: {name} }}
+  selector: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/component: server }}
   ports:
     - {{ name: http, port: 80, targetPort: http }}
 ---
+# A voluntary eviction (a node drain) never takes the last ready pod.
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
   name: {name}
+  labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop }}
 spec:
   minAvailable: 1
   selector:
-    matchLabels: {{ app.kubernetes.io/name: {name} }}
-"#
+    matchLabels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/component: server }}
+"#,
+            pod_security = POD_SECURITY,
+            container_security = CONTAINER_SECURITY,
         )
+    }
+
+    /// A Job that runs `migrate` as the schemas' owner, to completion, before the new
+    /// version's pods roll out. Only the Job gets the owner's password.
+    fn migrate_job(&self, name: &str, image: &str) -> String {
+        format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}-migrate
+  labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop, app.kubernetes.io/component: migrate }}
+spec:
+  backoffLimit: 3
+  activeDeadlineSeconds: 600
+  ttlSecondsAfterFinished: 86400
+  template:
+    metadata:
+      labels: {{ app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: shop, app.kubernetes.io/component: migrate }}
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+{pod_security}      containers:
+        - name: migrate
+          image: {image}
+          args: [migrate]
+          envFrom:
+            - configMapRef: {{ name: {name}-config }}
+          env:
+{owner}          resources:
+            requests: {{ cpu: 100m, memory: 64Mi }}
+            limits: {{ cpu: "1", memory: 256Mi }}
+{container_security}"#,
+            owner = secret_ref(name, "APP__DATABASE__POSTGRES__OWNER_PASSWORD", false),
+            pod_security = POD_SECURITY,
+            container_security = CONTAINER_SECURITY,
+        )
+    }
+
+    fn service_image(&self) -> String {
+        format!("registry.example.com/shop/{}:${{IMAGE_TAG}}", self.package)
     }
 
     fn k8s_service(&self) -> String {
         let m = &self.module;
         format!(
-            "# {package}: {GENERATED}.\n# Secrets come from the Secret `shop-secrets` (create it separately).\n{}",
-            self.deployment(
+            "# {package}: {GENERATED}.\n# The image tag is ${{IMAGE_TAG}}, substituted at deploy time, after migrate.yaml's Jobs\n# completed (README.md beside deploy/).\n{}",
+            self.statefulset(
                 &self.package,
+                &self.service_image(),
                 self.port,
-                &format!("registry.example.com/shop/{}:latest", self.package),
                 &[format!(
                     "APP__DATABASE__POSTGRES__ROLE_PASSWORDS__{}",
                     m.to_uppercase()
@@ -341,10 +481,9 @@ spec:
     }
 
     fn k8s_monolith(&self) -> String {
-        let others: Vec<String> = crate::boundaries::modules(&self.root)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| *m != self.module)
+        let roles: Vec<String> = self
+            .monolith_modules()
+            .iter()
             .map(|m| {
                 format!(
                     "APP__DATABASE__POSTGRES__ROLE_PASSWORDS__{}",
@@ -353,67 +492,126 @@ spec:
             })
             .collect();
         format!(
-            "# The monolith without {m}: {GENERATED}.\n# Migrations run from the deploy pipeline: `app migrate` with APP__DATABASE__POSTGRES__OWNER_PASSWORD.\n{}",
-            self.deployment(
-                "shop",
-                8080,
-                "registry.example.com/shop/app:latest",
-                &others
-            ),
+            "# The monolith without {m}, on the Redis bus: {GENERATED}.\n# The image tag is ${{IMAGE_TAG}}, substituted at deploy time, after migrate.yaml's Jobs\n# completed (README.md beside deploy/).\n{}",
+            self.statefulset("shop", MONOLITH_IMAGE, 8080, &roles),
             m = self.module
+        )
+    }
+
+    fn k8s_migrate(&self) -> String {
+        format!(
+            "# The migration Jobs of the monolith and of {package}: {GENERATED}.\n# Each runs `migrate` on its own database to completion before its new version rolls out.\n{}---\n{}",
+            self.migrate_job("shop", MONOLITH_IMAGE),
+            self.migrate_job(&self.package, &self.service_image()),
+            package = self.package
         )
     }
 
     fn k8s_network_policy(&self) -> String {
         format!(
-            r#"# {generated}.
-# Nothing talks to anything unless a policy below allows it.
+            r#"# Network policies of the namespace: {GENERATED}.
+# Nothing talks to anything unless a policy below allows it. The monolith and {package}
+# (and their migration Jobs) reach PostgreSQL, Redis and DNS; clients reach their HTTP
+# ports; PostgreSQL and Redis accept them. The two never call each other: they meet only
+# in Redis Streams.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: default-deny
+  labels: {{ app.kubernetes.io/part-of: shop }}
 spec:
   podSelector: {{}}
   policyTypes: [Ingress, Egress]
 ---
-# The HTTP ports of the monolith and of {package}, from inside the cluster (the ingress).
+# The HTTP ports, from the ingress controller or any client of the Services.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: shop-http
+  labels: {{ app.kubernetes.io/part-of: shop }}
 spec:
   podSelector:
-    matchLabels: {{ app.kubernetes.io/part-of: shop }}
+    matchLabels: {{ app.kubernetes.io/name: shop, app.kubernetes.io/component: server }}
   policyTypes: [Ingress]
   ingress:
     - ports:
         - {{ protocol: TCP, port: 8080 }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {package}-http
+  labels: {{ app.kubernetes.io/part-of: shop }}
+spec:
+  podSelector:
+    matchLabels: {{ app.kubernetes.io/name: {package}, app.kubernetes.io/component: server }}
+  policyTypes: [Ingress]
+  ingress:
+    - ports:
         - {{ protocol: TCP, port: {port} }}
 ---
-# The monolith and {package} reach PostgreSQL, Redis and DNS, nothing else: they talk
-# to each other only through Redis Streams.
+# Out of every shop pod: PostgreSQL and Redis (in this namespace or another, by their
+# labels) and the cluster DNS, nothing else.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: shop-egress
+  labels: {{ app.kubernetes.io/part-of: shop }}
 spec:
   podSelector:
     matchLabels: {{ app.kubernetes.io/part-of: shop }}
   policyTypes: [Egress]
   egress:
     - to:
-        - podSelector: {{ matchLabels: {{ app.kubernetes.io/name: postgres }} }}
-      ports: [{{ protocol: TCP, port: 5432 }}]
+        - namespaceSelector: {{}}
+          podSelector: {{ matchLabels: {{ app.kubernetes.io/name: postgres }} }}
+      ports:
+        - {{ protocol: TCP, port: 5432 }}
     - to:
-        - podSelector: {{ matchLabels: {{ app.kubernetes.io/name: redis }} }}
-      ports: [{{ protocol: TCP, port: 6379 }}]
-    - ports:
+        - namespaceSelector: {{}}
+          podSelector: {{ matchLabels: {{ app.kubernetes.io/name: redis }} }}
+      ports:
+        - {{ protocol: TCP, port: 6379 }}
+    - to:
+        - namespaceSelector: {{ matchLabels: {{ kubernetes.io/metadata.name: kube-system }} }}
+          podSelector: {{ matchLabels: {{ k8s-app: kube-dns }} }}
+      ports:
         - {{ protocol: UDP, port: 53 }}
         - {{ protocol: TCP, port: 53 }}
+---
+# Into PostgreSQL and Redis (when they run in this namespace): from shop pods only.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: postgres-from-shop
+  labels: {{ app.kubernetes.io/part-of: shop }}
+spec:
+  podSelector:
+    matchLabels: {{ app.kubernetes.io/name: postgres }}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector: {{ matchLabels: {{ app.kubernetes.io/part-of: shop }} }}
+      ports:
+        - {{ protocol: TCP, port: 5432 }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: redis-from-shop
+  labels: {{ app.kubernetes.io/part-of: shop }}
+spec:
+  podSelector:
+    matchLabels: {{ app.kubernetes.io/name: redis }}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector: {{ matchLabels: {{ app.kubernetes.io/part-of: shop }} }}
+      ports:
+        - {{ protocol: TCP, port: 6379 }}
 "#,
             package = self.package,
             port = self.port,
-            generated = capitalized(GENERATED)
         )
     }
 
@@ -432,7 +630,25 @@ database, and exchanges events with the monolith over Redis Streams.
 | `config/` | its settings: port {port}, database `{m}` (PostgreSQL) or `data/{m}-service/` (SQLite), `bus.kind = "redis"` |
 | `Dockerfile` | `docker build -f services/{m}/Dockerfile -t {package} .` from the repository root |
 | `deploy/compose.yaml` | PostgreSQL, Redis, the monolith and this service on one machine |
-| `deploy/k8s/` | Deployments with probes and resources, Services, disruption budgets, a default-deny network policy |
+| `deploy/k8s/` | StatefulSets (stable pod names name the Redis consumers) with probes, resources and a locked-down securityContext, Services, disruption budgets, ConfigMaps, an example of the Secrets, migration Jobs, network policies that allow only PostgreSQL, Redis, DNS and the HTTP ports |
+
+No container engine ran where this was generated: `.ci/validate-deploy services/{m}` checks
+these files (hadolint, kubernetes-validate, the compose-spec schema), and the tests run the
+binaries as the images would (numeric user, read-only working directory, the manifests'
+environment).
+
+To deploy a release (its images pushed with tag `$IMAGE_TAG`; never `latest`), from the
+repository root, with the Secrets created:
+
+```sh
+export IMAGE_TAG=1.0.0
+kubectl apply -f services/{m}/deploy/k8s/config.yaml -f services/{m}/deploy/k8s/network-policy.yaml
+kubectl delete job shop-migrate {package}-migrate --ignore-not-found
+envsubst '$IMAGE_TAG' < services/{m}/deploy/k8s/migrate.yaml | kubectl apply -f -
+kubectl wait --for=condition=complete --timeout=10m job/shop-migrate job/{package}-migrate
+envsubst '$IMAGE_TAG' < services/{m}/deploy/k8s/monolith.yaml | kubectl apply -f -
+envsubst '$IMAGE_TAG' < services/{m}/deploy/k8s/service.yaml | kubectl apply -f -
+```
 
 {next}
 "#,
@@ -457,5 +673,140 @@ database, and exchanges events with the monolith over Redis Streams.
             package = self.package,
             port = self.port
         )
+    }
+}
+
+/// The Dockerfile of one package of the workspace: the monolith's (the repository's own
+/// `Dockerfile`, kept equal to this by a test) or a generated service's. Cargo is asked for
+/// the package, never for `--bin`: it looks for a `--bin` only in the workspace's default
+/// members, which hold the monolith alone. The binary is named as its package.
+pub(crate) fn dockerfile(header: &str, package: &str, config: &str, port: u16) -> String {
+    format!(
+        r#"# syntax=docker/dockerfile:1
+{header}
+# Stages: plan the dependency graph, build the dependencies once (a layer reused while
+# Cargo.lock and the manifests are unchanged), build the package, then copy its binary and
+# its configuration into a small runtime image that runs as an unprivileged numeric user.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${{RUST_VERSION}}-slim-bookworm AS chef
+# A fixed cargo-chef, so that the same sources always plan the same recipe.
+RUN cargo install cargo-chef --locked --version 0.1.78
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+# The dependencies of {package} only: this layer is reused until a manifest or Cargo.lock changes.
+RUN cargo chef cook --release --locked --recipe-path recipe.json -p {package}
+COPY . .
+RUN cargo build --release --locked -p {package} \
+ && cp target/release/{package} /usr/local/bin/service
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+WORKDIR /app
+COPY --from=builder /usr/local/bin/service /app/service
+COPY {config} /app/config
+ENV APP_ENVIRONMENT=production \
+    APP_CONFIG_DIR=/app/config
+# Numeric (distroless's nonroot): the kubelet enforces runAsNonRoot only on a numeric user.
+USER 65532:65532
+EXPOSE {port}
+# The binary checks its own /healthz: the image has no shell and no curl.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["/app/service", "healthcheck"]
+ENTRYPOINT ["/app/service"]
+"#
+    )
+}
+
+/// The monolith's image; the tag is substituted at deploy time, so it is never `latest`.
+const MONOLITH_IMAGE: &str = "registry.example.com/shop/app:${IMAGE_TAG}";
+
+/// The pod's securityContext (indented for a pod template): the image's numeric user,
+/// which the kubelet can check against runAsNonRoot.
+const POD_SECURITY: &str = "      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        runAsGroup: 65532
+        fsGroup: 65532
+        seccompProfile: { type: RuntimeDefault }
+";
+
+/// The container's securityContext (indented for a container): nothing to escalate to,
+/// nothing writable but the mounted data path.
+const CONTAINER_SECURITY: &str = "          securityContext:
+            runAsNonRoot: true
+            runAsUser: 65532
+            runAsGroup: 65532
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: { drop: [ALL] }
+";
+
+/// One environment variable from the workload's own Secret, `<workload>-secrets`; an
+/// optional one may be missing from it.
+fn secret_ref(workload: &str, key: &str, optional: bool) -> String {
+    let optional = if optional { ", optional: true" } else { "" };
+    format!(
+        "            - name: {key}\n              valueFrom: {{ secretKeyRef: {{ name: {workload}-secrets, key: {key}{optional} }} }}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header of the monolith's `Dockerfile`.
+    const MONOLITH_DOCKERFILE_HEADER: &str = "# The monolith's image. An extracted service has its own, generated from the same template\n# (services/<module>/Dockerfile). Build from the repository root: docker build -t shop .";
+
+    fn root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace")
+            .to_path_buf()
+    }
+
+    #[test]
+    fn the_root_dockerfile_is_the_template_rendered_for_the_monolith() {
+        let expected = dockerfile(MONOLITH_DOCKERFILE_HEADER, "app", "config", 8080);
+        let actual = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+        assert_eq!(
+            actual, expected,
+            "Dockerfile differs from xtask/src/templates.rs::dockerfile(\"app\", ...): edit the template and write its output there"
+        );
+    }
+
+    #[test]
+    fn a_generated_dockerfile_builds_its_package_never_a_bin() {
+        let service = Service::new(&root(), "fulfillment", "Fulfillment", 8083).expect("service");
+        let text = service.dockerfile();
+        for (rule, ok) in [
+            ("no --bin anywhere", !text.contains("--bin")),
+            (
+                "cargo chef cooks the package",
+                text.contains("cargo chef cook --release --locked --recipe-path recipe.json -p fulfillment-service\n"),
+            ),
+            (
+                "cargo builds the package",
+                text.contains("cargo build --release --locked -p fulfillment-service "),
+            ),
+            (
+                "the service's own configuration",
+                text.contains("COPY services/fulfillment/config /app/config\n"),
+            ),
+            ("a numeric user", text.contains("USER 65532:65532\n")),
+            (
+                "an exec-form HEALTHCHECK",
+                text.contains("CMD [\"/app/service\", \"healthcheck\"]"),
+            ),
+            ("no latest tag", !text.contains(":latest")),
+        ] {
+            assert!(ok, "generated Dockerfile: {rule}:\n{text}");
+        }
     }
 }

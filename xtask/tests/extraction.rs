@@ -137,6 +137,10 @@ fn extract_then_inline_leaves_the_tree_exactly_as_it_was() {
         "services/fulfillment/Dockerfile",
         "services/fulfillment/deploy/compose.yaml",
         "services/fulfillment/deploy/k8s/service.yaml",
+        "services/fulfillment/deploy/k8s/monolith.yaml",
+        "services/fulfillment/deploy/k8s/config.yaml",
+        "services/fulfillment/deploy/k8s/secret.example.yaml",
+        "services/fulfillment/deploy/k8s/migrate.yaml",
         "services/fulfillment/deploy/k8s/network-policy.yaml",
     ] {
         assert!(scratch.path().join(file).is_file(), "{file} is generated");
@@ -242,6 +246,8 @@ fn dry_runs_change_nothing_and_every_generated_service_builds() {
     scratch.xtask_ok(&["extract", "checkout"], &[]);
     let config = std::fs::read_to_string(scratch.path().join("config/base.toml")).expect("config");
     assert!(config.contains("enabled = [\"fulfillment\"]"), "{config}");
+    // Every module's generated deploy files pass the checks, not only fulfillment's.
+    ci_script("validate-deploy", &[&scratch.path().display().to_string()]);
     scratch.build(&["app", "catalog-service", "checkout-service"]);
     let map = scratch.xtask_ok(&["boundaries"], &[]);
     assert!(
@@ -741,4 +747,77 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         "{}",
         scratch.status()
     );
+}
+
+// ------------------------------------------------------------------ deploy files
+
+/// One of this checkout's `.ci` scripts, run on any folder, sharing the main target
+/// directory (where the validators' virtualenv lives).
+fn ci_script(script: &str, args: &[&str]) {
+    let main_target = scratch_target()
+        .parent()
+        .expect("the main target directory")
+        .to_path_buf();
+    let started = Instant::now();
+    let out = Command::new(root().join(".ci").join(script))
+        .args(args)
+        .env("CARGO_TARGET_DIR", main_target)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the script runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        ".ci/{script} {args:?} failed:\n{said}"
+    );
+    eprintln!(
+        "{said}.ci/{script} took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn the_repository_deploy_files_pass_the_checks() {
+    ci_script("validate-deploy", &[&root().display().to_string()]);
+}
+
+/// A freshly extracted service's Dockerfile, compose file and manifests pass the checks the
+/// repository's own pass, and both binaries of the extracted topology run as their images
+/// and manifests say: user 65532, read-only files but the data path, only the manifests'
+/// environment, `migrate`, `/readyz`, a clean SIGTERM.
+#[test]
+fn a_generated_service_has_valid_deploy_files_and_runs_as_its_container_would() {
+    let scratch = Scratch::new();
+    scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    let dir = scratch.path().display().to_string();
+    ci_script("validate-deploy", &[&dir]);
+
+    // setpriv needs root to become the image's user; CI runs as root.
+    let uid = Command::new("id").arg("-u").output().expect("id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("SKIPPED the container-shaped runs: they need root, to switch to user 65532");
+        return;
+    }
+    scratch.build(&["app", "fulfillment-service"]);
+    let k8s = format!("{dir}/services/fulfillment/deploy/k8s");
+    for (workload, dockerfile, binary) in [
+        (
+            "fulfillment-service",
+            "services/fulfillment/Dockerfile",
+            "fulfillment-service",
+        ),
+        ("shop", "Dockerfile", "app"),
+    ] {
+        let binary = scratch_target().join("debug").join(binary);
+        ci_script(
+            "smoke-container",
+            &[
+                &dir,
+                &format!("{dir}/{dockerfile}"),
+                &k8s,
+                workload,
+                &binary.display().to_string(),
+            ],
+        );
+    }
 }

@@ -22,6 +22,7 @@ on_both_backends!(
     a_crash_inside_a_handler,
     a_crash_after_the_handler_ran_before_its_commit,
     a_crash_after_the_consumer_committed_before_it_acknowledged,
+    a_consumer_that_settles_nothing_for_several_leases_is_not_ready_until_it_moves_again,
 );
 
 async fn every_event_delivered_twice_leaves_the_same_end_state(backend: Backend) {
@@ -354,4 +355,60 @@ async fn a_crash_after_the_handler_ran_before_its_commit(backend: Backend) {
 
 async fn a_crash_after_the_consumer_committed_before_it_acknowledged(backend: Backend) {
     crash_at(backend, "consumer.after_commit").await;
+}
+
+async fn a_consumer_that_settles_nothing_for_several_leases_is_not_ready_until_it_moves_again(
+    backend: Backend,
+) {
+    let faults = Faults::for_tests();
+    let hooks = Hooks {
+        faults: faults.clone(),
+        ..Hooks::default()
+    };
+    // Short leases: a consumer with work that settles nothing for three of them (1.8 s)
+    // is stalled.
+    let app = Spawn::new(backend, app::modules())
+        .configure(|s| s.messaging.lease_ms = 600)
+        .hooks(hooks)
+        .start()
+        .await;
+    let shop = Shop::on(app);
+    shop.app.get("/readyz").await.expect_status(200);
+    // Checkout's handler hangs on this product's event for 5 s.
+    faults.slow_key("STUCK-1", Duration::from_secs(5));
+    shop.app
+        .post(
+            "/api/catalog/products",
+            &json!({"sku": "STUCK-1", "name": "Stuck", "price_minor": 1, "currency": "EUR", "initial_stock": 1}),
+        )
+        .await
+        .expect_status(201);
+    // (On SQLite the hung handler also holds checkout's write lock, so its database
+    // check may fail beside it.)
+    let reply = eventually(WAIT, "readiness to report the stalled consumer", || async {
+        let reply = shop.app.get("/readyz").await;
+        let failed = reply.body["failed"].as_array().cloned().unwrap_or_default();
+        (reply.status == 503 && failed.contains(&json!("checkout.consumer"))).then_some(reply)
+    })
+    .await;
+    assert!(
+        !reply.body["failed"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|m| m.as_str().is_some_and(|m| !m.starts_with("checkout.")))),
+        "only checkout is affected: {}",
+        reply.body
+    );
+    assert!(
+        reply.body["checks"]["checkout.consumer"]
+            .as_str()
+            .is_some_and(|c| c.contains("settled nothing")),
+        "{}",
+        reply.body
+    );
+    // Once the handler finishes, the consumer moves again and is ready.
+    shop.priced("STUCK-1").await;
+    eventually(WAIT, "readiness to recover", || async {
+        (shop.app.get("/readyz").await.status == 200).then_some(())
+    })
+    .await;
 }

@@ -1,6 +1,8 @@
 //! The order journey over HTTP, through catalog, checkout and fulfillment by events alone
 //! (PRODUCT.md §2), on SQLite and on PostgreSQL.
 
+use contracts::Event;
+use contracts::catalog::ProductRepricedV1;
 use testkit::{Backend, json, on_both_backends};
 
 use crate::shop::Shop;
@@ -16,6 +18,7 @@ on_both_backends!(
     an_order_checkout_cannot_price_is_refused,
     an_invalid_order_names_every_bad_field,
     a_new_price_reaches_checkout_and_an_old_one_never_returns,
+    concurrent_reprices_each_get_their_own_version_and_checkout_keeps_the_last,
 );
 
 async fn an_order_travels_from_placement_to_delivery(backend: Backend) {
@@ -295,4 +298,51 @@ async fn a_new_price_reaches_checkout_and_an_old_one_never_returns(backend: Back
     .await;
     let id = shop.place(&[("TEA-1", 2)], "tok_visa").await;
     assert_eq!(shop.order(&id).await["total_minor"], 1200);
+}
+
+async fn concurrent_reprices_each_get_their_own_version_and_checkout_keeps_the_last(
+    backend: Backend,
+) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 100, 5).await;
+    let prices: Vec<i64> = (101..=124).collect();
+    let app = &shop.app;
+    let replies = futures::future::join_all(prices.iter().map(|price| async move {
+        app.patch(
+            "/api/catalog/products/TEA-1",
+            &json!({"price_minor": price}),
+        )
+        .await
+    }))
+    .await;
+    for reply in &replies {
+        reply.expect_status(200);
+    }
+    let last = shop.app.get("/api/catalog/products/TEA-1").await.body["price_minor"]
+        .as_i64()
+        .expect("a price");
+
+    // Every reprice saw the one before it: one event each, versions 2, 3, ... in commit
+    // order, the newest carrying the price catalog ended with.
+    let repriced: Vec<ProductRepricedV1> = shop
+        .outbox_events("catalog", ProductRepricedV1::TYPE)
+        .await
+        .iter()
+        .map(|e| e.decode().expect("a reprice"))
+        .collect();
+    let versions: Vec<i64> = repriced.iter().map(|r| r.version).collect();
+    let expected: Vec<i64> = (2..=prices.len() as i64 + 1).collect();
+    assert_eq!(versions, expected, "one distinct version per reprice");
+    assert_eq!(repriced.last().map(|r| r.price_minor), Some(last));
+
+    testkit::eventually(
+        crate::shop::WAIT,
+        "checkout to keep the last price",
+        || async {
+            let price = shop.app.get("/api/checkout/prices/TEA-1").await;
+            (price.body["price_minor"] == last && price.body["version"] == prices.len() as i64 + 1)
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -152,6 +152,31 @@ impl Shop {
             .await
     }
 
+    /// The events of `event_type` a module has put in its outbox, in outbox order.
+    pub(crate) async fn outbox_events(
+        &self,
+        module: &'static str,
+        event_type: &str,
+    ) -> Vec<contracts::Envelope> {
+        let db = runtime::db::connect_module(&self.app.settings.database, module)
+            .await
+            .expect("connect to the module database");
+        let rows = messaging::db::query(
+            db.conn(),
+            "SELECT envelope FROM outbox WHERE event_type = $1 ORDER BY id",
+            vec![event_type.into()],
+        )
+        .await
+        .expect("read the outbox");
+        db.close().await.ok();
+        rows.iter()
+            .map(|row| {
+                let text: String = row.try_get("", "envelope").expect("an envelope");
+                contracts::Envelope::from_bytes(text.as_bytes()).expect("a valid envelope")
+            })
+            .collect()
+    }
+
     /// Waits until no module has an event left to publish or to handle.
     pub(crate) async fn settled(&self) {
         eventually(WAIT, "every outbox and queue to drain", || async {

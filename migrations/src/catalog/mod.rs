@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_products::Migration),
             Box::new(crate::messaging::Migration),
             Box::new(m0002_reservations::Migration),
+            Box::new(crate::messaging_ready::Migration),
         ]
     }
 }

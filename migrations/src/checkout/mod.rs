@@ -4,6 +4,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_orders;
+mod m0002_pending_orders;
 
 pub struct Migrator;
 
@@ -12,6 +13,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(crate::messaging::Migration),
             Box::new(m0001_orders::Migration),
+            Box::new(crate::messaging_ready::Migration),
+            Box::new(m0002_pending_orders::Migration),
         ]
     }
 }

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(crate::messaging::Migration),
             Box::new(m0001_shipments::Migration),
+            Box::new(crate::messaging_ready::Migration),
         ]
     }
 }

@@ -13,8 +13,10 @@
 //! - **Owns**: schema `checkout` (`prices`, `orders`, `order_lines`, `payment_attempts`,
 //!   `idempotency_keys`, and the messaging tables).
 //! - **Settings**: `[modules.checkout.payment]`: `latency_ms`, `failure_rate` (the
-//!   simulated provider), `max_concurrent`, `timeout_ms`, `max_attempts`.
-//! - **Background**: the payment worker.
+//!   simulated provider), `max_concurrent`, `timeout_ms`, `max_attempts`;
+//!   `[modules.checkout.watchdog]`: `order_deadline_secs` (an order pending longer is
+//!   reported), `every_secs`.
+//! - **Background**: the payment worker; the order watchdog.
 
 mod db;
 mod domain;
@@ -51,6 +53,8 @@ pub(crate) struct State {
 struct Settings {
     #[validate(nested)]
     payment: payment::PaymentSettings,
+    #[validate(nested)]
+    watchdog: use_cases::watch_orders::WatchdogSettings,
 }
 
 fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
@@ -94,11 +98,17 @@ impl Module for Checkout {
             settings: settings.payment.clone(),
             wake: payments.clone(),
             poll: Duration::from_millis(250),
+            lease_ms: settings.payment.lease_ms(),
+        };
+        let watchdog = use_cases::watch_orders::OrderWatchdog {
+            db: state.db.clone(),
+            settings: settings.watchdog.clone(),
         };
         Ok(StartedModule::with_routes(http::routes(state))
             .handler(events::PriceList)
             .handler(events::StockOutcome { payments })
             .handler(events::ShipmentProgress)
-            .task(move |cancel| worker.run(cancel).boxed()))
+            .task(move |cancel| worker.run(cancel).boxed())
+            .task(move |cancel| watchdog.run(cancel).boxed()))
     }
 }

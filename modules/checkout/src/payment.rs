@@ -63,6 +63,16 @@ pub(crate) struct PaymentSettings {
     pub(crate) max_attempts: i32,
 }
 
+impl PaymentSettings {
+    /// How long a claim on a payment attempt lasts: the call's own timeout twice over,
+    /// and never under 10 s, so that recording under load normally ends well inside it.
+    /// An outcome recorded later still is dropped and asked for again (the worker fences
+    /// its records), which costs a call but never pays twice.
+    pub(crate) fn lease_ms(&self) -> i64 {
+        (self.timeout_ms as i64 * 2).max(10_000)
+    }
+}
+
 impl Default for PaymentSettings {
     fn default() -> Self {
         Self {

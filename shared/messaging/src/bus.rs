@@ -61,7 +61,10 @@ pub struct SubscriberSpec {
     pub max_in_flight: usize,
 }
 
-/// Settles deliveries.
+/// Settles deliveries. Whatever happens to the transport, a delivery passed to `ack` or
+/// `retry` stops counting against `max_in_flight` and its claim is no longer renewed: if
+/// the transport did not take the settlement, the delivery comes back (its claim lapses)
+/// and the inbox skips what was already done.
 #[async_trait]
 pub trait Acker: Send + Sync {
     /// Done with these (handled, duplicates, or dead-lettered): never deliver them again.
@@ -69,6 +72,24 @@ pub trait Acker: Send + Sync {
 
     /// Deliver this one again after `delay`.
     async fn retry(&self, tag: &DeliveryTag, delay: Duration, error: &str) -> Result<(), BusError>;
+
+    /// Deliver this one again after `delay` without counting this delivery as an
+    /// attempt: nothing was wrong with the event (the consumer's own database was out of
+    /// reach). A bus that cannot uncount falls back to [`Acker::retry`].
+    async fn postpone(
+        &self,
+        tag: &DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), BusError> {
+        self.retry(tag, delay, error).await
+    }
+
+    /// How many events wait for this subscription or are in flight, for the progress
+    /// watchdog; `None` when the bus cannot tell cheaply.
+    async fn backlog(&self) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
 }
 
 /// A consuming module's open subscription: a stream of deliveries, and what settles them.

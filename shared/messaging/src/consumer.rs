@@ -28,6 +28,7 @@ use crate::db::{ModuleDb, execute, now_ms, query};
 use crate::dead_letters;
 use crate::faults::Faults;
 use crate::outbox::{Outbox, append};
+use crate::progress::{self, Progress};
 use crate::settings::MessagingSettings;
 
 /// Why a handler did not finish.
@@ -130,6 +131,8 @@ pub struct Consumer {
     pub faults: Faults,
     /// Woken when an operator asks for a dead letter to be replayed.
     pub replays: Arc<Notify>,
+    /// What the progress watchdog and readiness read.
+    pub progress: Arc<Progress>,
 }
 
 struct Ready {
@@ -145,6 +148,9 @@ enum Outcome {
 
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 
+/// A consumer with work that settles nothing for this many leases is reported stalled.
+pub const STALL_AFTER_LEASES: u32 = 3;
+
 impl Consumer {
     pub async fn run(self, subscription: Subscription, cancel: CancellationToken) {
         let Subscription {
@@ -152,6 +158,14 @@ impl Consumer {
             acker,
             reader,
         } = subscription;
+        let lease = Duration::from_millis(self.settings.lease_ms);
+        let watchdog = tokio::spawn(progress::watch(
+            self.progress.clone(),
+            acker.clone(),
+            lease / 3,
+            lease * STALL_AFTER_LEASES,
+            cancel.child_token(),
+        ));
         let mut replay_tick = tokio::time::interval(REPLAY_POLL);
         replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,8 +186,11 @@ impl Consumer {
                     _ => break,
                 }
             }
+            self.progress.started_batch();
             self.process(batch, acker.as_ref()).await;
+            self.progress.settled();
         }
+        watchdog.abort();
         // Close the subscription and let the bus's reader hand back what it holds.
         drop(deliveries);
         if let Some(reader) = reader
@@ -198,7 +215,7 @@ impl Consumer {
                 Ok(e) => e,
                 Err(reason) => {
                     let error = format!("undecodable envelope: {reason}");
-                    if self.park(&delivery, None, &[], &error).await {
+                    if self.park(&delivery, None, &[], &error, acker).await {
                         done.push(delivery.tag);
                     }
                     continue;
@@ -224,10 +241,47 @@ impl Consumer {
                 });
             if let Err(e) = contract {
                 if self
-                    .park(&delivery, Some(&envelope), &handlers, &e.to_string())
+                    .park(&delivery, Some(&envelope), &handlers, &e.to_string(), acker)
                     .await
                 {
                     done.push(delivery.tag);
+                }
+                continue;
+            }
+            if delivery.attempt > self.settings.max_attempts {
+                // Every earlier delivery ended without a settlement: the consumer crashed
+                // or lost its claim each time. A crash counts as an attempt, so an event
+                // that kills its consumer ends here instead of coming back for ever.
+                let item = Ready {
+                    delivery,
+                    envelope,
+                    handlers,
+                };
+                match self.already_processed(&item).await {
+                    Ok(true) => done.push(item.delivery.tag),
+                    Ok(false) => {
+                        let error = format!(
+                            "delivered {} times without being settled (the consumer crashed or lost its claim each time)",
+                            item.delivery.attempt - 1
+                        );
+                        if self
+                            .park(
+                                &item.delivery,
+                                Some(&item.envelope),
+                                &item.handlers,
+                                &error,
+                                acker,
+                            )
+                            .await
+                        {
+                            done.push(item.delivery.tag);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(module, error = %format!("{e:#}"), "reading the inbox failed; the event will come back");
+                        self.retry_later(&item.delivery, &format!("{e:#}"), acker)
+                            .await;
+                    }
                 }
                 continue;
             }
@@ -243,6 +297,21 @@ impl Consumer {
                     metrics::counter!("events_handled_total", "module" => module)
                         .increment(ready.len() as u64);
                     done.extend(ready.into_iter().map(|r| r.delivery.tag));
+                }
+                Err(e) if is_unavailable(&e) => {
+                    // The module's own database is out of reach: no event is at fault, so
+                    // the batch is not split (each event alone would wait out its own
+                    // connection timeout) and nobody is parked; all come back later.
+                    tracing::warn!(module, error = %e, size = ready.len(), "the database is out of reach; the batch will be retried");
+                    for item in &ready {
+                        let delay = self.settings.backoff(item.delivery.attempt);
+                        if let Err(e) = acker
+                            .postpone(&item.delivery.tag, delay, &e.to_string())
+                            .await
+                        {
+                            tracing::warn!(module, error = %e, "postponing the event failed; it will come back when its claim lapses");
+                        }
+                    }
                 }
                 Err(e) if ready.len() == 1 => {
                     if let Some(tag) = self.settle_failure(&ready[0], e, acker).await {
@@ -281,6 +350,17 @@ impl Consumer {
     ) -> Option<DeliveryTag> {
         let module = self.db.module();
         let attempt = item.delivery.attempt;
+        if is_unavailable(&error) {
+            let delay = self.settings.backoff(attempt);
+            tracing::warn!(module, event_id = %item.envelope.id, error = %error, "the database is out of reach; the event will be retried");
+            if let Err(e) = acker
+                .postpone(&item.delivery.tag, delay, &error.to_string())
+                .await
+            {
+                tracing::warn!(module, error = %e, "postponing the event failed; it will come back when its claim lapses");
+            }
+            return None;
+        }
         let outcome = match error {
             HandlerError::Reject(reason) => Outcome::Dead(reason),
             HandlerError::Retry(e) if attempt >= self.settings.max_attempts => {
@@ -307,7 +387,13 @@ impl Consumer {
             }
             Outcome::Dead(error) => {
                 if self
-                    .park(&item.delivery, Some(envelope), &item.handlers, &error)
+                    .park(
+                        &item.delivery,
+                        Some(envelope),
+                        &item.handlers,
+                        &error,
+                        acker,
+                    )
                     .await
                 {
                     Some(item.delivery.tag.clone())
@@ -318,13 +404,41 @@ impl Consumer {
         }
     }
 
-    /// Records a dead letter; false if even that failed (the delivery then comes back).
+    /// Schedules a delivery to come back after a backoff; if even that fails, the bus
+    /// has settled it anyway and it comes back when its claim lapses.
+    async fn retry_later(&self, delivery: &Delivery, error: &str, acker: &dyn Acker) {
+        let delay = self.settings.backoff(delivery.attempt);
+        if let Err(e) = acker.retry(&delivery.tag, delay, error).await {
+            tracing::warn!(module = self.db.module(), error = %e, "scheduling the retry failed; the event will come back when its claim lapses");
+        }
+    }
+
+    /// True when every handler of `item` already has its inbox key: the event was
+    /// processed and only its acknowledgement was lost.
+    async fn already_processed(&self, item: &Ready) -> anyhow::Result<bool> {
+        let mut values: Vec<Value> = vec![item.envelope.id.into()];
+        values.extend(item.handlers.iter().map(|h| Value::from(h.name())));
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM inbox WHERE event_id = $1 AND handler IN ({})",
+            crate::db::placeholders(2, item.handlers.len())
+        );
+        let rows = query(self.db.conn(), &sql, values).await?;
+        let n: i64 = match rows.first() {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(n as usize == item.handlers.len())
+    }
+
+    /// Records a dead letter; false if even that failed (the delivery is then scheduled
+    /// to come back, and parked on a later delivery).
     async fn park(
         &self,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
         handlers: &[Arc<dyn Handler>],
         error: &str,
+        acker: &dyn Acker,
     ) -> bool {
         let module = self.db.module();
         let names: Vec<&str> = handlers.iter().map(|h| h.name()).collect();
@@ -349,7 +463,8 @@ impl Consumer {
                 true
             }
             Err(e) => {
-                tracing::error!(module, error = %format!("{e:#}"), "recording a dead letter failed");
+                tracing::error!(module, error = %format!("{e:#}"), "recording a dead letter failed; the event will come back");
+                self.retry_later(delivery, &format!("{e:#}"), acker).await;
                 false
             }
         }
@@ -472,6 +587,20 @@ impl Consumer {
     }
 }
 
+/// True for an error that says the module's database cannot be reached at all (no
+/// connection to be had), as opposed to an error of this event's work.
+fn is_unavailable(error: &HandlerError) -> bool {
+    let HandlerError::Retry(e) = error else {
+        return false;
+    };
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<DbErr>(),
+            Some(DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+        )
+    })
+}
+
 /// Inserts the inbox keys of `items`; returns those that were new (the others were
 /// processed before and are skipped).
 async fn claim_inbox_keys(
@@ -489,6 +618,10 @@ async fn claim_inbox_keys(
             values.push(handler.name().into());
             values.push(now.into());
         }
+    }
+    if rows.is_empty() {
+        // No handler takes these events (a replayed letter whose handler is gone).
+        return Ok(HashSet::new());
     }
     let sql = format!(
         "INSERT INTO inbox (event_id, handler, processed_at) VALUES {} \

@@ -3,6 +3,10 @@
 //!
 //! Statuses: `dead` (parked), `replay_requested` (the consumer will run it again),
 //! `replayed` (it ran), `discarded` (an operator gave up on it).
+//!
+//! Every status change names the status it expects to leave, so of an operator's discard
+//! and the consumer's replay of one letter exactly one wins: a replay that finds its letter
+//! discarded rolls back its work, and a discard that finds it replayed is refused.
 
 use anyhow::Context;
 use sea_orm::{ConnectionTrait, DbErr, Value};
@@ -177,20 +181,31 @@ pub(crate) async fn requested(db: &ModuleDb, limit: i64) -> Result<Vec<(i64, Vec
         .collect()
 }
 
+/// Marks a letter replayed, inside the replay's transaction. Fails, so that the replay's
+/// work rolls back, when the letter no longer waits for its replay (an operator discarded
+/// it meanwhile).
 pub(crate) async fn mark_replayed(tx: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
-    execute(
+    let n = execute(
         tx,
-        "UPDATE dead_letters SET status = 'replayed', resolved_at = $1 WHERE id = $2",
+        "UPDATE dead_letters SET status = 'replayed', resolved_at = $1 WHERE id = $2 AND status = 'replay_requested'",
         vec![now_ms().into(), id.into()],
     )
-    .await
-    .map(|_| ())
+    .await?;
+    if n == 0 {
+        return Err(DbErr::Custom(format!(
+            "dead letter {id} no longer waits for a replay (discarded meanwhile); its replay is undone"
+        )));
+    }
+    Ok(())
 }
 
+/// Puts a letter whose replay failed back to `dead`, unless an operator settled it
+/// meanwhile.
 pub(crate) async fn replay_failed(db: &ModuleDb, id: i64, error: &str) -> Result<(), DbErr> {
     execute(
         db.conn(),
-        "UPDATE dead_letters SET status = 'dead', attempts = attempts + 1, last_error = $1, last_failed_at = $2 WHERE id = $3",
+        "UPDATE dead_letters SET status = 'dead', attempts = attempts + 1, last_error = $1, last_failed_at = $2 \
+         WHERE id = $3 AND status = 'replay_requested'",
         vec![truncate(error).into(), now_ms().into(), id.into()],
     )
     .await

@@ -10,6 +10,7 @@ pub mod dead_letters;
 pub mod faults;
 pub mod local_bus;
 pub mod outbox;
+pub mod progress;
 pub mod redis_bus;
 pub mod settings;
 
@@ -21,5 +22,6 @@ pub use db::ModuleDb;
 pub use faults::Faults;
 pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
+pub use progress::Progress;
 pub use redis_bus::{RedisBus, RedisConfig};
 pub use settings::MessagingSettings;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use sea_orm::Value;
+use sea_orm::{ConnectionTrait, DbBackend, Value};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -160,6 +160,7 @@ impl EventBus for LocalBus {
             instance: self.instance.clone(),
             wake: queue.wake.clone(),
             in_flight: Mutex::new(HashSet::new()),
+            unacked: Mutex::new(HashSet::new()),
             permits: Semaphore::new(spec.max_in_flight),
             settings: self.settings.clone(),
         });
@@ -183,27 +184,47 @@ struct State {
     db: ModuleDb,
     instance: String,
     wake: Arc<Notify>,
+    /// Rows handed to the consumer and not settled yet: the only claims renewed.
     in_flight: Mutex<HashSet<i64>>,
+    /// Rows the consumer finished but whose delete failed: deleted again on the next pass.
+    unacked: Mutex<HashSet<i64>>,
     permits: Semaphore,
     settings: MessagingSettings,
 }
 
 impl State {
+    /// Gives back the capacity of `ids`, whatever became of them in the database.
     fn settle(&self, ids: &[i64]) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight = lock(&self.in_flight);
         let settled = ids.iter().filter(|id| in_flight.remove(id)).count();
         drop(in_flight);
         self.permits.add_permits(settled);
+        // The reader may be waiting for capacity, and rows of the same keys may be free
+        // to go now.
+        self.wake.notify_one();
+    }
+
+    fn held(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = lock(&self.in_flight).iter().copied().collect();
+        ids.extend(lock(&self.unacked).iter().copied());
+        ids
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Claims visible rows for this instance and hands them out, never more than the free
-/// permits, renewing the claims of what is in flight.
+/// capacity: capacity is reserved before the claim, so the reader never waits for
+/// capacity it cannot get. Every pass also renews the claims of what is in flight, deletes
+/// rows whose acknowledgement failed, and frees the rows of claims that lapsed.
 async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     let module = state.db.module();
     let poll = Duration::from_millis(state.settings.poll_interval_ms);
     let renew_every = Duration::from_millis(state.settings.lease_ms / 3);
     let mut last_renewal = tokio::time::Instant::now();
+    let mut last_reclaim = tokio::time::Instant::now() - renew_every;
     let mut failures = 0_u32;
     loop {
         if tx.is_closed() {
@@ -217,35 +238,47 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                 }
             }
         }
+        if last_reclaim.elapsed() >= renew_every {
+            match reclaim(&state).await {
+                Ok(()) => last_reclaim = tokio::time::Instant::now(),
+                Err(e) => {
+                    tracing::warn!(module, error = %format!("{e:#}"), "freeing lapsed claims failed")
+                }
+            }
+        }
         let free = state.permits.available_permits();
-        let claimed = if free == 0 {
+        let want = free.min(state.settings.consumer_batch * 2);
+        let reserved = match state.permits.try_acquire_many(want as u32) {
+            Ok(permits) if want > 0 => {
+                permits.forget();
+                want
+            }
+            _ => 0,
+        };
+        let claimed = if reserved == 0 {
             Ok(Vec::new())
         } else {
-            claim(&state, free.min(state.settings.consumer_batch * 2)).await
+            claim(&state, reserved).await
         };
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 failures = 0;
-                let Ok(permits) = state.permits.acquire_many(rows.len() as u32).await else {
-                    break;
-                };
-                permits.forget();
-                state
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(rows.iter().filter_map(|d| match d.tag {
-                        DeliveryTag::Row(id) => Some(id),
-                        DeliveryTag::Entry { .. } => None,
-                    }));
+                state.permits.add_permits(reserved - rows.len());
+                lock(&state.in_flight).extend(rows.iter().filter_map(|d| match d.tag {
+                    DeliveryTag::Row(id) => Some(id),
+                    DeliveryTag::Entry { .. } => None,
+                }));
+                // The channel holds `max_in_flight` and no more than that is in flight:
+                // these sends never wait for the consumer.
                 for delivery in rows {
                     if tx.send(delivery).await.is_err() {
-                        return;
+                        break;
                     }
                 }
             }
             Ok(_) => {
                 failures = 0;
+                state.permits.add_permits(reserved);
                 tokio::select! {
                     _ = tx.closed() => break,
                     _ = state.wake.notified() => {}
@@ -253,6 +286,7 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                 }
             }
             Err(e) => {
+                state.permits.add_permits(reserved);
                 failures += 1;
                 let delay = state.settings.backoff(failures);
                 tracing::warn!(module, error = %format!("{e:#}"), delay_ms = delay.as_millis() as u64, "reading the queue failed; retrying");
@@ -263,21 +297,68 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
             }
         }
     }
+    // Hand back what this instance still holds (deliveries the consumer never took), so
+    // another instance need not wait for the claims to lapse.
+    if let Err(e) = release_all(&state).await {
+        tracing::warn!(module, error = %format!("{e:#}"), "handing back claims failed; they come back when they lapse");
+    }
     tracing::debug!(module, "subscription closed");
+}
+
+/// The claim, on PostgreSQL. The rows to take are chosen in a materialized CTE, which
+/// runs once (an `UPDATE … WHERE id IN (SELECT … LIMIT n)` may run its sub-select more
+/// than once and take more than `n` rows). It walks the unclaimed rows in id order on
+/// their partial index and stops after `n`; a row goes only if it is the first queued row
+/// of its key, checked by one probe of the `(ordering_key, id)` index per row: the cost
+/// follows what is claimed, not the backlog.
+const CLAIM_POSTGRES: &str = "WITH c AS MATERIALIZED ( \
+       SELECT q.id FROM bus_queue q \
+       WHERE q.locked_by IS NULL AND q.visible_at <= $3 \
+         AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
+       ORDER BY q.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE bus_queue b SET locked_by = $1, locked_until = $2, deliveries = b.deliveries + 1 \
+     FROM c WHERE b.id = c.id \
+     RETURNING b.id, b.envelope, b.deliveries";
+
+/// Run before the claim on PostgreSQL, in its transaction.
+pub const CLAIM_PLAN_POSTGRES: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
+
+/// The claim, on SQLite, where a write transaction excludes every other one.
+const CLAIM_SQLITE: &str = "UPDATE bus_queue SET locked_by = $1, locked_until = $2, deliveries = deliveries + 1 \
+     WHERE id IN ( \
+       SELECT q.id FROM bus_queue q \
+       WHERE q.locked_by IS NULL AND q.visible_at <= $3 \
+         AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
+       ORDER BY q.id LIMIT $4) \
+     RETURNING id, envelope, deliveries";
+
+/// The claim statement for `backend`: `$1` instance, `$2` lease end, `$3` now (epoch
+/// ms), `$4` how many rows at most. On PostgreSQL it runs after [`CLAIM_PLAN_POSTGRES`] in
+/// the same transaction. Public for the tests that check its cost and bound.
+#[doc(hidden)]
+pub fn claim_statement(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Sqlite => CLAIM_SQLITE,
+        _ => CLAIM_POSTGRES,
+    }
 }
 
 async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
     let now = now_ms();
+    let sql = claim_statement(state.db.backend());
     let tx = state.db.begin().await.context("failed to begin")?;
+    if state.db.backend() == DbBackend::Postgres {
+        // Without statistics (a queue that grew fast) the planner expects one matching
+        // row, sorts every unclaimed row and probes each one's key: linear in the backlog.
+        // Walking the partial index in order and stopping at the limit is right for any
+        // backlog, so it is the only plan left to choose.
+        tx.execute_unprepared(CLAIM_PLAN_POSTGRES)
+            .await
+            .context("failed to set the claim's plan")?;
+    }
     let rows = query(
         &tx,
-        "UPDATE bus_queue SET locked_by = $1, locked_until = $2, deliveries = deliveries + 1 \
-         WHERE id IN ( \
-           SELECT q.id FROM bus_queue q \
-           WHERE q.visible_at <= $3 AND (q.locked_until IS NULL OR q.locked_until < $3) \
-             AND NOT EXISTS (SELECT 1 FROM bus_queue p WHERE p.ordering_key = q.ordering_key AND p.id < q.id) \
-           ORDER BY q.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, envelope, deliveries",
+        sql,
         vec![
             state.instance.clone().into(),
             (now + state.settings.lease_ms as i64).into(),
@@ -287,7 +368,6 @@ async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
     )
     .await
     .context("failed to claim queued events")?;
-    tx.commit().await.context("failed to commit the claim")?;
     let mut deliveries = Vec::with_capacity(rows.len());
     for row in rows {
         let id: i64 = row.try_get("", "id")?;
@@ -303,28 +383,112 @@ async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
         ));
     }
     deliveries.sort_by_key(|(id, _)| *id);
+    if deliveries.len() > limit {
+        // Never hand out more than the capacity reserved for this claim: put the surplus
+        // back, in the same transaction.
+        let surplus: Vec<i64> = deliveries.drain(limit..).map(|(id, _)| id).collect();
+        tracing::error!(
+            module = state.db.module(),
+            asked = limit,
+            surplus = surplus.len(),
+            "a claim returned more rows than it asked for; handing the surplus back"
+        );
+        for chunk in surplus.chunks(ID_CHUNK) {
+            execute(
+                &tx,
+                &format!(
+                    "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL, deliveries = deliveries - 1 WHERE id IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                chunk.iter().map(|id| Value::from(*id)).collect(),
+            )
+            .await
+            .context("failed to hand back a claim's surplus")?;
+        }
+    }
+    tx.commit().await.context("failed to commit the claim")?;
     Ok(deliveries.into_iter().map(|(_, d)| d).collect())
 }
 
+/// Ids per statement, well under both backends' limits on bound values.
+const ID_CHUNK: usize = 500;
+
+/// Extends the claims of what is in flight (and of finished rows not yet deleted), and
+/// nothing else: a row this instance no longer tracks lets its claim lapse.
 async fn renew(state: &State) -> anyhow::Result<()> {
-    if state
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_empty()
-    {
-        return Ok(());
+    let ids = state.held();
+    let until = now_ms() + state.settings.lease_ms as i64;
+    for chunk in ids.chunks(ID_CHUNK) {
+        let mut values: Vec<Value> = vec![until.into(), state.instance.clone().into()];
+        values.extend(chunk.iter().map(|id| Value::from(*id)));
+        execute(
+            state.db.conn(),
+            &format!(
+                "UPDATE bus_queue SET locked_until = $1 WHERE locked_by = $2 AND id IN ({})",
+                placeholders(3, chunk.len())
+            ),
+            values,
+        )
+        .await
+        .context("failed to renew claims")?;
     }
-    execute(
+    Ok(())
+}
+
+/// Deletes again the rows whose acknowledgement failed, then frees every claim that
+/// lapsed (an instance that died, or a delivery nobody tracks any more) so it is claimed
+/// again, one attempt higher.
+async fn reclaim(state: &State) -> anyhow::Result<()> {
+    let unacked: Vec<i64> = lock(&state.unacked).iter().copied().collect();
+    for chunk in unacked.chunks(ID_CHUNK) {
+        delete_rows(&state.db, chunk).await?;
+        let mut set = lock(&state.unacked);
+        for id in chunk {
+            set.remove(id);
+        }
+    }
+    let freed = execute(
         state.db.conn(),
-        "UPDATE bus_queue SET locked_until = $1 WHERE locked_by = $2",
-        vec![
-            (now_ms() + state.settings.lease_ms as i64).into(),
-            state.instance.clone().into(),
-        ],
+        "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL \
+         WHERE locked_by IS NOT NULL AND locked_until < $1",
+        vec![now_ms().into()],
     )
     .await
-    .context("failed to renew claims")?;
+    .context("failed to free lapsed claims")?;
+    if freed > 0 {
+        tracing::warn!(
+            module = state.db.module(),
+            count = freed,
+            "claims lapsed; their events will be delivered again"
+        );
+        state.wake.notify_one();
+    }
+    Ok(())
+}
+
+async fn release_all(state: &State) -> anyhow::Result<()> {
+    execute(
+        state.db.conn(),
+        "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
+        vec![state.instance.clone().into()],
+    )
+    .await
+    .context("failed to release claims")?;
+    Ok(())
+}
+
+async fn delete_rows(db: &ModuleDb, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
+    for chunk in ids.chunks(ID_CHUNK) {
+        execute(
+            db.conn(),
+            &format!(
+                "DELETE FROM bus_queue WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            ),
+            chunk.iter().map(|id| Value::from(*id)).collect(),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -339,6 +503,40 @@ fn row_ids(tags: &[DeliveryTag]) -> Vec<i64> {
         .collect()
 }
 
+impl LocalAcker {
+    /// Makes a claimed row visible again after `delay`; `uncount` takes this delivery off
+    /// its attempts.
+    async fn release(
+        &self,
+        tag: &DeliveryTag,
+        delay: Duration,
+        error: &str,
+        uncount: i32,
+    ) -> Result<(), BusError> {
+        let ids = row_ids(std::slice::from_ref(tag));
+        let Some(id) = ids.first() else {
+            return Ok(());
+        };
+        let scheduled = execute(
+            self.0.db.conn(),
+            "UPDATE bus_queue SET visible_at = $1, locked_by = NULL, locked_until = NULL, last_error = $2, \
+             deliveries = deliveries - $3 WHERE id = $4",
+            vec![
+                (now_ms() + delay.as_millis() as i64).into(),
+                error.chars().take(2000).collect::<String>().into(),
+                uncount.into(),
+                (*id).into(),
+            ],
+        )
+        .await;
+        // Settled either way: if the row could not be released, its claim lapses and it
+        // comes back then.
+        self.0.settle(&ids);
+        scheduled?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Acker for LocalAcker {
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BusError> {
@@ -346,38 +544,43 @@ impl Acker for LocalAcker {
         if ids.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "DELETE FROM bus_queue WHERE id IN ({})",
-            placeholders(1, ids.len())
-        );
-        let values = ids.iter().map(|id| Value::from(*id)).collect();
-        let tx = self.0.db.begin().await?;
-        execute(&tx, &sql, values).await?;
-        tx.commit().await?;
+        let deleted = delete_rows(&self.0.db, &ids).await;
+        if deleted.is_err() {
+            // Deleted again by the reader; until then the claims are kept.
+            lock(&self.0.unacked).extend(ids.iter().copied());
+        }
         self.0.settle(&ids);
-        // Rows of the same keys may be free to go now.
-        self.0.wake.notify_one();
-        Ok(())
+        Ok(deleted?)
     }
 
     async fn retry(&self, tag: &DeliveryTag, delay: Duration, error: &str) -> Result<(), BusError> {
-        let ids = row_ids(std::slice::from_ref(tag));
-        let Some(id) = ids.first() else {
-            return Ok(());
-        };
-        let tx = self.0.db.begin().await?;
-        execute(
-            &tx,
-            "UPDATE bus_queue SET visible_at = $1, locked_by = NULL, locked_until = NULL, last_error = $2 WHERE id = $3",
-            vec![
-                (now_ms() + delay.as_millis() as i64).into(),
-                error.chars().take(2000).collect::<String>().into(),
-                (*id).into(),
-            ],
+        self.release(tag, delay, error, 0).await
+    }
+
+    async fn postpone(
+        &self,
+        tag: &DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), BusError> {
+        self.release(tag, delay, error, 1).await
+    }
+
+    /// Events this subscription could be working on now: in flight, or due and first of
+    /// their key (rows waiting behind a retry are not work it is failing to do).
+    async fn backlog(&self) -> Result<Option<u64>, BusError> {
+        let rows = query(
+            self.0.db.conn(),
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 \
+               AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
+             LIMIT 100000) AS deliverable",
+            vec![now_ms().into()],
         )
         .await?;
-        tx.commit().await?;
-        self.0.settle(&ids);
-        Ok(())
+        let n: i64 = match rows.first() {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(Some(n as u64))
     }
 }

@@ -12,39 +12,58 @@
 //!
 //! How the guarantees are kept:
 //! - Publishing pipelines one XADD per event and returns only once Redis answered with
-//!   every entry id; only then does the relay mark its outbox rows (LESSONS 3).
+//!   every entry id; only then does the relay mark its outbox rows.
+//! - One process per instance name and module (`ns:instance:<group>:<instance>`, renewed
+//!   like a lease): a second process started under a name a live one holds logs an ERROR
+//!   and takes no work until the name is free, so two processes never read under one
+//!   consumer name. A crashed holder's name frees up within a lease.
 //! - An instance owns a fair share of the partitions under leases it renews from its
 //!   reader loop, whatever its handlers are doing; an entry is taken from another
 //!   consumer only when its partition's lease has lapsed (the owner is dead or cut off),
-//!   never because a handler is slow (LESSONS 11). Taking a partition first claims every
-//!   pending entry of its streams (XAUTOCLAIM from 0), which is how a restarted instance
-//!   takes back its own entries and how a dead instance's are recovered (LESSONS 10).
-//!   Consumers are never deleted.
+//!   never because a handler is slow. A lease's value is the instance name plus a nonce
+//!   of the process, so processes never renew or release each other's leases.
+//! - A lease counts for this instance only while it is confirmed: until the moment its
+//!   last renewal was sent plus the lease, less a margin, by this process's own clock.
+//!   Past that (renewals failing or late), or once a renewal finds the lease taken, the
+//!   instance reads nothing more of the partition and hands out nothing more of it, not
+//!   even entries that waited behind one in flight; they stay pending for the next owner.
+//! - Taking a partition claims its pending entries (whoever held them) before anything
+//!   new is read from it: a restarted instance takes back its own entries, and a dead
+//!   instance's are recovered. The claim is bounded by free capacity (`max_in_flight`)
+//!   and resumes as room frees up. Every lease, the pending entries of owned partitions
+//!   are looked through again, and after a failed read at once, so an entry pending with
+//!   nothing to deliver it (a lost reply, a failed acknowledgement) comes back, and the
+//!   trim floor moves on. Consumers are never deleted.
 //! - Within an instance, an entry is not handed out while an earlier entry of its key is
 //!   in flight or waiting for a retry; since one instance owns a key's partition, per-key
 //!   order holds across instances.
+//! - Deliveries wait in a queue of the subscription; settling one only moves the next
+//!   entry of its key to that queue, and never waits for the consumer to take it.
 //! - XACK happens only when the consumer settles a delivery, after its transaction
-//!   committed. A retry re-claims the entry after its delay (XCLAIM), which counts the
-//!   delivery in Redis, so attempts survive a crash and a poison entry ends in the
-//!   dead-letter store.
-//! - Reads are bounded by free capacity (`max_in_flight`), batched (COUNT), and blocking
-//!   reads use a connection of their own with no response timeout (LESSONS 13, 14).
+//!   committed; one Redis refuses is kept and sent again. A retry re-claims the entry
+//!   after its delay (XCLAIM), which counts the delivery in Redis, so attempts survive a
+//!   crash and a poison entry ends in the dead-letter store.
+//! - Reads are bounded by free capacity, batched (COUNT), and blocking reads use a
+//!   connection of their own; a read with no answer well after its BLOCK time is given
+//!   up and the connection replaced (a half-open connection never answers).
+//! - Above its share (an instance joined), an instance stops reading the surplus
+//!   partitions and hands each back once what it holds of it settled, busy or not.
 //! - Streams are trimmed only below what every group has acknowledged; a pending entry
-//!   whose data is gone anyway is logged and acknowledged (LESSONS 12).
+//!   whose data is gone anyway is logged and acknowledged.
 //! - Connections come back after a Redis restart; with Redis persistence (AOF) nothing is
 //!   lost, and groups that vanished are created again from 0.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value as RedisValue};
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
@@ -363,29 +382,48 @@ impl EventBus for RedisBus {
         for producer in &producers {
             inner.ensure_groups(producer).await.map_err(unavailable)?;
         }
-        let reader = inner
-            .client
-            .get_multiplexed_async_connection_with_config(
-                // This connection only ever blocks on XREADGROUP: no response timeout, and
-                // nothing else waits behind it.
-                &AsyncConnectionConfig::new().set_response_timeout(None),
-            )
-            .await
-            .map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(spec.max_in_flight.max(1));
+        let reader = reader_connection(&inner).await.map_err(unavailable)?;
+        let closed = CancellationToken::new();
         let state = Arc::new(SubState {
+            token: format!(
+                "{}/{}",
+                inner.config.instance,
+                uuid::Uuid::new_v4().simple()
+            ),
             inner: inner.clone(),
             group: spec.module,
-            tx,
+            closed: closed.clone(),
+            ready: Notify::new(),
             freed: Notify::new(),
             max_in_flight: spec.max_in_flight.max(1),
             flow: Mutex::new(Flow::default()),
         });
         let types: HashSet<&'static str> = spec.event_types.iter().copied().collect();
-        let reader = tokio::spawn(read(state.clone(), reader, producers, types));
+        let reader = tokio::spawn(read(state.clone(), reader, producers.clone(), types));
+        // The stream owns the guard: once the consumer drops it (stopped or aborted), the
+        // reader is told. Handing out only takes from the ready queue, so settling a
+        // delivery never waits for the consumer.
+        let deliveries = futures::stream::unfold(
+            (state.clone(), closed.drop_guard()),
+            |(state, guard)| async move {
+                loop {
+                    let entry = {
+                        let signal = state.ready.notified();
+                        match state.hand_out() {
+                            Some(entry) => entry,
+                            None => {
+                                signal.await;
+                                continue;
+                            }
+                        }
+                    };
+                    return Some((entry.delivery(), (state, guard)));
+                }
+            },
+        );
         Ok(Subscription {
-            deliveries: Box::pin(ReceiverStream::new(rx)),
-            acker: Arc::new(RedisAcker(state)),
+            deliveries: Box::pin(deliveries),
+            acker: Arc::new(RedisAcker(state, producers)),
             reader: Some(reader),
         })
     }
@@ -400,10 +438,22 @@ impl EventBus for RedisBus {
     }
 }
 
+/// A connection for blocking reads only: no response timeout of its own (the reader puts
+/// one above BLOCK around each read), and nothing else waits behind it.
+async fn reader_connection(inner: &Inner) -> Result<MultiplexedConnection, redis::RedisError> {
+    inner
+        .client
+        .get_multiplexed_async_connection_with_config(
+            &AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+}
+
 /// One entry on its way to the consumer.
 #[derive(Debug, Clone)]
 struct Entry {
     stream: Arc<str>,
+    partition: u32,
     id: Arc<str>,
     /// Producer-qualified ordering key (the stream names the producer).
     key: String,
@@ -418,25 +468,242 @@ impl Entry {
             id: self.id.clone(),
         }
     }
+
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            tag: self.tag(),
+            raw: self.raw.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// A partition this instance holds the lease of.
+struct Owned {
+    /// Until when the lease is known to hold, by this process's clock: counted from the
+    /// moment the renewal was sent, less a margin, so this instance stops using the
+    /// partition before Redis can give it to another one.
+    confirmed_until: Instant,
+    /// The partition's streams (one per producer).
+    streams: Vec<Arc<str>>,
+    /// Streams whose pending entries are still being claimed, with the last id looked at
+    /// (`None`: from the start). Such a stream is not read for new entries: they would
+    /// overtake the pending ones of their key.
+    recovering: BTreeMap<Arc<str>, Option<String>>,
+    /// Above this instance's share: nothing new is read from it, and its lease is handed
+    /// back once nothing of it is in flight.
+    draining: bool,
+    /// The lease ran out by this process's clock and no renewal has answered since.
+    paused: bool,
 }
 
 #[derive(Default)]
 struct Flow {
-    /// Handed out or retrying, by tag: the entry and its key.
+    /// Queued for the consumer, handed out, or waiting for a retry, by tag.
     outstanding: HashMap<DeliveryTag, Entry>,
     /// Keys with an entry outstanding, and what waits behind it.
     waiting: HashMap<String, VecDeque<Entry>>,
     waiting_count: usize,
-    /// Partitions this instance owns, with their lease expiry.
-    owned: HashMap<u32, Instant>,
+    /// Outstanding entries not yet taken by the consumer, in the order to hand them out.
+    ready: VecDeque<DeliveryTag>,
+    /// Partitions this instance holds.
+    owned: HashMap<u32, Owned>,
     /// Acknowledgements Redis did not take (it was away); sent again by the reader.
     unacked: Vec<(Arc<str>, String)>,
+    /// This process holds the instance name; only then does it take partitions.
+    active: bool,
+}
+
+impl Flow {
+    /// The partition's lease is confirmed now: its entries may be handed out.
+    fn holds(&self, partition: u32, now: Instant) -> bool {
+        self.active
+            && self
+                .owned
+                .get(&partition)
+                .is_some_and(|o| o.confirmed_until > now)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outstanding.len() + self.waiting_count
+    }
+
+    /// How many entries of `partition` are in flight here.
+    fn load(&self, partition: u32) -> usize {
+        self.outstanding
+            .values()
+            .chain(self.waiting.values().flatten())
+            .filter(|e| e.partition == partition)
+            .count()
+    }
+
+    /// Entries of `stream` this instance is already dealing with.
+    fn known(&self, stream: &str) -> HashSet<String> {
+        self.outstanding
+            .values()
+            .chain(self.waiting.values().flatten())
+            .filter(|e| &*e.stream == stream)
+            .map(|e| e.id.to_string())
+            .chain(
+                self.unacked
+                    .iter()
+                    .filter(|(s, _)| &**s == stream)
+                    .map(|(_, id)| id.clone()),
+            )
+            .collect()
+    }
+
+    /// Queues an entry for the consumer, or behind the entry of its key in flight. True if
+    /// it became ready.
+    fn offer(&mut self, entry: Entry) -> bool {
+        let tag = entry.tag();
+        if self.outstanding.contains_key(&tag) {
+            return false;
+        }
+        if let Some(queue) = self.waiting.get_mut(&entry.key) {
+            if !queue.iter().any(|e| e.id == entry.id) {
+                queue.push_back(entry);
+                self.waiting_count += 1;
+            }
+            return false;
+        }
+        self.waiting.insert(entry.key.clone(), VecDeque::new());
+        self.outstanding.insert(tag.clone(), entry);
+        self.ready.push_back(tag);
+        true
+    }
+
+    /// A delivery is done: the next entry of its key becomes ready. True if one did.
+    fn settle(&mut self, tag: &DeliveryTag) -> bool {
+        let Some(entry) = self.outstanding.remove(tag) else {
+            return false;
+        };
+        self.ready.retain(|t| t != tag);
+        match self
+            .waiting
+            .get_mut(&entry.key)
+            .and_then(VecDeque::pop_front)
+        {
+            Some(next) => {
+                self.waiting_count -= 1;
+                let next_tag = next.tag();
+                self.outstanding.insert(next_tag.clone(), next);
+                self.ready.push_back(next_tag);
+                true
+            }
+            None => {
+                self.waiting.remove(&entry.key);
+                false
+            }
+        }
+    }
+
+    /// Drops a handed-out entry whose partition this instance no longer holds: its new
+    /// owner delivers it.
+    fn forget(&mut self, tag: &DeliveryTag) {
+        if let Some(entry) = self.outstanding.remove(tag) {
+            self.ready.retain(|t| t != tag);
+            if let Some(queue) = self.waiting.remove(&entry.key) {
+                self.waiting_count -= queue.len();
+            }
+        }
+    }
+
+    /// The next entry for the consumer whose partition's lease is confirmed. Entries of a
+    /// partition whose lease ran out wait (the next renewal decides); those of a partition
+    /// no longer held are dropped with it.
+    fn hand_out(&mut self, now: Instant) -> Option<Entry> {
+        let mut index = 0;
+        while let Some(tag) = self.ready.get(index).cloned() {
+            let Some(entry) = self.outstanding.get(&tag) else {
+                self.ready.remove(index);
+                continue;
+            };
+            let partition = entry.partition;
+            if self.holds(partition, now) {
+                let entry = entry.clone();
+                self.ready.remove(index);
+                return Some(entry);
+            }
+            if self.active && self.owned.contains_key(&partition) {
+                index += 1;
+            } else {
+                self.lose(partition);
+            }
+        }
+        None
+    }
+
+    /// Stops using a partition: nothing more of it is read or handed out. Entries of it
+    /// the consumer holds stay counted (and their keys held) until it settles them; what
+    /// waited behind them is left pending in Redis for the partition's next owner.
+    fn lose(&mut self, partition: u32) {
+        self.owned.remove(&partition);
+        let mut dropped_heads = Vec::new();
+        let outstanding = &mut self.outstanding;
+        self.ready.retain(|tag| match outstanding.get(tag) {
+            Some(e) if e.partition == partition => {
+                dropped_heads.push(e.key.clone());
+                outstanding.remove(tag);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        let mut dropped = 0;
+        for queue in self.waiting.values_mut() {
+            let before = queue.len();
+            queue.retain(|e| e.partition != partition);
+            dropped += before - queue.len();
+        }
+        self.waiting_count -= dropped;
+        for key in dropped_heads {
+            self.waiting.remove(&key);
+        }
+    }
+
+    /// Looks through the pending entries of every owned partition again.
+    fn sweep(&mut self) {
+        for owned in self.owned.values_mut().filter(|o| !o.draining) {
+            for stream in &owned.streams {
+                owned.recovering.entry(stream.clone()).or_insert(None);
+            }
+        }
+    }
+
+    /// A read of these streams may have been lost on its way back: look through their
+    /// pending entries before reading anything newer from them.
+    fn recover_streams(&mut self, streams: &[String]) {
+        for stream in streams {
+            let Some(partition) = partition_of_stream(stream) else {
+                continue;
+            };
+            if let Some(owned) = self.owned.get_mut(&partition)
+                && let Some(s) = owned.streams.iter().find(|s| &***s == stream.as_str())
+            {
+                owned.recovering.insert(s.clone(), None);
+            }
+        }
+    }
+}
+
+/// The partition a stream name (`<ns>:stream:<producer>:<p>`) ends with.
+fn partition_of_stream(stream: &str) -> Option<u32> {
+    stream.rsplit(':').next()?.parse().ok()
 }
 
 struct SubState {
     inner: Arc<Inner>,
     group: &'static str,
-    tx: mpsc::Sender<Delivery>,
+    /// This subscription's value in lease keys: the instance name and a nonce of this
+    /// process, so two processes under one name never renew or release each other's
+    /// leases.
+    token: String,
+    /// Cancelled once the consumer dropped the deliveries stream.
+    closed: CancellationToken,
+    /// An entry became ready for the consumer.
+    ready: Notify,
+    /// Room freed up, or a partition changed hands: the reader may read.
     freed: Notify,
     max_in_flight: usize,
     flow: Mutex<Flow>,
@@ -447,70 +714,79 @@ impl SubState {
         self.flow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn in_flight(&self) -> usize {
-        let flow = self.flow();
-        flow.outstanding.len() + flow.waiting_count
+    fn free(&self) -> usize {
+        self.max_in_flight.saturating_sub(self.flow().in_flight())
     }
 
-    /// Hands an entry out, or queues it behind the entry of its key in flight.
-    async fn offer(&self, entry: Entry) {
+    fn hand_out(&self) -> Option<Entry> {
+        let (entry, lost) = {
+            let mut flow = self.flow();
+            let before = flow.owned.len();
+            let entry = flow.hand_out(Instant::now());
+            (entry, flow.owned.len() != before)
+        };
+        if lost {
+            self.freed.notify_one();
+        }
+        entry
+    }
+
+    /// Takes an entry just read or claimed into the flow, if its partition is still held;
+    /// one that is not stays pending for the partition's next owner.
+    fn offer(&self, entry: Entry) {
         let ready = {
             let mut flow = self.flow();
-            if flow.outstanding.contains_key(&entry.tag()) {
-                // Already in flight here (claimed again): nothing to do.
-                None
-            } else if let Some(queue) = flow.waiting.get_mut(&entry.key) {
-                queue.push_back(entry);
-                flow.waiting_count += 1;
-                None
-            } else {
-                flow.waiting.insert(entry.key.clone(), VecDeque::new());
-                flow.outstanding.insert(entry.tag(), entry.clone());
-                Some(entry)
-            }
+            flow.holds(entry.partition, Instant::now()) && flow.offer(entry)
         };
-        if let Some(entry) = ready {
-            self.send(entry).await;
+        if ready {
+            self.ready.notify_one();
         }
     }
 
-    async fn send(&self, entry: Entry) {
-        let _ = self
-            .tx
-            .send(Delivery {
-                tag: entry.tag(),
-                raw: entry.raw.clone(),
-                attempt: entry.attempt,
-            })
-            .await;
-    }
-
-    /// A delivery is done: release the next entry of its key, if any.
-    async fn settled(&self, tag: &DeliveryTag) {
-        let next = {
-            let mut flow = self.flow();
-            let Some(entry) = flow.outstanding.remove(tag) else {
-                return;
-            };
-            let next = flow
-                .waiting
-                .get_mut(&entry.key)
-                .and_then(VecDeque::pop_front);
-            match &next {
-                Some(next) => {
-                    flow.waiting_count -= 1;
-                    flow.outstanding.insert(next.tag(), next.clone());
-                }
-                None => {
-                    flow.waiting.remove(&entry.key);
-                }
-            }
-            next
-        };
-        if let Some(next) = next {
-            self.send(next).await;
+    /// A delivery is done: release the next entry of its key, if any. Never waits.
+    fn settle(&self, tag: &DeliveryTag) {
+        if self.flow().settle(tag) {
+            self.ready.notify_one();
         }
         self.freed.notify_one();
+    }
+
+    fn forget(&self, tag: &DeliveryTag) {
+        self.flow().forget(tag);
+        self.freed.notify_one();
+    }
+
+    /// Notes partitions whose lease was not confirmed in time by this process's clock
+    /// (renewals failing or late): another instance may hold them by now, so nothing of
+    /// them is read or handed out until a renewal answers. If it finds the lease still
+    /// this process's, Redis never let it go and the partition resumes as it was;
+    /// otherwise it is lost.
+    fn expire(&self, now: Instant) {
+        let mut flow = self.flow();
+        for (partition, owned) in flow.owned.iter_mut() {
+            if owned.confirmed_until <= now && !owned.paused {
+                owned.paused = true;
+                metrics::counter!("bus_leases_unconfirmed_total", "module" => self.group)
+                    .increment(1);
+                tracing::warn!(
+                    module = self.group,
+                    partition,
+                    "a partition lease was not renewed in time; this instance stops using it until a renewal answers"
+                );
+            }
+        }
+    }
+
+    /// Acknowledges entries of types this group does not take; what Redis does not take
+    /// now is sent again later, so nothing stays pending for them.
+    async fn ack_foreign(&self, conn: &mut ConnectionManager, stream: &str, ids: Vec<String>) {
+        if let Err(e) = ack_ids(conn, stream, self.group, &ids).await {
+            tracing::warn!(module = self.group, error = %e, "acknowledging foreign entries failed; sending again later");
+            let stream: Arc<str> = Arc::from(stream);
+            self.flow()
+                .unacked
+                .extend(ids.into_iter().map(|id| (stream.clone(), id)));
+        }
     }
 }
 
@@ -518,6 +794,7 @@ impl SubState {
 /// returned apart, to be acknowledged at once.
 fn entries(
     stream: &str,
+    partition: u32,
     ids: Vec<StreamId>,
     types: &HashSet<&'static str>,
 ) -> (Vec<Entry>, Vec<String>) {
@@ -544,6 +821,7 @@ fn entries(
             .unwrap_or_default();
         keep.push(Entry {
             stream: stream.clone(),
+            partition,
             id: Arc::from(item.id.as_str()),
             key: format!("{stream}/{key}"),
             raw: Arc::from(raw),
@@ -571,8 +849,14 @@ async fn ack_ids(
     Ok(())
 }
 
-/// The reader: keeps this instance's membership and partition leases, claims the pending
-/// entries of partitions it takes, and reads new entries as capacity frees up.
+/// What a lease is counted on for after its renewal was sent.
+fn confirmed_for(lease: Duration) -> Duration {
+    lease - lease / 10
+}
+
+/// The reader: keeps this instance's name, membership and partition leases, claims the
+/// pending entries of partitions it takes (and, now and then, of those it holds), and
+/// reads new entries as capacity frees up.
 async fn read(
     state: Arc<SubState>,
     mut reader: MultiplexedConnection,
@@ -583,37 +867,65 @@ async fn read(
     let group = state.group;
     let lease = Duration::from_millis(inner.settings.lease_ms);
     let maintain_every = lease / 3;
+    // Pending entries nothing delivers (a lost reply, a failed acknowledgement) are looked
+    // for this often.
+    let sweep_every = lease;
     let block_ms = (inner.settings.lease_ms / 6).clamp(10, 1000);
+    let block = Duration::from_millis(block_ms);
+    // A half-open connection never answers: give a read up well after its BLOCK.
+    let read_timeout = block + (lease / 3).max(Duration::from_millis(500));
     let mut last_maintenance: Option<Instant> = None;
+    let mut last_sweep = Instant::now();
+    let mut watch = Watch::default();
     let mut failures = 0_u32;
     let mut turn = 0_usize;
     loop {
-        if state.tx.is_closed() {
+        if state.closed.is_cancelled() {
             break;
         }
         if last_maintenance.is_none_or(|t| t.elapsed() >= maintain_every) {
-            match maintain(&state, &producers, &types).await {
+            match maintain(&state, &producers, &mut watch).await {
                 Ok(()) => last_maintenance = Some(Instant::now()),
                 Err(e) => {
                     tracing::warn!(module = group, error = %format!("{e:#}"), "keeping partition leases failed")
                 }
             }
         }
-        let free = state.max_in_flight.saturating_sub(state.in_flight());
+        if last_sweep.elapsed() >= sweep_every {
+            state.flow().sweep();
+            last_sweep = Instant::now();
+        }
+        state.expire(Instant::now());
+        if let Err(e) = recover(&state, &types).await {
+            tracing::warn!(module = group, error = %e, "claiming pending entries failed");
+        }
+        let free = state.free();
+        // Only partitions whose lease outlasts this read by a margin, that are not being
+        // handed back, and whose pending entries are all claimed.
         let streams: Vec<String> = {
             let flow = state.flow();
-            let mut owned: Vec<u32> = flow.owned.keys().copied().collect();
-            owned.sort_unstable();
-            owned
+            let horizon = Instant::now() + block + lease / 10;
+            let mut owned: Vec<(&u32, &Owned)> = flow
+                .owned
                 .iter()
-                .flat_map(|p| producers.iter().map(|prod| inner.stream(prod, *p)))
+                .filter(|(_, o)| flow.active && !o.draining && o.confirmed_until > horizon)
+                .collect();
+            owned.sort_unstable_by_key(|(p, _)| **p);
+            owned
+                .into_iter()
+                .flat_map(|(_, o)| {
+                    o.streams
+                        .iter()
+                        .filter(|s| !o.recovering.contains_key(*s))
+                        .map(|s| s.to_string())
+                })
                 .collect()
         };
         if free == 0 || streams.is_empty() {
             tokio::select! {
-                _ = state.tx.closed() => break,
+                _ = state.closed.cancelled() => break,
                 _ = state.freed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(block_ms)) => {}
+                _ = tokio::time::sleep(block) => {}
             }
             continue;
         }
@@ -648,24 +960,34 @@ async fn read(
             cmd.arg(">");
         }
         let reply: Result<Option<StreamReadReply>, redis::RedisError> =
-            cmd.query_async(&mut reader).await;
+            match tokio::time::timeout(read_timeout, cmd.query_async(&mut reader)).await {
+                Ok(reply) => reply,
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to a blocking read",
+                ))),
+            };
         match reply {
             Ok(reply) => {
                 failures = 0;
                 let mut conn = inner.conn.clone();
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    let (keep, skip) = entries(&key.key, key.ids, &types);
-                    if let Err(e) = ack_ids(&mut conn, &key.key, group, &skip).await {
-                        tracing::warn!(module = group, error = %e, "acknowledging foreign entries failed");
-                    }
+                    let Some(partition) = partition_of_stream(&key.key) else {
+                        continue;
+                    };
+                    let (keep, skip) = entries(&key.key, partition, key.ids, &types);
+                    state.ack_foreign(&mut conn, &key.key, skip).await;
                     for entry in keep {
-                        state.offer(entry).await;
+                        state.offer(entry);
                     }
                 }
             }
             Err(e) => {
                 failures += 1;
                 let delay = inner.settings.backoff(failures);
+                // Redis may have handed entries to this consumer in a reply that never
+                // arrived: find them before reading anything newer of their keys.
+                state.flow().recover_streams(&streams);
                 if is_no_group(&e) {
                     // Redis lost the groups (a restart without persistence): make them again.
                     inner
@@ -678,65 +1000,126 @@ async fn read(
                     }
                 } else {
                     tracing::warn!(module = group, error = %e, delay_ms = delay.as_millis() as u64, "reading streams failed; reconnecting");
-                    if let Ok(fresh) = inner
-                        .client
-                        .get_multiplexed_async_connection_with_config(
-                            &AsyncConnectionConfig::new().set_response_timeout(None),
-                        )
-                        .await
+                    if let Ok(Ok(fresh)) =
+                        tokio::time::timeout(read_timeout, reader_connection(&inner)).await
                     {
                         reader = fresh;
                     }
                 }
                 tokio::select! {
-                    _ = state.tx.closed() => break,
+                    _ = state.closed.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
     // Leave: hand the partitions back so another instance takes them at once.
-    let owned: Vec<u32> = state.flow().owned.keys().copied().collect();
+    let (owned, active): (Vec<u32>, bool) = {
+        let flow = state.flow();
+        (flow.owned.keys().copied().collect(), flow.active)
+    };
     let mut conn = inner.conn.clone();
     for partition in owned {
-        let _ = release(&mut conn, &inner, group, partition).await;
+        let _ = release(&mut conn, &state, &format!("lease:{group}:{partition}")).await;
     }
-    let _: Result<i64, _> = redis::cmd("ZREM")
-        .arg(inner.key(&format!("members:{group}")))
-        .arg(&inner.config.instance)
-        .query_async(&mut conn)
-        .await;
+    if active {
+        let name = format!("instance:{group}:{}", inner.config.instance);
+        let _ = release(&mut conn, &state, &name).await;
+        let _: Result<i64, _> = redis::cmd("ZREM")
+            .arg(inner.key(&format!("members:{group}")))
+            .arg(&inner.config.instance)
+            .query_async(&mut conn)
+            .await;
+    }
     tracing::debug!(module = group, "subscription closed");
 }
 
+/// Takes a key for ARGV[1] if it is free or already ARGV[1]'s; otherwise answers how long
+/// the other holder still has.
+const TAKE: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1, 0} end \
+    return {0, redis.call('PTTL', KEYS[1])}";
 const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 async fn release(
     conn: &mut ConnectionManager,
-    inner: &Inner,
-    group: &str,
-    partition: u32,
+    state: &SubState,
+    name: &str,
 ) -> Result<i64, redis::RedisError> {
     redis::Script::new(RELEASE)
-        .key(inner.key(&format!("lease:{group}:{partition}")))
-        .arg(&inner.config.instance)
+        .key(state.inner.key(name))
+        .arg(&state.token)
         .invoke_async(conn)
         .await
 }
 
-/// Heartbeat, renew owned leases, take free partitions up to a fair share (claiming their
-/// pending entries), and give back partitions above it that have nothing in flight.
+/// What the reader saw of another process holding this instance's name.
+#[derive(Default)]
+struct Watch {
+    /// Time left on the other holder's key when last looked at.
+    left_ms: Option<i64>,
+    reported: Option<Instant>,
+}
+
+/// Holds the instance name, heartbeat, renews owned leases, takes free partitions up to a
+/// fair share, and hands back partitions above it once nothing of them is in flight.
 async fn maintain(
     state: &Arc<SubState>,
     producers: &[String],
-    types: &HashSet<&'static str>,
+    watch: &mut Watch,
 ) -> anyhow::Result<()> {
     let inner = &state.inner;
     let group = state.group;
     let me = &inner.config.instance;
     let lease_ms = inner.settings.lease_ms;
+    let lease = Duration::from_millis(lease_ms);
     let mut conn = inner.conn.clone();
+
+    // One process per instance name and module: two under one consumer name would read
+    // each other's pending entries. A name whose holder crashed frees up within a lease;
+    // one whose holder keeps renewing it belongs to a live duplicate.
+    let (held, left_ms): (i64, i64) = redis::Script::new(TAKE)
+        .key(inner.key(&format!("instance:{group}:{me}")))
+        .arg(&state.token)
+        .arg(lease_ms)
+        .invoke_async(&mut conn)
+        .await?;
+    if held == 0 {
+        let was_active = {
+            let mut flow = state.flow();
+            let was_active = flow.active;
+            flow.active = false;
+            let owned: Vec<u32> = flow.owned.keys().copied().collect();
+            for partition in owned {
+                flow.lose(partition);
+            }
+            was_active
+        };
+        let renewed = watch.left_ms.is_some_and(|before| left_ms > before);
+        watch.left_ms = Some(left_ms);
+        metrics::gauge!("bus_partitions_held", "module" => group).set(0.0);
+        if renewed {
+            metrics::gauge!("bus_duplicate_instance", "module" => group).set(1.0);
+        }
+        if (was_active || renewed)
+            && watch
+                .reported
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::error!(
+                module = group,
+                instance = %me,
+                "another live process consumes this module under the same bus.instance; this one takes no work while it lives (give every process its own bus.instance)"
+            );
+            watch.reported = Some(Instant::now());
+        }
+        return Ok(());
+    }
+    *watch = Watch::default();
+    state.flow().active = true;
+    metrics::gauge!("bus_duplicate_instance", "module" => group).set(0.0);
+
     let members = inner.key(&format!("members:{group}"));
     let now_ms = crate::db::now_ms();
     let _: i64 = redis::cmd("ZADD")
@@ -758,182 +1141,344 @@ async fn maintain(
         .query_async(&mut conn)
         .await?;
     let partitions = inner.config.partitions;
-    let share = partitions.div_ceil(live.max(1));
+    let share = partitions.div_ceil(live.max(1)) as usize;
 
-    // Acknowledgements that failed earlier.
+    // Acknowledgements that failed earlier; what fails again is kept for the next pass,
+    // and does not hold up the renewals below.
     let unacked = std::mem::take(&mut state.flow().unacked);
-    for (stream, id) in &unacked {
-        if let Err(e) = ack_ids(&mut conn, stream, group, std::slice::from_ref(id)).await {
-            state.flow().unacked.push((stream.clone(), id.clone()));
-            return Err(e.into());
+    let mut again = Vec::new();
+    for (stream, id) in unacked {
+        match ack_ids(&mut conn, &stream, group, std::slice::from_ref(&id)).await {
+            Ok(()) => {}
+            // The group is gone, and its pending entries with it.
+            Err(e) if is_no_group(&e) => {}
+            Err(_) => again.push((stream, id)),
         }
     }
+    state.flow().unacked.extend(again);
 
-    // Renew what we hold; forget what we lost.
+    // Renew what we hold; stop using what we lost.
     let owned: Vec<u32> = state.flow().owned.keys().copied().collect();
     for partition in owned {
+        let sent = Instant::now();
         let renewed: i64 = redis::Script::new(RENEW)
             .key(inner.key(&format!("lease:{group}:{partition}")))
-            .arg(me)
+            .arg(&state.token)
             .arg(lease_ms)
             .invoke_async(&mut conn)
             .await?;
         let mut flow = state.flow();
         if renewed == 1 {
-            flow.owned
-                .insert(partition, Instant::now() + Duration::from_millis(lease_ms));
+            if let Some(owned) = flow.owned.get_mut(&partition) {
+                owned.confirmed_until = sent + confirmed_for(lease);
+                owned.paused = false;
+            }
         } else {
             tracing::warn!(
                 module = group,
                 partition,
                 "lost a partition lease; another instance owns it now"
             );
-            flow.owned.remove(&partition);
+            flow.lose(partition);
         }
     }
+
+    // Entries that waited while a lease was unconfirmed may go now.
+    state.ready.notify_one();
 
     // Take free partitions, starting at a place of our own so instances spread out.
     let start = partition_of(me, partitions);
     for offset in 0..partitions {
-        if state.flow().owned.len() as u32 >= share {
+        if state.flow().owned.len() >= share {
             break;
         }
         let partition = (start + offset) % partitions;
         if state.flow().owned.contains_key(&partition) {
             continue;
         }
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(inner.key(&format!("lease:{group}:{partition}")))
-            .arg(me)
-            .arg("NX")
-            .arg("PX")
+        let sent = Instant::now();
+        let (taken, _): (i64, i64) = redis::Script::new(TAKE)
+            .key(inner.key(&format!("lease:{group}:{partition}")))
+            .arg(&state.token)
             .arg(lease_ms)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
-        if taken.is_none() {
+        if taken == 0 {
             continue;
         }
-        state
-            .flow()
-            .owned
-            .insert(partition, Instant::now() + Duration::from_millis(lease_ms));
+        let streams: Vec<Arc<str>> = producers
+            .iter()
+            .map(|p| Arc::from(inner.stream(p, partition)))
+            .collect();
+        // Its pending entries (a dead owner's, or ours from before a restart) are claimed
+        // before anything new is read from it.
+        let recovering = streams.iter().map(|s| (s.clone(), None)).collect();
+        state.flow().owned.insert(
+            partition,
+            Owned {
+                confirmed_until: sent + confirmed_for(lease),
+                streams,
+                recovering,
+                draining: false,
+                paused: false,
+            },
+        );
         tracing::info!(module = group, partition, "partition taken");
-        for producer in producers {
-            claim_pending(state, &mut conn, &inner.stream(producer, partition), types).await?;
-        }
     }
 
-    // Give back what is above our share, if nothing of it is in flight.
-    let excess: Vec<u32> = {
-        let flow = state.flow();
-        let mut owned: Vec<u32> = flow.owned.keys().copied().collect();
-        owned.sort_unstable();
-        let busy: HashSet<Arc<str>> = flow
-            .outstanding
-            .values()
-            .map(|e| e.stream.clone())
-            .chain(flow.waiting.values().flatten().map(|e| e.stream.clone()))
+    // Above our share (another instance joined): stop reading the least busy surplus
+    // partitions, and hand each back once nothing of it is in flight, so its next owner
+    // starts after everything handed out here. Under load this still happens: in-flight
+    // entries settle, and nothing new is read meanwhile.
+    let idle: Vec<u32> = {
+        let mut flow = state.flow();
+        let surplus = flow.owned.len().saturating_sub(share);
+        let mut by_load: Vec<(bool, usize, u32)> = flow
+            .owned
+            .iter()
+            .map(|(p, o)| (!o.draining, flow.load(*p), *p))
             .collect();
-        owned
-            .into_iter()
-            .filter(|p| {
-                !producers
-                    .iter()
-                    .any(|prod| busy.contains(inner.stream(prod, *p).as_str()))
-            })
-            .skip(share as usize)
+        by_load.sort_unstable();
+        for (rank, (_, _, partition)) in by_load.into_iter().enumerate() {
+            let drain = rank < surplus;
+            if let Some(owned) = flow.owned.get_mut(&partition) {
+                if owned.draining && !drain {
+                    // Our share grew back: read it again, from its pending entries.
+                    owned.recovering = owned.streams.iter().map(|s| (s.clone(), None)).collect();
+                }
+                owned.draining = drain;
+            }
+        }
+        flow.owned
+            .iter()
+            .filter(|(p, o)| o.draining && flow.load(**p) == 0)
+            .map(|(p, _)| *p)
             .collect()
     };
-    let surplus = state.flow().owned.len().saturating_sub(share as usize);
-    for partition in excess.into_iter().take(surplus) {
-        state.flow().owned.remove(&partition);
-        release(&mut conn, inner, group, partition).await?;
+    for partition in idle {
+        state.flow().lose(partition);
+        release(&mut conn, state, &format!("lease:{group}:{partition}")).await?;
         tracing::info!(module = group, partition, "partition handed back");
     }
+    let held = state.flow().owned.len();
+    metrics::gauge!("bus_partitions_held", "module" => group).set(held as f64);
     Ok(())
 }
 
-/// Claims every pending entry of `stream` for this instance (whoever held it) and offers
-/// them in id order.
-async fn claim_pending(
-    state: &Arc<SubState>,
-    conn: &mut ConnectionManager,
-    stream: &str,
-    types: &HashSet<&'static str>,
-) -> anyhow::Result<()> {
-    let inner = &state.inner;
-    let group = state.group;
-    let mut cursor = "0-0".to_owned();
+/// How a look through a stream's pending entries ended.
+enum Page {
+    /// Nothing more is pending that this instance does not already deal with.
+    Done,
+    /// More to look at after this id.
+    More(String),
+    /// No room for more now; continue after this id later.
+    Full(Option<String>),
+}
+
+const PAGE: usize = 100;
+
+/// Claims pending entries of streams being recovered (a partition just taken, a sweep, a
+/// read whose reply was lost), in id order, as far as there is room; a stream is read for
+/// new entries again only once its recovery is done.
+async fn recover(state: &Arc<SubState>, types: &HashSet<&'static str>) -> anyhow::Result<()> {
+    let mut conn = state.inner.conn.clone();
     loop {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(stream)
-            .arg(group)
-            .arg(&inner.config.instance)
-            .arg(0)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(100)
-            .query_async(conn)
-            .await?;
-        if !reply.deleted_ids.is_empty() {
-            tracing::error!(
-                module = group,
-                stream,
-                entries = reply.deleted_ids.len(),
-                "pending entries were trimmed before being handled; acknowledging them"
-            );
-            ack_ids(conn, stream, group, &reply.deleted_ids).await?;
-        }
-        let ids: Vec<String> = reply.claimed.iter().map(|c| c.id.clone()).collect();
-        let counts = delivery_counts(conn, stream, group, &ids).await?;
-        let claimed: Vec<StreamId> = reply
-            .claimed
-            .into_iter()
-            .map(|mut c| {
-                c.delivered_count = counts.get(&c.id).copied();
-                c
-            })
-            .collect();
-        let (keep, skip) = entries(stream, claimed, types);
-        ack_ids(conn, stream, group, &skip).await?;
-        for entry in keep {
-            state.offer(entry).await;
-        }
-        if reply.next_stream_id == "0-0" {
+        let free = state.free();
+        if free == 0 {
             return Ok(());
         }
-        cursor = reply.next_stream_id;
+        let job = {
+            let flow = state.flow();
+            let now = Instant::now();
+            let mut jobs: Vec<(u32, Arc<str>, Option<String>)> = flow
+                .owned
+                .iter()
+                .filter(|(p, o)| !o.draining && flow.holds(**p, now))
+                .flat_map(|(p, o)| {
+                    o.recovering
+                        .iter()
+                        .map(move |(s, after)| (*p, s.clone(), after.clone()))
+                })
+                .collect();
+            jobs.sort_unstable_by_key(|(p, _, _)| *p);
+            jobs.into_iter().next()
+        };
+        let Some((partition, stream, after)) = job else {
+            return Ok(());
+        };
+        let page = recover_page(
+            state,
+            &mut conn,
+            partition,
+            &stream,
+            after.as_deref(),
+            free,
+            types,
+        )
+        .await?;
+        let mut flow = state.flow();
+        let Some(owned) = flow.owned.get_mut(&partition) else {
+            continue;
+        };
+        match page {
+            Page::Done => {
+                owned.recovering.remove(&stream);
+            }
+            Page::More(after) => {
+                owned.recovering.insert(stream, Some(after));
+            }
+            Page::Full(after) => {
+                owned.recovering.insert(stream, after);
+                return Ok(());
+            }
+        }
     }
 }
 
-/// How many times each of these pending entries was delivered.
-async fn delivery_counts(
+/// Looks at one page of `stream`'s pending entries after `after`, and claims for this
+/// instance, up to `free`, those it does not already deal with (whichever consumer held
+/// them), offering them in id order with their deliveries counted.
+async fn recover_page(
+    state: &Arc<SubState>,
     conn: &mut ConnectionManager,
+    partition: u32,
     stream: &str,
-    group: &str,
-    ids: &[String],
-) -> Result<HashMap<String, usize>, redis::RedisError> {
-    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-        return Ok(HashMap::new());
-    };
+    after: Option<&str>,
+    free: usize,
+    types: &HashSet<&'static str>,
+) -> Result<Page, redis::RedisError> {
+    let group = state.group;
+    // Taken before XPENDING: an entry settled meanwhile is then either still known here
+    // or no longer pending there.
+    let known = state.flow().known(stream);
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
     let rows: Vec<(String, String, u64, usize)> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
-        .arg(first)
-        .arg(last)
-        .arg(ids.len())
+        .arg(&start)
+        .arg("+")
+        .arg(PAGE)
         .query_async(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, _, _, count)| (id, count))
-        .collect())
+    let mut take: Vec<(String, usize)> = Vec::new();
+    let mut cursor = after.map(str::to_owned);
+    let mut full = false;
+    for (id, _consumer, _idle, count) in &rows {
+        if !known.contains(id) {
+            if take.len() == free {
+                full = true;
+                break;
+            }
+            take.push((id.clone(), *count));
+        }
+        cursor = Some(id.clone());
+    }
+    if !take.is_empty() {
+        let ids: Vec<&str> = take.iter().map(|(id, _)| id.as_str()).collect();
+        let reply: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(&state.inner.config.instance)
+            .arg(0)
+            .arg(&ids)
+            .query_async(conn)
+            .await?;
+        let returned: HashSet<&str> = reply.ids.iter().map(|s| s.id.as_str()).collect();
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !returned.contains(**id))
+            .copied()
+            .collect();
+        // Not claimed: acknowledged meanwhile (by an earlier owner finishing late), or its
+        // data was trimmed away, which XCLAIM answers alike; only the latter is an error.
+        let mut gone = Vec::new();
+        if !missing.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &missing {
+                pipe.cmd("XRANGE").arg(stream).arg(*id).arg(*id);
+            }
+            let found: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
+            gone = missing
+                .iter()
+                .zip(found)
+                .filter(|(_, f)| f.ids.is_empty())
+                .map(|(id, _)| (*id).to_owned())
+                .collect();
+        }
+        if !gone.is_empty() {
+            tracing::error!(
+                module = group,
+                stream,
+                entries = gone.len(),
+                "pending entries were trimmed before being handled; acknowledging them"
+            );
+            ack_ids(conn, stream, group, &gone).await?;
+        }
+        // XCLAIM counted one more delivery.
+        let counts: HashMap<&str, usize> = take.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+        let claimed: Vec<StreamId> = reply
+            .ids
+            .into_iter()
+            .map(|mut c| {
+                c.delivered_count = counts.get(c.id.as_str()).map(|n| n + 1);
+                c
+            })
+            .collect();
+        let (keep, skip) = entries(stream, partition, claimed, types);
+        state.ack_foreign(conn, stream, skip).await;
+        for entry in keep {
+            state.offer(entry);
+        }
+    }
+    Ok(if full {
+        Page::Full(cursor)
+    } else if rows.len() < PAGE {
+        Page::Done
+    } else {
+        Page::More(cursor.unwrap_or_default())
+    })
 }
 
-struct RedisAcker(Arc<SubState>);
+/// Settles this subscription's deliveries; knows the producers it reads from, for its
+/// backlog.
+struct RedisAcker(Arc<SubState>, Vec<String>);
 
 #[async_trait]
 impl Acker for RedisAcker {
+    /// What the partitions this instance holds still have for its group: entries
+    /// delivered and not acknowledged, plus entries not read yet (`XINFO GROUPS`).
+    async fn backlog(&self) -> Result<Option<u64>, BusError> {
+        let state = &self.0;
+        let partitions: Vec<u32> = state.flow().owned.keys().copied().collect();
+        let mut conn = state.inner.conn.clone();
+        let mut total = 0_u64;
+        for producer in &self.1 {
+            for &partition in &partitions {
+                let stream = state.inner.stream(producer, partition);
+                let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                for group in groups {
+                    let named = matches!(group.get("name"), Some(v) if redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(state.group));
+                    if !named {
+                        continue;
+                    }
+                    let number = |field: &str| {
+                        group
+                            .get(field)
+                            .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                            .unwrap_or(0)
+                    };
+                    total += number("pending") + number("lag");
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BusError> {
         let state = &self.0;
         let mut by_stream: HashMap<Arc<str>, Vec<String>> = HashMap::new();
@@ -966,7 +1511,7 @@ impl Acker for RedisAcker {
             }
         }
         for tag in tags {
-            state.settled(tag).await;
+            state.settle(tag);
         }
         acked.map_err(unavailable)
     }
@@ -984,11 +1529,36 @@ impl Acker for RedisAcker {
         // The entry stays its key's head (later entries of the key keep waiting). After
         // the delay it is claimed again, which counts the delivery in Redis.
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = state.closed.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let tag = entry.tag();
             let mut failures = 0;
             loop {
-                if state.tx.is_closed() {
+                if state.closed.is_cancelled() {
                     return;
+                }
+                let (held, owned) = {
+                    let flow = state.flow();
+                    (
+                        flow.holds(entry.partition, Instant::now()),
+                        flow.active && flow.owned.contains_key(&entry.partition),
+                    )
+                };
+                if !owned {
+                    // The partition is no longer ours: its owner delivers the entry, and
+                    // claiming it here would take it from them.
+                    state.forget(&tag);
+                    return;
+                }
+                if !held {
+                    // Its lease is not confirmed now: wait for a renewal to decide.
+                    tokio::select! {
+                        _ = state.closed.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(state.inner.settings.lease_ms / 3)) => {}
+                    }
+                    continue;
                 }
                 let mut conn = state.inner.conn.clone();
                 let claimed: Result<redis::streams::StreamClaimReply, redis::RedisError> =
@@ -1002,18 +1572,25 @@ impl Acker for RedisAcker {
                         .await;
                 match claimed {
                     Ok(reply) if !reply.ids.is_empty() => {
-                        let again = Entry {
-                            attempt: entry.attempt + 1,
-                            ..entry
+                        let ready = {
+                            let mut flow = state.flow();
+                            match flow.outstanding.get_mut(&tag) {
+                                Some(again) => {
+                                    again.attempt = entry.attempt + 1;
+                                    flow.ready.push_back(tag.clone());
+                                    true
+                                }
+                                None => false,
+                            }
                         };
-                        state.flow().outstanding.insert(again.tag(), again.clone());
-                        state.send(again).await;
+                        if ready {
+                            state.ready.notify_one();
+                        }
                         return;
                     }
                     Ok(_) => {
                         // The entry's data is gone from the stream: nothing to deliver.
                         tracing::error!(module = state.group, id = %entry.id, "a retried entry was trimmed away");
-                        let mut conn = state.inner.conn.clone();
                         let _ = ack_ids(
                             &mut conn,
                             &entry.stream,
@@ -1021,7 +1598,7 @@ impl Acker for RedisAcker {
                             &[entry.id.to_string()],
                         )
                         .await;
-                        state.settled(&entry.tag()).await;
+                        state.settle(&tag);
                         return;
                     }
                     Err(e) => {
@@ -1029,7 +1606,10 @@ impl Acker for RedisAcker {
                         failures += 1;
                         let delay = state.inner.settings.backoff(failures);
                         tracing::warn!(module = state.group, error = %e, delay_ms = delay.as_millis() as u64, "re-claiming a retried entry failed; trying again");
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            _ = state.closed.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                 }
             }
@@ -1052,6 +1632,95 @@ mod tests {
         // Known values: changing the hash would move keys between streams.
         assert_eq!(partition_of("", 8), (0xcbf2_9ce4_8422_2325_u64 % 8) as u32);
         assert_eq!(partition_of("a", 1), 0);
+    }
+
+    fn entry(partition: u32, key: &str, id: &str) -> Entry {
+        let stream: Arc<str> = Arc::from(format!("ns:stream:checkout:{partition}"));
+        Entry {
+            key: format!("{stream}/{key}"),
+            stream,
+            partition,
+            id: Arc::from(id),
+            raw: Arc::from(Vec::new()),
+            attempt: 1,
+        }
+    }
+
+    fn flow_owning(partitions: &[u32], until: Instant) -> Flow {
+        let mut flow = Flow {
+            active: true,
+            ..Flow::default()
+        };
+        for p in partitions {
+            flow.owned.insert(
+                *p,
+                Owned {
+                    confirmed_until: until,
+                    streams: Vec::new(),
+                    recovering: BTreeMap::new(),
+                    draining: false,
+                    paused: false,
+                },
+            );
+        }
+        flow
+    }
+
+    #[test]
+    fn a_key_s_next_entry_is_ready_only_once_the_one_before_settled() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0], now + Duration::from_secs(60));
+        assert!(flow.offer(entry(0, "k", "1-0")));
+        assert!(!flow.offer(entry(0, "k", "2-0")));
+        assert!(
+            !flow.offer(entry(0, "k", "2-0")),
+            "offered twice, queued once"
+        );
+        assert_eq!(flow.in_flight(), 2);
+        let first = flow.hand_out(now).expect("the first entry");
+        assert!(flow.hand_out(now).is_none(), "the second waits");
+        assert!(flow.settle(&first.tag()));
+        assert_eq!(&*flow.hand_out(now).expect("the second").id, "2-0");
+    }
+
+    #[test]
+    fn a_lost_partition_drops_what_waits_and_keeps_the_key_held_by_what_is_handed_out() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0, 1], now + Duration::from_secs(60));
+        flow.offer(entry(0, "k", "1-0"));
+        flow.offer(entry(0, "k", "2-0"));
+        flow.offer(entry(0, "j", "3-0"));
+        flow.offer(entry(1, "m", "4-0"));
+        let handed = flow.hand_out(now).expect("k's head");
+        flow.lose(0);
+        assert_eq!(
+            flow.in_flight(),
+            2,
+            "k's handed-out head and m stay counted; k's second and j are dropped"
+        );
+        assert_eq!(&*flow.hand_out(now).expect("m").id, "4-0");
+        // The partition comes back and k's second entry is found again: it still waits
+        // behind the head the consumer holds.
+        flow.owned
+            .extend(flow_owning(&[0], now + Duration::from_secs(60)).owned);
+        assert!(!flow.offer(entry(0, "k", "2-0")));
+        assert!(flow.settle(&handed.tag()));
+        assert_eq!(&*flow.hand_out(now).expect("k's second").id, "2-0");
+    }
+
+    #[test]
+    fn entries_of_a_partition_whose_lease_ran_out_wait_and_others_go_on() {
+        let now = Instant::now();
+        let mut flow = flow_owning(&[0], now);
+        flow.owned
+            .extend(flow_owning(&[1], now + Duration::from_secs(60)).owned);
+        flow.offer(entry(0, "k", "1-0"));
+        flow.offer(entry(1, "m", "2-0"));
+        assert_eq!(&*flow.hand_out(now).expect("m").id, "2-0");
+        assert!(flow.hand_out(now).is_none(), "k waits for a renewal");
+        assert_eq!(flow.in_flight(), 2, "k is not dropped");
+        flow.owned.get_mut(&0).expect("owned").confirmed_until = now + Duration::from_secs(60);
+        assert_eq!(&*flow.hand_out(now).expect("k").id, "1-0");
     }
 
     #[test]

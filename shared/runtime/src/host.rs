@@ -242,7 +242,9 @@ impl Application {
                     settings: settings.messaging.clone(),
                     faults: hooks.faults.clone(),
                     replays: replays.clone(),
+                    progress: messaging::Progress::new(name),
                 };
+                probes.push(Arc::new(probes::ConsumerProbe(consumer.progress.clone())));
                 workers.push(Worker::Consumer(consumer, subscription));
             }
             workers.push(Worker::Cleaner(db.clone(), settings.messaging.clone()));

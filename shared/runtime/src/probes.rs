@@ -46,6 +46,23 @@ impl Probe for BusProbe {
     }
 }
 
+/// A consuming module's progress: down while its watchdog reports it stalled.
+pub struct ConsumerProbe(pub Arc<messaging::Progress>);
+
+#[async_trait]
+impl Probe for ConsumerProbe {
+    fn name(&self) -> String {
+        format!("{}.consumer", self.0.module())
+    }
+
+    async fn check(&self) -> anyhow::Result<()> {
+        match self.0.stalled() {
+            Some(reason) => anyhow::bail!(reason),
+            None => Ok(()),
+        }
+    }
+}
+
 pub struct Probes(Vec<Arc<dyn Probe>>);
 
 impl Probes {

@@ -5,7 +5,7 @@ use chrono::Utc;
 use contracts::catalog::ProductRepricedV1;
 use contracts::{Cause, Envelope};
 use kernel::Sku;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel, QuerySelect};
 
 use crate::State;
 use crate::db::{products, queries};
@@ -31,7 +31,11 @@ pub(crate) async fn update_product(
         .begin()
         .await
         .context("failed to begin a transaction")?;
+    // Locked until commit (PostgreSQL; SQLite's write transactions are exclusive): two
+    // changes at once would otherwise both read one version and write the same next one,
+    // and checkout, which keeps only newer versions, would keep whichever came first.
     let Some(row) = products::Entity::find_by_id(sku.as_str())
+        .lock_exclusive()
         .one(&tx)
         .await
         .context("failed to load product")?

@@ -110,3 +110,28 @@ pub(crate) async fn set_statuses(
         .context("failed to update order statuses")?;
     Ok(())
 }
+
+/// Orders still `pending` that were placed before `cutoff`: how many, and the oldest
+/// (its id and when it was placed).
+pub(crate) async fn overdue_orders(
+    conn: &impl ConnectionTrait,
+    cutoff: chrono::DateTime<Utc>,
+) -> anyhow::Result<(u64, Option<(Uuid, chrono::DateTime<Utc>)>)> {
+    use sea_orm::PaginatorTrait;
+    let overdue = || {
+        orders::Entity::find()
+            .filter(orders::Column::Status.eq(OrderStatus::Pending.as_str()))
+            .filter(orders::Column::CreatedAt.lt(cutoff))
+    };
+    let count = overdue()
+        .count(conn)
+        .await
+        .context("failed to count overdue orders")?;
+    let oldest = overdue()
+        .order_by_asc(orders::Column::CreatedAt)
+        .one(conn)
+        .await
+        .context("failed to read the oldest overdue order")?
+        .map(|o| (o.id, o.created_at));
+    Ok((count, oldest))
+}

@@ -8,7 +8,14 @@
 //! and the record lets the lease run out; the attempt is claimed again and the provider,
 //! given the same key, answers as before. Failed calls are retried with backoff; after
 //! `max_attempts` the payment counts as declined.
+//!
+//! An outcome is recorded only if its attempt is still pending under the very claim that
+//! asked for it (the claim's lease end is its fence). An outcome that comes back after
+//! its lease ran out and another claim took the attempt over is dropped: the newer claim
+//! records the same answer, so an attempt settles once and an order confirmed by its
+//! payment is never voided by a late copy of that payment.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +44,8 @@ pub(crate) struct PaymentWorker {
     pub(crate) settings: PaymentSettings,
     pub(crate) wake: Arc<Notify>,
     pub(crate) poll: Duration,
+    /// How long a claim lasts (see [`PaymentSettings::lease_ms`]).
+    pub(crate) lease_ms: i64,
 }
 
 /// An attempt this worker holds, with what the provider needs to know of its order.
@@ -45,6 +54,9 @@ struct Claimed {
     id: Uuid,
     order_id: Uuid,
     attempts: i32,
+    /// The lease end this claim wrote: the attempt is still this claim's while its
+    /// `locked_until` holds this value (every claim writes a later one).
+    fence: i64,
     cause: Cause,
     /// `None` when the order no longer waits for its payment.
     charge: Option<Charge>,
@@ -67,10 +79,6 @@ enum Called {
 const RECORD_BATCH: usize = 200;
 
 impl PaymentWorker {
-    fn lease(&self) -> i64 {
-        (self.settings.timeout_ms as i64 * 2).max(10_000)
-    }
-
     pub(crate) async fn run(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.settings.max_concurrent));
@@ -78,6 +86,19 @@ impl PaymentWorker {
             mpsc::channel::<(Claimed, Called)>(this.settings.max_concurrent * 2);
         let mut calls = JoinSet::new();
         loop {
+            // Outcomes already back are recorded before anything is claimed: an outcome
+            // left waiting while its lease runs out would have its attempt claimed and
+            // paid for again.
+            let mut waiting = Vec::new();
+            while waiting.len() < RECORD_BATCH {
+                match results_rx.recv().now_or_never() {
+                    Some(Some(r)) => waiting.push(r),
+                    _ => break,
+                }
+            }
+            if !waiting.is_empty() {
+                this.record(waiting).await;
+            }
             let free = permits.available_permits();
             let mut full = false;
             if free > 0 {
@@ -104,17 +125,7 @@ impl PaymentWorker {
             }
             while calls.try_join_next().is_some() {}
             if full {
-                // More may be due: record what has come back, then claim again at once.
-                let mut batch = Vec::new();
-                while let Some(Some(r)) = results_rx.recv().now_or_never() {
-                    batch.push(r);
-                    if batch.len() >= RECORD_BATCH {
-                        break;
-                    }
-                }
-                if !batch.is_empty() {
-                    this.record(batch).await;
-                }
+                // More may be due: record what has come back (at the top), then claim again.
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -158,6 +169,9 @@ impl PaymentWorker {
 
     async fn claim(&self, limit: usize) -> anyhow::Result<Vec<Claimed>> {
         let now = now_ms();
+        // Only attempts whose lease ended before `now` are claimed, and this lease ends
+        // after it: each claim of an attempt writes a lease end of its own, its fence.
+        let fence = now + self.lease_ms.max(1);
         let tx = self.state.db.begin().await.context("failed to begin")?;
         let rows = query(
             &tx,
@@ -166,11 +180,7 @@ impl PaymentWorker {
                WHERE status = 'pending' AND next_attempt_at <= $2 AND locked_until < $2 \
                ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id, order_id, attempts, correlation_id, traceparent",
-            vec![
-                (now + self.lease()).into(),
-                now.into(),
-                (limit as i64).into(),
-            ],
+            vec![fence.into(), now.into(), (limit as i64).into()],
         )
         .await
         .context("failed to claim payment attempts")?;
@@ -184,6 +194,7 @@ impl PaymentWorker {
                     id: r.try_get("", "id")?,
                     order_id: r.try_get("", "order_id")?,
                     attempts: r.try_get("", "attempts")?,
+                    fence,
                     cause: Cause {
                         correlation_id: correlation.unwrap_or_else(Uuid::now_v7),
                         causation_id: None,
@@ -248,9 +259,22 @@ impl PaymentWorker {
                 voids
             }
         };
+        // Bounded like every call to the provider: a hanging void must not stop the worker.
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
         for reference in voids {
-            if let Err(e) = self.gateway.void(&reference).await {
-                tracing::warn!(module = "checkout", reference, error = %e, "voiding an unneeded authorization failed");
+            match tokio::time::timeout(timeout, self.gateway.void(&reference)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(module = "checkout", reference, error = %e, "voiding an unneeded authorization failed")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        module = "checkout",
+                        reference,
+                        timeout_ms = self.settings.timeout_ms,
+                        "voiding an unneeded authorization got no answer in time"
+                    )
+                }
             }
         }
     }
@@ -260,9 +284,15 @@ impl PaymentWorker {
     async fn record_in_one(&self, batch: &[(Claimed, Called)]) -> anyhow::Result<Vec<String>> {
         let tx = self.state.db.begin().await.context("failed to begin")?;
         let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.order_id).collect();
+        // Orders first, then attempts: the order every writer of both locks them in.
         let orders = queries::load_orders(&tx, &ids, true).await?;
+        let current = still_claimed(&tx, batch).await?;
         let mut outcome = Outcome::default();
         for (attempt, called) in batch {
+            if !current.contains(&(attempt.id, attempt.fence)) {
+                tracing::info!(module = "checkout", order_id = %attempt.order_id, "a payment outcome came back after its claim was taken over or settled; dropped");
+                continue;
+            }
             let order = orders
                 .get(&attempt.order_id)
                 .with_context(|| format!("order {} is missing", attempt.order_id))?;
@@ -382,6 +412,26 @@ impl Outcome {
     }
 }
 
+/// The (attempt, fence) pairs of `batch` whose attempt is still pending under that very
+/// claim, locked until the transaction ends so no claim can take them meanwhile.
+async fn still_claimed(
+    tx: &DatabaseTransaction,
+    batch: &[(Claimed, Called)],
+) -> anyhow::Result<HashSet<(Uuid, i64)>> {
+    let ids: Vec<Value> = batch.iter().map(|(a, _)| Value::from(a.id)).collect();
+    let sql = format!(
+        "SELECT id, locked_until FROM payment_attempts \
+         WHERE status = 'pending' AND id IN ({}) ORDER BY id FOR UPDATE",
+        placeholders(1, ids.len())
+    );
+    let rows = query(tx, &sql, ids)
+        .await
+        .context("failed to lock payment attempts")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "locked_until")?)))
+        .collect()
+}
+
 /// A payment attempt's final state.
 struct Finished {
     id: Uuid,
@@ -460,4 +510,304 @@ fn backoff(attempt: i32) -> Duration {
     let exponent = (attempt.max(1) - 1).min(20) as u32;
     let ceiling = (100_u64 << exponent).min(30_000);
     Duration::from_millis(fastrand::u64(0..=ceiling))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two claims of one attempt, played out step by step: the checkout app places the
+    //! orders and stops, then payment workers sharing its database claim, call and record
+    //! in the order a test chooses, against a provider that keeps what it was asked.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use contracts::catalog::ProductPublishedV1;
+    use messaging::Outbox;
+    use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
+
+    use super::*;
+    use crate::payment::GatewayError;
+
+    /// A provider that honours idempotency keys: one authorization per key, whatever the
+    /// number of calls. Voids are kept, or never answered.
+    #[derive(Default)]
+    struct Provider {
+        authorized: Mutex<HashMap<Uuid, String>>,
+        voided: Mutex<Vec<String>>,
+        voids_hang: bool,
+    }
+
+    impl Provider {
+        fn authorizations(&self) -> usize {
+            self.authorized.lock().expect("not poisoned").len()
+        }
+
+        fn voided(&self) -> Vec<String> {
+            self.voided.lock().expect("not poisoned").clone()
+        }
+    }
+
+    #[async_trait]
+    impl PaymentGateway for Provider {
+        async fn authorize(
+            &self,
+            request: &AuthorizeRequest,
+        ) -> Result<Authorization, GatewayError> {
+            let mut authorized = self.authorized.lock().expect("not poisoned");
+            let next = authorized.len() + 1;
+            let reference = authorized
+                .entry(request.idempotency_key)
+                .or_insert_with(|| format!("auth_{next}"))
+                .clone();
+            Ok(Authorization::Approved { reference })
+        }
+
+        async fn void(&self, reference: &str) -> Result<(), GatewayError> {
+            if self.voids_hang {
+                std::future::pending::<()>().await;
+            }
+            self.voided
+                .lock()
+                .expect("not poisoned")
+                .push(reference.to_owned());
+            Ok(())
+        }
+    }
+
+    /// Checkout's database with `orders` pending orders, and nothing running on it.
+    struct Stage {
+        state: State,
+        orders: Vec<Uuid>,
+        _db: TestDatabase,
+    }
+
+    impl Stage {
+        async fn new(backend: Backend, orders: usize) -> Stage {
+            let bus = RecordingBus::new();
+            let app = Spawn::new(backend, vec![Arc::new(crate::Checkout)])
+                .hooks(runtime::Hooks {
+                    bus: Some(bus.clone()),
+                    ..runtime::Hooks::default()
+                })
+                .start()
+                .await;
+            let price = Envelope::new(
+                &ProductPublishedV1 {
+                    sku: "TEA-1".into(),
+                    name: "Tea".into(),
+                    price_minor: 450,
+                    currency: "EUR".into(),
+                    version: 1,
+                },
+                &Cause::fresh(),
+            )
+            .expect("a valid event");
+            let tag = bus.inject("checkout", &price);
+            eventually(20, "checkout to learn the price", || async {
+                bus.acked(&tag).then_some(())
+            })
+            .await;
+            let mut ids = Vec::new();
+            for _ in 0..orders {
+                let reply = app
+                    .post(
+                        "/api/checkout/orders",
+                        &json!({"customer_email": "ada@example.com", "items": [{"sku": "TEA-1", "quantity": 1}],
+                                "shipping_address": {"name": "Ada", "line1": "1 Road", "city": "London", "postal_code": "N1", "country": "GB"},
+                                "payment_token": "tok_visa"}),
+                    )
+                    .await;
+                reply.expect_status(201);
+                ids.push(
+                    reply.body["id"]
+                        .as_str()
+                        .expect("an id")
+                        .parse()
+                        .expect("a uuid"),
+                );
+            }
+            let settings = app.settings.clone();
+            let db = app.stop().await;
+            let module = runtime::db::connect_module(&settings.database, crate::NAME)
+                .await
+                .expect("connect to checkout's database");
+            Stage {
+                state: State {
+                    db: module,
+                    outbox: Outbox::new(crate::NAME),
+                },
+                orders: ids,
+                _db: db,
+            }
+        }
+
+        /// What catalog's reservation does to an order: its payment becomes due.
+        async fn hold_stock(&self, order_id: Uuid) {
+            let now = Utc::now();
+            execute(
+                self.state.db.conn(),
+                "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, locked_until, \
+                 correlation_id, traceparent, created_at, updated_at) VALUES ($1, $2, 'pending', 0, 0, 0, $3, NULL, $4, $4)",
+                vec![Uuid::now_v7().into(), order_id.into(), Uuid::now_v7().into(), now.into()],
+            )
+            .await
+            .expect("a payment attempt");
+        }
+
+        fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
+            PaymentWorker {
+                state: self.state.clone(),
+                gateway,
+                settings: PaymentSettings {
+                    timeout_ms: 200,
+                    ..PaymentSettings::default()
+                },
+                wake: Arc::new(Notify::new()),
+                poll: Duration::from_millis(20),
+                lease_ms,
+            }
+        }
+
+        async fn attempt(&self, order_id: Uuid) -> (String, Option<String>) {
+            let rows = query(
+                self.state.db.conn(),
+                "SELECT status, reference FROM payment_attempts WHERE order_id = $1",
+                vec![order_id.into()],
+            )
+            .await
+            .expect("read the attempt");
+            let row = rows.first().expect("an attempt");
+            (
+                row.try_get("", "status").expect("status"),
+                row.try_get("", "reference").expect("reference"),
+            )
+        }
+
+        async fn order_status(&self, order_id: Uuid) -> OrderStatus {
+            queries::load_order(self.state.db.conn(), order_id, false)
+                .await
+                .expect("read the order")
+                .expect("the order")
+                .status
+        }
+
+        async fn confirmations(&self, order_id: Uuid) -> usize {
+            query(
+                self.state.db.conn(),
+                "SELECT id FROM outbox WHERE event_type = $1 AND ordering_key = $2",
+                vec![
+                    "checkout.order_confirmed.v1".into(),
+                    order_id.to_string().into(),
+                ],
+            )
+            .await
+            .expect("read the outbox")
+            .len()
+        }
+    }
+
+    /// A worker's claim of exactly the attempt of `order_id`, waiting until one is free.
+    async fn claim_of(worker: &PaymentWorker, order_id: Uuid) -> Claimed {
+        eventually(20, "the attempt to be free to claim", || async {
+            let claimed = worker.claim(10).await.expect("claim");
+            assert!(
+                claimed.iter().all(|c| c.order_id == order_id),
+                "only one attempt is due at a time here"
+            );
+            claimed.into_iter().next()
+        })
+        .await
+    }
+
+    testkit::on_both_backends!(
+        an_outcome_recorded_after_its_lease_was_taken_over_pays_once_and_voids_nothing,
+        a_void_the_provider_never_answers_does_not_hold_up_the_worker,
+    );
+
+    /// How the outcome of a stalled claim meets the outcome of the claim that took over.
+    #[derive(Debug, Clone, Copy)]
+    enum Meeting {
+        LateRecordedLast,
+        LateRecordedFirst,
+        /// One worker claimed the attempt twice and holds both outcomes.
+        InOneBatch,
+    }
+
+    async fn an_outcome_recorded_after_its_lease_was_taken_over_pays_once_and_voids_nothing(
+        backend: Backend,
+    ) {
+        let meetings = [
+            Meeting::LateRecordedLast,
+            Meeting::LateRecordedFirst,
+            Meeting::InOneBatch,
+        ];
+        let stage = Stage::new(backend, meetings.len()).await;
+        let provider = Arc::new(Provider::default());
+        let late = stage.worker(provider.clone(), 100);
+        let fresh = stage.worker(provider.clone(), 100);
+        for (meeting, order) in meetings.into_iter().zip(stage.orders.clone()) {
+            stage.hold_stock(order).await;
+            let first = claim_of(&late, order).await;
+            let first_called = late.call(&first).await;
+            // `late` stalls (a database outage, say) past its lease; the attempt is
+            // claimed again and the provider asked again, under the same key.
+            let taker = match meeting {
+                Meeting::InOneBatch => &late,
+                _ => &fresh,
+            };
+            let second = claim_of(taker, order).await;
+            let second_called = taker.call(&second).await;
+            match meeting {
+                Meeting::LateRecordedLast => {
+                    fresh.record(vec![(second, second_called)]).await;
+                    late.record(vec![(first, first_called)]).await;
+                }
+                Meeting::LateRecordedFirst => {
+                    late.record(vec![(first, first_called)]).await;
+                    fresh.record(vec![(second, second_called)]).await;
+                }
+                Meeting::InOneBatch => {
+                    late.record(vec![(first, first_called), (second, second_called)])
+                        .await;
+                }
+            }
+            assert_eq!(
+                stage.order_status(order).await,
+                OrderStatus::Confirmed,
+                "{meeting:?}"
+            );
+            let (status, reference) = stage.attempt(order).await;
+            assert_eq!(status, "approved", "{meeting:?}");
+            assert!(reference.is_some(), "{meeting:?}");
+            assert_eq!(stage.confirmations(order).await, 1, "{meeting:?}");
+        }
+        assert_eq!(provider.authorizations(), meetings.len(), "one per order");
+        assert_eq!(provider.voided(), Vec::<String>::new(), "nothing voided");
+    }
+
+    async fn a_void_the_provider_never_answers_does_not_hold_up_the_worker(backend: Backend) {
+        let stage = Stage::new(backend, 1).await;
+        let order = stage.orders[0];
+        stage.hold_stock(order).await;
+        let provider = Arc::new(Provider {
+            voids_hang: true,
+            ..Provider::default()
+        });
+        let worker = stage.worker(provider, 10_000);
+        let claimed = claim_of(&worker, order).await;
+        let called = worker.call(&claimed).await;
+        // The customer cancels while the provider is answering: the money must be released.
+        crate::use_cases::cancel_order::cancel_order(&stage.state, &Cause::fresh(), order)
+            .await
+            .expect("cancel");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            worker.record(vec![(claimed, called)]),
+        )
+        .await
+        .expect("recording ends although the void never does");
+        assert_eq!(stage.attempt(order).await.0, "voided");
+        assert_eq!(stage.order_status(order).await, OrderStatus::Cancelled);
+    }
 }

@@ -7,3 +7,4 @@ pub(crate) mod place_order;
 pub(crate) mod price_list;
 pub(crate) mod shipment_progress;
 pub(crate) mod stock_outcome;
+pub(crate) mod watch_orders;

@@ -310,22 +310,25 @@ pub(crate) async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
 pub(crate) struct Running {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The bus readers, kept apart from the consumer so a kill can abort them too.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops like a killed process: tasks are aborted where they stand.
-    async fn kill(self) {
-        for task in &self.tasks {
+    /// Stops like a killed process: every task, bus readers included, is aborted where it
+    /// stands, so nothing is handed back gracefully and leases run out on their own.
+    pub(crate) async fn kill(self) {
+        for task in self.tasks.iter().chain(&self.readers) {
             task.abort();
         }
-        for task in self.tasks {
+        for task in self.tasks.into_iter().chain(self.readers) {
             let _ = task.await;
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.cancel.cancel();
-        for task in self.tasks {
+        for task in self.tasks.into_iter().chain(self.readers) {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
@@ -365,7 +368,7 @@ pub(crate) async fn start_on(
         };
         tasks.push(tokio::spawn(relay.run(cancel.child_token())));
     }
-    let subscription = bus
+    let mut subscription = bus
         .subscribe(SubscriberSpec {
             module: CONSUMER,
             event_types: vec![OrderConfirmedV1::TYPE],
@@ -373,6 +376,8 @@ pub(crate) async fn start_on(
         })
         .await
         .expect("subscribe");
+    // The consumer waits for its reader on a graceful stop; here `stop` does, after it.
+    let readers: Vec<JoinHandle<()>> = subscription.reader.take().into_iter().collect();
     let consumer = Consumer {
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
@@ -380,11 +385,16 @@ pub(crate) async fn start_on(
         settings: settings(),
         faults,
         replays: Arc::new(tokio::sync::Notify::new()),
+        progress: messaging::Progress::new(CONSUMER),
     };
     tasks.push(tokio::spawn(
         consumer.run(subscription, cancel.child_token()),
     ));
-    Running { cancel, tasks }
+    Running {
+        cancel,
+        tasks,
+        readers,
+    }
 }
 
 /// What a subscription handed out: (instance, tag, attempt), in order.
@@ -515,4 +525,7 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
 }
 
 mod conformance;
+mod local_only;
+mod redis_faults;
 mod redis_only;
+mod replays;

@@ -8,7 +8,7 @@ use contracts::checkout::OrderPlacedV1;
 
 use super::*;
 
-async fn redis_bus(dbs: &Dbs, url: &str, instance: &str) -> RedisBus {
+pub(crate) async fn redis_bus(dbs: &Dbs, url: &str, instance: &str) -> RedisBus {
     RedisBus::connect(
         RedisConfig {
             url: url.into(),
@@ -23,7 +23,7 @@ async fn redis_bus(dbs: &Dbs, url: &str, instance: &str) -> RedisBus {
     .expect("Redis answers")
 }
 
-async fn stream_length(dbs: &Dbs) -> i64 {
+pub(crate) async fn stream_length(dbs: &Dbs) -> i64 {
     let client = ::redis::Client::open(REDIS).expect("url");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -157,14 +157,14 @@ async fn a_trimmed_pending_entry_does_not_stop_the_partition() {
 }
 
 /// A private Redis with an append-only file, so it can be killed and started again.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -179,7 +179,7 @@ impl PrivateRedis {
         redis
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args([
@@ -208,14 +208,14 @@ impl PrivateRedis {
     }
 
     /// `kill -9`.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }

@@ -1,0 +1,161 @@
+//! The progress watchdog of a subscription: a consumer that has work but settles nothing
+//! for several leases is reported (an ERROR line, the `consumer_stalled` gauge, and
+//! readiness), never silent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Acker;
+use crate::db::now_ms;
+
+/// What a subscription's consumer has done lately; shared by the consumer, its watchdog
+/// and readiness.
+#[derive(Debug)]
+pub struct Progress {
+    module: &'static str,
+    /// When the consumer last settled a delivery (or started, or last found nothing to do).
+    last_progress_ms: AtomicI64,
+    /// When the consumer took the batch it is working on; 0 while it waits.
+    busy_since_ms: AtomicI64,
+    backlog: AtomicU64,
+    stalled: AtomicBool,
+}
+
+impl Progress {
+    pub fn new(module: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            module,
+            last_progress_ms: AtomicI64::new(now_ms()),
+            busy_since_ms: AtomicI64::new(0),
+            backlog: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+        })
+    }
+
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    pub(crate) fn started_batch(&self) {
+        self.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn settled(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        self.busy_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// `Some(reason)` while the subscription is stalled.
+    pub fn stalled(&self) -> Option<String> {
+        if !self.stalled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let idle = now_ms() - self.last_progress_ms.load(Ordering::Relaxed);
+        Some(format!(
+            "the {} consumer settled nothing for {} s with {} events waiting",
+            self.module,
+            idle / 1000,
+            self.backlog.load(Ordering::Relaxed)
+        ))
+    }
+
+    /// Decides whether the subscription is stalled now: it has work (a batch in hand, or
+    /// events waiting) and has settled nothing for `after`.
+    fn assess(&self, backlog: Option<u64>, after: Duration) -> bool {
+        let now = now_ms();
+        let busy_since = self.busy_since_ms.load(Ordering::Relaxed);
+        let busy = busy_since != 0;
+        let has_work = busy || backlog.is_some_and(|n| n > 0);
+        if !has_work {
+            // Nothing to do is progress too: the clock restarts when work arrives.
+            self.last_progress_ms.store(now, Ordering::Relaxed);
+        }
+        let idle = now - self.last_progress_ms.load(Ordering::Relaxed);
+        has_work && idle >= after.as_millis() as i64
+    }
+}
+
+/// Checks `progress` every `every` until cancelled; a subscription with work that settled
+/// nothing for `stall_after` is reported stalled until it moves again.
+pub async fn watch(
+    progress: Arc<Progress>,
+    acker: Arc<dyn Acker>,
+    every: Duration,
+    stall_after: Duration,
+    cancel: CancellationToken,
+) {
+    let module = progress.module;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let backlog = match acker.backlog().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(module, error = %e, "reading the consumer's backlog failed");
+                None
+            }
+        };
+        if let Some(n) = backlog {
+            progress.backlog.store(n, Ordering::Relaxed);
+            metrics::gauge!("consumer_backlog", "module" => module).set(n as f64);
+        }
+        let stalled = progress.assess(backlog, stall_after);
+        let was = progress.stalled.swap(stalled, Ordering::Relaxed);
+        metrics::gauge!("consumer_stalled", "module" => module).set(if stalled {
+            1.0
+        } else {
+            0.0
+        });
+        if stalled {
+            tracing::error!(
+                module,
+                backlog = backlog.unwrap_or_default(),
+                idle_ms = now_ms() - progress.last_progress_ms.load(Ordering::Relaxed),
+                "the consumer has work but settled nothing; it is stalled"
+            );
+        } else if was {
+            tracing::warn!(module, "the consumer moves again");
+        }
+    }
+    progress.stalled.store(false, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_with_waiting_events_and_no_settlement_is_stalled() {
+        let p = Progress::new("m");
+        p.last_progress_ms
+            .store(now_ms() - 10_000, Ordering::Relaxed);
+        assert!(p.assess(Some(3), Duration::from_secs(5)));
+        assert!(!p.assess(Some(3), Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn an_idle_subscription_is_never_stalled_and_restarts_its_clock() {
+        let p = Progress::new("m");
+        p.last_progress_ms
+            .store(now_ms() - 10_000, Ordering::Relaxed);
+        assert!(!p.assess(Some(0), Duration::from_secs(5)));
+        // Work arrives now: the subscription has the whole delay before it counts as stalled.
+        assert!(!p.assess(Some(3), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_batch_in_hand_counts_as_work_even_when_the_bus_cannot_tell_its_backlog() {
+        let p = Progress::new("m");
+        p.started_batch();
+        p.last_progress_ms
+            .store(now_ms() - 10_000, Ordering::Relaxed);
+        assert!(p.assess(None, Duration::from_secs(5)));
+        p.settled();
+        assert!(!p.assess(None, Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,340 @@
+//! What the in-process bus has to prove beyond the conformance suite: its claim takes no
+//! more rows than asked and costs what it claims, not what is queued, whatever the planner
+//! knows of the table; and a delivery whose settlement the database refused still comes
+//! back, so a database that fails for a while never freezes a subscription. Also, on both
+//! buses: a crash counts as an attempt.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use messaging::db::{execute, query};
+use messaging::local_bus::{CLAIM_PLAN_POSTGRES, claim_statement};
+use sea_orm::{ConnectionTrait, DbBackend};
+
+use crate::*;
+
+/// Fills the consumer's queue on PostgreSQL with `keys` keys of `per_key` rows each, plus
+/// `held` rows of another live instance at the front, without refreshing statistics.
+async fn fill_queue(dbs: &Dbs, keys: i64, per_key: i64, held: i64) {
+    let now = messaging::db::now_ms();
+    execute(
+        dbs.consumer.conn(),
+        "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, locked_by, locked_until, enqueued_at) \
+         SELECT gen_random_uuid(), 'checkout.order_confirmed.v1', 'checkout/held-' || g, '{}', $1, 'other', $2, $1 \
+         FROM generate_series(1, $3) g",
+        vec![now.into(), (now + 600_000).into(), held.into()],
+    )
+    .await
+    .expect("held rows");
+    execute(
+        dbs.consumer.conn(),
+        "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at) \
+         SELECT gen_random_uuid(), 'checkout.order_confirmed.v1', 'checkout/k-' || (g % $2), '{}', $1, $1 \
+         FROM generate_series(0, $3 - 1) g ORDER BY g",
+        vec![now.into(), keys.into(), (keys * per_key).into()],
+    )
+    .await
+    .expect("queued rows");
+}
+
+/// Buffers (pages) one claim of `limit` rows reads, from `EXPLAIN (ANALYZE, BUFFERS)`,
+/// rolled back.
+async fn claim_buffers(dbs: &Dbs, limit: i64) -> (i64, usize) {
+    let now = messaging::db::now_ms();
+    let sql = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        claim_statement(DbBackend::Postgres)
+    );
+    let tx = dbs.consumer.begin().await.expect("begin");
+    tx.execute_unprepared(CLAIM_PLAN_POSTGRES)
+        .await
+        .expect("plan");
+    let rows = query(
+        &tx,
+        &sql,
+        vec!["me".into(), (now + 60_000).into(), now.into(), limit.into()],
+    )
+    .await
+    .expect("explain");
+    let plan: serde_json::Value = rows[0].try_get_by_index(0).expect("plan");
+    drop(tx);
+    let top = &plan[0]["Plan"];
+    let buffers = top["Shared Hit Blocks"].as_i64().unwrap_or(0)
+        + top["Shared Read Blocks"].as_i64().unwrap_or(0);
+    let claimed = top["Actual Rows"].as_i64().unwrap_or(0) as usize;
+    (buffers, claimed)
+}
+
+#[tokio::test]
+async fn a_claim_reads_pages_in_proportion_to_what_it_claims_not_to_the_backlog() {
+    let dbs = open(Backend::Postgres).await;
+    // 40,000 rows behind 1,000 held by a live instance; 20,000 keys of two rows each, so
+    // half the rows wait behind an earlier row of their key. No ANALYZE: the planner
+    // knows nothing of the table, as after a fast-growing burst.
+    fill_queue(&dbs, 20_000, 2, 1_000).await;
+    let (cold, claimed) = claim_buffers(&dbs, 400).await;
+    assert_eq!(claimed, 400, "the claim takes what it asks for");
+    dbs.consumer
+        .conn()
+        .execute_unprepared("ANALYZE bus_queue")
+        .await
+        .expect("analyze");
+    let (analyzed, _) = claim_buffers(&dbs, 400).await;
+    // A few index pages per claimed row (the row, its key's probe, the heap) and a
+    // walk past the held rows; the old anti-join read 800,000 pages for this.
+    let bound = 40 * 400;
+    assert!(
+        cold < bound && analyzed < bound,
+        "a claim of 400 rows read {cold} pages without statistics and {analyzed} with: it should stay under {bound}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_take_more_rows_than_they_ask_for_nor_a_row_twice() {
+    let dbs = Arc::new(open(Backend::Postgres).await);
+    fill_queue(&dbs, 3_000, 1, 0).await;
+    let mut tasks = Vec::new();
+    for worker in 0..6 {
+        let dbs = dbs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut oversized = 0;
+            loop {
+                let now = messaging::db::now_ms();
+                let tx = dbs.consumer.begin().await.expect("begin");
+                tx.execute_unprepared(CLAIM_PLAN_POSTGRES)
+                    .await
+                    .expect("plan");
+                let rows = query(
+                    &tx,
+                    claim_statement(DbBackend::Postgres),
+                    vec![
+                        format!("w{worker}").into(),
+                        (now + 60_000).into(),
+                        now.into(),
+                        7_i64.into(),
+                    ],
+                )
+                .await
+                .expect("claim");
+                tx.commit().await.expect("commit");
+                if rows.len() > 7 {
+                    oversized += 1;
+                }
+                if rows.is_empty() {
+                    break;
+                }
+                got.extend(rows.iter().map(|r| r.try_get::<i64>("", "id").expect("id")));
+            }
+            (got, oversized)
+        }));
+    }
+    let mut all = HashSet::new();
+    let mut total = 0;
+    for task in tasks {
+        let (got, oversized) = task.await.expect("worker");
+        assert_eq!(oversized, 0, "a claim returned more rows than it asked for");
+        total += got.len();
+        all.extend(got);
+    }
+    assert_eq!(total, 3_000, "every row claimed once");
+    assert_eq!(all.len(), 3_000, "no row claimed twice");
+}
+
+#[tokio::test]
+async fn deliveries_whose_acknowledgement_failed_come_back_and_the_subscription_goes_on() {
+    let dbs = open(Backend::Postgres).await;
+    // The database refuses to delete queue rows while `refuse_deletes` holds a row: every
+    // acknowledgement fails, as during an outage that begins after the handler committed.
+    dbs.consumer
+        .conn()
+        .execute_unprepared(
+            "CREATE TABLE refuse_deletes (x INT); INSERT INTO refuse_deletes VALUES (1); \
+             CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+               'BEGIN IF EXISTS (SELECT 1 FROM refuse_deletes) THEN RAISE EXCEPTION ''deletes refused''; END IF; RETURN OLD; END'; \
+             CREATE TRIGGER refuse BEFORE DELETE ON bus_queue FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .expect("trigger");
+    let outbox = Outbox::new(PRODUCER);
+    let running = start(Transport::Local, &dbs, "a", Faults::for_tests(), true).await;
+    // More events than `max_in_flight` (100): if failed acknowledgements kept their
+    // capacity, the subscription would stop after the first hundred.
+    let sent = events(250, 1);
+    commit(&dbs, &outbox, &sent).await;
+    wait_applied(&dbs, sent.len() as i64).await;
+    dbs.consumer
+        .conn()
+        .execute_unprepared("DELETE FROM refuse_deletes")
+        .await
+        .expect("heal");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while scalar(&dbs.consumer, "SELECT COUNT(*) FROM bus_queue").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged rows stay queued after the database healed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    assert_eq!(dead_letters(&dbs).await, 0);
+    running.stop().await;
+}
+
+/// An event that kills its consumer every time it is handled is parked after
+/// `max_attempts` deliveries, crashes included, and is never handled again; events of
+/// other keys flow meanwhile.
+async fn an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attempts(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let outbox = Outbox::new(PRODUCER);
+    let poison = events(1, 1);
+    commit(&dbs, &outbox, &poison).await;
+    let max = settings().max_attempts;
+    for crash in 1..=max {
+        let faults = Faults::for_tests();
+        let reached = faults.arm("consumer.before_commit");
+        let running = start(transport, &dbs, "instance-a", faults, true).await;
+        tokio::time::timeout(WAIT, reached)
+            .await
+            .unwrap_or_else(|_| panic!("crash {crash}: the event was not delivered again"))
+            .expect("reported");
+        running.kill().await;
+    }
+    assert_eq!(applied(&dbs).await, 0);
+    // The next delivery is number max + 1: it is parked before it is handled.
+    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
+    let others = events(3, 2);
+    commit(&dbs, &outbox, &others).await;
+    wait_applied(&dbs, others.len() as i64).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letters(&dbs).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the crashing event was not parked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let attempts = scalar(
+        &dbs.consumer,
+        "SELECT CAST(attempts AS BIGINT) FROM dead_letters",
+    )
+    .await;
+    assert_eq!(
+        attempts,
+        i64::from(max) + 1,
+        "parked on the delivery after the last crash"
+    );
+    assert_eq!(
+        dead_letters(&dbs).await,
+        1,
+        "only the crashing event is parked"
+    );
+    assert_eq!(
+        applied(&dbs).await,
+        others.len() as i64,
+        "the poison never applied"
+    );
+    running.stop().await;
+}
+
+mod an_event_that_crashes_its_consumer_every_time {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attempts(
+            Transport::Local,
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attempts(
+            Transport::Local,
+            Backend::Postgres,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_postgres() {
+        an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attempts(
+            Transport::Redis,
+            Backend::Postgres,
+        )
+        .await
+    }
+}
+
+/// The backlog the progress watchdog reads counts what waits for a subscription, and
+/// falls to zero once everything is acknowledged.
+async fn the_backlog_counts_what_waits_for_the_subscription(
+    transport: Transport,
+    backend: Backend,
+) {
+    use futures::StreamExt;
+    let dbs = open(backend).await;
+    let bus = bus(transport, &dbs, "a").await;
+    let sent = events(4, 1);
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    bus.publish(&batch).await.expect("publish");
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 10,
+        })
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let backlog = subscription.acker.backlog().await.expect("backlog");
+        if backlog == Some(4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog:?}, not 4"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut tags = Vec::new();
+    while tags.len() < 4 {
+        let delivery = tokio::time::timeout(WAIT, subscription.deliveries.next())
+            .await
+            .expect("a delivery in time")
+            .expect("open");
+        tags.push(delivery.tag);
+    }
+    subscription.acker.ack(&tags).await.expect("ack");
+    assert_eq!(
+        subscription.acker.backlog().await.expect("backlog"),
+        Some(0)
+    );
+}
+
+mod the_backlog_counts_what_waits {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Local, Backend::Postgres)
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Local, Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_postgres() {
+        the_backlog_counts_what_waits_for_the_subscription(Transport::Redis, Backend::Postgres)
+            .await
+    }
+}
