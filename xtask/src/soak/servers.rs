@@ -10,7 +10,18 @@ use anyhow::{Context, bail};
 
 use crate::harness::{Launch, Process, free_port};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest PostgreSQL installed the Debian way (`/usr/lib/postgresql/<major>/bin`).
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL's server binaries are needed in /usr/lib/postgresql")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort();
+    let major = majors
+        .last()
+        .context("no PostgreSQL in /usr/lib/postgresql")?;
+    Ok(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+}
 
 /// A PostgreSQL cluster of our own. PostgreSQL refuses to run as root, so its commands run
 /// as the `postgres` user, in a folder that user owns.
@@ -30,7 +41,7 @@ fn as_postgres(program: &str, args: &[&str], cwd: &Path) -> anyhow::Result<()> {
             "--clear-groups",
             "--",
         ])
-        .arg(Path::new(PG_BIN).join(program))
+        .arg(pg_bin()?.join(program))
         .args(args)
         .current_dir(cwd)
         .output()
