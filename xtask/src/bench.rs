@@ -10,12 +10,15 @@
 //!
 //! Bounded in count and time: `--orders` orders, each run capped by `--timeout-secs`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use serde_json::json;
+
+use crate::harness::{
+    count, create_database, drop_database, loopback_only, order_body, percentile, seed, spawn,
+    spawn_at, wait_ready,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
@@ -72,132 +75,6 @@ pub(crate) struct Report {
     pub(crate) to_shipment_p99_ms: f64,
 }
 
-pub(crate) fn loopback_only(host: &str) -> anyhow::Result<()> {
-    if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
-        bail!("load tests run against loopback addresses only, not {host}");
-    }
-    Ok(())
-}
-
-pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<()> {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.args(["build", "--release", "--quiet"]);
-    for p in packages {
-        command.args(["-p", p]);
-    }
-    let status = command.status().context("cargo build")?;
-    anyhow::ensure!(status.success(), "the release build failed");
-    Ok(())
-}
-
-pub(crate) fn target_dir() -> std::path::PathBuf {
-    std::env::var("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| crate::workspace_root().join("target"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A process of ours, killed if the bench stops early.
-pub(crate) struct Process(pub(crate) Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a binary of this workspace with `vars`, on a free loopback port.
-pub(crate) fn spawn(binary: &str, vars: &[(String, String)]) -> anyhow::Result<(Process, u16)> {
-    spawn_at(
-        &target_dir().join("release").join(binary),
-        &crate::workspace_root(),
-        vars,
-    )
-}
-
-/// Starts the binary at `path` in `cwd` with `vars`, on a free loopback port.
-pub(crate) fn spawn_at(
-    path: &std::path::Path,
-    cwd: &std::path::Path,
-    vars: &[(String, String)],
-) -> anyhow::Result<(Process, u16)> {
-    let port = free_port()?;
-    let mut command = Command::new(path);
-    command
-        .current_dir(cwd)
-        .env("APP_ENVIRONMENT", "local")
-        .env("APP__SERVER__HOST", "127.0.0.1")
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__TELEMETRY__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("failed to start {}", path.display()))?;
-    Ok((Process(child), port))
-}
-
-pub(crate) async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the service on port {port} did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) async fn create_database(host: &str, port: u16, name: &str) -> anyhow::Result<()> {
-    let admin = Database::connect(format!("postgres://postgres@{host}:{port}/postgres")).await?;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await?;
-    admin.close().await?;
-    Ok(())
-}
-
-pub(crate) async fn drop_database(host: &str, port: u16, name: &str) {
-    if let Ok(admin) =
-        Database::connect(format!("postgres://postgres@{host}:{port}/postgres")).await
-    {
-        let _ = admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .await;
-        let _ = admin.close().await;
-    }
-}
-
 pub(crate) fn pg_vars(args: &BenchArgs, database: &str) -> Vec<(String, String)> {
     [
         ("APP__DATABASE__BACKEND", "postgres".to_owned()),
@@ -210,44 +87,6 @@ pub(crate) fn pg_vars(args: &BenchArgs, database: &str) -> Vec<(String, String)>
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
-}
-
-/// Creates products with plenty of stock and waits until checkout prices them all.
-pub(crate) async fn seed(
-    client: &reqwest::Client,
-    catalog: u16,
-    checkout: u16,
-    products: usize,
-    stock: i64,
-) -> anyhow::Result<Vec<String>> {
-    let skus: Vec<String> = (0..products).map(|i| format!("BENCH-{i}")).collect();
-    for sku in &skus {
-        let r = client
-            .post(format!("http://127.0.0.1:{catalog}/api/catalog/products"))
-            .json(&json!({"sku": sku, "name": sku, "price_minor": 100, "currency": "EUR", "initial_stock": stock}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().as_u16() == 201, "creating {sku}: {}", r.status());
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for sku in &skus {
-        loop {
-            let r = client
-                .get(format!(
-                    "http://127.0.0.1:{checkout}/api/checkout/prices/{sku}"
-                ))
-                .send()
-                .await?;
-            if r.status().is_success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("checkout never priced {sku}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(skus)
 }
 
 /// Places `orders` orders with `concurrency` requests in flight; returns the request
@@ -265,13 +104,7 @@ pub(crate) async fn place_orders(
     let results: Vec<anyhow::Result<f64>> = futures::stream::iter(0..orders)
         .map(|i| {
             let sku = &skus[i % skus.len()];
-            let body = json!({
-                "customer_email": format!("customer{i}@example.com"),
-                "items": [{"sku": sku, "quantity": 1}],
-                "shipping_address": {"name": "Bench", "line1": "1 Load St", "city": "Loopback",
-                                     "postal_code": "127", "country": "GB"},
-                "payment_token": "tok_visa",
-            });
+            let body = order_body(i, sku, 1, "tok_visa");
             let client = client.clone();
             let url = url.clone();
             async move {
@@ -291,17 +124,6 @@ pub(crate) async fn place_orders(
     let elapsed = started.elapsed();
     let latencies = results.into_iter().collect::<anyhow::Result<Vec<f64>>>()?;
     Ok((latencies, elapsed))
-}
-
-pub(crate) async fn count(conn: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
-    let row = conn
-        .query_one_raw(Statement::from_string(
-            conn.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await?
-        .context("no row")?;
-    Ok(row.try_get_by_index::<i64>(0)?)
 }
 
 /// Epoch-ms timestamps per order: created, confirmed (checkout), shipment created.
@@ -340,15 +162,6 @@ pub(crate) async fn timeline(
         }
     }
     Ok(out)
-}
-
-pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[rank.min(values.len() - 1)]
 }
 
 pub(crate) fn report(
@@ -483,24 +296,7 @@ pub(crate) fn print(reports: &[Report]) {
 /// of this workspace; the monolith runs catalog and checkout; Redis Streams between them.
 pub(crate) async fn extracted(args: &BenchArgs) -> anyhow::Result<Report> {
     loopback_only(&args.pg_host)?;
-    let scratch = crate::scratch::copy_workspace(&crate::workspace_root())?;
-    crate::extract::extract(
-        scratch.path(),
-        &crate::extract::Args {
-            module: "fulfillment".into(),
-            dry_run: false,
-            force: false,
-        },
-    )?;
-    let scratch_target = target_dir().join("scratch");
-    if !args.no_build || !scratch_target.join("release/fulfillment-service").is_file() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(scratch.path())
-            .env("CARGO_TARGET_DIR", &scratch_target)
-            .args(["build", "--release", "--quiet", "-p", "fulfillment-service"])
-            .status()?;
-        anyhow::ensure!(status.success(), "building fulfillment-service failed");
-    }
+    let (scratch, service_binary) = crate::harness::extracted_service(args.no_build)?;
     let (monolith_db, service_db) = (
         format!("bench_mono_{}", std::process::id()),
         format!("bench_ful_{}", std::process::id()),
@@ -529,11 +325,7 @@ pub(crate) async fn extracted(args: &BenchArgs) -> anyhow::Result<Report> {
             ),
         ]);
         let (monolith, port) = spawn("app", &mono_vars)?;
-        let (service, service_port) = spawn_at(
-            &scratch_target.join("release/fulfillment-service"),
-            scratch.path(),
-            &svc_vars,
-        )?;
+        let (service, service_port) = spawn_at(&service_binary, scratch.path(), &svc_vars)?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
             .build()?;
@@ -561,23 +353,6 @@ pub(crate) async fn extracted(args: &BenchArgs) -> anyhow::Result<Report> {
     for db in [&monolith_db, &service_db] {
         drop_database(&args.pg_host, args.pg_port, db).await;
     }
-    clear_namespace(&namespace).await;
+    crate::harness::clear_namespace("redis://127.0.0.1:6379/0", &namespace).await;
     result
-}
-
-async fn clear_namespace(namespace: &str) {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379/0") else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-    }
 }

@@ -4,8 +4,10 @@
 mod bench;
 mod boundaries;
 mod extract;
+mod harness;
 mod move_data;
 pub mod scratch;
+mod soak;
 mod templates;
 
 use std::path::PathBuf;
@@ -31,6 +33,9 @@ enum Command {
     MoveData(move_data::Args),
     /// Measure the order journey under load on PostgreSQL (loopback only).
     Bench(bench::BenchArgs),
+    /// Run the order journey under sustained load and injected faults, then audit every
+    /// module's data (loopback only; bounded; exits non-zero naming each failed check).
+    Soak(Box<soak::SoakArgs>),
 }
 
 /// The root of the workspace the command runs in: the nearest folder, from the current
@@ -57,7 +62,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::MoveData(args) => move_data::run(&workspace_root(), &args),
         Command::Bench(args) => {
             if !args.no_build {
-                bench::build_release(&["app"])?;
+                harness::build_release(&["app"])?;
             }
             let runtime = tokio::runtime::Runtime::new()?;
             let mut reports = Vec::new();
@@ -70,5 +75,6 @@ pub fn main() -> anyhow::Result<()> {
             bench::print(&reports);
             Ok(())
         }
+        Command::Soak(args) => soak::run(*args),
     }
 }
