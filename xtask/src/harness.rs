@@ -103,6 +103,8 @@ impl Launch<'_> {
             .env("APP_ENVIRONMENT", "local")
             .env("APP__SERVER__HOST", "127.0.0.1")
             .env("APP__SERVER__PORT", self.port.to_string())
+            // the metrics port: a free one, so several processes run side by side
+            .env("APP__SERVER__ADMIN_PORT", "0")
             .env("APP__TELEMETRY__LEVEL", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null());

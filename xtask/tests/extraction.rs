@@ -292,6 +292,8 @@ impl Proc {
         );
         command
             .env("APP__SERVER__PORT", port.to_string())
+            // the metrics port: a free one, so several processes run side by side
+            .env("APP__SERVER__ADMIN_PORT", "0")
             .env("APP__TELEMETRY__LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
