@@ -125,9 +125,12 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
     product(&app, "B", 1).await;
     let first = Uuid::now_v7();
     feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
-    let reserved: StockReservedV1 = bus.published_of(StockReservedV1::TYPE)[0]
-        .decode()
-        .expect("decodes");
+    let reserved: StockReservedV1 = eventually(20, "StockReservedV1", || async {
+        bus.published_of(StockReservedV1::TYPE).into_iter().next()
+    })
+    .await
+    .decode()
+    .expect("decodes");
     assert_eq!(reserved.order_id, first);
     assert_eq!(
         (available(&app, "A").await, available(&app, "B").await),
@@ -136,9 +139,12 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
 
     let second = Uuid::now_v7();
     feed(&bus, &placed(second, &[("A", 1), ("B", 1), ("UNKNOWN", 1)])).await;
-    let rejected: StockRejectedV1 = bus.published_of(StockRejectedV1::TYPE)[0]
-        .decode()
-        .expect("decodes");
+    let rejected: StockRejectedV1 = eventually(20, "StockRejectedV1", || async {
+        bus.published_of(StockRejectedV1::TYPE).into_iter().next()
+    })
+    .await
+    .decode()
+    .expect("decodes");
     assert_eq!(rejected.order_id, second);
     let short: Vec<(&str, i64)> = rejected
         .shortages
