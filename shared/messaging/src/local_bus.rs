@@ -1,5 +1,5 @@
 //! The in-process bus: for modules that run in the same process. It is still durable
-//! (LESSONS 9): publishing writes each event into the `bus_queue` table of every subscribed
+//! (an in-memory transport would lose messages on a crash): publishing writes each event into the `bus_queue` table of every subscribed
 //! module, in that module's own database, before the relay marks the outbox row published;
 //! a subscription claims queued rows under a lease, and only an acknowledgement deletes
 //! them. A crash at any point leaves every event either in an outbox or in a queue.
