@@ -346,6 +346,24 @@ fn sample<T: std::fmt::Display>(items: &[T]) -> String {
     }
 }
 
+/// Every order checkout stored, by id, with its status.
+pub(crate) async fn order_statuses(
+    checkout: &ModuleConn,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut status = HashMap::new();
+    for row in checkout
+        .rows(format!(
+            "SELECT {}, status FROM {}",
+            checkout.id("id"),
+            checkout.table("orders")
+        ))
+        .await?
+    {
+        status.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+    }
+    Ok(status)
+}
+
 /// Every check, in a fixed order, each with numbers.
 pub(crate) async fn audit(
     dbs: &Dbs,
@@ -358,17 +376,7 @@ pub(crate) async fn audit(
     let fulfillment = dbs.module("fulfillment");
 
     // Orders, as checkout stored them.
-    let mut status: HashMap<String, String> = HashMap::new();
-    for row in checkout
-        .rows(format!(
-            "SELECT {}, status FROM {}",
-            checkout.id("id"),
-            checkout.table("orders")
-        ))
-        .await?
-    {
-        status.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-    }
+    let status = order_statuses(checkout).await?;
     let mut lines: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     for row in checkout
         .rows(format!(

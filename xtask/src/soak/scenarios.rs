@@ -658,18 +658,7 @@ async fn races(ctx: &Ctx, d: &mut Deployment, report: &mut RunReport) -> anyhow:
         .await;
     d.audit(report, &accepted).await?;
 
-    let checkout = d.dbs.module("checkout");
-    let mut orders_now: HashMap<String, String> = HashMap::new();
-    for row in checkout
-        .rows(format!(
-            "SELECT {}, status FROM {}",
-            checkout.id("id"),
-            checkout.table("orders")
-        ))
-        .await?
-    {
-        orders_now.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-    }
+    let orders_now = super::audit::order_statuses(d.dbs.module("checkout")).await?;
     let fulfillment = d.dbs.module("fulfillment");
     let mut shipped_now: HashMap<String, String> = HashMap::new();
     for row in fulfillment
