@@ -181,6 +181,79 @@ async fn deliveries_whose_acknowledgement_failed_come_back_and_the_subscription_
     running.stop().await;
 }
 
+/// A delivery the consumer sent back for a retry while the database refused the hand-back
+/// comes back as soon as the database accepts it again, not when its claim lapses: after
+/// a database outage, a subscription resumes at once instead of waiting out its leases.
+#[tokio::test]
+async fn a_retry_whose_hand_back_failed_comes_back_when_the_database_does_not_when_its_claim_lapses()
+ {
+    let dbs = open(Backend::Postgres).await;
+    // While `refuse_hand_backs` holds a row, the database refuses to hand a claimed row
+    // back (as during an outage that begins while a delivery is in the handler).
+    dbs.consumer
+        .conn()
+        .execute_unprepared(
+            "CREATE TABLE refuse_hand_backs (x INT); INSERT INTO refuse_hand_backs VALUES (1); \
+             CREATE SEQUENCE refusals; \
+             CREATE FUNCTION refuse_hand_back() RETURNS trigger LANGUAGE plpgsql AS \
+               'BEGIN IF OLD.locked_by IS NOT NULL AND NEW.locked_by IS NULL \
+                  AND EXISTS (SELECT 1 FROM refuse_hand_backs) \
+                THEN PERFORM nextval(''refusals''); RAISE EXCEPTION ''hand-backs refused''; \
+                END IF; RETURN NEW; END'; \
+             CREATE TRIGGER refuse_hand_back BEFORE UPDATE ON bus_queue FOR EACH ROW \
+               EXECUTE FUNCTION refuse_hand_back();",
+        )
+        .await
+        .expect("trigger");
+    let lease = std::time::Duration::from_secs(30);
+    let mut bus_settings = settings();
+    bus_settings.lease_ms = lease.as_millis() as u64;
+    let mut bus = messaging::LocalBus::new("a", bus_settings);
+    bus.add_consumer(dbs.consumer.clone());
+    let faults = Faults::for_tests();
+    let sent = events(1, 2);
+    faults.fail_key_times(sent[0].key.clone(), 1);
+    let outbox = Outbox::new(PRODUCER);
+    let running = start_on(Arc::new(bus), &dbs, "a", faults, true).await;
+    commit(&dbs, &outbox, &sent).await;
+    // The first delivery failed and its hand-back was refused (a sequence counts refusals:
+    // it is not rolled back with the refused statement).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while scalar(
+        &dbs.consumer,
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refusals",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed delivery was never handed back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        applied(&dbs).await,
+        0,
+        "the failed event or its successor was applied"
+    );
+    dbs.consumer
+        .conn()
+        .execute_unprepared("DELETE FROM refuse_hand_backs")
+        .await
+        .expect("heal");
+    let healed = tokio::time::Instant::now();
+    wait_applied(&dbs, sent.len() as i64).await;
+    assert!(
+        healed.elapsed() < lease / 3,
+        "the refused retry came back only after {:?}, as its claim lapsed ({lease:?} lease)",
+        healed.elapsed()
+    );
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    running.stop().await;
+}
+
 /// An event that kills its consumer every time it is handled is parked after
 /// `max_attempts` deliveries, crashes included, and is never handled again; events of
 /// other keys flow meanwhile.
