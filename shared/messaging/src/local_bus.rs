@@ -24,6 +24,7 @@ use crate::bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
 use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
+use crate::instance_name::{InstanceName, NameState};
 use crate::settings::MessagingSettings;
 
 struct Queue {
@@ -35,6 +36,8 @@ pub struct LocalBus {
     queues: HashMap<&'static str, Queue>,
     instance: String,
     settings: MessagingSettings,
+    /// Whether this process holds its instance name, per subscribed module.
+    names: Mutex<Vec<(&'static str, Arc<NameState>)>>,
 }
 
 const INSERT_CHUNK: usize = 500;
@@ -47,6 +50,7 @@ impl LocalBus {
             queues: HashMap::new(),
             instance: instance.into(),
             settings,
+            names: Mutex::new(Vec::new()),
         }
     }
 
@@ -147,15 +151,28 @@ impl EventBus for LocalBus {
                 spec.module
             ))
         })?;
-        // Take back what this instance held before a restart: those deliveries were cut
-        // short and come back now, not when their lease runs out.
-        execute(
-            queue.db.conn(),
-            "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
-            vec![self.instance.clone().into()],
+        let every = Duration::from_millis(self.settings.lease_ms / 3);
+        let name = InstanceName::take(
+            &queue.db,
+            &self.instance,
+            every,
+            every.min(Duration::from_millis(500)),
         )
         .await?;
+        if name.state.owned() {
+            // Take back what this instance held before a restart: those deliveries were
+            // cut short and come back now, not when their lease runs out. (Only once the
+            // name is ours: under a live duplicate they are that process's claims.)
+            execute(
+                queue.db.conn(),
+                "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
+                vec![self.instance.clone().into()],
+            )
+            .await?;
+        }
+        lock(&self.names).push((spec.module, name.state.clone()));
         let state = Arc::new(State {
+            name,
             db: queue.db.clone(),
             instance: self.instance.clone(),
             wake: queue.wake.clone(),
@@ -174,14 +191,24 @@ impl EventBus for LocalBus {
         })
     }
 
-    /// The in-process bus has no dependency of its own: its queues live in the module
-    /// databases, which readiness checks already.
+    /// The in-process bus has no dependency of its own (its queues live in the module
+    /// databases, which readiness checks already); it is not ready while another live
+    /// process holds its instance name.
     async fn check(&self) -> Result<(), BusError> {
-        Ok(())
+        let names = lock(&self.names);
+        match names.iter().find(|(_, name)| name.duplicate()) {
+            Some((module, _)) => Err(BusError::Other(anyhow::anyhow!(
+                "another live process consumes {module} under bus.instance {}",
+                self.instance
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
 struct State {
+    /// The instance name, held while the subscription lives: claims only while owned.
+    name: InstanceName,
     db: ModuleDb,
     instance: String,
     wake: Arc<Notify>,
@@ -266,6 +293,15 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     loop {
         if tx.is_closed() {
             break;
+        }
+        if !state.name.state.owned() {
+            // Another live process under this name (or the name's lock was lost with the
+            // database): claim and renew nothing until the name is ours again.
+            tokio::select! {
+                _ = tx.closed() => break,
+                _ = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
+            }
+            continue;
         }
         if last_renewal.elapsed() >= renew_every {
             match renew(&state).await {

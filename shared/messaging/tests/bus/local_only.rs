@@ -411,3 +411,77 @@ mod the_backlog_counts_what_waits {
             .await
     }
 }
+
+/// A second live process under the same instance name claims nothing and takes back
+/// nothing (its claims would be the first process's), says so in readiness, and takes
+/// over by itself once the first one is gone.
+async fn a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let outbox = Outbox::new(PRODUCER);
+    let first_bus = bus(Transport::Local, &dbs, "a").await;
+    let first = start_on(first_bus.clone(), &dbs, "a", Faults::for_tests(), true).await;
+    let seen: Seen = Arc::default();
+    let second_bus: Arc<dyn EventBus> = Arc::new(Spy {
+        inner: bus(Transport::Local, &dbs, "a").await,
+        instance: "second".into(),
+        seen: seen.clone(),
+    });
+    let second = start_on(second_bus.clone(), &dbs, "a", Faults::for_tests(), true).await;
+    first_bus.check().await.expect("the first process is ready");
+    let refused = second_bus
+        .check()
+        .await
+        .expect_err("the second process under the same name is not ready");
+    assert!(
+        refused.to_string().contains("another live process"),
+        "{refused}"
+    );
+    let sent = events(20, 5);
+    commit(&dbs, &outbox, &sent).await;
+    wait_applied(&dbs, sent.len() as i64).await;
+    assert!(
+        lock_seen(&seen).is_empty(),
+        "the second process under the same name was handed deliveries"
+    );
+    first.kill().await;
+    let more = events(5, 2);
+    commit(&dbs, &outbox, &more).await;
+    wait_applied(&dbs, (sent.len() + more.len()) as i64).await;
+    assert!(
+        !lock_seen(&seen).is_empty(),
+        "the second process did not take over"
+    );
+    second_bus
+        .check()
+        .await
+        .expect("ready once the name is its own");
+    let all: Vec<_> = sent.iter().chain(&more).cloned().collect();
+    assert_exactly_once_in_order(&dbs, &all).await;
+    second.stop().await;
+}
+
+fn lock_seen(seen: &Seen) -> Vec<(String, messaging::DeliveryTag, u32)> {
+    seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+mod a_second_process_under_the_same_instance_name {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+            Backend::Postgres,
+        )
+        .await
+    }
+}
