@@ -9,7 +9,7 @@
 //!    foreign keys). The database-level proof runs in the tests (`app/tests/it/basics.rs`).
 //!
 //! Event subscriptions are not dependencies of this kind: two modules exchanging events
-//! both ways is the design, not a cycle (LESSONS 16).
+//! both ways is the design, not a cycle.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! Delivery guarantees of the whole monolith (PRODUCT.md §5), on SQLite and PostgreSQL:
+//! Delivery guarantees of the whole monolith (at least once, applied once, in order per key), on SQLite and PostgreSQL:
 //! duplicates change nothing, a poison event is parked without stopping the others and
 //! runs once when replayed, and a process killed at any crash point loses no event and
 //! applies none twice.

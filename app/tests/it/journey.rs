@@ -1,5 +1,5 @@
 //! The order journey over HTTP, through catalog, checkout and fulfillment by events alone
-//! (PRODUCT.md §2), on SQLite and on PostgreSQL.
+//! (placed, stock held, paid, confirmed, shipped, delivered, and every other ending), on SQLite and on PostgreSQL.
 
 use contracts::Event;
 use contracts::catalog::ProductRepricedV1;

@@ -2,7 +2,7 @@
 //! consumes what. The monolith and every extracted service compile against this crate, so
 //! both ends of a stream agree on the wire format.
 //!
-//! Rules (LESSONS 1, 22): a wire name `<module>.<fact>.v<N>` never changes meaning and does
+//! Rules: a wire name `<module>.<fact>.v<N>` never changes meaning and does
 //! not depend on a Rust path; a breaking change is a new version published beside the old
 //! one; every version has a JSON Schema and a golden sample under this crate, checked by
 //! its tests, so a release can read every event the previous release wrote.

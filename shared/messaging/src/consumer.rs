@@ -8,7 +8,8 @@
 //! handled alone, so one bad event costs its batch a retry but holds up nothing else.
 //! A failing event is retried with backoff and, after `max_attempts` deliveries, parked
 //! in the module's dead-letter store with its raw bytes, attempts and last error; one that
-//! cannot be decoded or breaks its contract is parked at once (LESSONS 6, 7, 8).
+//! cannot be decoded or breaks its contract is parked at once:
+//! a bad event never stops a subscription, and retrying it does not hold up other keys.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -113,7 +114,7 @@ pub fn decode_all<'a, E: Event>(
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// A stable name, recorded in the inbox. Never derive it from a Rust path: renaming
-    /// code must not make old events look new (LESSONS 1).
+    /// code must not make old events look new, nor orphan the ones already handled.
     fn name(&self) -> &'static str;
 
     /// The wire names of the events it handles.
@@ -682,7 +683,7 @@ async fn claim_inbox_keys(
 }
 
 /// Deletes published outbox rows and inbox keys older than their retention, a chunk at a
-/// time, so the tables stay small (LESSONS 4).
+/// time, so the tables stay small and their indexes fast.
 pub async fn clean(db: &ModuleDb, settings: &MessagingSettings) -> Result<(u64, u64), DbErr> {
     let now = now_ms();
     let outbox = delete_in_chunks(

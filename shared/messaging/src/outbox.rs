@@ -6,9 +6,9 @@
 //!
 //! The relay never reads "after the last id it saw": it always takes the lowest unpublished
 //! ids, so a row whose transaction committed late (with a lower id than rows already
-//! published) is picked up on the next pass instead of being skipped (LESSONS 5). Only one
+//! published) is picked up on the next pass instead of being skipped. Only one
 //! relay per module publishes at a time, under a lease renewed while it works, so events of
-//! one key leave in the order their transactions committed (LESSONS 2).
+//! one key leave in the order their transactions committed; no instance republishes everything unfinished at start-up.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -45,7 +45,7 @@ pub struct MessagingSettings {
 
 impl MessagingSettings {
     /// The delay before retry number `attempt` (1-based): exponential with full jitter,
-    /// capped (LESSONS 6).
+    /// capped, so a failing event never retries in a tight loop.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
         let ceiling = self

@@ -1,4 +1,4 @@
-//! Catalog's request and response bodies (PRODUCT.md §3). Every field of a request is
+//! Catalog's request and response bodies: the shapes its routes accept and answer. Every field of a request is
 //! optional at the type level so that a missing field is reported with the others.
 
 use kernel::{Currency, FieldErrors, Money, Quantity, Sku, StockLevel};

@@ -1,4 +1,4 @@
-//! Checkout's request and response bodies (PRODUCT.md §3).
+//! Checkout's request and response bodies: the shapes its routes accept and answer.
 
 use kernel::{FieldErrors, Quantity, Sku};
 use runtime::http::{ApiError, checks};

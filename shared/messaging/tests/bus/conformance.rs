@@ -224,7 +224,7 @@ async fn in_flight_deliveries_are_bounded(transport: Transport, backend: Backend
 }
 
 /// A handler slower than the claim lease keeps its delivery: nobody else gets it, and it
-/// is delivered once (LESSONS 11).
+/// is delivered once: the lease measures liveness, not how long a handler takes.
 async fn a_slow_handler_keeps_its_delivery(transport: Transport, backend: Backend) {
     let dbs = open(backend).await;
     let faults = Faults::for_tests();
