@@ -1,5 +1,6 @@
-//! Catalog's request and response bodies: the shapes its routes accept and answer. Every field of a request is
-//! optional at the type level so that a missing field is reported with the others.
+//! Catalog's request and response bodies: the shapes its routes accept and answer. Every
+//! field of a request is optional at the type level so that a missing field is reported
+//! with the others.
 
 use kernel::{Currency, FieldErrors, Money, Quantity, Sku, StockLevel};
 use runtime::http::{ApiError, checks};
