@@ -105,7 +105,7 @@ fn check_crate_deps(root: &Path, module: &str, others: &[&str]) -> anyhow::Resul
     Ok(found)
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return files;
@@ -123,7 +123,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The code of a line without its `//` comment (a `//` inside a string is kept).
-fn code_of(line: &str) -> &str {
+pub(crate) fn code_of(line: &str) -> &str {
     let mut in_string = false;
     let mut previous = ' ';
     for (i, c) in line.char_indices() {
@@ -159,7 +159,7 @@ fn strings_of(code: &str) -> Vec<&str> {
 
 /// `other::...` as the start of a path (the crate), not `contracts::other::...` (the
 /// shared contracts of its events, which every module may use).
-fn names_crate(code: &str, other: &str) -> bool {
+pub(crate) fn names_crate(code: &str, other: &str) -> bool {
     let needle = format!("{other}::");
     let mut from = 0;
     while let Some(at) = code[from..].find(&needle) {
@@ -282,6 +282,14 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
         }
         all.extend(found);
     }
+    let layers = crate::tidy::check(root)?;
+    if layers.is_empty() {
+        eprintln!(
+            "ok    layer and file rules ({} rules)",
+            crate::tidy::LAYER_RULES.len() + 1
+        );
+    }
+    all.extend(layers);
     for v in &all {
         eprintln!("FAIL  {v}");
     }

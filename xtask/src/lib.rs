@@ -9,6 +9,7 @@ mod move_data;
 pub mod scratch;
 mod soak;
 mod templates;
+mod tidy;
 
 use std::path::PathBuf;
 

@@ -139,7 +139,7 @@ async fn advance(
     let order_id = row.order_id;
     let mut active = row.into_active_model();
     let event = if action == "dispatched" {
-        let tracking = tracking_number();
+        let tracking = tracking_number(|n| fastrand::usize(..n));
         active.status = Set(ShipmentStatus::Dispatched.as_str().into());
         active.tracking_number = Set(Some(tracking.clone()));
         Envelope::new(
