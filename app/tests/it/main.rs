@@ -1,5 +1,6 @@
 //! The monolith's integration tests: one binary, several files.
 
+mod access;
 mod basics;
 mod delivery;
 mod journey;

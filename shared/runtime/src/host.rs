@@ -28,6 +28,7 @@ use tracing::Instrument;
 use tracing_actix_web::TracingLogger;
 
 use crate::admin::{self, Admin, ModuleLetters};
+use crate::auth::Authenticator;
 use crate::config::{BusKind, Settings};
 use crate::db::{self, ModuleDb};
 use crate::http::{ApiError, BodyLimit, RootSpan, request_id_middleware};
@@ -189,6 +190,7 @@ impl Application {
         hooks: Hooks,
     ) -> anyhow::Result<Self> {
         let modules = select_modules(&settings, available)?;
+        let authenticator = Authenticator::from_settings(&settings)?;
         let metrics = prometheus::install()?;
         if settings.database.migrate_on_start {
             migrate(&settings, &modules).await?;
@@ -272,13 +274,21 @@ impl Application {
         let admin = settings.operator.token.clone().map(|token| Admin {
             token,
             modules: letters,
+            failures: Default::default(),
         });
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener =
             TcpListener::bind(&address).with_context(|| format!("failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
-        let server = http_server(&settings, listener, routes, Probes::new(probes), admin)?;
+        let server = http_server(
+            &settings,
+            listener,
+            routes,
+            Probes::new(probes),
+            admin,
+            authenticator,
+        )?;
         let admin_address = format!("{}:{}", settings.server.host, settings.server.admin_port);
         let admin_listener = TcpListener::bind(&admin_address).with_context(|| {
             format!("failed to bind the admin port {admin_address} (server.admin_port)")
@@ -403,7 +413,9 @@ fn http_server(
     modules: Vec<(&'static str, Routes)>,
     probes: Probes,
     admin: Option<Admin>,
+    authenticator: Authenticator,
 ) -> anyhow::Result<Server> {
+    let authenticator = web::Data::new(authenticator);
     let limit = web::Data::new(BodyLimit(settings.server.max_body_bytes));
     let probes = web::Data::new(probes);
     let admin = admin.map(web::Data::new);
@@ -416,6 +428,7 @@ fn http_server(
             .wrap(TracingLogger::<RootSpan>::new())
             .wrap(from_fn(request_id_middleware))
             .app_data(limit.clone())
+            .app_data(authenticator.clone())
             .app_data(probes.clone())
             .configure(probes::routes)
             .configure(move |cfg| {

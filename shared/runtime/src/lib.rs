@@ -3,6 +3,7 @@
 //! `main` is a few lines on top of this crate.
 
 mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -4,6 +4,7 @@ mod dto;
 mod error;
 
 use actix_web::{HttpResponse, web};
+use runtime::auth::{Access, RouteAccess};
 use runtime::http::{ApiError, Origin, ValidJson, ValidQuery};
 
 use crate::State;
@@ -14,22 +15,24 @@ use dto::{
 
 const DEFAULT_PAGE: u64 = 20;
 
+/// Every route with who may call it: anyone reads products; staff change them.
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
     move |cfg| {
         cfg.app_data(state.clone())
             .service(
                 web::resource("/products")
-                    .route(web::post().to(create))
-                    .route(web::get().to(list)),
+                    .route(web::post().to(create).allow(Access::Staff))
+                    .route(web::get().to(list).allow(Access::Public)),
             )
             .service(
                 web::resource("/products/{sku}")
-                    .route(web::get().to(get))
-                    .route(web::patch().to(patch)),
+                    .route(web::get().to(get).allow(Access::Public))
+                    .route(web::patch().to(patch).allow(Access::Staff)),
             )
             .service(
-                web::resource("/products/{sku}/restock").route(web::post().to(restock_product)),
+                web::resource("/products/{sku}/restock")
+                    .route(web::post().to(restock_product).allow(Access::Staff)),
             );
     }
 }

@@ -83,7 +83,7 @@ impl PlaceOrderBody {
             .collect()
     }
 
-    pub(crate) fn into_command(self) -> Result<PlaceOrder, ApiError> {
+    pub(crate) fn into_command(self, customer_id: String) -> Result<PlaceOrder, ApiError> {
         let mut e = FieldErrors::new();
         let email = required(&mut e, "customer_email", self.customer_email);
         let token = required(&mut e, "payment_token", self.payment_token);
@@ -134,6 +134,7 @@ impl PlaceOrderBody {
         match (email, token, address) {
             (Some(customer_email), Some(payment_token), Some(shipping_address)) if e.is_empty() => {
                 Ok(PlaceOrder {
+                    customer_id,
                     customer_email,
                     items,
                     shipping_address,
@@ -143,6 +144,22 @@ impl PlaceOrderBody {
             _ => Err(ApiError::invalid(e)),
         }
     }
+}
+
+/// `GET /orders?limit=&after=`.
+#[derive(Debug, Deserialize, Validate)]
+pub(crate) struct ListQuery {
+    #[validate(range(min = 1, max = 100))]
+    pub(crate) limit: Option<u64>,
+    #[validate(custom(function = "checks::uuid_text"))]
+    pub(crate) after: Option<String>,
+}
+
+/// A page of orders: `{items, next_after}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PageView {
+    pub(crate) items: Vec<OrderView>,
+    pub(crate) next_after: Option<uuid::Uuid>,
 }
 
 /// The `Idempotency-Key` header, checked.
@@ -179,6 +196,7 @@ pub(crate) struct LineView {
 #[derive(Debug, Serialize)]
 pub(crate) struct OrderView {
     id: uuid::Uuid,
+    customer_id: String,
     status: &'static str,
     status_reason: Option<String>,
     total_minor: i64,
@@ -194,6 +212,7 @@ impl From<Order> for OrderView {
     fn from(o: Order) -> Self {
         Self {
             id: o.id,
+            customer_id: o.customer_id,
             status: o.status.as_str(),
             status_reason: o.status_reason,
             total_minor: o.total_minor,

@@ -4,26 +4,53 @@ mod dto;
 mod error;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use runtime::http::{ApiError, Origin, ValidJson, uuid_param};
+use runtime::auth::{Access, Caller, RouteAccess};
+use runtime::http::{ApiError, Origin, ValidJson, ValidQuery, uuid_param};
 
 use crate::State;
+use crate::use_cases::get_order::Viewer;
 use crate::use_cases::place_order::{IdempotencyKey, Placed};
 use crate::use_cases::{cancel_order, get_order, place_order, price_list};
-use dto::{OrderView, PlaceOrderBody, idempotency_key};
+use dto::{ListQuery, OrderView, PageView, PlaceOrderBody, idempotency_key};
 
+const DEFAULT_PAGE: u64 = 20;
+
+/// Every route with who may call it. A customer's orders are theirs alone: another
+/// customer's order answers 404, as if it did not exist. Staff read any order but place
+/// and cancel none. The price list mirrors catalog's public prices.
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
     move |cfg| {
         cfg.app_data(state.clone())
-            .route("/orders", web::post().to(place))
-            .route("/orders/{id}", web::get().to(get))
-            .route("/orders/{id}/cancel", web::post().to(cancel))
-            .route("/prices/{sku}", web::get().to(price));
+            .service(
+                web::resource("/orders")
+                    .route(web::post().to(place).allow(Access::Customer))
+                    .route(web::get().to(list).allow(Access::CustomerOrStaff)),
+            )
+            .route(
+                "/orders/{id}",
+                web::get().to(get).allow(Access::CustomerOrStaff),
+            )
+            .route(
+                "/orders/{id}/cancel",
+                web::post().to(cancel).allow(Access::Customer),
+            )
+            .route("/prices/{sku}", web::get().to(price).allow(Access::Public));
+    }
+}
+
+/// What a caller may see: staff everything, a customer their own orders.
+fn viewer(caller: &Caller) -> Viewer<'_> {
+    if caller.is_staff() {
+        Viewer::Anyone
+    } else {
+        Viewer::Owner(&caller.subject)
     }
 }
 
 async fn place(
     state: web::Data<State>,
+    caller: Caller,
     origin: Origin,
     req: HttpRequest,
     body: ValidJson<PlaceOrderBody>,
@@ -33,7 +60,7 @@ async fn place(
         key,
         request_hash: body.0.fingerprint(),
     });
-    let command = body.0.into_command()?;
+    let command = body.0.into_command(caller.subject)?;
     let (order, replayed) = match place_order::place_order(&state, &origin.0, command, key).await? {
         Placed::New(order) => (order, false),
         Placed::Replayed(order) => (order, true),
@@ -46,19 +73,44 @@ async fn place(
     Ok(response.json(OrderView::from(order)))
 }
 
-async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: web::Data<State>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    let order = get_order::get_order(&state.db, id).await?;
+    let order = get_order::get_order(&state.db, viewer(&caller), id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
+}
+
+async fn list(
+    state: web::Data<State>,
+    caller: Caller,
+    query: ValidQuery<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.0;
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| uuid_param("after", a))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let (orders, next_after) =
+        get_order::list_orders(&state.db, viewer(&caller), after, limit).await?;
+    Ok(HttpResponse::Ok().json(PageView {
+        items: orders.into_iter().map(OrderView::from).collect(),
+        next_after,
+    }))
 }
 
 async fn cancel(
     state: web::Data<State>,
+    caller: Caller,
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    let order = cancel_order::cancel_order(&state, &origin.0, id).await?;
+    let order = cancel_order::cancel_order(&state, &origin.0, &caller.subject, id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
 }
 

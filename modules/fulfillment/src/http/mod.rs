@@ -1,6 +1,7 @@
 //! Fulfillment's routes, mounted under `/api/fulfillment`.
 
 use actix_web::{HttpResponse, web};
+use runtime::auth::{Access, RouteAccess};
 use runtime::http::{ApiError, Origin, ValidQuery, uuid_param};
 use serde::Deserialize;
 use validator::Validate;
@@ -8,14 +9,22 @@ use validator::Validate;
 use crate::State;
 use crate::use_cases::shipments::{self, ShipmentError};
 
+/// Every route with who may call it: fulfillment is staff work only (shipments reveal
+/// order ids).
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
     move |cfg| {
         cfg.app_data(state.clone())
-            .route("/shipments", web::get().to(list))
-            .route("/shipments/{id}", web::get().to(get))
-            .route("/shipments/{id}/dispatch", web::post().to(dispatch))
-            .route("/shipments/{id}/deliver", web::post().to(deliver));
+            .route("/shipments", web::get().to(list).allow(Access::Staff))
+            .route("/shipments/{id}", web::get().to(get).allow(Access::Staff))
+            .route(
+                "/shipments/{id}/dispatch",
+                web::post().to(dispatch).allow(Access::Staff),
+            )
+            .route(
+                "/shipments/{id}/deliver",
+                web::post().to(deliver).allow(Access::Staff),
+            );
     }
 }
 
