@@ -8,6 +8,44 @@ use testkit::{Backend, Role, json, on_both_backends};
 
 use crate::shop::Shop;
 
+/// Every route the monolith serves, as (method, path template). The access table below
+/// must try each; the OpenAPI document must describe each (`openapi.rs`).
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/api/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/api/catalog/products"),
+    ("POST", "/api/catalog/products"),
+    ("GET", "/api/catalog/products/{sku}"),
+    ("PATCH", "/api/catalog/products/{sku}"),
+    ("POST", "/api/catalog/products/{sku}/restock"),
+    ("GET", "/api/checkout/prices/{sku}"),
+    ("POST", "/api/checkout/orders"),
+    ("GET", "/api/checkout/orders"),
+    ("GET", "/api/checkout/orders/{id}"),
+    ("POST", "/api/checkout/orders/{id}/cancel"),
+    ("GET", "/api/fulfillment/shipments"),
+    ("GET", "/api/fulfillment/shipments/{id}"),
+    ("POST", "/api/fulfillment/shipments/{id}/dispatch"),
+    ("POST", "/api/fulfillment/shipments/{id}/deliver"),
+];
+
+/// The template a concrete path matches (ids and skus in place of `{...}`).
+pub(crate) fn template_of(method: &str, path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().find_map(|(m, template)| {
+        let t: Vec<&str> = template.split('/').collect();
+        let matches = *m == method
+            && t.len() == parts.len()
+            && t.iter()
+                .zip(&parts)
+                .all(|(t, p)| t.starts_with('{') || t == p);
+        matches.then_some(*template)
+    })
+}
+
 /// The callers every route is tried with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -105,6 +143,8 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
     let rows: Vec<(Method, String, Option<Value>, Expected)> = vec![
         (Method::GET, "/healthz".into(), None, PUBLIC),
         (Method::GET, "/readyz".into(), None, PUBLIC),
+        (Method::GET, "/api/openapi.json".into(), None, PUBLIC),
+        (Method::GET, "/docs".into(), None, PUBLIC),
         (Method::GET, "/api/catalog/products".into(), None, PUBLIC),
         (
             Method::GET,
@@ -192,6 +232,23 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
             [401, 401, 200, 404, 403],
         ),
     ];
+    let tried: std::collections::BTreeSet<(&str, &str)> = rows
+        .iter()
+        .map(|(method, path, _, _)| {
+            let template = template_of(method.as_str(), path)
+                .unwrap_or_else(|| panic!("{method} {path} is in no route of ROUTES"));
+            (
+                ROUTES
+                    .iter()
+                    .find(|(m, t)| *m == method.as_str() && *t == template)
+                    .map(|(m, _)| *m)
+                    .expect("listed"),
+                template,
+            )
+        })
+        .collect();
+    let all: std::collections::BTreeSet<(&str, &str)> = ROUTES.iter().copied().collect();
+    assert_eq!(tried, all, "the table tries every route");
     for (method, path, body, expected) in &rows {
         // Customer B before customer A, staff last: a refused call must change nothing
         // for the allowed one after it.

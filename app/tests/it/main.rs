@@ -5,4 +5,5 @@ mod basics;
 mod delivery;
 mod journey;
 mod metrics;
+mod openapi;
 mod shop;

@@ -206,7 +206,7 @@ mod tests {
 }
 
 /// Where an order ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Address {
     pub(crate) name: String,
     pub(crate) line1: String,

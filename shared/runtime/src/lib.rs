@@ -10,6 +10,7 @@ pub mod db;
 pub mod host;
 pub mod http;
 pub mod module;
+pub mod openapi;
 pub mod probes;
 pub mod prometheus;
 pub mod telemetry;

@@ -6,6 +6,7 @@ mod error;
 use actix_web::{HttpRequest, HttpResponse, web};
 use runtime::auth::{Access, Caller, RouteAccess};
 use runtime::http::{ApiError, Origin, ValidJson, ValidQuery, uuid_param};
+use runtime::openapi::ErrorBody;
 
 use crate::State;
 use crate::use_cases::get_order::Viewer;
@@ -14,6 +15,15 @@ use crate::use_cases::{cancel_order, get_order, place_order, price_list};
 use dto::{ListQuery, OrderView, PageView, PlaceOrderBody, idempotency_key};
 
 const DEFAULT_PAGE: u64 = 20;
+
+/// Checkout's routes, described for the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(place, list, get, cancel, price),
+    components(schemas(PlaceOrderBody, OrderView, PageView, price_list::Price)),
+    tags((name = "checkout", description = "Orders and payments"))
+)]
+pub(crate) struct ApiDoc;
 
 /// Every route with who may call it. A customer's orders are theirs alone: another
 /// customer's order answers 404, as if it did not exist. Staff read any order but place
@@ -48,6 +58,19 @@ fn viewer(caller: &Caller) -> Viewer<'_> {
     }
 }
 
+/// Places an order for the caller, priced from checkout's price list; 201 at once with
+/// status `pending`. With an `Idempotency-Key`, the caller's same key and body give back the
+/// same order.
+#[utoipa::path(post, path = "/api/checkout/orders", tag = "checkout",
+    request_body = PlaceOrderBody, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    responses(
+        (status = 201, description = "placed (or replayed)", body = OrderView),
+        (status = 400, description = "invalid fields, each named", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not a customer", body = ErrorBody),
+        (status = 422, description = "an unknown sku, mixed currencies, or a key reused with another body", body = ErrorBody),
+    ))]
 async fn place(
     state: web::Data<State>,
     caller: Caller,
@@ -73,6 +96,15 @@ async fn place(
     Ok(response.json(OrderView::from(order)))
 }
 
+/// One order: the caller's own, or any for staff (another customer's order is 404).
+#[utoipa::path(get, path = "/api/checkout/orders/{id}", tag = "checkout",
+    params(("id" = uuid::Uuid, Path, description = "the order's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 404, description = "no such order for this caller", body = ErrorBody),
+    ))]
 async fn get(
     state: web::Data<State>,
     caller: Caller,
@@ -83,6 +115,14 @@ async fn get(
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
 }
 
+/// The caller's orders (staff: every order), oldest first, a page at a time.
+#[utoipa::path(get, path = "/api/checkout/orders", tag = "checkout",
+    params(ListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "a page", body = PageView),
+        (status = 400, description = "a bad limit or after", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+    ))]
 async fn list(
     state: web::Data<State>,
     caller: Caller,
@@ -103,6 +143,17 @@ async fn list(
     }))
 }
 
+/// Cancels the caller's order before it ships.
+#[utoipa::path(post, path = "/api/checkout/orders/{id}/cancel", tag = "checkout",
+    params(("id" = uuid::Uuid, Path, description = "the order's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "cancelled (or already was)", body = OrderView),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not a customer", body = ErrorBody),
+        (status = 404, description = "no such order for this caller", body = ErrorBody),
+        (status = 409, description = "shipped, or refused before", body = ErrorBody),
+    ))]
 async fn cancel(
     state: web::Data<State>,
     caller: Caller,
@@ -114,6 +165,13 @@ async fn cancel(
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
 }
 
+/// The price checkout holds for a sku (a copy of catalog's, fed by its events).
+#[utoipa::path(get, path = "/api/checkout/prices/{sku}", tag = "checkout",
+    params(("sku" = String, Path, description = "the product's sku")),
+    responses(
+        (status = 200, description = "the price", body = price_list::Price),
+        (status = 404, description = "no price for this sku (yet)", body = ErrorBody),
+    ))]
 async fn price(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     match price_list::get_price(&state.db, &sku).await? {
         Some(price) => Ok(HttpResponse::Ok().json(price)),
