@@ -200,3 +200,50 @@ on_both_backends!(
     every_documented_route_answers_its_documented_status,
     the_docs_page_is_self_contained,
 );
+
+/// Headless Chromium (Debian's `chromium`, which CI installs) opens `/docs`, runs its
+/// script under the page's own Content-Security-Policy, and lists every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_shows_every_route_on_the_docs_page() {
+    let shop = Shop::open(Backend::Sqlite).await;
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("headless Chromium must be installed for this test: apt-get install chromium");
+    let profile = tempfile::tempdir().expect("a profile folder");
+    let url = shop.app.url("/docs");
+    let output = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", &url])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(90), output)
+        .await
+        .expect("Chromium answers within 90 s")
+        .expect("Chromium runs");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && dom.contains("OpenAPI 3.1.0"),
+        "the page rendered the document: {dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (method, path) in ROUTES {
+        assert!(
+            dom.contains(&format!("data-route=\"{method} {path}\"")),
+            "{method} {path} is listed on the page"
+        );
+    }
+}
