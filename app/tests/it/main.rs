@@ -3,6 +3,7 @@
 mod access;
 mod basics;
 mod delivery;
+mod hardening;
 mod journey;
 mod metrics;
 mod openapi;

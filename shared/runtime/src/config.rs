@@ -62,6 +62,9 @@ pub struct ServerSettings {
     /// The largest request body accepted, in bytes.
     #[validate(range(min = 1024, max = 16777216))]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive after its headers; a slower one is 408.
+    #[validate(range(min = 100, max = 600000))]
+    pub body_timeout_ms: u64,
     #[validate(range(min = 1, max = 3600))]
     pub keep_alive_secs: u64,
     /// How long in-flight requests may take to finish after SIGTERM.

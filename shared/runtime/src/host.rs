@@ -31,7 +31,7 @@ use crate::admin::{self, Admin, ModuleLetters};
 use crate::auth::Authenticator;
 use crate::config::{BusKind, Settings};
 use crate::db::{self, ModuleDb};
-use crate::http::{ApiError, BodyLimit, RootSpan, request_id_middleware};
+use crate::http::{ApiError, BodyDeadline, BodyLimit, RootSpan, request_id_middleware};
 use crate::module::{BackgroundTask, Module, ModuleContext, StartedModule};
 use crate::openapi::{self, Document};
 use crate::probes::{self, Probe, Probes};
@@ -422,6 +422,9 @@ fn http_server(
     let authenticator = web::Data::new(authenticator);
     let document = web::Data::new(document);
     let limit = web::Data::new(BodyLimit(settings.server.max_body_bytes));
+    let deadline = web::Data::new(BodyDeadline(Duration::from_millis(
+        settings.server.body_timeout_ms,
+    )));
     let probes = web::Data::new(probes);
     let admin = admin.map(web::Data::new);
     let modules = Arc::new(modules);
@@ -435,6 +438,7 @@ fn http_server(
             .wrap(TracingLogger::<RootSpan>::new())
             .wrap(from_fn(request_id_middleware))
             .app_data(limit.clone())
+            .app_data(deadline.clone())
             .app_data(authenticator.clone())
             .app_data(probes.clone())
             .app_data(document.clone())

@@ -170,10 +170,17 @@ async fn cancel(
     params(("sku" = String, Path, description = "the product's sku")),
     responses(
         (status = 200, description = "the price", body = price_list::Price),
+        (status = 400, description = "not a sku", body = ErrorBody),
         (status = 404, description = "no price for this sku (yet)", body = ErrorBody),
     ))]
 async fn price(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    match price_list::get_price(&state.db, &sku).await? {
+    // Only a sku can have a price; anything else (a NUL byte, say) is the caller's mistake.
+    let sku = kernel::Sku::parse(&sku).map_err(|err| {
+        let mut e = kernel::FieldErrors::new();
+        e.check::<(), _>("sku", Err(err));
+        ApiError::invalid(e)
+    })?;
+    match price_list::get_price(&state.db, sku.as_str()).await? {
         Some(price) => Ok(HttpResponse::Ok().json(price)),
         None => Err(ApiError::not_found(
             "price_not_found",
