@@ -3,6 +3,7 @@
 mod access;
 mod basics;
 mod delivery;
+mod fuzz;
 mod hardening;
 mod journey;
 mod metrics;
