@@ -220,7 +220,7 @@ pub(crate) async fn monolith(args: &BenchArgs) -> anyhow::Result<Report> {
     create_database(&args.pg_host, args.pg_port, &database).await?;
     let result = async {
         let (process, port) = spawn("app", &pg_vars(args, &database))?;
-        let client = reqwest::Client::builder()
+        let client = crate::harness::client_builder()?
             .pool_max_idle_per_host(args.concurrency)
             .build()?;
         wait_ready(&client, port).await?;
@@ -326,7 +326,7 @@ pub(crate) async fn extracted(args: &BenchArgs) -> anyhow::Result<Report> {
         ]);
         let (monolith, port) = spawn("app", &mono_vars)?;
         let (service, service_port) = spawn_at(&service_binary, scratch.path(), &svc_vars)?;
-        let client = reqwest::Client::builder()
+        let client = crate::harness::client_builder()?
             .pool_max_idle_per_host(args.concurrency)
             .build()?;
         wait_ready(&client, port).await?;

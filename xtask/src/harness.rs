@@ -34,6 +34,25 @@ pub(crate) fn target_dir() -> PathBuf {
         .unwrap_or_else(|_| crate::workspace_root().join("target"))
 }
 
+/// A client for the processes the harness starts (`APP_ENVIRONMENT=local`, the repository's
+/// `config/`, whose issuer and audience an extracted service's configuration copies): each
+/// request carries a token of the local development secret with the customer and the staff
+/// role, as a shop's storefront and back office together would, unless it sets its own.
+pub(crate) fn client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
+    let settings = runtime::Settings::load(runtime::config::Sources {
+        dir: &crate::workspace_root().join("config"),
+        environment: "local",
+        env_vars: Some(Default::default()),
+    })?;
+    let roles = [runtime::auth::Role::Customer, runtime::auth::Role::Staff];
+    let token = runtime::auth::mint(&settings, &roles, "harness", Duration::from_secs(86_400))?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().default_headers(headers))
+}
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())

@@ -749,7 +749,7 @@ pub(crate) fn run(mut args: SoakArgs) -> anyhow::Result<()> {
     let plan = runs(&args);
     anyhow::ensure!(!plan.is_empty(), "no scenario matches these options");
     let ctx = Ctx {
-        client: reqwest::Client::builder()
+        client: crate::harness::client_builder()?
             .pool_max_idle_per_host(args.max_in_flight)
             .build()?,
         args,

@@ -256,6 +256,10 @@ data:
   APP__DATABASE__POSTGRES__ROLE_PREFIX: shop_
   APP__BUS__REDIS__URL: redis://redis:6379/0
   APP__TELEMETRY__LEVEL: info
+  # Bearer tokens: the identity provider's issuer, this API's audience, its public keys.
+  APP__AUTH__ISSUER: https://auth.example.com/
+  APP__AUTH__AUDIENCE: shop-api
+  APP__AUTH__JWKS_FILE: /etc/shop/jwks/jwks.json
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -270,6 +274,10 @@ data:
   APP__DATABASE__POSTGRES__ROLE_PREFIX: shop_
   APP__BUS__REDIS__URL: redis://redis:6379/0
   APP__TELEMETRY__LEVEL: info
+  # Bearer tokens: the identity provider's issuer, this API's audience, its public keys.
+  APP__AUTH__ISSUER: https://auth.example.com/
+  APP__AUTH__AUDIENCE: shop-api
+  APP__AUTH__JWKS_FILE: /etc/shop/jwks/jwks.json
 "#,
             package = self.package,
             generated = capitalized(GENERATED)
@@ -393,9 +401,14 @@ spec:
 {container_security}          volumeMounts:
             # The one writable path: database.sqlite.dir, relative to the working directory.
             - {{ name: data, mountPath: /app/data }}
+            # The identity provider's public keys (auth.jwks_file): kubectl create configmap
+            # shop-jwks --from-file=jwks.json=<the provider's JWK set>
+            - {{ name: jwks, mountPath: /etc/shop/jwks, readOnly: true }}
       volumes:
         - name: data
           emptyDir: {{ sizeLimit: 64Mi }}
+        - name: jwks
+          configMap: {{ name: shop-jwks }}
 ---
 apiVersion: v1
 kind: Service

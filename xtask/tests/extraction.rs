@@ -292,6 +292,8 @@ impl Proc {
         );
         command
             .env("APP__SERVER__PORT", port.to_string())
+            // Every process verifies tokens with the same key, as a deployment's would.
+            .env("APP__AUTH__HS256_SECRET", auth::SECRET)
             // the metrics port: a free one, so several processes run side by side
             .env("APP__SERVER__ADMIN_PORT", "0")
             .env("APP__TELEMETRY__LEVEL", "warn")
@@ -369,6 +371,37 @@ impl Drop for Proc {
     }
 }
 
+/// Tokens for the processes these tests start: all share one HS256 secret.
+mod auth {
+    use runtime::auth::Role;
+
+    pub(crate) const SECRET: &str = "extraction-test-secret-of-at-least-32-bytes";
+
+    pub(crate) fn token(roles: &[Role], subject: &str) -> String {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let vars = [("APP__AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())];
+        let settings = runtime::Settings::load(runtime::config::Sources {
+            dir: &dir,
+            environment: "local",
+            env_vars: Some(vars.into_iter().collect()),
+        })
+        .expect("the repository's settings load");
+        runtime::auth::mint(
+            &settings,
+            roles,
+            subject,
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("a token")
+    }
+
+    /// The journey runs as a caller with both roles: a storefront and a back office.
+    pub(crate) fn everyone() -> &'static str {
+        static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TOKEN.get_or_init(|| token(&[Role::Customer, Role::Staff], "journey"))
+    }
+}
+
 /// A tiny blocking HTTP client over the async one.
 mod http {
     use reqwest::{Client, Method, Result};
@@ -389,8 +422,21 @@ mod http {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        call_as(method, url, body, Some(super::auth::everyone()))
+    }
+
+    /// Sends `token` as the bearer token, or none.
+    pub(crate) fn call_as(
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         runtime().block_on(async {
             let mut request = Client::new().request(method, url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -607,6 +653,44 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
     let mut service = Proc::start(&scratch, "fulfillment-service", service_port, &svc_vars);
     let (status, _) = get(&monolith.url("/api/fulfillment/shipments"));
     assert_eq!(status, 404, "the monolith no longer serves fulfillment");
+
+    // The extracted service enforces the monolith's access rules from the same settings:
+    // shipments are staff work; another customer's order does not exist for a customer.
+    {
+        use runtime::auth::Role;
+        let customer = auth::token(&[Role::Customer], "customer-b");
+        let staff = auth::token(&[Role::Staff], "staff-1");
+        let one = service.url(&format!("/api/fulfillment/shipments?order_id={early}"));
+        let dispatch = service.url(&format!("/api/fulfillment/shipments/{early}/dispatch"));
+        let cases: &[(&str, http::Verb, &str, Option<&str>, u16)] = &[
+            ("no token", http::Verb::GET, &one, None, 401),
+            (
+                "a forged token",
+                http::Verb::GET,
+                &one,
+                Some("e30.e30.e30"),
+                401,
+            ),
+            ("a customer", http::Verb::GET, &one, Some(&customer), 403),
+            (
+                "a customer",
+                http::Verb::POST,
+                &dispatch,
+                Some(&customer),
+                403,
+            ),
+            ("staff", http::Verb::GET, &one, Some(&staff), 200),
+        ];
+        for (who, verb, url, token, expected) in cases {
+            let (status, _) = http::call_as(verb.clone(), url, None, *token);
+            assert_eq!(status, *expected, "{who}: {verb} {url}");
+        }
+        let order = monolith.url(&format!("/api/checkout/orders/{early}"));
+        let (status, _) = http::call_as(http::Verb::GET, &order, None, Some(&customer));
+        assert_eq!(status, 404, "another customer's order is not theirs to see");
+        let (status, _) = http::call_as(http::Verb::GET, &order, None, Some(&staff));
+        assert_eq!(status, 200, "staff read any order");
+    }
 
     // The shipment made before the move is there, and completes the journey.
     let shipment = shipment_of(&service, &early, "ready");

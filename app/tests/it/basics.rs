@@ -87,7 +87,8 @@ async fn stopping_drains_a_request_in_flight(backend: Backend) {
         .await
         .expect("connect");
     let head = format!(
-        "POST /api/catalog/products HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/catalog/products HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        app.token(&[testkit::Role::Staff], "staff-1"),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("write head");
@@ -268,7 +269,14 @@ fn bad_settings_stop_the_binary_with_the_key_named() {
 fn a_secret_never_reaches_the_logs() {
     let output = binary(&[
         ("APP__DATABASE__POSTGRES__OWNER_PASSWORD", "hunter2-secret"),
-        ("APP__OPERATOR__TOKEN", "token-secret"),
+        (
+            "APP__OPERATOR__TOKEN",
+            "token-secret-5f1c0e9b7a3d42c8a6e1b0f9d8c7a6b5e4d3c2b1a0f9e8d7",
+        ),
+        (
+            "APP__AUTH__HS256_SECRET",
+            "hs256-secret-0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a",
+        ),
     ])
     .arg("check-config")
     .output()
@@ -284,7 +292,9 @@ fn a_secret_never_reaches_the_logs() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        !all.contains("hunter2-secret") && !all.contains("token-secret"),
+        !all.contains("hunter2-secret")
+            && !all.contains("token-secret")
+            && !all.contains("hs256-secret"),
         "{all}"
     );
     assert!(all.contains("REDACTED"), "{all}");

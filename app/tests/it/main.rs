@@ -1,7 +1,11 @@
 //! The monolith's integration tests: one binary, several files.
 
+mod access;
 mod basics;
 mod delivery;
+mod fuzz;
+mod hardening;
 mod journey;
 mod metrics;
+mod openapi;
 mod shop;

@@ -281,8 +281,14 @@ fn a_process_running_one_module_serves_that_modules_families() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = runtime.block_on(async {
         let client = testkit::reqwest::Client::new();
+        let staff = testkit::token(
+            &testkit::test_settings(),
+            &[testkit::Role::Staff],
+            "staff-1",
+        );
         let listed = client
             .get(format!("{address}/api/fulfillment/shipments"))
+            .bearer_auth(staff)
             .send()
             .await
             .expect("reachable");

@@ -49,6 +49,10 @@ impl Module for Catalog {
         migrations::catalog::Migrator::up(conn, None).await
     }
 
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        <http::ApiDoc as utoipa::OpenApi>::openapi()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         // Present at zero from start-up, so an alert on any increase has a series to watch.
         metrics::describe_counter!(

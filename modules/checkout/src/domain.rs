@@ -206,7 +206,7 @@ mod tests {
 }
 
 /// Where an order ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Address {
     pub(crate) name: String,
     pub(crate) line1: String,
@@ -231,6 +231,8 @@ pub(crate) struct Order {
     pub(crate) id: uuid::Uuid,
     pub(crate) status: OrderStatus,
     pub(crate) status_reason: Option<String>,
+    /// Who placed it (the `sub` of their token); only they, and staff, may see it.
+    pub(crate) customer_id: String,
     pub(crate) customer_email: String,
     pub(crate) shipping_address: Address,
     pub(crate) payment_token: String,

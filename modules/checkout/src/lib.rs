@@ -85,6 +85,10 @@ impl Module for Checkout {
         migrations::checkout::Migrator::up(conn, None).await
     }
 
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        <http::ApiDoc as utoipa::OpenApi>::openapi()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         let settings =
             settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;

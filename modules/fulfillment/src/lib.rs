@@ -43,6 +43,10 @@ impl Module for Fulfillment {
         migrations::fulfillment::Migrator::up(conn, None).await
     }
 
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        <http::ApiDoc as utoipa::OpenApi>::openapi()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         // Counted after each dispatch commits; present at zero before the first one.
         metrics::describe_counter!(

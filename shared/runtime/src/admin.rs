@@ -1,9 +1,13 @@
 //! Operator endpoints for each module's dead letters, under `/admin/<module>/dead-letters`:
 //! list, inspect, replay, discard. They exist only when `operator.token` is set, and every
-//! call must carry it as `Authorization: Bearer <token>`.
+//! call must carry it as `Authorization: Bearer <token>`. Every refused token is logged with
+//! the caller's address, and an address that failed [`MAX_FAILURES`] times within
+//! [`FAILURE_WINDOW`] is answered 429 until the window ends, right token or not.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use messaging::ModuleDb;
@@ -25,7 +29,13 @@ pub(crate) struct ModuleLetters {
 pub(crate) struct Admin {
     pub token: SecretString,
     pub modules: HashMap<&'static str, ModuleLetters>,
+    /// Refused attempts per caller address: how many, since when.
+    pub failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
+
+/// Refused tokens an address may send within [`FAILURE_WINDOW`].
+pub(crate) const MAX_FAILURES: u32 = 5;
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -39,6 +49,21 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 
 impl Admin {
     fn authorize(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let peer = req.peer_addr().map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(ip) = peer {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            failures.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+            if let Some((count, since)) = failures.get(&ip)
+                && *count >= MAX_FAILURES
+            {
+                let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(*since));
+                return Err(ApiError::too_many(format!(
+                    "too many refused operator tokens from this address; retry in {} s",
+                    wait.as_secs() + 1
+                )));
+            }
+        }
         let given = req
             .headers()
             .get("authorization")
@@ -49,6 +74,21 @@ impl Admin {
         if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected)) {
             Ok(())
         } else {
+            let attempts = match peer {
+                Some(ip) => {
+                    let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = failures.entry(ip).or_insert((0, now));
+                    entry.0 += 1;
+                    entry.0
+                }
+                None => 0,
+            };
+            tracing::warn!(
+                peer = ?peer,
+                path = req.path(),
+                attempts,
+                "refused an operator request: missing or wrong token"
+            );
             Err(ApiError::unauthorized(
                 "a valid operator bearer token is required",
             ))

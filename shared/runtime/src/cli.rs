@@ -1,5 +1,5 @@
 //! The command line every binary of this system shares (the monolith and each extracted
-//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`. A binary's
+//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`, `token`. A binary's
 //! `main` is one call to [`main`] with its name and its modules.
 
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::host::{self, Application};
-use crate::{Module, Settings, telemetry};
+use crate::{Module, Settings, auth, telemetry};
 
 #[derive(Parser)]
 #[command(version)]
@@ -28,6 +28,44 @@ enum Command {
     /// Exit 0 when this host's `/healthz` answers 200 (for container HEALTHCHECKs, which
     /// have no curl in a minimal image).
     Healthcheck,
+    /// Print a bearer token signed with the local HS256 secret, for curl and local tools.
+    /// Refused in production, which verifies the identity provider's tokens only.
+    Token {
+        /// The role the token grants (repeat for several).
+        #[arg(long = "role", required = true, value_parser = parse_role)]
+        roles: Vec<auth::Role>,
+        /// The caller's id (`sub`): a customer's orders are those placed under it.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid: seconds, or a number followed by s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+    },
+}
+
+fn parse_role(word: &str) -> Result<auth::Role, String> {
+    auth::Role::parse(word).ok_or_else(|| format!("{word:?} is not a role (customer, staff)"))
+}
+
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 900, 15m, 2h or 1d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    if secs == 0 || secs > 30 * 86400 {
+        return Err("the lifetime must be between 1 s and 30 days".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Runs a binary: parses its command line, loads its settings (from `APP_CONFIG_DIR`,
@@ -50,6 +88,22 @@ pub fn main(
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Token { roles, sub, ttl }) = &cli.command {
+        return match auth::mint(&settings, roles, sub, *ttl) {
+            Ok(token) => {
+                // The command exists to print this.
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{token}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let subscriber = telemetry::subscriber(name.into(), &settings.telemetry.level, std::io::stdout);
     if let Err(e) = telemetry::init(subscriber) {
         eprintln!("error: cannot install the log subscriber: {e}");
@@ -94,7 +148,7 @@ async fn run(
             let modules = host::select_modules(&settings, &available)?;
             host::migrate(&settings, &modules).await
         }
-        Command::Healthcheck => Ok(()),
+        Command::Healthcheck | Command::Token { .. } => Ok(()),
         Command::CheckConfig => {
             host::select_modules(&settings, &available)?;
             // The one place the binary prints to stdout: the command exists to show this.

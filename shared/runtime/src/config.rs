@@ -20,6 +20,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "database.postgres.role_passwords.",
     "bus.redis.password",
     "operator.token",
+    "auth.hs256_secret",
 ];
 
 #[derive(Debug, Clone, Deserialize, Validate)]
@@ -36,7 +37,12 @@ pub struct Settings {
     #[validate(nested)]
     pub messaging: messaging::MessagingSettings,
     pub operator: OperatorSettings,
+    #[validate(nested)]
+    pub auth: AuthSettings,
     pub modules: ModulesSettings,
+    /// The environment the settings were loaded for (`local`, `test`, `production`).
+    #[serde(skip)]
+    pub environment: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Validate)]
@@ -56,6 +62,9 @@ pub struct ServerSettings {
     /// The largest request body accepted, in bytes.
     #[validate(range(min = 1024, max = 16777216))]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive after its headers; a slower one is 408.
+    #[validate(range(min = 100, max = 600000))]
+    pub body_timeout_ms: u64,
     #[validate(range(min = 1, max = 3600))]
     pub keep_alive_secs: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -221,6 +230,27 @@ pub struct OperatorSettings {
     pub token: Option<SecretString>,
 }
 
+/// How callers' bearer tokens are verified (see `runtime::auth`).
+#[derive(Debug, Clone, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The `iss` every token must carry: the identity provider's issuer.
+    #[validate(length(min = 1))]
+    pub issuer: String,
+    /// The `aud` every token must carry: this API.
+    #[validate(length(min = 1))]
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[validate(range(max = 300))]
+    pub leeway_secs: u64,
+    /// A JWK set file with the identity provider's public keys (RS256, Ed25519).
+    /// Required in production.
+    pub jwks_file: Option<PathBuf>,
+    /// HS256 secret of local development and tests, from `APP__AUTH__HS256_SECRET` only;
+    /// unset, they use a fixed development secret. Production refuses it.
+    pub hs256_secret: Option<SecretString>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModulesSettings {
     /// The modules this process runs.
@@ -330,7 +360,8 @@ impl Settings {
             .add_source(config::File::from(env_file.as_path()).required(false))
             .add_source(env)
             .build()?;
-        let settings: Settings = raw.try_deserialize()?;
+        let mut settings: Settings = raw.try_deserialize()?;
+        settings.environment = sources.environment.to_owned();
         settings.check()?;
         Ok(settings)
     }
@@ -380,7 +411,81 @@ impl Settings {
                 );
             }
         }
+        self.check_auth(&mut errors);
+        if let Some(token) = &self.operator.token
+            && let Err(problem) = check_operator_token(secrecy::ExposeSecret::expose_secret(token))
+        {
+            errors.add("operator.token", "weak", problem);
+        }
         errors.into_result().map_err(ConfigError::Invalid)
+    }
+
+    /// Production verifies asymmetric signatures only; a shared secret is for local
+    /// development and tests, and must be long enough not to be guessed.
+    fn check_auth(&self, errors: &mut FieldErrors) {
+        use secrecy::ExposeSecret;
+        let auth = &self.auth;
+        if self.environment == "production" {
+            if auth.jwks_file.is_none() {
+                errors.add(
+                    "auth.jwks_file",
+                    "required",
+                    "production verifies tokens with the identity provider's public keys: \
+                     set APP__AUTH__JWKS_FILE to a JWK set file",
+                );
+            }
+            if auth.hs256_secret.is_some() {
+                errors.add(
+                    "auth.hs256_secret",
+                    "not_allowed",
+                    "a shared HS256 secret is for local development and tests only; \
+                     production verifies RS256 or EdDSA signatures (auth.jwks_file)",
+                );
+            }
+        }
+        if let Some(secret) = &auth.hs256_secret
+            && secret.expose_secret().len() < 32
+        {
+            errors.add(
+                "auth.hs256_secret",
+                "too_short",
+                "must be at least 32 bytes long",
+            );
+        }
+    }
+}
+
+/// The operator token guards replays and discards of dead letters: it must carry at least
+/// 256 bits (32 bytes) of entropy, estimated from its length and the kinds of characters it
+/// uses (`openssl rand -hex 32` or `openssl rand -base64 32` both pass). The message never
+/// contains the token.
+pub fn check_operator_token(token: &str) -> Result<(), String> {
+    let mut pool = 0u32;
+    if token.bytes().any(|b| b.is_ascii_digit()) {
+        pool += 10;
+    }
+    if token.bytes().any(|b| b.is_ascii_lowercase()) {
+        pool += 26;
+    }
+    if token.bytes().any(|b| b.is_ascii_uppercase()) {
+        pool += 26;
+    }
+    if token.bytes().any(|b| !b.is_ascii_alphanumeric()) {
+        pool += 32;
+    }
+    let distinct = token
+        .bytes()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let bits = token.len() as f64 * f64::from(pool.max(1)).log2();
+    if bits < 256.0 || distinct < 16 {
+        Err(format!(
+            "the operator token must carry at least 32 bytes of entropy (this one: about {} \
+             bits over {distinct} distinct characters); make one with `openssl rand -hex 32`",
+            bits as u32
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -461,7 +566,14 @@ mod tests {
     #[test]
     fn every_shipped_environment_loads() {
         for environment in ENVIRONMENTS {
-            let settings = load(environment, &[]).unwrap_or_else(|e| panic!("{environment}: {e}"));
+            // Production names its token keys; nothing else is needed.
+            let keys = [("APP__AUTH__JWKS_FILE", "/etc/shop/jwks.json")];
+            let vars: &[(&str, &str)] = if *environment == "production" {
+                &keys
+            } else {
+                &[]
+            };
+            let settings = load(environment, vars).unwrap_or_else(|e| panic!("{environment}: {e}"));
             assert!(!settings.modules.enabled.is_empty(), "{environment}");
         }
     }
@@ -552,7 +664,11 @@ mod tests {
 
     #[test]
     fn production_serves_metrics_on_its_own_port() {
-        let settings = load("production", &[]).expect("production loads");
+        let settings = load(
+            "production",
+            &[("APP__AUTH__JWKS_FILE", "/etc/shop/jwks.json")],
+        )
+        .expect("production loads");
         assert_eq!(settings.server.admin_port, 9090);
         assert_ne!(settings.server.admin_port, settings.server.port);
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use messaging::{
@@ -28,10 +28,12 @@ use tracing::Instrument;
 use tracing_actix_web::TracingLogger;
 
 use crate::admin::{self, Admin, ModuleLetters};
+use crate::auth::Authenticator;
 use crate::config::{BusKind, Settings};
 use crate::db::{self, ModuleDb};
-use crate::http::{ApiError, BodyLimit, RootSpan, request_id_middleware};
+use crate::http::{ApiError, BodyDeadline, BodyLimit, RootSpan, request_id_middleware};
 use crate::module::{BackgroundTask, Module, ModuleContext, StartedModule};
+use crate::openapi::{self, Document};
 use crate::probes::{self, Probe, Probes};
 use crate::prometheus;
 
@@ -189,6 +191,7 @@ impl Application {
         hooks: Hooks,
     ) -> anyhow::Result<Self> {
         let modules = select_modules(&settings, available)?;
+        let authenticator = Authenticator::from_settings(&settings)?;
         let metrics = prometheus::install()?;
         if settings.database.migrate_on_start {
             migrate(&settings, &modules).await?;
@@ -272,13 +275,24 @@ impl Application {
         let admin = settings.operator.token.clone().map(|token| Admin {
             token,
             modules: letters,
+            failures: Default::default(),
         });
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener =
             TcpListener::bind(&address).with_context(|| format!("failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
-        let server = http_server(&settings, listener, routes, Probes::new(probes), admin)?;
+        let document = openapi::document(modules.iter().map(|m| m.openapi()))
+            .to_json()
+            .context("failed to serialize the OpenAPI document")?;
+        let server = http_server(
+            &settings,
+            listener,
+            routes,
+            Probes::new(probes),
+            admin,
+            (authenticator, Document(document)),
+        )?;
         let admin_address = format!("{}:{}", settings.server.host, settings.server.admin_port);
         let admin_listener = TcpListener::bind(&admin_address).with_context(|| {
             format!("failed to bind the admin port {admin_address} (server.admin_port)")
@@ -403,8 +417,14 @@ fn http_server(
     modules: Vec<(&'static str, Routes)>,
     probes: Probes,
     admin: Option<Admin>,
+    (authenticator, document): (Authenticator, Document),
 ) -> anyhow::Result<Server> {
+    let authenticator = web::Data::new(authenticator);
+    let document = web::Data::new(document);
     let limit = web::Data::new(BodyLimit(settings.server.max_body_bytes));
+    let deadline = web::Data::new(BodyDeadline(Duration::from_millis(
+        settings.server.body_timeout_ms,
+    )));
     let probes = web::Data::new(probes);
     let admin = admin.map(web::Data::new);
     let modules = Arc::new(modules);
@@ -412,12 +432,18 @@ fn http_server(
         let modules = modules.clone();
         let admin = admin.clone();
         App::new()
+            // Browsers must not guess a content type (a JSON error rendered as HTML).
+            .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
             .wrap(from_fn(prometheus::record_http))
             .wrap(TracingLogger::<RootSpan>::new())
             .wrap(from_fn(request_id_middleware))
             .app_data(limit.clone())
+            .app_data(deadline.clone())
+            .app_data(authenticator.clone())
             .app_data(probes.clone())
+            .app_data(document.clone())
             .configure(probes::routes)
+            .configure(openapi::routes)
             .configure(move |cfg| {
                 if let Some(admin) = admin {
                     cfg.app_data(admin);

@@ -3,12 +3,14 @@
 //! `main` is a few lines on top of this crate.
 
 mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod host;
 pub mod http;
 pub mod module;
+pub mod openapi;
 pub mod probes;
 pub mod prometheus;
 pub mod telemetry;

@@ -32,6 +32,12 @@ pub trait Module: Send + Sync + 'static {
 
     /// Starts the module on its own database.
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule>;
+
+    /// The OpenAPI description of the module's routes (full paths, `/api/<name>/...`),
+    /// generated from the annotations beside its handlers.
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        utoipa::openapi::OpenApi::default()
+    }
 }
 
 /// What the host hands a module when starting it.

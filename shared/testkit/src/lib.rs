@@ -1,6 +1,11 @@
 //! Test helpers: boot the app (or one module alone) on port 0 with a fresh database of its
 //! own, on SQLite or PostgreSQL, so tests run in parallel; talk to it over HTTP.
 //!
+//! Requests go through the real authentication: [`TestApp::client`] carries a token of the
+//! test configuration's HS256 secret with both the customer and the staff role (subject
+//! [`TESTER`]), so tests of the business rules need not mind roles; tests of access send
+//! their own tokens ([`TestApp::token`], [`TestApp::send`]) or none.
+//!
 //! PostgreSQL is reached with the `test` environment's settings (127.0.0.1:5432, owner
 //! `postgres`); `TEST_PG_HOST`, `TEST_PG_PORT` and `TEST_PG_USER` override them.
 
@@ -16,6 +21,36 @@ use serde_json::Value;
 mod buses;
 
 pub use buses::{DuplicatingBus, RecordingBus};
+pub use runtime::auth::Role;
+
+/// The subject of the token [`TestApp::client`] sends.
+pub const TESTER: &str = "tester";
+
+/// A token for `roles` and `subject`, valid for a day, that apps started with `settings`
+/// accept.
+pub fn token(settings: &Settings, roles: &[Role], subject: &str) -> String {
+    runtime::auth::mint(
+        settings,
+        roles,
+        subject,
+        std::time::Duration::from_secs(86_400),
+    )
+    .unwrap_or_else(|e| panic!("cannot mint a test token: {e:#}"))
+}
+
+/// A client whose requests carry `token` unless they set their own `Authorization`.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a valid header value");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
 pub use reqwest;
 pub use serde_json::json;
 
@@ -197,7 +232,10 @@ pub struct TestApp {
     /// The admin port's base URL (`/metrics`).
     pub admin_address: String,
     pub settings: Settings,
+    /// Sends a token with the customer and staff roles (subject [`TESTER`]).
     pub client: reqwest::Client,
+    /// Sends no token unless told to ([`TestApp::send`]).
+    pub anonymous: reqwest::Client,
     pub modules: Vec<Arc<dyn Module>>,
     pub hooks: Hooks,
     /// The bus the app runs on.
@@ -272,14 +310,16 @@ impl TestApp {
         let handle = app.handle();
         let bus = app.bus();
         let served = tokio::spawn(app.run_until_stopped());
-        let client = reqwest::Client::builder()
+        let anonymous = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let client = client_with_token(&token(&settings, &[Role::Customer, Role::Staff], TESTER));
         Ok(TestApp {
             address,
             admin_address,
             settings,
             client,
+            anonymous,
             modules,
             hooks,
             bus,
@@ -337,6 +377,30 @@ impl TestApp {
                 .await,
         )
         .await
+    }
+
+    /// A token this app accepts, for `roles` and `subject`.
+    pub fn token(&self, roles: &[Role], subject: &str) -> String {
+        token(&self.settings, roles, subject)
+    }
+
+    /// Sends a request with `token` as its bearer token (none when `None`) and `body` as
+    /// JSON.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self.anonymous.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        read(request.send().await).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

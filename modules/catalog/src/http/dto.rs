@@ -15,18 +15,26 @@ fn product_name(raw: &str) -> Result<(), ValidationError> {
     })
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub(crate) struct CreateProductBody {
+    /// Upper-case letters, digits and dashes, such as `TEA-1`.
+    #[schema(required = true, example = "TEA-1")]
     #[validate(required, custom(function = "checks::sku"))]
     sku: Option<String>,
+    #[schema(required = true, example = "Green tea")]
     #[validate(required, custom(function = "product_name"))]
     name: Option<String>,
     #[validate(length(max = 2000, message = "must be at most 2000 characters"))]
     description: Option<String>,
+    /// Minor units of `currency` (cents).
+    #[schema(required = true, example = 450)]
     #[validate(required, custom(function = "checks::amount_minor"))]
     price_minor: Option<i64>,
+    /// ISO 4217.
+    #[schema(required = true, example = "EUR")]
     #[validate(required, custom(function = "checks::currency"))]
     currency: Option<String>,
+    #[schema(required = true, example = 10)]
     #[validate(required, custom(function = "checks::stock_level"))]
     initial_stock: Option<i64>,
 }
@@ -85,7 +93,8 @@ fn unchangeable(_: &serde_json::Value) -> Result<(), ValidationError> {
     Err(ValidationError::new("read_only").with_message("cannot be changed".into()))
 }
 
-#[derive(Debug, Deserialize, Validate)]
+/// The fields to change; at least one. `sku` and `currency` cannot change.
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub(crate) struct PatchProductBody {
     #[validate(custom(function = "product_name"))]
     name: Option<String>,
@@ -94,8 +103,10 @@ pub(crate) struct PatchProductBody {
     description: Option<Option<String>>,
     #[validate(custom(function = "checks::amount_minor"))]
     price_minor: Option<i64>,
+    #[schema(value_type = Option<String>)]
     #[validate(custom(function = "unchangeable"))]
     sku: Option<serde_json::Value>,
+    #[schema(value_type = Option<String>)]
     #[validate(custom(function = "unchangeable"))]
     currency: Option<serde_json::Value>,
 }
@@ -122,8 +133,9 @@ impl PatchProductBody {
     }
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub(crate) struct RestockBody {
+    #[schema(required = true, example = 5)]
     #[validate(required, custom(function = "checks::quantity"))]
     quantity: Option<i64>,
 }
@@ -137,7 +149,8 @@ impl RestockBody {
     }
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     #[validate(range(min = 1, max = 100))]
     pub(crate) limit: Option<u64>,
@@ -145,13 +158,14 @@ pub(crate) struct ListQuery {
     pub(crate) after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ProductView {
     sku: String,
     name: String,
     description: Option<String>,
     price_minor: i64,
     currency: String,
+    /// Units in stock and not held by an order.
     available: i64,
 }
 
@@ -168,7 +182,8 @@ impl From<Product> for ProductView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A page of products by sku; `next_after` continues it (null at the end).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct PageView {
     pub(crate) items: Vec<ProductView>,
     pub(crate) next_after: Option<String>,

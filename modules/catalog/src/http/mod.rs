@@ -4,7 +4,9 @@ mod dto;
 mod error;
 
 use actix_web::{HttpResponse, web};
+use runtime::auth::{Access, RouteAccess};
 use runtime::http::{ApiError, Origin, ValidJson, ValidQuery};
+use runtime::openapi::ErrorBody;
 
 use crate::State;
 use crate::use_cases::{create_product, get_product, list_products, restock, update_product};
@@ -14,26 +16,47 @@ use dto::{
 
 const DEFAULT_PAGE: u64 = 20;
 
+/// Catalog's routes, described for the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create, list, get, patch, restock_product),
+    components(schemas(CreateProductBody, PatchProductBody, RestockBody, ProductView, PageView)),
+    tags((name = "catalog", description = "Products, prices and stock"))
+)]
+pub(crate) struct ApiDoc;
+
+/// Every route with who may call it: anyone reads products; staff change them.
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
     move |cfg| {
         cfg.app_data(state.clone())
             .service(
                 web::resource("/products")
-                    .route(web::post().to(create))
-                    .route(web::get().to(list)),
+                    .route(web::post().to(create).allow(Access::Staff))
+                    .route(web::get().to(list).allow(Access::Public)),
             )
             .service(
                 web::resource("/products/{sku}")
-                    .route(web::get().to(get))
-                    .route(web::patch().to(patch)),
+                    .route(web::get().to(get).allow(Access::Public))
+                    .route(web::patch().to(patch).allow(Access::Staff)),
             )
             .service(
-                web::resource("/products/{sku}/restock").route(web::post().to(restock_product)),
+                web::resource("/products/{sku}/restock")
+                    .route(web::post().to(restock_product).allow(Access::Staff)),
             );
     }
 }
 
+/// Creates a product with its price and initial stock.
+#[utoipa::path(post, path = "/api/catalog/products", tag = "catalog",
+    request_body = CreateProductBody, security(("bearer" = [])),
+    responses(
+        (status = 201, description = "created", body = ProductView),
+        (status = 400, description = "invalid fields, each named", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 409, description = "the sku exists", body = ErrorBody),
+    ))]
 async fn create(
     state: web::Data<State>,
     origin: Origin,
@@ -47,12 +70,26 @@ async fn create(
         .json(ProductView::from(product)))
 }
 
+/// One product, with what is available.
+#[utoipa::path(get, path = "/api/catalog/products/{sku}", tag = "catalog",
+    params(("sku" = String, Path, description = "the product's sku")),
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = 400, description = "not a sku", body = ErrorBody),
+        (status = 404, description = "no such product", body = ErrorBody),
+    ))]
 async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
     let product = get_product::get_product(&state.db, sku).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
+/// Products by sku, a page at a time.
+#[utoipa::path(get, path = "/api/catalog/products", tag = "catalog", params(ListQuery),
+    responses(
+        (status = 200, description = "a page", body = PageView),
+        (status = 400, description = "a bad limit or after", body = ErrorBody),
+    ))]
 async fn list(
     state: web::Data<State>,
     query: ValidQuery<ListQuery>,
@@ -67,6 +104,17 @@ async fn list(
     }))
 }
 
+/// Changes a product's name, description or price.
+#[utoipa::path(patch, path = "/api/catalog/products/{sku}", tag = "catalog",
+    params(("sku" = String, Path, description = "the product's sku")),
+    request_body = PatchProductBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "changed", body = ProductView),
+        (status = 400, description = "invalid fields, each named", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 404, description = "no such product", body = ErrorBody),
+    ))]
 async fn patch(
     state: web::Data<State>,
     origin: Origin,
@@ -79,6 +127,17 @@ async fn patch(
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
+/// Adds units to a product's stock.
+#[utoipa::path(post, path = "/api/catalog/products/{sku}/restock", tag = "catalog",
+    params(("sku" = String, Path, description = "the product's sku")),
+    request_body = RestockBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "restocked", body = ProductView),
+        (status = 400, description = "invalid fields, each named", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 404, description = "no such product", body = ErrorBody),
+    ))]
 async fn restock_product(
     state: web::Data<State>,
     sku: web::Path<String>,

@@ -12,6 +12,8 @@ pub struct Model {
     pub id: Uuid,
     pub status: String,
     pub status_reason: Option<String>,
+    /// The customer who placed it: the `sub` of their token.
+    pub customer_id: String,
     pub customer_email: String,
     /// The shipping address as JSON.
     pub shipping_address: String,

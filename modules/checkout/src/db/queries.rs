@@ -73,6 +73,7 @@ pub(crate) async fn load_orders(
                 id: row.id,
                 status,
                 status_reason: row.status_reason,
+                customer_id: row.customer_id,
                 customer_email: row.customer_email,
                 shipping_address,
                 payment_token: row.payment_token,

@@ -26,42 +26,55 @@ fn not_blank(raw: &str) -> Result<(), ValidationError> {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize, Validate)]
+#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
 pub(crate) struct ItemBody {
+    #[schema(required = true, example = "TEA-1")]
     #[validate(required, custom(function = "checks::sku"))]
     sku: Option<String>,
+    #[schema(required = true, example = 2)]
     #[validate(required, custom(function = "checks::quantity"))]
     quantity: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Validate)]
+#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
 pub(crate) struct AddressBody {
+    #[schema(required = true)]
     #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     name: Option<String>,
+    #[schema(required = true)]
     #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     line1: Option<String>,
     #[validate(length(max = 200))]
     line2: Option<String>,
+    #[schema(required = true)]
     #[validate(required, length(min = 1, max = 100), custom(function = "not_blank"))]
     city: Option<String>,
+    #[schema(required = true)]
     #[validate(required, length(min = 1, max = 20), custom(function = "not_blank"))]
     postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2, upper case.
+    #[schema(required = true, example = "GB")]
     #[validate(required, custom(function = "country_code"))]
     country: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Validate)]
+#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
 pub(crate) struct PlaceOrderBody {
+    #[schema(required = true, example = "ada@example.com")]
     #[validate(required, email, length(max = 254))]
     customer_email: Option<String>,
+    #[schema(required = true)]
     #[validate(
         required,
         length(min = 1, max = 100, message = "must hold 1 to 100 items"),
         nested
     )]
     items: Option<Vec<ItemBody>>,
+    #[schema(required = true)]
     #[validate(required, nested)]
     shipping_address: Option<AddressBody>,
+    /// The payment provider's token; the simulator declines `tok_decline`.
+    #[schema(required = true, example = "tok_visa")]
     #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     payment_token: Option<String>,
 }
@@ -83,7 +96,7 @@ impl PlaceOrderBody {
             .collect()
     }
 
-    pub(crate) fn into_command(self) -> Result<PlaceOrder, ApiError> {
+    pub(crate) fn into_command(self, customer_id: String) -> Result<PlaceOrder, ApiError> {
         let mut e = FieldErrors::new();
         let email = required(&mut e, "customer_email", self.customer_email);
         let token = required(&mut e, "payment_token", self.payment_token);
@@ -134,6 +147,7 @@ impl PlaceOrderBody {
         match (email, token, address) {
             (Some(customer_email), Some(payment_token), Some(shipping_address)) if e.is_empty() => {
                 Ok(PlaceOrder {
+                    customer_id,
                     customer_email,
                     items,
                     shipping_address,
@@ -143,6 +157,23 @@ impl PlaceOrderBody {
             _ => Err(ApiError::invalid(e)),
         }
     }
+}
+
+/// `GET /orders?limit=&after=`.
+#[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    #[validate(range(min = 1, max = 100))]
+    pub(crate) limit: Option<u64>,
+    #[validate(custom(function = "checks::uuid_text"))]
+    pub(crate) after: Option<String>,
+}
+
+/// A page of orders: `{items, next_after}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PageView {
+    pub(crate) items: Vec<OrderView>,
+    pub(crate) next_after: Option<uuid::Uuid>,
 }
 
 /// The `Idempotency-Key` header, checked.
@@ -168,7 +199,7 @@ pub(crate) fn idempotency_key(
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct LineView {
     sku: String,
     quantity: i64,
@@ -176,10 +207,15 @@ pub(crate) struct LineView {
     line_total_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct OrderView {
     id: uuid::Uuid,
+    /// Who placed it: the `sub` of their token.
+    customer_id: String,
+    /// pending, confirmed, rejected, cancelled, shipped or delivered.
+    #[schema(value_type = String)]
     status: &'static str,
+    /// out_of_stock, payment_declined, cancelled_by_customer, or null.
     status_reason: Option<String>,
     total_minor: i64,
     currency: String,
@@ -194,6 +230,7 @@ impl From<Order> for OrderView {
     fn from(o: Order) -> Self {
         Self {
             id: o.id,
+            customer_id: o.customer_id,
             status: o.status.as_str(),
             status_reason: o.status_reason,
             total_minor: o.total_minor,

@@ -803,9 +803,14 @@ mod tests {
         let claimed = claim_of(&worker, order).await;
         let called = worker.call(&claimed).await;
         // The customer cancels while the provider is answering: the money must be released.
-        crate::use_cases::cancel_order::cancel_order(&stage.state, &Cause::fresh(), order)
-            .await
-            .expect("cancel");
+        crate::use_cases::cancel_order::cancel_order(
+            &stage.state,
+            &Cause::fresh(),
+            testkit::TESTER,
+            order,
+        )
+        .await
+        .expect("cancel");
         tokio::time::timeout(
             Duration::from_secs(5),
             worker.record(vec![(claimed, called)]),

@@ -1,6 +1,7 @@
 //! A customer cancels an order. Before dispatch it becomes `cancelled` and
 //! `checkout.order_cancelled.v1` goes out (catalog releases the stock, fulfillment cancels
-//! the shipment); once checkout knows it shipped, it is too late.
+//! the shipment); once checkout knows it shipped, it is too late. A customer cancels only
+//! their own orders: another customer's order is not found.
 
 use anyhow::Context;
 use contracts::checkout::{CancelReasonV1, OrderCancelledV1};
@@ -27,6 +28,7 @@ pub(crate) enum CancelOrderError {
 pub(crate) async fn cancel_order(
     state: &State,
     cause: &Cause,
+    customer: &str,
     id: Uuid,
 ) -> Result<Order, CancelOrderError> {
     let tx = state
@@ -34,7 +36,10 @@ pub(crate) async fn cancel_order(
         .begin()
         .await
         .context("failed to begin a transaction")?;
-    let Some(order) = queries::load_order(&tx, id, true).await? else {
+    let owned = queries::load_order(&tx, id, true)
+        .await?
+        .filter(|order| order.customer_id == customer);
+    let Some(order) = owned else {
         return Err(CancelOrderError::NotFound(id));
     };
     match order.status.cancel() {

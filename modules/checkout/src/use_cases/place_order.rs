@@ -1,7 +1,8 @@
 //! Places an order: prices its lines from checkout's own price list, stores it as
-//! `pending` and, in the same transaction, publishes `checkout.order_placed.v1`. With an
-//! `Idempotency-Key`, the same key and body give back the same order; the same key with
-//! another body is refused.
+//! `pending` and, in the same transaction, publishes `checkout.order_placed.v1`. The order
+//! belongs to the customer who placed it. With an `Idempotency-Key`, the same customer's
+//! same key and body give back the same order; the same key with another body is refused.
+//! Keys are the customer's own: another customer's key never names their order.
 
 use std::collections::HashMap;
 
@@ -18,6 +19,8 @@ use crate::db::{idempotency_keys, is_unique_violation, order_lines, orders, quer
 use crate::domain::{Address, Order, OrderStatus};
 
 pub(crate) struct PlaceOrder {
+    /// The customer placing it: the `sub` of their token.
+    pub(crate) customer_id: String,
     pub(crate) customer_email: String,
     pub(crate) items: Vec<(Sku, Quantity)>,
     pub(crate) shipping_address: Address,
@@ -77,8 +80,12 @@ async fn prices(state: &State, skus: &[&str]) -> anyhow::Result<HashMap<String, 
         .collect()
 }
 
-async fn replay(state: &State, key: &IdempotencyKey) -> Result<Option<Placed>, PlaceOrderError> {
-    let Some(seen) = idempotency_keys::Entity::find_by_id(key.key.clone())
+async fn replay(
+    state: &State,
+    customer: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Placed>, PlaceOrderError> {
+    let Some(seen) = idempotency_keys::Entity::find_by_id((customer.to_owned(), key.key.clone()))
         .one(state.db.conn())
         .await
         .context("failed to read idempotency key")?
@@ -102,7 +109,7 @@ pub(crate) async fn place_order(
     key: Option<IdempotencyKey>,
 ) -> Result<Placed, PlaceOrderError> {
     if let Some(key) = &key
-        && let Some(placed) = replay(state, key).await?
+        && let Some(placed) = replay(state, &command.customer_id, key).await?
     {
         return Ok(placed);
     }
@@ -166,6 +173,7 @@ pub(crate) async fn place_order(
         .context("failed to begin a transaction")?;
     if let Some(key) = &key {
         let inserted = idempotency_keys::Entity::insert(idempotency_keys::ActiveModel {
+            customer_id: Set(command.customer_id.clone()),
             key: Set(key.key.clone()),
             request_hash: Set(key.request_hash.clone()),
             order_id: Set(id),
@@ -178,7 +186,7 @@ pub(crate) async fn place_order(
             Err(e) if is_unique_violation(&e) => {
                 // Another request with this key won the race: answer as it did.
                 drop(tx);
-                return replay(state, key)
+                return replay(state, &command.customer_id, key)
                     .await?
                     .context("an idempotency key vanished")
                     .map_err(Into::into);
@@ -194,6 +202,7 @@ pub(crate) async fn place_order(
         id: Set(id),
         status: Set(OrderStatus::Pending.as_str().into()),
         status_reason: Set(None),
+        customer_id: Set(command.customer_id.clone()),
         customer_email: Set(command.customer_email.clone()),
         shipping_address: Set(address),
         payment_token: Set(command.payment_token.clone()),
@@ -233,6 +242,7 @@ pub(crate) async fn place_order(
         id,
         status: OrderStatus::Pending,
         status_reason: None,
+        customer_id: command.customer_id,
         customer_email: command.customer_email,
         shipping_address: command.shipping_address,
         payment_token: command.payment_token,

@@ -51,7 +51,7 @@ pub(crate) async fn on_repriced(
 }
 
 /// A price as checkout knows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Price {
     pub(crate) sku: String,
     pub(crate) price_minor: i64,

@@ -96,6 +96,7 @@ mod tests {
             id: Set(id),
             status: Set(status.to_owned()),
             status_reason: Set(None),
+            customer_id: Set("ada".into()),
             customer_email: Set("ada@example.com".into()),
             shipping_address: Set("{}".into()),
             payment_token: Set("tok".into()),

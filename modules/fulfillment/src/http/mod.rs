@@ -1,21 +1,47 @@
 //! Fulfillment's routes, mounted under `/api/fulfillment`.
 
 use actix_web::{HttpResponse, web};
+use runtime::auth::{Access, RouteAccess};
 use runtime::http::{ApiError, Origin, ValidQuery, uuid_param};
 use serde::Deserialize;
 use validator::Validate;
 
 use crate::State;
-use crate::use_cases::shipments::{self, ShipmentError};
+use crate::use_cases::shipments::{self, Shipment, ShipmentError};
+use runtime::openapi::ErrorBody;
+
+/// Every route with who may call it: fulfillment is staff work only (shipments reveal
+/// order ids).
+/// Fulfillment's routes, described for the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, get, dispatch, deliver),
+    components(schemas(Shipment, ShipmentPage)),
+    tags((name = "fulfillment", description = "Shipments (staff only)"))
+)]
+pub(crate) struct ApiDoc;
+
+/// A page of shipments by id; `next_after` continues it (null at the end).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ShipmentPage {
+    items: Vec<Shipment>,
+    next_after: Option<uuid::Uuid>,
+}
 
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
     move |cfg| {
         cfg.app_data(state.clone())
-            .route("/shipments", web::get().to(list))
-            .route("/shipments/{id}", web::get().to(get))
-            .route("/shipments/{id}/dispatch", web::post().to(dispatch))
-            .route("/shipments/{id}/deliver", web::post().to(deliver));
+            .route("/shipments", web::get().to(list).allow(Access::Staff))
+            .route("/shipments/{id}", web::get().to(get).allow(Access::Staff))
+            .route(
+                "/shipments/{id}/dispatch",
+                web::post().to(dispatch).allow(Access::Staff),
+            )
+            .route(
+                "/shipments/{id}/deliver",
+                web::post().to(deliver).allow(Access::Staff),
+            );
     }
 }
 
@@ -37,7 +63,8 @@ fn uuid_text(raw: &str) -> Result<(), validator::ValidationError> {
     })
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[validate(custom(function = "uuid_text"))]
     order_id: Option<String>,
@@ -47,6 +74,15 @@ struct ListQuery {
     limit: Option<u64>,
 }
 
+/// Shipments by id, a page at a time; `order_id` picks one order's.
+#[utoipa::path(get, path = "/api/fulfillment/shipments", tag = "fulfillment",
+    params(ListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "a page", body = ShipmentPage),
+        (status = 400, description = "a bad order_id, after or limit", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+    ))]
 async fn list(
     state: web::Data<State>,
     query: ValidQuery<ListQuery>,
@@ -64,14 +100,35 @@ async fn list(
         .transpose()?;
     let (items, next_after) =
         shipments::list(&state.db, order_id, after, q.limit.unwrap_or(20)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_after": next_after})))
+    Ok(HttpResponse::Ok().json(ShipmentPage { items, next_after }))
 }
 
+/// One shipment.
+#[utoipa::path(get, path = "/api/fulfillment/shipments/{id}", tag = "fulfillment",
+    params(("id" = uuid::Uuid, Path, description = "the shipment's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the shipment", body = Shipment),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 404, description = "no such shipment", body = ErrorBody),
+    ))]
 async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
     Ok(HttpResponse::Ok().json(shipments::get(&state.db, id).await?))
 }
 
+/// Hands a ready shipment to the carrier: it gets its tracking number.
+#[utoipa::path(post, path = "/api/fulfillment/shipments/{id}/dispatch", tag = "fulfillment",
+    params(("id" = uuid::Uuid, Path, description = "the shipment's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "dispatched", body = Shipment),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 404, description = "no such shipment", body = ErrorBody),
+        (status = 409, description = "its status does not allow it", body = ErrorBody),
+    ))]
 async fn dispatch(
     state: web::Data<State>,
     origin: Origin,
@@ -81,6 +138,17 @@ async fn dispatch(
     Ok(HttpResponse::Ok().json(shipments::dispatch(&state, &origin.0, id).await?))
 }
 
+/// Records a dispatched shipment as delivered.
+#[utoipa::path(post, path = "/api/fulfillment/shipments/{id}/deliver", tag = "fulfillment",
+    params(("id" = uuid::Uuid, Path, description = "the shipment's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "delivered", body = Shipment),
+        (status = 400, description = "not a UUID", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "not staff", body = ErrorBody),
+        (status = 404, description = "no such shipment", body = ErrorBody),
+        (status = 409, description = "its status does not allow it", body = ErrorBody),
+    ))]
 async fn deliver(
     state: web::Data<State>,
     origin: Origin,

@@ -16,10 +16,12 @@ use crate::db::shipments;
 use crate::domain::{ShipmentStatus, tracking_number};
 
 /// A shipment as shown.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Shipment {
     pub(crate) id: Uuid,
     pub(crate) order_id: Uuid,
+    /// ready, dispatched, delivered or cancelled.
+    #[schema(value_type = String)]
     pub(crate) status: &'static str,
     pub(crate) tracking_number: Option<String>,
     pub(crate) created_at: chrono::DateTime<Utc>,

@@ -35,3 +35,9 @@ pub fn amount_minor(raw: i64) -> Result<(), ValidationError> {
     let any = kernel::Currency::parse("EUR").map_err(refuse)?;
     kernel::Money::new(raw, any).map(|_| ()).map_err(refuse)
 }
+
+pub fn uuid_text(raw: &str) -> Result<(), ValidationError> {
+    uuid::Uuid::parse_str(raw)
+        .map(|_| ())
+        .map_err(|_| ValidationError::new("invalid_format").with_message("must be a UUID".into()))
+}

@@ -15,6 +15,8 @@ pub struct ApiError {
     message: String,
     fields: Option<FieldErrors>,
     cause: Option<anyhow::Error>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    challenge: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -38,6 +40,7 @@ impl ApiError {
             message: message.into(),
             fields: None,
             cause: None,
+            challenge: None,
         }
     }
 
@@ -68,8 +71,30 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    /// 401: no credentials; the answer carries a `WWW-Authenticate` challenge.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self {
+            challenge: Some("Bearer realm=\"shop\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        }
+    }
+
+    /// 401: credentials were given but are not valid (RFC 6750's `invalid_token`).
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self {
+            challenge: Some("Bearer realm=\"shop\", error=\"invalid_token\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+        }
+    }
+
+    /// 403: the caller is known but its role does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429: too many attempts; retry after `secs` seconds.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
     }
 
     /// 500: a fault of ours. The cause is logged; the body says nothing about it.
@@ -135,7 +160,11 @@ impl ResponseError for ApiError {
             // database outage starves the probes that should report it.
             tracing::error!(error.cause_chain = %format_args!("{cause:#}"), error.message = %cause, "request failed: {}", self.code);
         }
-        HttpResponse::build(self.status).json(Body {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(challenge) = self.challenge {
+            response.insert_header(("WWW-Authenticate", challenge));
+        }
+        response.json(Body {
             error: Inner {
                 code: self.code,
                 message: &self.message,

@@ -21,6 +21,17 @@ use crate::validation::flatten_validation_errors;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// How long a request body may take to arrive once its headers have (actix times only the
+/// headers), set by the host from `server.body_timeout_ms`: a client that trickles its
+/// body is answered 408 and let go, instead of holding a worker's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub std::time::Duration);
+
+/// The work the error collection may spend, as bytes parsed: each pass re-reads the whole
+/// document, so a large body gets fewer passes (at least one, at most [`MAX_PASSES`]).
+const PARSE_BUDGET_BYTES: usize = 256 * 1024;
+const MAX_PASSES: usize = 64;
+
 /// A JSON body that deserialized and passed its checks.
 #[derive(Debug)]
 pub struct ValidJson<T>(pub T);
@@ -41,6 +52,9 @@ where
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_media_type);
+        let deadline = req
+            .app_data::<web::Data<BodyDeadline>>()
+            .map_or(std::time::Duration::from_secs(10), |d| d.0);
         let mut payload = payload.take();
         Box::pin(async move {
             if !json_content {
@@ -50,19 +64,29 @@ where
                     "the body must be JSON, sent with Content-Type: application/json",
                 ));
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(
-                        "unreadable_body",
-                        format!("the body could not be read: {e}"),
-                    )
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::bad_request(
+                            "unreadable_body",
+                            format!("the body could not be read: {e}"),
+                        )
+                    })?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large(limit));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(deadline, read).await.map_err(|_| {
+                ApiError::new(
+                    actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the body did not arrive within {} ms", deadline.as_millis()),
+                )
+            })??;
             parse_json(&body).map(ValidJson)
         })
     }
@@ -105,9 +129,15 @@ pub fn parse_json<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiE
         ));
     }
     let mut errors = FieldErrors::new();
+    // PostgreSQL refuses NUL in text: a string holding one is the caller's mistake, named.
+    nul_strings(&value, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
     // Each pass names one field with the wrong type and drops it, so the next pass can find
-    // the next one; the bound only guards against a document that never converges.
-    for _ in 0..64 {
+    // the next one. Each pass re-reads the whole document: a large one gets fewer passes.
+    let passes = (PARSE_BUDGET_BYTES / body.len().max(1)).clamp(1, MAX_PASSES);
+    for _ in 0..passes {
         match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(parsed) => return finish(parsed, errors),
             Err(e) => {
@@ -130,6 +160,33 @@ pub fn parse_json<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiE
         }
     }
     Err(ApiError::invalid(errors))
+}
+
+/// Names every string (or object key) holding a NUL character.
+fn nul_strings(value: &Value, path: &str, errors: &mut FieldErrors) {
+    const MESSAGE: &str = "must not contain the NUL character (\\u0000)";
+    match value {
+        Value::String(s) if s.contains('\0') => errors.add(
+            if path.is_empty() { "body" } else { path },
+            "invalid_character",
+            MESSAGE,
+        ),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nul_strings(item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let here = join(path, key);
+                if key.contains('\0') {
+                    errors.add(here.clone(), "invalid_character", MESSAGE);
+                }
+                nul_strings(item, &here, errors);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn finish<T: Validate>(parsed: T, mut errors: FieldErrors) -> Result<T, ApiError> {
@@ -355,5 +412,44 @@ mod tests {
         ] {
             assert_eq!(is_json_media_type(value), ok, "{value}");
         }
+    }
+
+    #[test]
+    fn a_nul_character_in_any_string_is_named() {
+        let body =
+            r#"{"name": "Te\u0000a", "price": 1, "lines": [{"quantity": 1}], "x\u0000": "y"}"#;
+        let named = fields(body);
+        assert!(
+            named.contains(&("name".into(), "invalid_character".into())),
+            "{named:?}"
+        );
+        assert!(
+            named.contains(&("x\u{0}".into(), "invalid_character".into())),
+            "{named:?}"
+        );
+    }
+
+    /// A 64 KiB body with 64 wrongly typed fields: each naming pass re-reads the whole
+    /// body, so a large body gets few passes, and the work stays bounded.
+    #[test]
+    fn a_large_body_gets_few_naming_passes() {
+        let mut lines: Vec<String> = (0..64).map(|_| r#"{"quantity":"x"}"#.to_owned()).collect();
+        while lines.iter().map(|l| l.len() + 1).sum::<usize>() < 64 * 1024 {
+            lines.push(r#"{"quantity":1}"#.to_owned());
+        }
+        let body = format!(r#"{{"name":"n","price":1,"lines":[{}]}}"#, lines.join(","));
+        let named = fields(&body);
+        let passes = PARSE_BUDGET_BYTES / body.len();
+        assert!(
+            !named.is_empty() && named.len() <= passes && passes < 64,
+            "{} fields named in at most {passes} passes",
+            named.len()
+        );
+        let small = r#"{"name": 1, "price": "x", "lines": [{"quantity": "y"}]}"#;
+        assert_eq!(
+            fields(small).len(),
+            3,
+            "a small body still gets every field named"
+        );
     }
 }

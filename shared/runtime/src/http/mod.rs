@@ -6,5 +6,7 @@ mod extract;
 mod request_id;
 
 pub use error::ApiError;
-pub use extract::{BodyLimit, ValidJson, ValidQuery, parse_json, parse_query, uuid_param};
+pub use extract::{
+    BodyDeadline, BodyLimit, ValidJson, ValidQuery, parse_json, parse_query, uuid_param,
+};
 pub use request_id::{Origin, RequestId, RootSpan, X_REQUEST_ID, request_id_middleware};

@@ -1,0 +1,545 @@
+//! Who is calling: bearer JWTs verified by this process, and the role each route asks for.
+//!
+//! A token carries `sub` (the caller's id: a customer's orders are the ones placed under
+//! it), `roles` (`customer`, `staff`), and `exp`, `iss`, `aud` (and `nbf` when present),
+//! all checked. Production verifies RS256 or EdDSA signatures with the public keys of a
+//! JWKS file (`auth.jwks_file`); local development and tests may verify HS256 with a shared
+//! secret (`auth.hs256_secret`, or a fixed development secret when unset), which production
+//! refuses. The keys are decoded once, at start-up; a request costs one signature check.
+//!
+//! Each route declares who may call it beside its path ([`RouteAccess::allow`]): a missing
+//! or invalid token is 401 with `WWW-Authenticate`, a valid token without the role is 403,
+//! and the verified [`Caller`] is handed to the handler.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, Route, web};
+use anyhow::Context;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::Settings;
+use crate::http::ApiError;
+
+/// The HS256 secret local development and tests use when `auth.hs256_secret` is unset.
+/// Production never accepts HS256 (see [`crate::config::Settings::check`]).
+const DEVELOPMENT_SECRET: &str = "shop-local-development-secret-never-used-in-production";
+
+/// A role a token may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Places orders and reads or cancels its own.
+    Customer,
+    /// Manages the catalog, runs fulfillment, reads any order.
+    Staff,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Staff => "staff",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Role> {
+        match word {
+            "customer" => Some(Role::Customer),
+            "staff" => Some(Role::Staff),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Role::Customer => 1,
+            Role::Staff => 2,
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with or without a token (the token is not even read).
+    Public,
+    /// A verified token with the customer role.
+    Customer,
+    /// A verified token with the staff role.
+    Staff,
+    /// A verified token with either role; the handler scopes what a customer sees.
+    CustomerOrStaff,
+}
+
+impl Access {
+    fn admits(self, roles: u8) -> bool {
+        let need = match self {
+            Access::Public => return true,
+            Access::Customer => Role::Customer.bit(),
+            Access::Staff => Role::Staff.bit(),
+            Access::CustomerOrStaff => Role::Customer.bit() | Role::Staff.bit(),
+        };
+        roles & need != 0
+    }
+}
+
+/// The verified caller of a request, for handlers of routes that are not public.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's `sub`.
+    pub subject: String,
+    roles: u8,
+}
+
+impl Caller {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles & role.bit() != 0
+    }
+
+    /// Staff see everything; anyone else only what `subject` owns.
+    pub fn is_staff(&self) -> bool {
+        self.has(Role::Staff)
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        // Only routes declared with a role have a caller; a handler of a public route
+        // asking for one is refused rather than served without one.
+        std::future::ready(
+            req.extensions()
+                .get::<Caller>()
+                .cloned()
+                .ok_or_else(|| ApiError::unauthorized("a bearer token is required")),
+        )
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    iss: String,
+    aud: String,
+    iat: u64,
+}
+
+/// Why a token was refused. Only the kind reaches the caller; the detail is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token's key id or algorithm matches no configured key")]
+    UnknownKey,
+    #[error("{0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Verifies bearer tokens with the keys configuration names, decoded once.
+pub struct Authenticator {
+    keys: Vec<Key>,
+}
+
+impl Authenticator {
+    /// The verifier the settings describe. Refuses a JWKS file that cannot be read or holds
+    /// no usable key.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Authenticator> {
+        let auth = &settings.auth;
+        let mut keys = Vec::new();
+        let validation = |algorithm: Algorithm| {
+            let mut v = Validation::new(algorithm);
+            v.set_issuer(&[&auth.issuer]);
+            v.set_audience(&[&auth.audience]);
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            v.validate_nbf = true;
+            v.leeway = auth.leeway_secs;
+            v
+        };
+        if let Some(file) = &auth.jwks_file {
+            for (kid, algorithm, key) in read_jwks(file)? {
+                keys.push(Key {
+                    kid,
+                    algorithm,
+                    key,
+                    validation: validation(algorithm),
+                });
+            }
+        }
+        if let Some(secret) = shared_secret(settings) {
+            keys.push(Key {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.as_bytes())
+                    .context("auth.hs256_secret is not a usable key")?,
+                validation: validation(Algorithm::HS256),
+            });
+        }
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "auth: no key to verify tokens with (set auth.jwks_file)"
+        );
+        Ok(Authenticator { keys })
+    }
+
+    /// Verifies a token: signature, `exp`, `nbf`, `iss`, `aud`.
+    pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| {
+                k.algorithm == header.alg
+                    && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+            })
+            .ok_or(TokenError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)?;
+        let roles = data
+            .claims
+            .roles
+            .iter()
+            .filter_map(|r| Role::parse(r))
+            .fold(0, |bits, r| bits | r.bit());
+        Ok(Caller {
+            subject: data.claims.sub,
+            roles,
+        })
+    }
+}
+
+/// The HS256 secret of local and test environments: the configured one, or the fixed
+/// development secret. `None` in production, where configuration checks refuse it.
+fn shared_secret(settings: &Settings) -> Option<String> {
+    if settings.environment == "production" {
+        return None;
+    }
+    Some(match &settings.auth.hs256_secret {
+        Some(secret) => secret.expose_secret().to_owned(),
+        None => DEVELOPMENT_SECRET.to_owned(),
+    })
+}
+
+/// The usable keys of a JWKS file: RSA keys (RS256) and Ed25519 keys (EdDSA).
+fn read_jwks(file: &Path) -> anyhow::Result<Vec<(Option<String>, Algorithm, DecodingKey)>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("auth.jwks_file: cannot read {}", file.display()))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .with_context(|| format!("auth.jwks_file: {} is not a JWK set", file.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (AlgorithmParameters::OctetKeyPair(p), None | Some(KeyAlgorithm::EdDSA))
+                if p.curve == EllipticCurve::Ed25519 =>
+            {
+                Algorithm::EdDSA
+            }
+            // Other kinds (symmetric keys above all) are not trusted from a key set.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).with_context(|| {
+            format!(
+                "auth.jwks_file: key {:?} is not usable",
+                jwk.common.key_id.as_deref().unwrap_or("(no kid)")
+            )
+        })?;
+        keys.push((jwk.common.key_id.clone(), algorithm, key));
+    }
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "auth.jwks_file: {} holds no RS256 or Ed25519 key",
+        file.display()
+    );
+    Ok(keys)
+}
+
+/// Mints an HS256 token for local use and tests (`app token`). Refused in production,
+/// which holds no signing key.
+pub fn mint(
+    settings: &Settings,
+    roles: &[Role],
+    subject: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let secret = shared_secret(settings)
+        .context("tokens are minted for local development and tests only, not in production")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let claims = Claims {
+        sub: subject.to_owned(),
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        exp: now + ttl.as_secs(),
+        nbf: Some(now),
+        iss: settings.auth.issuer.clone(),
+        aud: settings.auth.audience.clone(),
+        iat: now,
+    };
+    let key = EncodingKey::from_secret(secret.as_bytes()).context("the HS256 secret")?;
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+        .context("failed to sign the token")
+}
+
+/// Declares who may call a route: `web::post().to(place).allow(Access::Customer)`.
+pub trait RouteAccess {
+    fn allow(self, access: Access) -> Route;
+}
+
+impl RouteAccess for Route {
+    fn allow(self, access: Access) -> Route {
+        if access == Access::Public {
+            return self;
+        }
+        self.wrap(from_fn(move |req, next| check(access, req, next)))
+    }
+}
+
+async fn check(
+    access: Access,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    match authorize(access, req.request()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.call(req).await
+        }
+        Err(e) => Ok(req.error_response(e)),
+    }
+}
+
+fn authorize(access: Access, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let Some(auth) = req.app_data::<web::Data<Authenticator>>() else {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "a route asks for a role but the host installed no authenticator"
+        )));
+    };
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(header) = header else {
+        return Err(ApiError::unauthorized("a bearer token is required"));
+    };
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let caller = auth.verify(token).map_err(|e| {
+        tracing::info!(reason = %e, "bearer token refused");
+        ApiError::invalid_token("the bearer token is invalid or expired")
+    })?;
+    if access.admits(caller.roles) {
+        Ok(caller)
+    } else {
+        Err(ApiError::forbidden(match access {
+            Access::Staff => "this needs the staff role",
+            Access::Customer => "this needs the customer role",
+            _ => "this needs the customer or staff role",
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Sources;
+
+    /// A throwaway Ed25519 key made for these tests (PKCS#8 DER, hex), and its public half as
+    /// a JWK `x`. It signs nothing outside this module.
+    const TEST_ED25519_PKCS8: &str = "302e020100300506032b657004220420967ee2e793e0ab16e53652dc3481330b10deb9deed7604d02c5858252c2afb3b";
+    const TEST_ED25519_X: &str = "YO0rrtKISsTRaTXbEr-b8ZHHK37RgDOus1s4powKPA0";
+
+    fn settings(environment: &str, vars: &[(&str, &str)]) -> Result<Settings, String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        Settings::load(Sources {
+            dir: &dir,
+            environment,
+            env_vars: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+            ),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    fn claims(settings: &Settings) -> Claims {
+        Claims {
+            sub: "ada".into(),
+            roles: vec!["customer".into()],
+            exp: now() + 600,
+            nbf: None,
+            iss: settings.auth.issuer.clone(),
+            aud: settings.auth.audience.clone(),
+            iat: now(),
+        }
+    }
+
+    fn hs256(claims: &Claims, secret: &str) -> String {
+        let key = EncodingKey::from_secret(secret.as_bytes()).expect("key");
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("signed")
+    }
+
+    fn ed25519(claims: &Claims, kid: Option<&str>) -> String {
+        let der: Vec<u8> = (0..TEST_ED25519_PKCS8.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&TEST_ED25519_PKCS8[i..i + 2], 16).expect("hex"))
+            .collect();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der)).expect("signed")
+    }
+
+    fn jwks_file(dir: &Path) -> std::path::PathBuf {
+        let file = dir.join("jwks.json");
+        let set = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": TEST_ED25519_X, "use": "sig"},
+            // A symmetric key in a key set is never trusted.
+            {"kty": "oct", "kid": "k2", "k": "c2VjcmV0"}
+        ]});
+        std::fs::write(&file, set.to_string()).expect("write jwks");
+        file
+    }
+
+    #[test]
+    fn a_minted_token_names_its_caller_and_roles() {
+        let s = settings("test", &[]).expect("test settings");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        let token = mint(&s, &[Role::Staff], "bob", Duration::from_secs(60)).expect("token");
+        let caller = auth.verify(&token).expect("valid");
+        assert_eq!(caller.subject, "bob");
+        assert!(caller.has(Role::Staff) && !caller.has(Role::Customer));
+    }
+
+    /// Each row: what is wrong with the token. Every one is refused.
+    #[test]
+    fn tokens_that_fail_any_check_are_refused() {
+        let s = settings("test", &[]).expect("test settings");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        let good = claims(&s);
+        assert!(auth.verify(&hs256(&good, DEVELOPMENT_SECRET)).is_ok());
+        let mut expired = claims(&s);
+        expired.exp = now() - 3600;
+        let mut early = claims(&s);
+        early.nbf = Some(now() + 3600);
+        let mut issuer = claims(&s);
+        issuer.iss = "someone-else".into();
+        let mut audience = claims(&s);
+        audience.aud = "another-api".into();
+        let unsigned = {
+            let token = hs256(&good, DEVELOPMENT_SECRET);
+            let mut parts: Vec<&str> = token.split('.').collect();
+            // {"alg":"none","typ":"JWT"}
+            parts[0] = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+            format!("{}.{}.", parts[0], parts[1])
+        };
+        let cases: Vec<(&str, String)> = vec![
+            ("expired", hs256(&expired, DEVELOPMENT_SECRET)),
+            ("not yet valid", hs256(&early, DEVELOPMENT_SECRET)),
+            ("another issuer", hs256(&issuer, DEVELOPMENT_SECRET)),
+            ("another audience", hs256(&audience, DEVELOPMENT_SECRET)),
+            (
+                "another secret",
+                hs256(&good, "another-secret-another-secret-another"),
+            ),
+            ("alg none", unsigned),
+            ("an EdDSA token with no key for it", ed25519(&good, None)),
+            ("garbage", "not.a.token".into()),
+            ("empty", String::new()),
+        ];
+        for (what, token) in cases {
+            assert!(auth.verify(&token).is_err(), "{what} must be refused");
+        }
+    }
+
+    #[test]
+    fn production_verifies_eddsa_from_a_jwks_file_and_never_hs256() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = jwks_file(dir.path());
+        let file = file.to_str().expect("utf-8");
+        let s = settings("production", &[("APP__AUTH__JWKS_FILE", file)]).expect("loads");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        let good = claims(&s);
+        let caller = auth.verify(&ed25519(&good, Some("k1"))).expect("valid");
+        assert_eq!(caller.subject, "ada");
+        assert!(auth.verify(&ed25519(&good, None)).is_ok(), "no kid: tried");
+        assert!(
+            auth.verify(&ed25519(&good, Some("k9"))).is_err(),
+            "an unknown kid is refused"
+        );
+        assert!(
+            auth.verify(&hs256(&good, DEVELOPMENT_SECRET)).is_err(),
+            "production never accepts the development secret"
+        );
+        assert!(
+            auth.verify(&hs256(&good, "c2VjcmV0")).is_err(),
+            "nor a symmetric key from the key set"
+        );
+        assert!(
+            mint(&s, &[Role::Staff], "x", Duration::from_secs(60)).is_err(),
+            "production mints no token"
+        );
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_keys_or_with_a_shared_secret() {
+        let missing = settings("production", &[]).expect_err("refused");
+        assert!(missing.contains("auth.jwks_file"), "{missing}");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = jwks_file(dir.path());
+        let secret = "a-long-enough-shared-secret-for-hs256-tokens";
+        let shared = settings(
+            "production",
+            &[
+                ("APP__AUTH__JWKS_FILE", file.to_str().expect("utf-8")),
+                ("APP__AUTH__HS256_SECRET", secret),
+            ],
+        )
+        .expect_err("refused");
+        assert!(shared.contains("auth.hs256_secret"), "{shared}");
+        assert!(!shared.contains(secret), "{shared}");
+        let short = settings("local", &[("APP__AUTH__HS256_SECRET", "short")]).expect_err("x");
+        assert!(short.contains("auth.hs256_secret"), "{short}");
+    }
+
+    #[test]
+    fn a_configured_secret_replaces_the_development_one() {
+        let secret = "a-long-enough-shared-secret-for-hs256-tokens";
+        let s = settings("local", &[("APP__AUTH__HS256_SECRET", secret)]).expect("loads");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        assert!(auth.verify(&hs256(&claims(&s), secret)).is_ok());
+        assert!(
+            auth.verify(&hs256(&claims(&s), DEVELOPMENT_SECRET))
+                .is_err()
+        );
+    }
+}
