@@ -263,6 +263,7 @@ async fn a_joining_instance_takes_its_share() {
             inner: Arc::new(bus),
             instance: instance.into(),
             seen: seen.clone(),
+            published: Default::default(),
         })
     };
     let a = start_on(
@@ -292,11 +293,11 @@ async fn a_joining_instance_takes_its_share() {
     all.extend(second);
     assert_exactly_once_in_order(&dbs, &all).await;
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let by_b = seen.iter().filter(|(i, _, _)| i == "instance-b").count();
+    let by_b = seen.iter().filter(|(i, _, _, _)| i == "instance-b").count();
     let by_a_late = seen
         .iter()
         .skip(first.len())
-        .filter(|(i, _, _)| i == "instance-a")
+        .filter(|(i, _, _, _)| i == "instance-a")
         .count();
     assert!(
         by_b > 0 && by_a_late > 0,
