@@ -432,6 +432,48 @@ pub(crate) type Seen = Arc<
     >,
 >;
 
+/// The delays a subscription's consumer asked for its retries, in order.
+pub(crate) type Retries = Arc<std::sync::Mutex<Vec<Duration>>>;
+
+/// An acknowledger that notes the delay of every retry it is asked for.
+struct NotingAcker {
+    inner: Arc<dyn messaging::Acker>,
+    retries: Retries,
+}
+
+#[async_trait]
+impl messaging::Acker for NotingAcker {
+    async fn ack(&self, tags: &[messaging::DeliveryTag]) -> Result<(), messaging::BusError> {
+        self.inner.ack(tags).await
+    }
+
+    async fn retry(
+        &self,
+        tag: &messaging::DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), messaging::BusError> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(delay);
+        self.inner.retry(tag, delay, error).await
+    }
+
+    async fn postpone(
+        &self,
+        tag: &messaging::DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), messaging::BusError> {
+        self.inner.postpone(tag, delay, error).await
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>, messaging::BusError> {
+        self.inner.backlog().await
+    }
+}
+
 /// What a bus accepted from a relay: (instance, event id), in order.
 pub(crate) type Published = Arc<std::sync::Mutex<Vec<(String, Uuid)>>>;
 
@@ -442,6 +484,7 @@ pub(crate) struct Spy {
     pub(crate) instance: String,
     pub(crate) seen: Seen,
     pub(crate) published: Published,
+    pub(crate) retries: Retries,
 }
 
 #[async_trait]
@@ -480,7 +523,10 @@ impl EventBus for Spy {
             .boxed();
         Ok(messaging::Subscription {
             deliveries,
-            acker: inner.acker,
+            acker: Arc::new(NotingAcker {
+                inner: inner.acker,
+                retries: self.retries.clone(),
+            }),
             reader: inner.reader,
         })
     }
