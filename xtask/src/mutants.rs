@@ -67,8 +67,8 @@ pub struct Mutation {
 
 /// Reads the table from a workspace.
 pub fn load(root: &Path) -> anyhow::Result<Vec<Mutation>> {
-    let text = std::fs::read_to_string(root.join(TABLE))
-        .with_context(|| format!("reading {TABLE}"))?;
+    let text =
+        std::fs::read_to_string(root.join(TABLE)).with_context(|| format!("reading {TABLE}"))?;
     let table: Table = toml::from_str(&text).with_context(|| format!("parsing {TABLE}"))?;
     let mut names = std::collections::HashSet::new();
     for m in &table.mutation {
@@ -124,7 +124,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let table = load(root)?;
     if args.list {
         for m in &table {
-            println!("{:<34} {}\n{:<34} killed by: {}", m.name, m.breaks, "", m.killed_by.join(" | "));
+            eprintln!(
+                "{:<34} {}\n{:<34} killed by: {}",
+                m.name,
+                m.breaks,
+                "",
+                m.killed_by.join(" | ")
+            );
         }
         return Ok(());
     }
@@ -135,7 +141,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         );
     }
     let chosen: Vec<&Mutation> = if !args.only.is_empty() {
-        table.iter().filter(|m| args.only.contains(&m.name)).collect()
+        table
+            .iter()
+            .filter(|m| args.only.contains(&m.name))
+            .collect()
     } else if let Some(n) = args.sample {
         let seed = args.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -147,10 +156,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .into_iter()
             .map(|i| &table[i])
             .collect();
-        println!(
+        eprintln!(
             "mutants: sample of {} with seed {seed} (--seed {seed} repeats it): {}",
             picked.len(),
-            picked.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            picked
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         picked
     } else {
@@ -165,14 +178,17 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if args.check {
         for m in &table {
             let problem = missing.iter().find(|(n, _)| *n == m.name);
-            println!(
+            eprintln!(
                 "{:<34} {}",
                 m.name,
                 problem.map_or("found once".to_owned(), |(_, p)| p.clone())
             );
         }
         if !missing.is_empty() {
-            bail!("{} snippet(s) of {TABLE} not found exactly once", missing.len());
+            bail!(
+                "{} snippet(s) of {TABLE} not found exactly once",
+                missing.len()
+            );
         }
         return Ok(());
     }
@@ -184,7 +200,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&workspace)?;
     std::fs::create_dir_all(&logs)?;
     crate::scratch::sync_workspace(root, &workspace)?;
-    println!(
+    eprintln!(
         "mutants: scratch copy {}, target {}, logs {}",
         workspace.display(),
         target.display(),
@@ -199,7 +215,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             None => try_mutation(&workspace, &target, &logs, m)?,
         };
         let took = started.elapsed();
-        println!(
+        eprintln!(
             "mutants: {:<34} {:<10} in {:>4}s",
             m.name,
             label(&verdict),
@@ -208,9 +224,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         results.push((*m, verdict, took));
     }
 
-    println!();
-    println!("| mutation | breaks | result | killed by | time |");
-    println!("| --- | --- | --- | --- | --- |");
+    eprintln!();
+    eprintln!("| mutation | breaks | result | killed by | time |");
+    eprintln!("| --- | --- | --- | --- | --- |");
     for (m, verdict, took) in &results {
         let detail = match verdict {
             Verdict::Killed(test) => format!("`{test}`"),
@@ -225,7 +241,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 logs.join(format!("{}.log", m.name)).display()
             ),
         };
-        println!(
+        eprintln!(
             "| {} | {} | {} | {} | {} s |",
             m.name,
             m.breaks,
@@ -255,7 +271,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
         );
     }
-    println!("mutants: all {} killed", results.len());
+    eprintln!("mutants: all {} killed", results.len());
     Ok(())
 }
 
@@ -298,7 +314,9 @@ fn run_tests(
         let (cargo_args, filter) = split_test(test)?;
         // Build first: a mutation that does not compile kills nothing.
         let mut build = cargo(workspace, target);
-        build.args(["test", "--locked", "--no-run"]).args(&cargo_args);
+        build
+            .args(["test", "--locked", "--no-run"])
+            .args(&cargo_args);
         if !run_logged(build, &log, log_path, Duration::from_secs(1800))?.success {
             return Ok(Verdict::Unviable);
         }
@@ -332,7 +350,11 @@ fn split_test(test: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         .iter()
         .position(|w| w == "--test" || w == "--lib")
         .with_context(|| format!("`{test}` names no --test target nor --lib"))?;
-    let end = if words[at] == "--test" { at + 2 } else { at + 1 };
+    let end = if words[at] == "--test" {
+        at + 2
+    } else {
+        at + 1
+    };
     anyhow::ensure!(words.len() >= end, "`{test}` names no target after --test");
     Ok((words[..end].to_vec(), words[end..].to_vec()))
 }

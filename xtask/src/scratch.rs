@@ -52,7 +52,10 @@ pub fn sync_workspace(root: &Path, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Removes every file under `dir` that is not in `wanted`.
-fn remove_others(dir: &Path, wanted: &std::collections::HashSet<std::path::PathBuf>) -> anyhow::Result<()> {
+fn remove_others(
+    dir: &Path,
+    wanted: &std::collections::HashSet<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {

@@ -437,7 +437,10 @@ async fn the_host_refuses_to_run_a_module_whose_consumers_are_elsewhere_on_the_i
         modules,
         mut settings,
         hooks,
-    } = Spawn::new(Backend::Sqlite, vec![std::sync::Arc::new(checkout::Checkout)]);
+    } = Spawn::new(
+        Backend::Sqlite,
+        vec![std::sync::Arc::new(checkout::Checkout)],
+    );
     let db = testkit::TestDatabase::create(backend, &mut settings).await;
     let refused = TestApp::start_on(settings, modules, hooks, db)
         .await
@@ -445,7 +448,8 @@ async fn the_host_refuses_to_run_a_module_whose_consumers_are_elsewhere_on_the_i
         .expect("the host refuses to start");
     let chain = format!("{refused:#}");
     assert!(
-        chain.contains("bus.kind = local needs every consumer of this process's events to run here"),
+        chain
+            .contains("bus.kind = local needs every consumer of this process's events to run here"),
         "{chain}"
     );
 }

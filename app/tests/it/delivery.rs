@@ -96,9 +96,21 @@ async fn every_event_delivered_twice_leaves_the_same_end_state(backend: Backend)
     // twice. Outbox rows are counted per event type and key, which no constraint caps
     // (a shipment or a reservation row could not show a second handling).
     for (module, once_per_order) in [
-        ("catalog", ["catalog.stock_reserved.v1", "catalog.stock_rejected.v1"]),
-        ("checkout", ["checkout.order_confirmed.v1", "checkout.order_cancelled.v1"]),
-        ("fulfillment", ["fulfillment.shipment_created.v1", "fulfillment.shipment_dispatched.v1"]),
+        (
+            "catalog",
+            ["catalog.stock_reserved.v1", "catalog.stock_rejected.v1"],
+        ),
+        (
+            "checkout",
+            ["checkout.order_confirmed.v1", "checkout.order_cancelled.v1"],
+        ),
+        (
+            "fulfillment",
+            [
+                "fulfillment.shipment_created.v1",
+                "fulfillment.shipment_dispatched.v1",
+            ],
+        ),
     ] {
         let repeated = shop
             .app

@@ -333,8 +333,7 @@ impl TestApp {
     /// only did not happen yet).
     pub async fn drained(&self, modules: &[&'static str], also_waiting: &[(&'static str, &str)]) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        let pause =
-            std::time::Duration::from_millis(self.settings.messaging.poll_interval_ms * 5);
+        let pause = std::time::Duration::from_millis(self.settings.messaging.poll_interval_ms * 5);
         loop {
             let first = self.fingerprint(modules, also_waiting).await;
             if first.iter().all(|(_, waiting)| *waiting == 0) {
@@ -360,7 +359,10 @@ impl TestApp {
         let mut all = Vec::with_capacity(modules.len());
         for module in modules {
             let mut waiting = self
-                .count(module, "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .count(
+                    module,
+                    "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+                )
                 .await
                 + self.count(module, "SELECT COUNT(*) FROM bus_queue").await;
             for (m, sql) in also_waiting {
@@ -372,7 +374,8 @@ impl TestApp {
                 [
                     self.count(module, "SELECT COUNT(*) FROM outbox").await,
                     self.count(module, "SELECT COUNT(*) FROM inbox").await,
-                    self.count(module, "SELECT COUNT(*) FROM dead_letters").await,
+                    self.count(module, "SELECT COUNT(*) FROM dead_letters")
+                        .await,
                 ],
                 waiting,
             ));

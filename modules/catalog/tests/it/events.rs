@@ -236,7 +236,8 @@ async fn a_reinstated_order_whose_stock_was_taken_meanwhile_holds_what_is_free_a
     app.drained(&["catalog"], &[]).await;
     assert_eq!(available(&app, "A").await, 0, "the one free unit is held");
     assert_eq!(
-        app.count("catalog", "SELECT COUNT(*) FROM dead_letters").await,
+        app.count("catalog", "SELECT COUNT(*) FROM dead_letters")
+            .await,
         0,
         "the shortfall is not a failure"
     );

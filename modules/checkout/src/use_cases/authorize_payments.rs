@@ -826,7 +826,11 @@ mod tests {
         worker.settings.max_concurrent = 2;
         worker.settings.timeout_ms = 5_000;
         run_until(&stage, worker, OrderStatus::Confirmed).await;
-        assert_eq!(provider.most_in_flight.load(SeqCst), 2, "the bulkhead holds");
+        assert_eq!(
+            provider.most_in_flight.load(SeqCst),
+            2,
+            "the bulkhead holds"
+        );
         assert_eq!(provider.authorizations(), 6);
 
         if matches!(backend, Backend::Postgres) {
@@ -842,8 +846,16 @@ mod tests {
                 OrderStatus::Confirmed,
             )
             .await;
-            let seen = provider.open_transactions.lock().expect("not poisoned").clone();
-            assert_eq!(seen, vec![0], "no transaction is held across the provider call");
+            let seen = provider
+                .open_transactions
+                .lock()
+                .expect("not poisoned")
+                .clone();
+            assert_eq!(
+                seen,
+                vec![0],
+                "no transaction is held across the provider call"
+            );
         }
     }
 
@@ -860,7 +872,11 @@ mod tests {
         // The stage's worker times calls out after 200 ms.
         let worker = stage.worker(provider.clone(), 10_000);
         run_until(&stage, worker, OrderStatus::Confirmed).await;
-        assert_eq!(provider.calls.load(SeqCst), 2, "asked again after the timeout");
+        assert_eq!(
+            provider.calls.load(SeqCst),
+            2,
+            "asked again after the timeout"
+        );
         assert_eq!(provider.authorizations(), 1, "under the same key");
         assert_eq!(stage.confirmations(stage.orders[0]).await, 1);
     }

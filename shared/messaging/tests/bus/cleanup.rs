@@ -12,8 +12,11 @@ async fn only_published_outbox_rows_and_inbox_keys_past_their_retention_are_dele
     let settings = settings();
     let now = messaging::db::now_ms();
     let retention = settings.outbox_retention_secs as i64 * 1000;
-    let (old_published, new_published, old_unpublished) =
-        (event(Uuid::now_v7(), 1), event(Uuid::now_v7(), 1), event(Uuid::now_v7(), 1));
+    let (old_published, new_published, old_unpublished) = (
+        event(Uuid::now_v7(), 1),
+        event(Uuid::now_v7(), 1),
+        event(Uuid::now_v7(), 1),
+    );
     commit(
         &dbs,
         &Outbox::new(PRODUCER),
@@ -48,14 +51,20 @@ async fn only_published_outbox_rows_and_inbox_keys_past_their_retention_are_dele
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5001) \
          INSERT INTO inbox (event_id, handler, processed_at) \
          SELECT $1, 'old-' || i, $2 FROM n",
-        vec![Uuid::now_v7().into(), (now - inbox_retention - 60_000).into()],
+        vec![
+            Uuid::now_v7().into(),
+            (now - inbox_retention - 60_000).into(),
+        ],
     )
     .await
     .expect("old inbox keys");
     execute(
         dbs.consumer.conn(),
         "INSERT INTO inbox (event_id, handler, processed_at) VALUES ($1, 'recent', $2)",
-        vec![Uuid::now_v7().into(), (now - inbox_retention + 60_000).into()],
+        vec![
+            Uuid::now_v7().into(),
+            (now - inbox_retention + 60_000).into(),
+        ],
     )
     .await
     .expect("a recent inbox key");

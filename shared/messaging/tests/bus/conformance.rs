@@ -51,7 +51,7 @@ async fn a_copy_delivered_after_the_first_was_committed_is_skipped_by_the_inbox(
         instance: "instance-a".into(),
         seen: seen.clone(),
         published: Default::default(),
-            retries: Default::default(),
+        retries: Default::default(),
     });
     let running = start_on(spy, &dbs, "instance-a", Faults::default(), false).await;
     let publisher = bus(transport, &dbs, "publisher").await;
@@ -149,15 +149,8 @@ async fn retries_wait_a_backoff_that_grows_with_each_attempt(
         published: Default::default(),
         retries: retries.clone(),
     });
-    let running = start_configured(
-        spy,
-        &dbs,
-        "instance-a",
-        faults,
-        true,
-        slow_retries.clone(),
-    )
-    .await;
+    let running =
+        start_configured(spy, &dbs, "instance-a", faults, true, slow_retries.clone()).await;
     let sent = vec![event(key, 1)];
     commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
     assert_exactly_once_in_order(&dbs, &sent).await;

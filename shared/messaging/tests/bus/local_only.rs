@@ -403,8 +403,7 @@ mod a_restarted_instance_takes_back_its_claims_before_they_lapse {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_postgres() {
-        super::a_restarted_instance_takes_back_its_claims_before_they_lapse(Backend::Postgres)
-            .await
+        super::a_restarted_instance_takes_back_its_claims_before_they_lapse(Backend::Postgres).await
     }
 }
 
@@ -414,7 +413,14 @@ mod a_restarted_instance_takes_back_its_claims_before_they_lapse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_that_commits_after_a_later_row_was_published_is_published_too() {
     let dbs = open(Backend::Postgres).await;
-    let running = start(Transport::Local, &dbs, "instance-a", Faults::default(), true).await;
+    let running = start(
+        Transport::Local,
+        &dbs,
+        "instance-a",
+        Faults::default(),
+        true,
+    )
+    .await;
     let outbox = Outbox::new(PRODUCER);
     let late = event(Uuid::now_v7(), 1);
     let slow_tx = dbs.producer.begin().await.expect("begin");

@@ -421,16 +421,8 @@ pub(crate) async fn start_configured(
 }
 
 /// What a subscription handed out: (instance, tag, attempt, when), in order.
-pub(crate) type Seen = Arc<
-    std::sync::Mutex<
-        Vec<(
-            String,
-            messaging::DeliveryTag,
-            u32,
-            std::time::Instant,
-        )>,
-    >,
->;
+pub(crate) type Seen =
+    Arc<std::sync::Mutex<Vec<(String, messaging::DeliveryTag, u32, std::time::Instant)>>>;
 
 /// The delays a subscription's consumer asked for its retries, in order.
 pub(crate) type Retries = Arc<std::sync::Mutex<Vec<Duration>>>;
@@ -648,13 +640,12 @@ async fn redis_waiting(dbs: &Dbs, url: &str) -> i64 {
                 Some(redis::Value::Nil) | None => {
                     // Redis cannot count (entries were deleted): unread unless the group
                     // read up to the stream's last entry.
-                    let info: std::collections::HashMap<String, redis::Value> =
-                        redis::cmd("XINFO")
-                            .arg("STREAM")
-                            .arg(&stream)
-                            .query_async(&mut conn)
-                            .await
-                            .expect("XINFO STREAM");
+                    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+                        .arg("STREAM")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("XINFO STREAM");
                     let id = |map: &std::collections::HashMap<String, redis::Value>, f: &str| {
                         map.get(f)
                             .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())

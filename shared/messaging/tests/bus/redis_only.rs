@@ -252,8 +252,7 @@ async fn a_redis_restart_loses_and_repeats_nothing() {
         .await
         .expect("Redis answers"),
     );
-    let running =
-        start_configured(bus, &dbs, "instance-a", Faults::default(), true, longer).await;
+    let running = start_configured(bus, &dbs, "instance-a", Faults::default(), true, longer).await;
     let sent = events(8, 12);
     let outbox = Outbox::new(PRODUCER);
     let (before, after) = sent.split_at(sent.len() / 2);
