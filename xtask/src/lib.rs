@@ -6,6 +6,7 @@ mod boundaries;
 mod extract;
 mod harness;
 mod move_data;
+pub mod mutants;
 pub mod scratch;
 mod soak;
 mod templates;
@@ -37,6 +38,9 @@ enum Command {
     /// Run the order journey under sustained load and injected faults, then audit every
     /// module's data (loopback only; bounded; exits non-zero naming each failed check).
     Soak(Box<soak::SoakArgs>),
+    /// Apply each named mutation of xtask/mutations.toml to a scratch copy and check that
+    /// its tests fail (exits non-zero naming every mutation that survived).
+    Mutants(mutants::Args),
 }
 
 /// The root of the workspace the command runs in: the nearest folder, from the current
@@ -77,5 +81,6 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Soak(args) => soak::run(*args),
+        Command::Mutants(args) => mutants::run(&workspace_root(), &args),
     }
 }

@@ -436,3 +436,30 @@ fn migrate_prepares_every_module_and_exits() {
     .expect("the binary runs");
     assert!(again.status.success(), "migrate is idempotent");
 }
+
+/// A process that would run checkout alone on the in-process bus refuses to start: the
+/// consumers of its events (catalog, fulfillment) run elsewhere, and the in-process bus
+/// cannot reach them, so its events would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_refuses_to_run_a_module_whose_consumers_are_elsewhere_on_the_in_process_bus() {
+    let Spawn {
+        backend,
+        modules,
+        mut settings,
+        hooks,
+    } = Spawn::new(
+        Backend::Sqlite,
+        vec![std::sync::Arc::new(checkout::Checkout)],
+    );
+    let db = testkit::TestDatabase::create(backend, &mut settings).await;
+    let refused = TestApp::start_on(settings, modules, hooks, db)
+        .await
+        .err()
+        .expect("the host refuses to start");
+    let chain = format!("{refused:#}");
+    assert!(
+        chain
+            .contains("bus.kind = local needs every consumer of this process's events to run here"),
+        "{chain}"
+    );
+}

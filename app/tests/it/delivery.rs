@@ -92,7 +92,51 @@ async fn every_event_delivered_twice_leaves_the_same_end_state(backend: Backend)
         1
     );
     assert_eq!(shop.order(&cancelled).await["status"], "cancelled");
-    // Every event was handled once per handler: as many inbox keys as distinct events.
+    // Every copy was skipped: no event that happens at most once per order was emitted
+    // twice. Outbox rows are counted per event type and key, which no constraint caps
+    // (a shipment or a reservation row could not show a second handling).
+    for (module, once_per_order) in [
+        (
+            "catalog",
+            ["catalog.stock_reserved.v1", "catalog.stock_rejected.v1"],
+        ),
+        (
+            "checkout",
+            ["checkout.order_confirmed.v1", "checkout.order_cancelled.v1"],
+        ),
+        (
+            "fulfillment",
+            [
+                "fulfillment.shipment_created.v1",
+                "fulfillment.shipment_dispatched.v1",
+            ],
+        ),
+    ] {
+        let repeated = shop
+            .app
+            .count(
+                module,
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT event_type, ordering_key FROM outbox \
+                     WHERE event_type IN ('{}', '{}') GROUP BY event_type, ordering_key \
+                     HAVING COUNT(*) > 1) AS twice",
+                    once_per_order[0], once_per_order[1]
+                ),
+            )
+            .await;
+        assert_eq!(repeated, 0, "{module} emitted an event twice for one order");
+        let emitted = shop
+            .app
+            .count(
+                module,
+                &format!(
+                    "SELECT COUNT(*) FROM outbox WHERE event_type IN ('{}', '{}')",
+                    once_per_order[0], once_per_order[1]
+                ),
+            )
+            .await;
+        assert!(emitted > 0, "{module} emitted {once_per_order:?}");
+    }
     for module in ["catalog", "checkout", "fulfillment"] {
         assert_eq!(
             shop.rows(module, "dead_letters", "1 = 1").await,

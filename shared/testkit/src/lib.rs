@@ -364,6 +364,65 @@ impl TestApp {
         n
     }
 
+    /// Waits until `modules` are drained: every outbox row published, every queue empty
+    /// and each of `also_waiting` (a module and a `SELECT COUNT(*)` of work still to do,
+    /// such as payment attempts pending) at zero, seen twice, a few polls apart, with
+    /// nothing changed in between (outbox rows, inbox keys, queued rows, dead letters).
+    /// Nothing these modules were given can take effect after that, so a count made then
+    /// is final: use it before asserting that something did not happen (after a sleep it
+    /// only did not happen yet).
+    pub async fn drained(&self, modules: &[&'static str], also_waiting: &[(&'static str, &str)]) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let pause = std::time::Duration::from_millis(self.settings.messaging.poll_interval_ms * 5);
+        loop {
+            let first = self.fingerprint(modules, also_waiting).await;
+            if first.iter().all(|(_, waiting)| *waiting == 0) {
+                tokio::time::sleep(pause).await;
+                if self.fingerprint(modules, also_waiting).await == first {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{modules:?} not drained in 30 s: ([outbox rows, inbox keys, dead letters], waiting) = {first:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Per module: what it recorded, and how much work still waits.
+    async fn fingerprint(
+        &self,
+        modules: &[&'static str],
+        also_waiting: &[(&'static str, &str)],
+    ) -> Vec<([i64; 3], i64)> {
+        let mut all = Vec::with_capacity(modules.len());
+        for module in modules {
+            let mut waiting = self
+                .count(
+                    module,
+                    "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+                )
+                .await
+                + self.count(module, "SELECT COUNT(*) FROM bus_queue").await;
+            for (m, sql) in also_waiting {
+                if m == module {
+                    waiting += self.count(module, sql).await;
+                }
+            }
+            all.push((
+                [
+                    self.count(module, "SELECT COUNT(*) FROM outbox").await,
+                    self.count(module, "SELECT COUNT(*) FROM inbox").await,
+                    self.count(module, "SELECT COUNT(*) FROM dead_letters")
+                        .await,
+                ],
+                waiting,
+            ));
+        }
+        all
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

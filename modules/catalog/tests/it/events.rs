@@ -83,6 +83,7 @@ on_both_backends!(
     a_cancel_releases_the_stock_once,
     a_cancel_before_the_order_arrived_means_nothing_is_held,
     a_cancel_lost_to_a_dispatch_holds_the_stock_again,
+    a_reinstated_order_whose_stock_was_taken_meanwhile_holds_what_is_free_and_is_not_retried,
 );
 
 async fn products_are_announced_and_repriced(backend: Backend) {
@@ -187,8 +188,59 @@ async fn a_cancel_before_the_order_arrived_means_nothing_is_held(backend: Backen
     feed(&bus, &cancelled(order)).await;
     feed(&bus, &placed(order, &[("A", 2)])).await;
     assert_eq!(available(&app, "A").await, 5);
+    app.drained(&["catalog"], &[]).await;
+    assert_eq!(
+        outbox_rows(&app, order).await,
+        0,
+        "nothing reserved, nothing released"
+    );
     assert!(bus.published_of(StockReservedV1::TYPE).is_empty());
     assert!(bus.published_of(StockReleasedV1::TYPE).is_empty());
+}
+
+/// Rows catalog wrote to its outbox for an order (any event type): a count no
+/// constraint caps.
+async fn outbox_rows(app: &TestApp, order: Uuid) -> i64 {
+    app.count(
+        "catalog",
+        &format!("SELECT COUNT(*) FROM outbox WHERE ordering_key = '{order}'"),
+    )
+    .await
+}
+
+/// The oversold branch: a reinstated order whose stock another order took meanwhile
+/// holds what is still free, and the shortfall is not retried (no failure, no dead
+/// letter; the event is settled).
+async fn a_reinstated_order_whose_stock_was_taken_meanwhile_holds_what_is_free_and_is_not_retried(
+    backend: Backend,
+) {
+    let (app, bus) = catalog(backend).await;
+    product(&app, "A", 5).await;
+    let first = Uuid::now_v7();
+    feed(&bus, &placed(first, &[("A", 2)])).await;
+    feed(&bus, &cancelled(first)).await;
+    let second = Uuid::now_v7();
+    feed(&bus, &placed(second, &[("A", 4)])).await;
+    assert_eq!(available(&app, "A").await, 1);
+    feed(
+        &bus,
+        &envelope(&OrderReinstatedV1 {
+            order_id: first,
+            lines: vec![contracts::catalog::StockLineV1 {
+                sku: "A".into(),
+                quantity: 2,
+            }],
+        }),
+    )
+    .await;
+    app.drained(&["catalog"], &[]).await;
+    assert_eq!(available(&app, "A").await, 0, "the one free unit is held");
+    assert_eq!(
+        app.count("catalog", "SELECT COUNT(*) FROM dead_letters")
+            .await,
+        0,
+        "the shortfall is not a failure"
+    );
 }
 
 async fn a_cancel_lost_to_a_dispatch_holds_the_stock_again(backend: Backend) {

@@ -528,19 +528,32 @@ mod tests {
 
     use async_trait::async_trait;
     use contracts::catalog::ProductPublishedV1;
-    use messaging::Outbox;
+    use messaging::{ModuleDb, Outbox};
     use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
 
     use super::*;
     use crate::payment::GatewayError;
 
     /// A provider that honours idempotency keys: one authorization per key, whatever the
-    /// number of calls. Voids are kept, or never answered.
+    /// number of calls. Voids are kept, or never answered. It can take its time, never
+    /// answer the first calls, count the calls in flight at once, and look at checkout's
+    /// database while it is asked.
     #[derive(Default)]
     struct Provider {
         authorized: Mutex<HashMap<Uuid, String>>,
         voided: Mutex<Vec<String>>,
         voids_hang: bool,
+        /// How long each authorization takes.
+        latency: Duration,
+        /// How many first calls never answer.
+        hang_first: std::sync::atomic::AtomicUsize,
+        calls: std::sync::atomic::AtomicUsize,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+        /// When set (PostgreSQL), each call counts checkout's sessions inside a
+        /// transaction, into `open_transactions`.
+        watch: Option<ModuleDb>,
+        open_transactions: Mutex<Vec<i64>>,
     }
 
     impl Provider {
@@ -559,6 +572,28 @@ mod tests {
             &self,
             request: &AuthorizeRequest,
         ) -> Result<Authorization, GatewayError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let call = self.calls.fetch_add(1, SeqCst);
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, SeqCst);
+            if let Some(db) = &self.watch {
+                let rows = query(
+                    db.conn(),
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                     AND state LIKE 'idle in transaction%'",
+                    vec![],
+                )
+                .await
+                .expect("read pg_stat_activity");
+                let n: i64 = rows[0].try_get("", "n").expect("a count");
+                self.open_transactions.lock().expect("not poisoned").push(n);
+            }
+            if call < self.hang_first.load(SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.latency).await;
+            self.in_flight.fetch_sub(1, SeqCst);
             let mut authorized = self.authorized.lock().expect("not poisoned");
             let next = authorized.len() + 1;
             let reference = authorized
@@ -728,7 +763,145 @@ mod tests {
     testkit::on_both_backends!(
         an_outcome_recorded_after_its_lease_was_taken_over_pays_once_and_voids_nothing,
         a_void_the_provider_never_answers_does_not_hold_up_the_worker,
+        a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_order_stays_cancelled,
+        no_more_provider_calls_run_at_once_than_max_concurrent,
+        a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key,
+        a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once,
     );
+
+    /// Runs `worker`'s loop until every order of `stage` is `status`, then stops it.
+    async fn run_until(stage: &Stage, worker: PaymentWorker, status: OrderStatus) {
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(worker.run(cancel.child_token()));
+        for order in &stage.orders {
+            eventually(30, &format!("order {order} to be {status:?}"), || async {
+                (stage.order_status(*order).await == status).then_some(())
+            })
+            .await;
+        }
+        cancel.cancel();
+        running.await.expect("the worker stops");
+    }
+
+    async fn a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_order_stays_cancelled(
+        backend: Backend,
+    ) {
+        let stage = Stage::new(backend, 1).await;
+        let order = stage.orders[0];
+        stage.hold_stock(order).await;
+        let provider = Arc::new(Provider::default());
+        let worker = stage.worker(provider.clone(), 10_000);
+        let claimed = claim_of(&worker, order).await;
+        let called = worker.call(&claimed).await;
+        // The customer cancels while the provider approves.
+        crate::use_cases::cancel_order::cancel_order(&stage.state, &Cause::fresh(), order)
+            .await
+            .expect("cancel");
+        worker.record(vec![(claimed, called)]).await;
+        assert_eq!(stage.attempt(order).await.0, "voided");
+        assert_eq!(
+            provider.voided(),
+            vec!["auth_1".to_owned()],
+            "the approval was voided"
+        );
+        assert_eq!(stage.order_status(order).await, OrderStatus::Cancelled);
+        assert_eq!(stage.confirmations(order).await, 0, "nothing confirmed");
+    }
+
+    /// Six payments due, calls that take 300 ms, and a bulkhead of two: never more than
+    /// two calls at once, and two at once at some point. On PostgreSQL the provider also
+    /// looks at checkout's sessions while it is asked (one order, so nothing else runs
+    /// then): none is inside a transaction.
+    async fn no_more_provider_calls_run_at_once_than_max_concurrent(backend: Backend) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stage = Stage::new(backend, 6).await;
+        for order in &stage.orders {
+            stage.hold_stock(*order).await;
+        }
+        let provider = Arc::new(Provider {
+            latency: Duration::from_millis(300),
+            ..Provider::default()
+        });
+        let mut worker = stage.worker(provider.clone(), 10_000);
+        worker.settings.max_concurrent = 2;
+        worker.settings.timeout_ms = 5_000;
+        run_until(&stage, worker, OrderStatus::Confirmed).await;
+        assert_eq!(
+            provider.most_in_flight.load(SeqCst),
+            2,
+            "the bulkhead holds"
+        );
+        assert_eq!(provider.authorizations(), 6);
+
+        if matches!(backend, Backend::Postgres) {
+            let alone = Stage::new(backend, 1).await;
+            alone.hold_stock(alone.orders[0]).await;
+            let provider = Arc::new(Provider {
+                watch: Some(alone.state.db.clone()),
+                ..Provider::default()
+            });
+            run_until(
+                &alone,
+                alone.worker(provider.clone(), 10_000),
+                OrderStatus::Confirmed,
+            )
+            .await;
+            let seen = provider
+                .open_transactions
+                .lock()
+                .expect("not poisoned")
+                .clone();
+            assert_eq!(
+                seen,
+                vec![0],
+                "no transaction is held across the provider call"
+            );
+        }
+    }
+
+    async fn a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key(
+        backend: Backend,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stage = Stage::new(backend, 1).await;
+        stage.hold_stock(stage.orders[0]).await;
+        let provider = Arc::new(Provider {
+            hang_first: 1.into(),
+            ..Provider::default()
+        });
+        // The stage's worker times calls out after 200 ms.
+        let worker = stage.worker(provider.clone(), 10_000);
+        run_until(&stage, worker, OrderStatus::Confirmed).await;
+        assert_eq!(
+            provider.calls.load(SeqCst),
+            2,
+            "asked again after the timeout"
+        );
+        assert_eq!(provider.authorizations(), 1, "under the same key");
+        assert_eq!(stage.confirmations(stage.orders[0]).await, 1);
+    }
+
+    /// A worker calls the provider and dies before recording the answer: once its claim
+    /// lapses, another worker asks again under the same idempotency key, so the provider
+    /// authorizes once and the order is confirmed once.
+    async fn a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once(
+        backend: Backend,
+    ) {
+        let stage = Stage::new(backend, 1).await;
+        let order = stage.orders[0];
+        stage.hold_stock(order).await;
+        let provider = Arc::new(Provider::default());
+        let dying = stage.worker(provider.clone(), 100);
+        let claimed = claim_of(&dying, order).await;
+        let _answer_lost = dying.call(&claimed).await;
+        drop(dying);
+        let survivor = stage.worker(provider.clone(), 10_000);
+        run_until(&stage, survivor, OrderStatus::Confirmed).await;
+        assert_eq!(provider.authorizations(), 1, "one authorization");
+        assert_eq!(stage.confirmations(order).await, 1, "confirmed once");
+        assert_eq!(stage.attempt(order).await.0, "approved");
+        assert_eq!(provider.voided(), Vec::<String>::new());
+    }
 
     /// How the outcome of a stalled claim meets the outcome of the claim that took over.
     #[derive(Debug, Clone, Copy)]

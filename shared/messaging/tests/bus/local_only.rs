@@ -412,6 +412,112 @@ mod the_backlog_counts_what_waits {
     }
 }
 
+/// A local bus of `instance` over the consumer's database, with `settings`.
+fn local_bus(dbs: &Dbs, instance: &str, settings: MessagingSettings) -> Arc<dyn EventBus> {
+    let mut bus = LocalBus::new(instance, settings);
+    bus.add_consumer(dbs.consumer.clone());
+    Arc::new(bus)
+}
+
+/// An instance killed while it held deliveries, restarted under the same name, takes its
+/// claims back at once: everything is applied, once, long before the claims (a minute)
+/// would have lapsed.
+async fn a_restarted_instance_takes_back_its_claims_before_they_lapse(backend: Backend) {
+    let dbs = open(backend).await;
+    let mut long_claims = settings();
+    long_claims.lease_ms = 60_000;
+    let faults = Faults::for_tests();
+    let reached = faults.arm("consumer.before_commit");
+    let a = start_configured(
+        local_bus(&dbs, "instance-a", long_claims.clone()),
+        &dbs,
+        "instance-a",
+        faults,
+        true,
+        long_claims.clone(),
+    )
+    .await;
+    let sent = events(3, 2);
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("a delivery reaches the commit")
+        .expect("reported");
+    a.kill().await;
+    let held = scalar(
+        &dbs.consumer,
+        "SELECT COUNT(*) FROM bus_queue WHERE locked_by = 'instance-a'",
+    )
+    .await;
+    assert!(held > 0, "the killed instance held claims");
+    let started = std::time::Instant::now();
+    let a = start_configured(
+        local_bus(&dbs, "instance-a", long_claims.clone()),
+        &dbs,
+        "instance-a",
+        Faults::default(),
+        true,
+        long_claims.clone(),
+    )
+    .await;
+    // WAIT (30 s) is half the claims' lease: only a take-back delivers in time.
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    assert!(started.elapsed() < Duration::from_millis(long_claims.lease_ms));
+    a.stop().await;
+}
+
+mod a_restarted_instance_takes_back_its_claims_before_they_lapse {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        super::a_restarted_instance_takes_back_its_claims_before_they_lapse(Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        super::a_restarted_instance_takes_back_its_claims_before_they_lapse(Backend::Postgres).await
+    }
+}
+
+/// A row whose transaction took its id first but committed after a later row was
+/// published is published too: the relay reads the lowest unpublished ids, not after the
+/// last id it saw. (PostgreSQL: SQLite runs one writer at a time, so it cannot happen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_commits_after_a_later_row_was_published_is_published_too() {
+    let dbs = open(Backend::Postgres).await;
+    let running = start(
+        Transport::Local,
+        &dbs,
+        "instance-a",
+        Faults::default(),
+        true,
+    )
+    .await;
+    let outbox = Outbox::new(PRODUCER);
+    let late = event(Uuid::now_v7(), 1);
+    let slow_tx = dbs.producer.begin().await.expect("begin");
+    outbox
+        .append(&slow_tx, std::slice::from_ref(&late))
+        .await
+        .expect("append");
+    let early = event(Uuid::now_v7(), 1);
+    commit(&dbs, &outbox, std::slice::from_ref(&early)).await;
+    wait_applied(&dbs, 1).await;
+    outbox.commit(slow_tx).await.expect("commit late");
+    let ids = query(
+        dbs.producer.conn(),
+        "SELECT event_id FROM outbox ORDER BY id",
+        vec![],
+    )
+    .await
+    .expect("outbox");
+    let first: Uuid = ids[0].try_get("", "event_id").expect("id");
+    assert_eq!(first, late.id, "the late row holds the lower id");
+    assert_exactly_once_in_order(&dbs, &[late, early]).await;
+    running.stop().await;
+}
+
 /// A second live process under the same instance name claims nothing and takes back
 /// nothing (its claims would be the first process's), says so in readiness, and takes
 /// over by itself once the first one is gone.

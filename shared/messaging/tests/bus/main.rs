@@ -193,9 +193,19 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
 
 /// A bus of the given transport over these databases, for one instance.
 pub(crate) async fn bus(transport: Transport, dbs: &Dbs, instance: &str) -> Arc<dyn EventBus> {
+    bus_configured(transport, dbs, instance, settings()).await
+}
+
+/// [`bus`] with other settings (leases, capacity).
+pub(crate) async fn bus_configured(
+    transport: Transport,
+    dbs: &Dbs,
+    instance: &str,
+    settings: MessagingSettings,
+) -> Arc<dyn EventBus> {
     match transport {
         Transport::Local => {
-            let mut bus = LocalBus::new(instance, settings());
+            let mut bus = LocalBus::new(instance, settings);
             bus.add_consumer(dbs.consumer.clone());
             Arc::new(bus)
         }
@@ -208,7 +218,7 @@ pub(crate) async fn bus(transport: Transport, dbs: &Dbs, instance: &str) -> Arc<
                 instance: instance.into(),
             };
             Arc::new(
-                RedisBus::connect(config, settings())
+                RedisBus::connect(config, settings)
                     .await
                     .expect("Redis runs on 127.0.0.1:6379"),
             )
@@ -355,6 +365,19 @@ pub(crate) async fn start_on(
     faults: Faults,
     relay: bool,
 ) -> Running {
+    start_configured(bus, dbs, instance, faults, relay, settings()).await
+}
+
+/// [`start_on`] with other settings for the relay and the consumer (the bus keeps the
+/// settings it was made with).
+pub(crate) async fn start_configured(
+    bus: Arc<dyn EventBus>,
+    dbs: &Dbs,
+    instance: &str,
+    faults: Faults,
+    relay: bool,
+    settings: MessagingSettings,
+) -> Running {
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if relay {
@@ -362,7 +385,7 @@ pub(crate) async fn start_on(
             db: dbs.producer.clone(),
             outbox: Outbox::new(PRODUCER),
             bus: bus.clone(),
-            settings: settings(),
+            settings: settings.clone(),
             instance: instance.to_owned(),
             faults: faults.clone(),
         };
@@ -372,7 +395,7 @@ pub(crate) async fn start_on(
         .subscribe(SubscriberSpec {
             module: CONSUMER,
             event_types: vec![OrderConfirmedV1::TYPE],
-            max_in_flight: settings().max_in_flight,
+            max_in_flight: settings.max_in_flight,
         })
         .await
         .expect("subscribe");
@@ -382,7 +405,7 @@ pub(crate) async fn start_on(
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
         handlers: vec![Arc::new(Recorder)],
-        settings: settings(),
+        settings,
         faults,
         replays: Arc::new(tokio::sync::Notify::new()),
         progress: messaging::Progress::new(CONSUMER),
@@ -397,14 +420,63 @@ pub(crate) async fn start_on(
     }
 }
 
-/// What a subscription handed out: (instance, tag, attempt), in order.
-pub(crate) type Seen = Arc<std::sync::Mutex<Vec<(String, messaging::DeliveryTag, u32)>>>;
+/// What a subscription handed out: (instance, tag, attempt, when), in order.
+pub(crate) type Seen =
+    Arc<std::sync::Mutex<Vec<(String, messaging::DeliveryTag, u32, std::time::Instant)>>>;
 
-/// A bus that notes every delivery its subscriptions hand out.
+/// The delays a subscription's consumer asked for its retries, in order.
+pub(crate) type Retries = Arc<std::sync::Mutex<Vec<Duration>>>;
+
+/// An acknowledger that notes the delay of every retry it is asked for.
+struct NotingAcker {
+    inner: Arc<dyn messaging::Acker>,
+    retries: Retries,
+}
+
+#[async_trait]
+impl messaging::Acker for NotingAcker {
+    async fn ack(&self, tags: &[messaging::DeliveryTag]) -> Result<(), messaging::BusError> {
+        self.inner.ack(tags).await
+    }
+
+    async fn retry(
+        &self,
+        tag: &messaging::DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), messaging::BusError> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(delay);
+        self.inner.retry(tag, delay, error).await
+    }
+
+    async fn postpone(
+        &self,
+        tag: &messaging::DeliveryTag,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), messaging::BusError> {
+        self.inner.postpone(tag, delay, error).await
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>, messaging::BusError> {
+        self.inner.backlog().await
+    }
+}
+
+/// What a bus accepted from a relay: (instance, event id), in order.
+pub(crate) type Published = Arc<std::sync::Mutex<Vec<(String, Uuid)>>>;
+
+/// A bus that notes every delivery its subscriptions hand out, and every event it
+/// accepted for publication.
 pub(crate) struct Spy {
     pub(crate) inner: Arc<dyn EventBus>,
     pub(crate) instance: String,
     pub(crate) seen: Seen,
+    pub(crate) published: Published,
+    pub(crate) retries: Retries,
 }
 
 #[async_trait]
@@ -414,7 +486,12 @@ impl EventBus for Spy {
     }
 
     async fn publish(&self, batch: &[Outgoing]) -> Result<(), messaging::BusError> {
-        self.inner.publish(batch).await
+        self.inner.publish(batch).await?;
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(batch.iter().map(|o| (self.instance.clone(), o.event_id)));
+        Ok(())
     }
 
     async fn subscribe(
@@ -431,13 +508,17 @@ impl EventBus for Spy {
                     instance.clone(),
                     d.tag.clone(),
                     d.attempt,
+                    std::time::Instant::now(),
                 ));
                 d
             })
             .boxed();
         Ok(messaging::Subscription {
             deliveries,
-            acker: inner.acker,
+            acker: Arc::new(NotingAcker {
+                inner: inner.acker,
+                retries: self.retries.clone(),
+            }),
             reader: inner.reader,
         })
     }
@@ -483,15 +564,141 @@ pub(crate) async fn wait_applied(dbs: &Dbs, n: i64) {
     }
 }
 
-/// Every event applied exactly once, and per key in sequence order.
+/// What must not change once the system is drained: what waits anywhere (outbox, queue,
+/// Redis group), and every effect and record the consumer keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    unpublished: i64,
+    queued: i64,
+    /// Entries of the consumer's group pending or not yet read, over every partition.
+    redis_waiting: i64,
+    applied: i64,
+    effects: i64,
+    inbox_keys: i64,
+    dead_letters: i64,
+}
+
+impl Fingerprint {
+    fn waits(&self) -> bool {
+        self.unpublished + self.queued + self.redis_waiting > 0
+    }
+}
+
+pub(crate) async fn fingerprint(dbs: &Dbs, redis_url: &str) -> Fingerprint {
+    Fingerprint {
+        unpublished: scalar(
+            &dbs.producer,
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await,
+        queued: scalar(&dbs.consumer, "SELECT COUNT(*) FROM bus_queue").await,
+        redis_waiting: redis_waiting(dbs, redis_url).await,
+        applied: applied(dbs).await,
+        effects: scalar(&dbs.consumer, "SELECT COUNT(*) FROM effects").await,
+        inbox_keys: scalar(&dbs.consumer, "SELECT COUNT(*) FROM inbox").await,
+        dead_letters: scalar(&dbs.consumer, "SELECT COUNT(*) FROM dead_letters").await,
+    }
+}
+
+/// Pending plus not yet read (lag) entries of the consumer's group in the producer's
+/// streams of this test's namespace; 0 when the test does not use Redis.
+async fn redis_waiting(dbs: &Dbs, url: &str) -> i64 {
+    let Ok(client) = redis::Client::open(url) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let streams: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:stream:{PRODUCER}:*", dbs.namespace))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let mut waiting = 0;
+    for stream in streams {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .expect("XINFO GROUPS");
+        for group in groups {
+            let name: String = group
+                .get("name")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .unwrap_or_default();
+            if name != CONSUMER {
+                continue;
+            }
+            let number = |field: &str| -> i64 {
+                group
+                    .get(field)
+                    .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                    .unwrap_or(0)
+            };
+            let lag = match group.get("lag") {
+                Some(redis::Value::Nil) | None => {
+                    // Redis cannot count (entries were deleted): unread unless the group
+                    // read up to the stream's last entry.
+                    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+                        .arg("STREAM")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("XINFO STREAM");
+                    let id = |map: &std::collections::HashMap<String, redis::Value>, f: &str| {
+                        map.get(f)
+                            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                    };
+                    i64::from(id(&info, "last-generated-id") != id(&group, "last-delivered-id"))
+                }
+                Some(_) => number("lag"),
+            };
+            waiting += number("pending") + lag;
+        }
+    }
+    waiting
+}
+
+/// Waits until the system is drained: every outbox row published, the consumer's queue
+/// empty, its Redis group with nothing pending and nothing unread, and all of it seen
+/// twice, a few polls apart, with nothing changed in between. Nothing can be applied
+/// after that, so what is counted then is final. Returns what was counted.
+pub(crate) async fn drained(dbs: &Dbs) -> Fingerprint {
+    drained_at(dbs, REDIS).await
+}
+
+/// [`drained`] for a test whose Redis is at `redis_url`.
+pub(crate) async fn drained_at(dbs: &Dbs, redis_url: &str) -> Fingerprint {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pause = Duration::from_millis(settings().poll_interval_ms * 5);
+    loop {
+        let first = fingerprint(dbs, redis_url).await;
+        if !first.waits() {
+            tokio::time::sleep(pause).await;
+            let second = fingerprint(dbs, redis_url).await;
+            if second == first {
+                return second;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not drained in time: {first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event applied exactly once, and per key in sequence order, once the system is
+/// drained.
 pub(crate) async fn assert_exactly_once_in_order(dbs: &Dbs, sent: &[Envelope]) {
     wait_applied(dbs, sent.len() as i64).await;
-    // Let stragglers (duplicates in flight) arrive before checking nothing more came.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = drained(dbs).await;
+    assert_eq!(settled.applied, sent.len() as i64, "no event applied twice");
     assert_eq!(
-        applied(dbs).await,
+        settled.inbox_keys,
         sent.len() as i64,
-        "no event applied twice"
+        "one inbox key per event and handler"
     );
     let rows = query(
         dbs.consumer.conn(),
@@ -524,6 +731,7 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
     .await
 }
 
+mod cleanup;
 mod conformance;
 mod local_only;
 mod redis_faults;

@@ -825,3 +825,59 @@ async fn entries_of_a_lost_reply_come_before_newer_entries_of_their_key() {
     ack(&subscription, &second).await;
     wait_until_nothing_pending(&dbs, REDIS).await;
 }
+
+/// Entries the consumer's group read and has not acknowledged yet are kept by a trim,
+/// although every other group is done with them and the group has read past them; once
+/// acknowledged, they are trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_keeps_the_entries_a_group_read_and_has_not_acknowledged() {
+    let dbs = open(Backend::Sqlite).await;
+    let publisher = redis_bus(&dbs, REDIS, "publisher").await;
+    let sent = events(4, 1);
+    publish(&publisher, &sent).await;
+    acknowledge_for_other_groups(&dbs).await;
+    let a = redis_bus(&dbs, REDIS, "instance-a").await;
+    let mut subscription = subscribe(&a, 10).await;
+    let mut pending = Vec::new();
+    for _ in &sent {
+        pending.push(next(&mut subscription, WAIT).await.expect("a delivery"));
+    }
+    publisher.trim_now(PRODUCER).await.expect("trim");
+    let length = |dbs: &Dbs| {
+        let streams = streams(dbs);
+        async move {
+            let mut conn = connect(REDIS).await;
+            let mut total = 0_i64;
+            for stream in streams {
+                let n: i64 = ::redis::cmd("XLEN")
+                    .arg(stream)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XLEN");
+                total += n;
+            }
+            total
+        }
+    };
+    assert_eq!(
+        length(&dbs).await,
+        sent.len() as i64,
+        "pending entries are not trimmed"
+    );
+    for delivery in &pending {
+        ack(&subscription, delivery).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publisher.trim_now(PRODUCER).await.expect("trim");
+        if length(&dbs).await == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged entries were trimmed in the end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crash(subscription).await;
+}
