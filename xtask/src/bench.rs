@@ -33,6 +33,7 @@ mod procfs;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -48,7 +49,8 @@ use load::{Load, Request};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
-    /// What to measure, side by side: pg, sqlite, extracted, peer, url=http://127.0.0.1:PORT.
+    /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
+    /// extracted, peer, url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
     #[arg(long, value_delimiter = ',', default_value = "pg,peer")]
     pub(crate) targets: Vec<String>,
     /// Scenarios, each run on every target in turn: reads, place, journey.
@@ -172,7 +174,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Kind {
-    Pg,
+    /// The monolith on PostgreSQL; another binary than this workspace's when given (an
+    /// older build, to measure a change side by side).
+    Pg(Option<PathBuf>),
     Sqlite,
     Extracted,
     Peer,
@@ -182,26 +186,32 @@ enum Kind {
 impl Kind {
     fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(match text {
-            "pg" => Self::Pg,
+            "pg" => Self::Pg(None),
             "sqlite" => Self::Sqlite,
             "extracted" => Self::Extracted,
             "peer" => Self::Peer,
-            _ => match text.strip_prefix("url=") {
-                Some(url) => Self::Url(url.to_owned()),
-                None => bail!(
-                    "unknown target {text:?}: pg, sqlite, extracted, peer or url=http://127.0.0.1:PORT"
+            _ => match (text.strip_prefix("url="), text.strip_prefix("pg=")) {
+                (Some(url), _) => Self::Url(url.to_owned()),
+                (_, Some(binary)) => Self::Pg(Some(PathBuf::from(binary))),
+                _ => bail!(
+                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, extracted, peer or \
+                     url=http://127.0.0.1:PORT"
                 ),
             },
         })
     }
 
     fn ours(&self) -> bool {
-        matches!(self, Self::Pg | Self::Sqlite | Self::Extracted)
+        matches!(self, Self::Pg(_) | Self::Sqlite | Self::Extracted)
     }
 
     fn name(&self) -> String {
         match self {
-            Self::Pg => "ours-pg".into(),
+            Self::Pg(None) => "ours-pg".into(),
+            Self::Pg(Some(binary)) => format!(
+                "ours-pg({})",
+                binary.file_name().unwrap_or_default().to_string_lossy()
+            ),
             Self::Sqlite => "ours-sqlite".into(),
             Self::Extracted => "ours-extracted".into(),
             Self::Peer => "peer".into(),
@@ -402,6 +412,9 @@ async fn wait_http(port: u16, path: &str, within: Duration) -> anyhow::Result<()
     }
 }
 
+/// Numbers the databases of this run (several targets may run on PostgreSQL).
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
 async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
     let name = kind.name();
     log(&format!("starting {name}"));
@@ -421,17 +434,19 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
     let tag = std::process::id();
     let pg_url = |db: &str| format!("postgres://postgres@{}:{}/{db}", args.pg_host, args.pg_port);
     match kind {
-        Kind::Pg => {
-            let db = format!("bench_pg_{tag}");
+        Kind::Pg(other) => {
+            let db = format!("bench_pg_{tag}_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
             create_database(&args.pg_host, args.pg_port, &db).await?;
             running.databases.push(db.clone());
             let port = free_port()?;
             let (path, cwd, vars) = (
-                binary(args, "app"),
+                other.clone().unwrap_or_else(|| binary(args, "app")),
                 crate::workspace_root(),
                 pg_vars(args, &db),
             );
-            running.processes.push(launch(args, &path, &cwd, &vars, port)?);
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &vars, port)?);
             running.launch = Some((path, cwd, vars));
             running.port = port;
             running.stores = Some(Stores {
@@ -451,11 +466,18 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
                 ),
             ];
             let (path, cwd) = (binary(args, "app"), crate::workspace_root());
-            running.processes.push(launch(args, &path, &cwd, &vars, port)?);
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &vars, port)?);
             running.launch = Some((path, cwd, vars));
             running.port = port;
             wait_http(port, "/readyz", Duration::from_secs(60)).await?;
-            let file = |m: &str| format!("sqlite://{}?mode=rw", dir.path().join(format!("{m}.db")).display());
+            let file = |m: &str| {
+                format!(
+                    "sqlite://{}?mode=rw",
+                    dir.path().join(format!("{m}.db")).display()
+                )
+            };
             running.stores = Some(Stores {
                 catalog: Store::open(file("catalog"), None).await?,
                 checkout: Store::open(file("checkout"), None).await?,
@@ -475,7 +497,10 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
             running.namespace = Some(namespace.clone());
             let mut mono_vars = pg_vars(args, &mono_db);
             mono_vars.extend([
-                ("APP__MODULES__ENABLED".to_owned(), "catalog,checkout".to_owned()),
+                (
+                    "APP__MODULES__ENABLED".to_owned(),
+                    "catalog,checkout".to_owned(),
+                ),
                 ("APP__BUS__KIND".to_owned(), "redis".to_owned()),
                 ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
                 ("APP__BUS__INSTANCE".to_owned(), "bench-monolith".to_owned()),
@@ -483,11 +508,16 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
             let mut svc_vars = pg_vars(args, &svc_db);
             svc_vars.extend([
                 ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
-                ("APP__BUS__INSTANCE".to_owned(), "bench-fulfillment".to_owned()),
+                (
+                    "APP__BUS__INSTANCE".to_owned(),
+                    "bench-fulfillment".to_owned(),
+                ),
             ]);
             let port = free_port()?;
             let (path, cwd) = (binary(args, "app"), crate::workspace_root());
-            running.processes.push(launch(args, &path, &cwd, &mono_vars, port)?);
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &mono_vars, port)?);
             running.launch = Some((path, cwd, mono_vars));
             let svc_port = free_port()?;
             running
@@ -552,7 +582,9 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
         // A fresh process on the seeded data: memory is measured from there.
         if let Some((path, cwd, vars)) = &running.launch {
             running.processes.remove(0);
-            running.processes.insert(0, launch(args, path, cwd, vars, port)?);
+            running
+                .processes
+                .insert(0, launch(args, path, cwd, vars, port)?);
         }
         wait_http(port, "/readyz", Duration::from_secs(60)).await?;
         running.pids = running.processes.iter().map(|p| p.0.id()).collect();
@@ -560,9 +592,13 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
         wait_http(port, "/healthz", Duration::from_secs(60)).await?;
         running.pids = vec![procfs::listener_pid(port)?];
     }
-    wait_http(port, "/api/catalog/products/SKU-00000", Duration::from_secs(10))
-        .await
-        .with_context(|| format!("{}: product SKU-00000 is missing", running.name))?;
+    wait_http(
+        port,
+        "/api/catalog/products/SKU-00000",
+        Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("{}: product SKU-00000 is missing", running.name))?;
     Ok(running)
 }
 
@@ -600,7 +636,10 @@ async fn seed(args: &BenchArgs, target: &Running) -> anyhow::Result<()> {
     // checkout learns prices from catalog's events
     let deadline = Instant::now() + Duration::from_secs(120);
     while stores.checkout.count("prices").await? < args.products as i64 {
-        anyhow::ensure!(Instant::now() < deadline, "checkout never priced every product");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "checkout never priced every product"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     log(&format!(
@@ -867,11 +906,7 @@ async fn one_run(
 ) -> anyhow::Result<Run> {
     let label = format!("{} round {round} {scenario:?}", t.name);
     let (request, duration, rate) = match scenario {
-        Scenario::Reads => (
-            Request::Read,
-            Duration::from_secs(args.duration_secs),
-            None,
-        ),
+        Scenario::Reads => (Request::Read, Duration::from_secs(args.duration_secs), None),
         Scenario::Place => (
             Request::Place,
             Duration::from_secs(args.duration_secs),
@@ -963,7 +998,9 @@ async fn one_run(
         procfs::cpu(&me, ticks),
     );
     let shipped_at_end = match &t.stores {
-        Some(s) if scenario == Scenario::Journey => s.fulfillment.count("shipments").await? - shipped0,
+        Some(s) if scenario == Scenario::Journey => {
+            s.fulfillment.count("shipments").await? - shipped0
+        }
         _ => 0,
     };
     let requests = outcome.latencies_us.len();
@@ -1090,13 +1127,21 @@ fn table(report: &Report) -> String {
         .iter()
         .position(|t| !t.starts_with("ours-"))
         .filter(|p| *p > 0);
-    let width = 26;
+    let width = order
+        .iter()
+        .map(|t| t.chars().count() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let mut out = format!("\n{:<52}", "figure");
     for t in &order {
         out.push_str(&format!("{t:>width$}"));
     }
     if let Some(p) = peer {
-        out.push_str(&format!("{:>14}", format!("{}÷{}", short(&order[0]), short(&order[p]))));
+        out.push_str(&format!(
+            "{:>24}",
+            format!("{} ÷ {}", short(&order[0]), short(&order[p]))
+        ));
     }
     out.push('\n');
     let mut line = |label: String, values: Vec<Vec<f64>>| {
@@ -1105,17 +1150,14 @@ fn table(report: &Report) -> String {
             let text = if v.is_empty() {
                 "-".to_owned()
             } else {
-                v.iter()
-                    .map(|x| fmt(*x))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
+                v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(" / ")
             };
             out.push_str(&format!("{text:>width$}"));
         }
         if let Some(p) = peer {
             let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
             if !values[0].is_empty() && !values[p].is_empty() {
-                out.push_str(&format!("{:>14.2}", mean(&values[0]) / mean(&values[p])));
+                out.push_str(&format!("{:>24.2}", mean(&values[0]) / mean(&values[p])));
             }
         }
         out.push('\n');
@@ -1182,8 +1224,12 @@ fn table(report: &Report) -> String {
         ("memory holding idle connections, MiB", |m| {
             m.idle_connections_mib
         }),
-        ("memory peak under load, MiB", |m| Some(m.peak_under_load_mib)),
-        ("memory idle after load, MiB", |m| Some(m.idle_after_load_mib)),
+        ("memory peak under load, MiB", |m| {
+            Some(m.peak_under_load_mib)
+        }),
+        ("memory idle after load, MiB", |m| {
+            Some(m.idle_after_load_mib)
+        }),
         ("memory holding idle connections after load, MiB", |m| {
             m.idle_connections_after_load_mib
         }),
@@ -1197,9 +1243,7 @@ fn table(report: &Report) -> String {
     }
     out.push_str(&format!(
         "load average before {}, after {}; {} cores\n",
-        report.machine.load_average_before,
-        report.machine.load_average_after,
-        report.machine.cores
+        report.machine.load_average_before, report.machine.load_average_after, report.machine.cores
     ));
     out
 }

@@ -250,8 +250,9 @@ impl Conn {
                     self.fill().await?;
                 };
                 let size_text = std::str::from_utf8(&self.buf[at..line_end])?;
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                    .context("chunk size")?;
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .context("chunk size")?;
                 let end = line_end + 2 + size + 2;
                 while self.buf.len() < end {
                     self.fill().await?;

@@ -41,7 +41,11 @@ pub(crate) fn postgres_cpu(ticks: f64) -> Duration {
     let mut total = 0u64;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some((comm, t)) = stat(pid)
@@ -90,7 +94,11 @@ pub(crate) fn listener_pid(port: u16) -> anyhow::Result<u32> {
     }
     anyhow::ensure!(!inodes.is_empty(), "nothing listens on port {port}");
     for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
