@@ -316,6 +316,9 @@ struct Stores {
     fulfillment: Store,
 }
 
+/// How to start a process of ours again: its binary, folder and variables.
+type Relaunch = (PathBuf, PathBuf, Vec<(String, String)>);
+
 /// A target, started (or found) and ready.
 struct Running {
     name: String,
@@ -324,7 +327,7 @@ struct Running {
     pids: Vec<u32>,
     /// Ours: the processes, how to restart the first, and where the data is.
     processes: Vec<Process>,
-    launch: Option<(PathBuf, PathBuf, Vec<(String, String)>)>,
+    launch: Option<Relaunch>,
     stores: Option<Stores>,
     databases: Vec<String>,
     namespace: Option<String>,
