@@ -1,37 +1,104 @@
-//! `cargo xtask bench`: the order journey under load, on PostgreSQL, end to end.
+//! `cargo xtask bench`: our service and its peers side by side under the same load.
 //!
-//! Builds the release binary, starts the monolith on a fresh database (loopback only),
-//! creates products, places orders over HTTP with a fixed concurrency, and waits until
-//! every order has its shipment. It reports what it measured:
-//! - placement: orders accepted per second over HTTP, and request latency percentiles;
-//! - journey: orders per second from the first placement to the last shipment created;
-//! - latency from placement to `confirmed` and to the shipment's creation, from the
-//!   timestamps the modules stored.
+//! Targets (`--targets`, run side by side, alternated within each round because absolute
+//! figures drift on a shared machine):
+//! - `pg`: the monolith on PostgreSQL with the in-process bus;
+//! - `sqlite`: the monolith on its embedded SQLite files;
+//! - `extracted`: fulfillment as a service of its own (a real `cargo xtask extract` in a
+//!   scratch copy), Redis Streams between it and the monolith, PostgreSQL;
+//! - `peer`: the Node.js peer, started from `--peer-dir` (its `setup.sh` run first);
+//! - `url=http://127.0.0.1:PORT`: any server already running on loopback that speaks the
+//!   contract (its process is found by its listening port, for CPU and memory).
 //!
-//! Bounded in count and time: `--orders` orders, each run capped by `--timeout-secs`.
+//! Each of ours starts on a database seeded like the peer's: products `SKU-00000`.. with
+//! 1,000,000 units, `--past-orders` orders placed through the whole journey, `ANALYZE`d;
+//! then it is restarted, so memory is measured on a fresh process.
+//!
+//! Scenarios (`--scenarios`): `reads` (GET a random product), `place` (POST an order; behind
+//! it our journey runs), `journey` (ours only: place for `--journey-secs`, count shipments
+//! every second, then the latency from placement to `confirmed` and to the shipment's
+//! creation, from the timestamps the modules stored). For each: requests/s, latency
+//! percentiles, server CPU per request (`/proc/<pid>/stat`), PostgreSQL CPU per request
+//! (every `postgres` process, before and after), the load generator's own CPU, and
+//! resident memory: idle, holding `--idle-connections` idle keep-alive connections (fresh
+//! and after the load), peak under load.
+//!
+//! The load is generated in this process (`bench/load.rs`): hand-written HTTP/1.1 over
+//! `--connections` keep-alive connections on `--load-threads` threads. Loopback only;
+//! every phase is bounded in time.
 
+mod load;
+mod procfs;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use anyhow::{Context, bail};
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::harness::{
-    count, create_database, drop_database, loopback_only, order_body, percentile, seed, spawn,
-    spawn_at, wait_ready,
+    Launch, Process, create_database, drop_database, free_port, loopback_only, percentile,
+    target_dir,
 };
+use load::{Load, Request};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
-    /// Orders to place.
-    #[arg(long, default_value_t = 5000)]
-    pub(crate) orders: usize,
-    /// Requests in flight at once.
+    /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
+    /// extracted, peer, url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
+    #[arg(long, value_delimiter = ',', default_value = "pg,peer")]
+    pub(crate) targets: Vec<String>,
+    /// Scenarios, each run on every target in turn: reads, place, journey.
+    #[arg(long, value_delimiter = ',', default_value = "reads,place,journey")]
+    pub(crate) scenarios: Vec<String>,
+    /// Rounds: every scenario runs this many times on each target, alternating targets.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) rounds: usize,
+    /// Measured seconds of `reads` and `place`.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) duration_secs: u64,
+    /// Unmeasured seconds of the same load before each measured run.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) warmup_secs: u64,
+    /// Measured seconds of `journey`.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) journey_secs: u64,
+    /// Placements per second in `journey`; unset: as fast as answered.
+    #[arg(long)]
+    pub(crate) journey_rate: Option<f64>,
+    /// Keep-alive connections sending load.
     #[arg(long, default_value_t = 64)]
-    pub(crate) concurrency: usize,
-    /// Distinct products ordered (more spreads the stock rows' locks).
-    #[arg(long, default_value_t = 50)]
+    pub(crate) connections: usize,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) load_threads: usize,
+    /// Products SKU-00000.. (the peer has 1,000).
+    #[arg(long, default_value_t = 1000)]
     pub(crate) products: usize,
-    /// Give up on a run after this long.
+    /// Orders placed through the whole journey before measuring (ours).
+    #[arg(long, default_value_t = 20000)]
+    pub(crate) past_orders: usize,
+    /// Idle keep-alive connections held while measuring memory (0: skip).
+    #[arg(long, default_value_t = 8000)]
+    pub(crate) idle_connections: usize,
+    /// Our log level (`info` is production's, and the peer logs every request at info).
+    #[arg(long, default_value = "info")]
+    pub(crate) log_level: String,
+    /// Pooled PostgreSQL connections per module (ours).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) pool: u32,
+    /// Where the Node.js peer is (`setup.sh`, `run.sh`).
+    #[arg(long, default_value = "../shared/peer-node")]
+    pub(crate) peer_dir: PathBuf,
+    /// Do not run the peer's `setup.sh` (its database is already set up).
+    #[arg(long)]
+    pub(crate) peer_no_setup: bool,
+    /// Give up waiting for the journey to drain after this long.
     #[arg(long, default_value_t = 300)]
     pub(crate) timeout_secs: u64,
     /// PostgreSQL server (loopback only).
@@ -42,108 +109,996 @@ pub(crate) struct BenchArgs {
     /// Skip `cargo build --release` (use the binaries already built).
     #[arg(long)]
     pub(crate) no_build: bool,
-    /// Which topologies to measure, one after the other in this run.
-    #[arg(long, value_enum, default_value = "both")]
-    pub(crate) topology: Topology,
+    /// Run the debug binaries (already built, e.g. by `cargo test`): a smoke test of the
+    /// bench itself, whose figures mean nothing.
+    #[arg(long)]
+    pub(crate) debug: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Topology {
-    /// All modules in one process, in-process bus.
-    Monolith,
-    /// fulfillment extracted (a real `cargo xtask extract` in a scratch copy): two
-    /// processes, Redis Streams between them, a database each.
+fn log(line: &str) {
+    eprintln!("[bench {}] {line}", chrono::Utc::now().format("%H:%M:%S"));
+}
+
+/// Runs the bench as `args` says, prints the table and the JSON report.
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    loopback_only(&args.pg_host)?;
+    let targets: Vec<Kind> = args
+        .targets
+        .iter()
+        .map(|t| Kind::parse(t))
+        .collect::<anyhow::Result<_>>()?;
+    let scenarios: Vec<Scenario> = args
+        .scenarios
+        .iter()
+        .map(|s| Scenario::parse(s))
+        .collect::<anyhow::Result<_>>()?;
+    if !args.no_build && !args.debug && targets.iter().any(Kind::ours) {
+        log("building the release binary");
+        crate::harness::build_release(&["app"])?;
+    }
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let loadgen = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.load_threads.max(1))
+        .thread_name("load")
+        .enable_all()
+        .build()?;
+    let mut running = Vec::new();
+    let result = main.block_on(async {
+        for kind in &targets {
+            running.push(start(&args, kind).await?);
+        }
+        measure(&args, &scenarios, &mut running, loadgen.handle()).await
+    });
+    main.block_on(async {
+        for target in running {
+            target.stop(&args).await;
+        }
+    });
+    let report = result?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(table(&report).as_bytes())?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "JSON report: {}", path.display())?;
+    } else {
+        writeln!(out, "{json}")?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
+    /// The monolith on PostgreSQL; another binary than this workspace's when given (an
+    /// older build, to measure a change side by side).
+    Pg(Option<PathBuf>),
+    Sqlite,
     Extracted,
-    Both,
+    Peer,
+    Url(String),
 }
 
-/// One measured run.
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct Report {
-    pub(crate) topology: String,
-    pub(crate) orders: usize,
-    pub(crate) concurrency: usize,
-    pub(crate) placement_per_sec: f64,
-    pub(crate) placement_p50_ms: f64,
-    pub(crate) placement_p99_ms: f64,
-    pub(crate) journey_per_sec: f64,
-    pub(crate) to_confirmed_p50_ms: f64,
-    pub(crate) to_confirmed_p95_ms: f64,
-    pub(crate) to_confirmed_p99_ms: f64,
-    pub(crate) to_shipment_p50_ms: f64,
-    pub(crate) to_shipment_p95_ms: f64,
-    pub(crate) to_shipment_p99_ms: f64,
+impl Kind {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "pg" => Self::Pg(None),
+            "sqlite" => Self::Sqlite,
+            "extracted" => Self::Extracted,
+            "peer" => Self::Peer,
+            _ => match (text.strip_prefix("url="), text.strip_prefix("pg=")) {
+                (Some(url), _) => Self::Url(url.to_owned()),
+                (_, Some(binary)) => Self::Pg(Some(PathBuf::from(binary))),
+                _ => bail!(
+                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, extracted, peer or \
+                     url=http://127.0.0.1:PORT"
+                ),
+            },
+        })
+    }
+
+    fn ours(&self) -> bool {
+        matches!(self, Self::Pg(_) | Self::Sqlite | Self::Extracted)
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Pg(None) => "ours-pg".into(),
+            Self::Pg(Some(binary)) => format!(
+                "ours-pg({})",
+                binary.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            Self::Sqlite => "ours-sqlite".into(),
+            Self::Extracted => "ours-extracted".into(),
+            Self::Peer => "peer".into(),
+            Self::Url(url) => url.clone(),
+        }
+    }
 }
 
-pub(crate) fn pg_vars(args: &BenchArgs, database: &str) -> Vec<(String, String)> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    Reads,
+    Place,
+    Journey,
+}
+
+impl Scenario {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "reads" => Self::Reads,
+            "place" => Self::Place,
+            "journey" => Self::Journey,
+            _ => bail!("unknown scenario {text:?}: reads, place or journey"),
+        })
+    }
+}
+
+/// Where one of our modules keeps its tables, opened for counting and timestamps.
+struct Store {
+    conn: DatabaseConnection,
+    /// The schema to qualify names with (PostgreSQL); SQLite has a file per module.
+    schema: Option<&'static str>,
+}
+
+impl Store {
+    async fn open(url: String, schema: Option<&'static str>) -> anyhow::Result<Self> {
+        let mut options = sea_orm::ConnectOptions::new(url.clone());
+        options
+            .max_connections(1)
+            .sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(10));
+        let conn = Database::connect(options)
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        Ok(Self { conn, schema })
+    }
+
+    fn table(&self, name: &str) -> String {
+        match self.schema {
+            Some(s) => format!("{s}.{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    fn pg(&self) -> bool {
+        self.conn.get_database_backend() == DatabaseBackend::Postgres
+    }
+
+    /// A timestamp column as epoch milliseconds.
+    fn epoch_ms(&self, column: &str) -> String {
+        if self.pg() {
+            format!("(EXTRACT(EPOCH FROM {column}) * 1000)::float8")
+        } else {
+            format!("((julianday({column}) - 2440587.5) * 86400000.0)")
+        }
+    }
+
+    /// A UUID column as lowercase hex without dashes, whatever the backend stores.
+    fn id(&self, column: &str) -> String {
+        if self.pg() {
+            format!("replace(CAST({column} AS text), '-', '')")
+        } else {
+            format!(
+                "CASE WHEN typeof({column}) = 'blob' THEN lower(hex({column})) \
+                 ELSE lower(replace({column}, '-', '')) END"
+            )
+        }
+    }
+
+    async fn rows(&self, sql: String) -> anyhow::Result<Vec<sea_orm::QueryResult>> {
+        self.conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                sql.clone(),
+            ))
+            .await
+            .with_context(|| sql)
+    }
+
+    async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        let rows = self
+            .rows(format!("SELECT COUNT(*) FROM {}", self.table(table)))
+            .await?;
+        Ok(rows.first().context("no row")?.try_get_by_index::<i64>(0)?)
+    }
+}
+
+/// Our modules' tables, for a target of ours.
+struct Stores {
+    catalog: Store,
+    checkout: Store,
+    fulfillment: Store,
+}
+
+/// How to start a process of ours again: its binary, folder and variables.
+type Relaunch = (PathBuf, PathBuf, Vec<(String, String)>);
+
+/// A target, started (or found) and ready.
+struct Running {
+    name: String,
+    kind: Kind,
+    port: u16,
+    pids: Vec<u32>,
+    /// Ours: the processes, how to restart the first, and where the data is.
+    processes: Vec<Process>,
+    launch: Option<Relaunch>,
+    stores: Option<Stores>,
+    databases: Vec<String>,
+    namespace: Option<String>,
+    _dirs: Vec<tempfile::TempDir>,
+    memory: Memory,
+}
+
+impl Running {
+    async fn stop(mut self, args: &BenchArgs) {
+        if let Some(stores) = self.stores.take() {
+            for s in [stores.catalog, stores.checkout, stores.fulfillment] {
+                let _ = s.conn.close().await;
+            }
+        }
+        self.processes.clear();
+        for db in &self.databases {
+            drop_database(&args.pg_host, args.pg_port, db).await;
+        }
+        if let Some(ns) = &self.namespace {
+            crate::harness::clear_namespace("redis://127.0.0.1:6379/0", ns).await;
+        }
+    }
+}
+
+fn binary(args: &BenchArgs, name: &str) -> PathBuf {
+    target_dir()
+        .join(if args.debug { "debug" } else { "release" })
+        .join(name)
+}
+
+fn pg_vars(args: &BenchArgs, database: &str) -> Vec<(String, String)> {
     [
         ("APP__DATABASE__BACKEND", "postgres".to_owned()),
         ("APP__DATABASE__POSTGRES__HOST", args.pg_host.clone()),
         ("APP__DATABASE__POSTGRES__PORT", args.pg_port.to_string()),
         ("APP__DATABASE__POSTGRES__DATABASE", database.to_owned()),
         ("APP__DATABASE__POSTGRES__SSL_MODE", "disable".to_owned()),
-        ("APP__DATABASE__POSTGRES__MAX_CONNECTIONS", "10".to_owned()),
+        (
+            "APP__DATABASE__POSTGRES__MAX_CONNECTIONS",
+            args.pool.to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
 
-/// Places `orders` orders with `concurrency` requests in flight; returns the request
-/// latencies and the wall time.
-pub(crate) async fn place_orders(
-    client: &reqwest::Client,
-    checkout: u16,
-    skus: &[String],
-    orders: usize,
-    concurrency: usize,
-) -> anyhow::Result<(Vec<f64>, Duration)> {
-    use futures::StreamExt;
-    let url = format!("http://127.0.0.1:{checkout}/api/checkout/orders");
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<f64>> = futures::stream::iter(0..orders)
-        .map(|i| {
-            let sku = &skus[i % skus.len()];
-            let body = order_body(i, sku, 1, "tok_visa");
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let t = Instant::now();
-                let r = client.post(&url).json(&body).send().await?;
-                anyhow::ensure!(
-                    r.status().as_u16() == 201,
-                    "placing an order: {}",
-                    r.status()
-                );
-                Ok(t.elapsed().as_secs_f64() * 1000.0)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    let latencies = results.into_iter().collect::<anyhow::Result<Vec<f64>>>()?;
-    Ok((latencies, elapsed))
+fn launch(
+    args: &BenchArgs,
+    path: &Path,
+    cwd: &Path,
+    vars: &[(String, String)],
+    port: u16,
+) -> anyhow::Result<Process> {
+    let mut vars = vars.to_vec();
+    vars.push(("APP__TELEMETRY__LEVEL".into(), args.log_level.clone()));
+    let vars = &vars[..];
+    Launch {
+        path: path.to_owned(),
+        cwd: cwd.to_owned(),
+        vars,
+        port,
+        log: None,
+    }
+    .start()
 }
 
-/// Epoch-ms timestamps per order: created, confirmed (checkout), shipment created.
-pub(crate) async fn timeline(
-    checkout: &DatabaseConnection,
-    fulfillment: &DatabaseConnection,
-) -> anyhow::Result<Vec<(f64, f64, f64)>> {
-    let orders = checkout
-        .query_all_raw(Statement::from_string(
-            checkout.get_database_backend(),
-            "SELECT id::text AS id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 AS created, \
-             (EXTRACT(EPOCH FROM updated_at) * 1000)::float8 AS confirmed FROM checkout.orders WHERE status = 'confirmed'"
-                .to_owned(),
+/// Waits until `GET path` on `port` answers 2xx.
+async fn wait_http(port: u16, path: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    loop {
+        if let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_secs(2), load::Conn::open(port)).await
+            && let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(3), c.exchange(request.as_bytes())).await
+            && (200..300).contains(&status)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("127.0.0.1:{port}{path} did not answer 2xx in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Numbers the databases of this run (several targets may run on PostgreSQL).
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
+    let name = kind.name();
+    log(&format!("starting {name}"));
+    let mut running = Running {
+        name,
+        kind: kind.clone(),
+        port: 0,
+        pids: Vec::new(),
+        processes: Vec::new(),
+        launch: None,
+        stores: None,
+        databases: Vec::new(),
+        namespace: None,
+        _dirs: Vec::new(),
+        memory: Memory::default(),
+    };
+    let tag = std::process::id();
+    let pg_url = |db: &str| format!("postgres://postgres@{}:{}/{db}", args.pg_host, args.pg_port);
+    match kind {
+        Kind::Pg(other) => {
+            let db = format!("bench_pg_{tag}_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+            create_database(&args.pg_host, args.pg_port, &db).await?;
+            running.databases.push(db.clone());
+            let port = free_port()?;
+            let (path, cwd, vars) = (
+                other.clone().unwrap_or_else(|| binary(args, "app")),
+                crate::workspace_root(),
+                pg_vars(args, &db),
+            );
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &vars, port)?);
+            running.launch = Some((path, cwd, vars));
+            running.port = port;
+            running.stores = Some(Stores {
+                catalog: Store::open(pg_url(&db), Some("catalog")).await?,
+                checkout: Store::open(pg_url(&db), Some("checkout")).await?,
+                fulfillment: Store::open(pg_url(&db), Some("fulfillment")).await?,
+            });
+        }
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let port = free_port()?;
+            let vars: Vec<(String, String)> = vec![
+                ("APP__DATABASE__BACKEND".into(), "sqlite".into()),
+                (
+                    "APP__DATABASE__SQLITE__DIR".into(),
+                    dir.path().display().to_string(),
+                ),
+            ];
+            let (path, cwd) = (binary(args, "app"), crate::workspace_root());
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &vars, port)?);
+            running.launch = Some((path, cwd, vars));
+            running.port = port;
+            wait_http(port, "/readyz", Duration::from_secs(60)).await?;
+            let file = |m: &str| {
+                format!(
+                    "sqlite://{}?mode=rw",
+                    dir.path().join(format!("{m}.db")).display()
+                )
+            };
+            running.stores = Some(Stores {
+                catalog: Store::open(file("catalog"), None).await?,
+                checkout: Store::open(file("checkout"), None).await?,
+                fulfillment: Store::open(file("fulfillment"), None).await?,
+            });
+            running._dirs.push(dir);
+        }
+        Kind::Extracted => {
+            anyhow::ensure!(!args.debug, "the extracted target runs release builds only");
+            let (scratch, service) = crate::harness::extracted_service(args.no_build)?;
+            let (mono_db, svc_db) = (format!("bench_mono_{tag}"), format!("bench_ful_{tag}"));
+            for db in [&mono_db, &svc_db] {
+                create_database(&args.pg_host, args.pg_port, db).await?;
+                running.databases.push(db.clone());
+            }
+            let namespace = format!("bench-{tag}");
+            running.namespace = Some(namespace.clone());
+            let mut mono_vars = pg_vars(args, &mono_db);
+            mono_vars.extend([
+                (
+                    "APP__MODULES__ENABLED".to_owned(),
+                    "catalog,checkout".to_owned(),
+                ),
+                ("APP__BUS__KIND".to_owned(), "redis".to_owned()),
+                ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
+                ("APP__BUS__INSTANCE".to_owned(), "bench-monolith".to_owned()),
+            ]);
+            let mut svc_vars = pg_vars(args, &svc_db);
+            svc_vars.extend([
+                ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
+                (
+                    "APP__BUS__INSTANCE".to_owned(),
+                    "bench-fulfillment".to_owned(),
+                ),
+            ]);
+            let port = free_port()?;
+            let (path, cwd) = (binary(args, "app"), crate::workspace_root());
+            running
+                .processes
+                .push(launch(args, &path, &cwd, &mono_vars, port)?);
+            running.launch = Some((path, cwd, mono_vars));
+            let svc_port = free_port()?;
+            running
+                .processes
+                .push(launch(args, &service, scratch.path(), &svc_vars, svc_port)?);
+            wait_http(svc_port, "/readyz", Duration::from_secs(60)).await?;
+            running.port = port;
+            running.stores = Some(Stores {
+                catalog: Store::open(pg_url(&mono_db), Some("catalog")).await?,
+                checkout: Store::open(pg_url(&mono_db), Some("checkout")).await?,
+                fulfillment: Store::open(pg_url(&svc_db), Some("fulfillment")).await?,
+            });
+            running._dirs.push(scratch);
+        }
+        Kind::Peer => {
+            let dir = crate::workspace_root().join(&args.peer_dir);
+            anyhow::ensure!(
+                dir.join("run.sh").is_file(),
+                "no Node.js peer at {} (set --peer-dir)",
+                dir.display()
+            );
+            if !args.peer_no_setup {
+                log("peer: setup.sh (its packages, and its database seeded afresh)");
+                let status = std::process::Command::new("bash")
+                    .arg(dir.join("setup.sh"))
+                    .current_dir(&dir)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .context("running the peer's setup.sh")?;
+                anyhow::ensure!(status.success(), "the peer's setup.sh failed");
+            }
+            let port = free_port()?;
+            let mut command = std::process::Command::new("bash");
+            command
+                .arg(dir.join("run.sh"))
+                .current_dir(&dir)
+                .env("PORT", port.to_string())
+                .env("HOST", "127.0.0.1")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null());
+            running.processes.push(Process(
+                command.spawn().context("starting the peer's run.sh")?,
+            ));
+            running.port = port;
+        }
+        Kind::Url(url) => {
+            let rest = url
+                .strip_prefix("http://")
+                .context("a url target is http://127.0.0.1:PORT")?;
+            let (host, port) = rest
+                .trim_end_matches('/')
+                .rsplit_once(':')
+                .context("a url target names its port")?;
+            loopback_only(host)?;
+            running.port = port.parse()?;
+        }
+    }
+    let port = running.port;
+    if kind.ours() {
+        wait_http(port, "/readyz", Duration::from_secs(60)).await?;
+        seed(args, &running).await?;
+        // A fresh process on the seeded data: memory is measured from there.
+        if let Some((path, cwd, vars)) = &running.launch {
+            running.processes.remove(0);
+            running
+                .processes
+                .insert(0, launch(args, path, cwd, vars, port)?);
+        }
+        wait_http(port, "/readyz", Duration::from_secs(60)).await?;
+        running.pids = running.processes.iter().map(|p| p.0.id()).collect();
+    } else {
+        wait_http(port, "/healthz", Duration::from_secs(60)).await?;
+        running.pids = vec![procfs::listener_pid(port)?];
+    }
+    wait_http(
+        port,
+        "/api/catalog/products/SKU-00000",
+        Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("{}: product SKU-00000 is missing", running.name))?;
+    Ok(running)
+}
+
+/// The peer's price of product `i`.
+fn price(i: usize) -> usize {
+    500 + (i * 37) % 10000
+}
+
+/// Products SKU-00000.. with 1,000,000 units each, `past_orders` orders through the whole
+/// journey, then ANALYZE.
+async fn seed(args: &BenchArgs, target: &Running) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let stores = target.stores.as_ref().context("ours has stores")?;
+    let port = target.port;
+    let started = Instant::now();
+    let authorization: std::sync::Arc<str> = crate::harness::authorization()?.into();
+    let created: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.products)
+        .map(|i| {
+            let authorization = authorization.clone();
+            async move {
+                let mut c = load::Conn::open(port).await?;
+                let body = json!({"sku": format!("SKU-{i:05}"), "name": format!("Product {i}"),
+                "price_minor": price(i), "currency": "EUR", "initial_stock": 1_000_000})
+                .to_string();
+                let request = format!(
+                    "POST /api/catalog/products HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Authorization: {authorization}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let status = c.exchange(request.as_bytes()).await?;
+                anyhow::ensure!(status == 201, "creating SKU-{i:05}: {status}");
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    created.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    // checkout learns prices from catalog's events
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stores.checkout.count("prices").await? < args.products as i64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "checkout never priced every product"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    log(&format!(
+        "{}: {} products in {:.1} s; placing {} past orders",
+        target.name,
+        args.products,
+        started.elapsed().as_secs_f64(),
+        args.past_orders
+    ));
+    if args.past_orders > 0 {
+        let mut placed = 0usize;
+        while placed < args.past_orders {
+            let outcome = load::run(Load {
+                port,
+                request: Request::Place,
+                connections: 32,
+                products: args.products,
+                authorization: authorization.clone(),
+                rate: None,
+                duration: Duration::from_secs(5),
+            })
+            .await;
+            anyhow::ensure!(
+                outcome.errors == 0,
+                "placing past orders: {}",
+                outcome.first_error.unwrap_or_default()
+            );
+            placed += outcome.latencies_us.len();
+        }
+        drain(args, target, stores).await?;
+    }
+    for s in [&stores.catalog, &stores.checkout, &stores.fulfillment] {
+        s.rows("ANALYZE".to_owned()).await?;
+        if !s.pg() {
+            // the write-ahead log back into the file, as a long-running database would be
+            s.rows("PRAGMA wal_checkpoint(TRUNCATE)".to_owned()).await?;
+        }
+    }
+    log(&format!(
+        "{}: seeded in {:.1} s ({} orders)",
+        target.name,
+        started.elapsed().as_secs_f64(),
+        stores.checkout.count("orders").await?
+    ));
+    Ok(())
+}
+
+/// Waits until every order placed so far has its shipment.
+async fn drain(args: &BenchArgs, target: &Running, stores: &Stores) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let orders = stores.checkout.count("orders").await?;
+    loop {
+        let shipped = stores.fulfillment.count("shipments").await?;
+        if shipped >= orders {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: only {shipped} of {orders} orders reached a shipment in {} s",
+                target.name,
+                args.timeout_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Resident memory of a target, MiB.
+#[derive(Debug, Default, Clone, Serialize)]
+struct Memory {
+    idle_mib: f64,
+    idle_connections_mib: Option<f64>,
+    peak_under_load_mib: f64,
+    idle_after_load_mib: f64,
+    idle_connections_after_load_mib: Option<f64>,
+}
+
+/// Percentiles of one run, ms.
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Latency {
+    fn of(values: &mut [f64]) -> Self {
+        Self {
+            p50: percentile(values, 50.0),
+            p90: percentile(values, 90.0),
+            p99: percentile(values, 99.0),
+            max: percentile(values, 100.0),
+        }
+    }
+}
+
+/// One scenario run on one target.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    round: usize,
+    scenario: Scenario,
+    target: String,
+    requests: usize,
+    errors: u64,
+    first_error: Option<String>,
+    seconds: f64,
+    per_sec: f64,
+    latency_ms: Latency,
+    server_cpu_us_per_request: f64,
+    postgres_cpu_us_per_request: f64,
+    load_generator_cpu_us_per_request: f64,
+    peak_rss_mib: f64,
+    journey: Option<Journey>,
+}
+
+/// What the journey scenario measured beyond placement.
+#[derive(Debug, Clone, Serialize)]
+struct Journey {
+    /// Shipments created during the measured window, per second.
+    shipments_per_sec: f64,
+    /// Orders placed in the window that reached a shipment.
+    journeys: usize,
+    /// Orders placed but not yet shipped, sampled each second: (second, backlog).
+    backlog: Vec<(u64, i64)>,
+    backlog_max: i64,
+    backlog_end: i64,
+    /// Seconds from the end of placing until every order had its shipment.
+    drain_secs: f64,
+    to_confirmed_ms: Latency,
+    to_shipment_ms: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: Machine,
+    settings: serde_json::Value,
+    memory: BTreeMap<String, Memory>,
+    runs: Vec<Run>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cores: usize,
+    load_average_before: String,
+    load_average_after: String,
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn measure(
+    args: &BenchArgs,
+    scenarios: &[Scenario],
+    targets: &mut [Running],
+    loadgen: &tokio::runtime::Handle,
+) -> anyhow::Result<Report> {
+    let load_before = load_average();
+    for t in targets.iter_mut() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        t.memory.idle_mib = procfs::rss_mib(&t.pids);
+        t.memory.idle_connections_mib = idle_connections(args, t, loadgen).await?;
+        log(&format!(
+            "{}: idle {:.1} MiB; holding {} idle connections {}",
+            t.name,
+            t.memory.idle_mib,
+            args.idle_connections,
+            t.memory
+                .idle_connections_mib
+                .map_or("skipped".into(), |m| format!("{m:.1} MiB"))
+        ));
+    }
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        for scenario in scenarios {
+            for t in targets.iter_mut() {
+                if *scenario == Scenario::Journey && !t.kind.ours() {
+                    continue;
+                }
+                let run = one_run(args, round, *scenario, t, loadgen).await?;
+                t.memory.peak_under_load_mib = t.memory.peak_under_load_mib.max(run.peak_rss_mib);
+                log(&format!(
+                    "{} round {round} {:?}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
+                     CPU per request: server {:.0} µs, PostgreSQL {:.0} µs{}",
+                    t.name,
+                    scenario,
+                    run.per_sec,
+                    run.latency_ms.p50,
+                    run.latency_ms.p99,
+                    run.errors,
+                    run.server_cpu_us_per_request,
+                    run.postgres_cpu_us_per_request,
+                    run.journey.as_ref().map_or(String::new(), |j| format!(
+                        "; shipments {:.0}/s, placement → shipment p99 {:.1} ms, backlog max {} end {}",
+                        j.shipments_per_sec, j.to_shipment_ms.p99, j.backlog_max, j.backlog_end
+                    ))
+                ));
+                runs.push(run);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for t in targets.iter_mut() {
+        t.memory.idle_after_load_mib = procfs::rss_mib(&t.pids);
+        t.memory.idle_connections_after_load_mib = idle_connections(args, t, loadgen).await?;
+    }
+    Ok(Report {
+        machine: Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average_before: load_before,
+            load_average_after: load_average(),
+        },
+        settings: json!({
+            "targets": args.targets, "scenarios": args.scenarios, "rounds": args.rounds,
+            "duration_secs": args.duration_secs, "warmup_secs": args.warmup_secs,
+            "journey_secs": args.journey_secs, "journey_rate": args.journey_rate,
+            "connections": args.connections, "load_threads": args.load_threads,
+            "products": args.products, "past_orders": args.past_orders,
+            "idle_connections": args.idle_connections, "pool_per_module": args.pool,
+            "log_level": args.log_level,
+            "debug_binaries": args.debug,
+        }),
+        memory: targets
+            .iter()
+            .map(|t| (t.name.clone(), t.memory.clone()))
+            .collect(),
+        runs,
+    })
+}
+
+/// Resident memory while `--idle-connections` idle keep-alive connections are open.
+async fn idle_connections(
+    args: &BenchArgs,
+    t: &Running,
+    loadgen: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<f64>> {
+    if args.idle_connections == 0 {
+        return Ok(None);
+    }
+    let (port, count) = (t.port, args.idle_connections);
+    let conns = loadgen
+        .spawn(tokio::time::timeout(
+            Duration::from_secs(120),
+            load::idle_connections(port, count),
+        ))
+        .await?
+        .with_context(|| format!("{}: opening {count} connections took too long", t.name))?
+        .with_context(|| format!("{}: opening {count} idle connections", t.name))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = procfs::rss_mib(&t.pids);
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Some(rss))
+}
+
+async fn one_run(
+    args: &BenchArgs,
+    round: usize,
+    scenario: Scenario,
+    t: &Running,
+    loadgen: &tokio::runtime::Handle,
+) -> anyhow::Result<Run> {
+    let label = format!("{} round {round} {scenario:?}", t.name);
+    let (request, duration, rate) = match scenario {
+        Scenario::Reads => (Request::Read, Duration::from_secs(args.duration_secs), None),
+        Scenario::Place => (
+            Request::Place,
+            Duration::from_secs(args.duration_secs),
+            None,
+        ),
+        Scenario::Journey => (
+            Request::Place,
+            Duration::from_secs(args.journey_secs),
+            args.journey_rate,
+        ),
+    };
+    let authorization: std::sync::Arc<str> = crate::harness::authorization()?.into();
+    let load = |duration| Load {
+        port: t.port,
+        request,
+        connections: args.connections,
+        products: args.products,
+        authorization: authorization.clone(),
+        rate,
+        duration,
+    };
+    if args.warmup_secs > 0 {
+        log(&format!("{label}: warm-up {} s", args.warmup_secs));
+        let warm = loadgen
+            .spawn(load::run(load(Duration::from_secs(args.warmup_secs))))
+            .await?;
+        if warm.errors > 0 {
+            log(&format!(
+                "{label}: {} errors in the warm-up, first: {}",
+                warm.errors,
+                warm.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(stores) = &t.stores
+        && request == Request::Place
+    {
+        drain(args, t, stores).await?;
+    }
+    let ticks = procfs::ticks_per_sec();
+    let me = [std::process::id()];
+    let (server0, pg0, self0) = (
+        procfs::cpu(&t.pids, ticks),
+        procfs::postgres_cpu(ticks),
+        procfs::cpu(&me, ticks),
+    );
+    let shipped0 = match &t.stores {
+        Some(s) if scenario == Scenario::Journey => s.fulfillment.count("shipments").await?,
+        _ => 0,
+    };
+    let window_start_ms = chrono::Utc::now().timestamp_millis() as f64;
+    let done0 = load::DONE.load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let task = loadgen.spawn(load::run(load(duration)));
+    let mut peak = procfs::rss_mib(&t.pids);
+    let mut backlog = Vec::new();
+    let mut next_progress = started + Duration::from_secs(5);
+    let mut next_backlog = started + Duration::from_secs(1);
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(procfs::rss_mib(&t.pids));
+        let now = Instant::now();
+        if let Some(s) = &t.stores
+            && scenario == Scenario::Journey
+            && now >= next_backlog
+        {
+            next_backlog += Duration::from_secs(1);
+            let placed = (load::DONE.load(std::sync::atomic::Ordering::Relaxed) - done0) as i64;
+            let shipped = s.fulfillment.count("shipments").await? - shipped0;
+            backlog.push((started.elapsed().as_secs(), placed - shipped));
+        }
+        if now >= next_progress {
+            next_progress += Duration::from_secs(5);
+            let done = load::DONE.load(std::sync::atomic::Ordering::Relaxed) - done0;
+            let secs = started.elapsed().as_secs_f64();
+            log(&format!(
+                "{label}: {secs:.0}/{} s, {done} answered, {:.0}/s{}",
+                duration.as_secs(),
+                done as f64 / secs,
+                backlog
+                    .last()
+                    .map_or(String::new(), |b| format!(", backlog {}", b.1))
+            ));
+        }
+    }
+    let outcome = task.await?;
+    let window_end_ms = chrono::Utc::now().timestamp_millis() as f64;
+    let (server1, pg1, self1) = (
+        procfs::cpu(&t.pids, ticks),
+        procfs::postgres_cpu(ticks),
+        procfs::cpu(&me, ticks),
+    );
+    let shipped_at_end = match &t.stores {
+        Some(s) if scenario == Scenario::Journey => {
+            s.fulfillment.count("shipments").await? - shipped0
+        }
+        _ => 0,
+    };
+    let requests = outcome.latencies_us.len();
+    let per_request = |d: Duration| {
+        if requests == 0 {
+            f64::NAN
+        } else {
+            d.as_secs_f64() * 1e6 / requests as f64
+        }
+    };
+    let mut latencies: Vec<f64> = outcome
+        .latencies_us
+        .iter()
+        .map(|us| *us as f64 / 1000.0)
+        .collect();
+    let journey = match (&t.stores, scenario) {
+        (Some(stores), Scenario::Journey) => {
+            let drain_started = Instant::now();
+            drain(args, t, stores).await?;
+            let drain_secs = drain_started.elapsed().as_secs_f64();
+            let timeline = timeline(stores, window_start_ms).await?;
+            let shipped_in_window = timeline
+                .iter()
+                .filter(|(_, _, s)| *s <= window_end_ms)
+                .count();
+            let mut confirmed: Vec<f64> = timeline.iter().map(|t| t.1 - t.0).collect();
+            let mut shipped: Vec<f64> = timeline.iter().map(|t| t.2 - t.0).collect();
+            Some(Journey {
+                shipments_per_sec: shipped_in_window as f64 / outcome.elapsed.as_secs_f64(),
+                journeys: timeline.len(),
+                backlog_max: backlog.iter().map(|b| b.1).max().unwrap_or(0),
+                backlog_end: requests as i64 - shipped_at_end,
+                backlog,
+                drain_secs,
+                to_confirmed_ms: Latency::of(&mut confirmed),
+                to_shipment_ms: Latency::of(&mut shipped),
+            })
+        }
+        _ => {
+            if let Some(stores) = &t.stores
+                && request == Request::Place
+            {
+                drain(args, t, stores).await?;
+            }
+            None
+        }
+    };
+    Ok(Run {
+        round,
+        scenario,
+        target: t.name.clone(),
+        requests,
+        errors: outcome.errors,
+        first_error: outcome.first_error,
+        seconds: outcome.elapsed.as_secs_f64(),
+        per_sec: requests as f64 / outcome.elapsed.as_secs_f64(),
+        latency_ms: Latency::of(&mut latencies),
+        server_cpu_us_per_request: per_request(server1.saturating_sub(server0)),
+        postgres_cpu_us_per_request: per_request(pg1.saturating_sub(pg0)),
+        load_generator_cpu_us_per_request: per_request(self1.saturating_sub(self0)),
+        peak_rss_mib: peak,
+        journey,
+    })
+}
+
+/// Epoch-ms timestamps of each order placed since `since_ms`: created, confirmed (checkout),
+/// shipment created (fulfillment).
+async fn timeline(stores: &Stores, since_ms: f64) -> anyhow::Result<Vec<(f64, f64, f64)>> {
+    let (c, f) = (&stores.checkout, &stores.fulfillment);
+    let orders = c
+        .rows(format!(
+            "SELECT {} AS id, {} AS created, {} AS confirmed FROM {} \
+             WHERE status = 'confirmed' AND {} >= {since_ms}",
+            c.id("id"),
+            c.epoch_ms("created_at"),
+            c.epoch_ms("updated_at"),
+            c.table("orders"),
+            c.epoch_ms("created_at"),
         ))
         .await?;
-    let shipments = fulfillment
-        .query_all_raw(Statement::from_string(
-            fulfillment.get_database_backend(),
-            "SELECT order_id::text AS id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 AS shipped FROM fulfillment.shipments"
-                .to_owned(),
+    let shipments = f
+        .rows(format!(
+            "SELECT {} AS id, {} AS shipped FROM {} WHERE {} >= {since_ms}",
+            f.id("order_id"),
+            f.epoch_ms("created_at"),
+            f.table("shipments"),
+            f.epoch_ms("created_at"),
         ))
         .await?;
     let mut shipped = std::collections::HashMap::new();
@@ -164,195 +1119,158 @@ pub(crate) async fn timeline(
     Ok(out)
 }
 
-pub(crate) fn report(
-    topology: &str,
-    args: &BenchArgs,
-    mut latencies: Vec<f64>,
-    placed_in: Duration,
-    timeline: &[(f64, f64, f64)],
-) -> Report {
-    let first = timeline.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
-    let last = timeline
+/// The figures of the report, one line each, a column per target (rounds joined by " / ")
+/// and, when the last target is not ours, the ratio of the first target's mean to its.
+fn table(report: &Report) -> String {
+    let targets: Vec<String> = report.memory.keys().cloned().collect();
+    let mut order: Vec<String> = Vec::new();
+    for r in &report.runs {
+        if !order.contains(&r.target) {
+            order.push(r.target.clone());
+        }
+    }
+    for t in targets {
+        if !order.contains(&t) {
+            order.push(t);
+        }
+    }
+    let peer = order
         .iter()
-        .map(|t| t.2)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mut confirmed: Vec<f64> = timeline.iter().map(|t| t.1 - t.0).collect();
-    let mut shipped: Vec<f64> = timeline.iter().map(|t| t.2 - t.0).collect();
-    Report {
-        topology: topology.to_owned(),
-        orders: args.orders,
-        concurrency: args.concurrency,
-        placement_per_sec: args.orders as f64 / placed_in.as_secs_f64(),
-        placement_p50_ms: percentile(&mut latencies, 50.0),
-        placement_p99_ms: percentile(&mut latencies, 99.0),
-        journey_per_sec: timeline.len() as f64 / ((last - first) / 1000.0),
-        to_confirmed_p50_ms: percentile(&mut confirmed, 50.0),
-        to_confirmed_p95_ms: percentile(&mut confirmed, 95.0),
-        to_confirmed_p99_ms: percentile(&mut confirmed, 99.0),
-        to_shipment_p50_ms: percentile(&mut shipped, 50.0),
-        to_shipment_p95_ms: percentile(&mut shipped, 95.0),
-        to_shipment_p99_ms: percentile(&mut shipped, 99.0),
+        .position(|t| !t.starts_with("ours-"))
+        .filter(|p| *p > 0);
+    let width = order
+        .iter()
+        .map(|t| t.chars().count() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(14);
+    let mut out = format!("\n{:<52}", "figure");
+    for t in &order {
+        out.push_str(&format!("{t:>width$}"));
     }
-}
-
-pub(crate) async fn wait_for_shipments(
-    conn: &DatabaseConnection,
-    orders: usize,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let shipped = count(conn, "SELECT COUNT(*) FROM fulfillment.shipments").await?;
-        if shipped as usize >= orders {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {shipped} of {orders} orders reached a shipment in time");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The monolith on PostgreSQL with the in-process bus.
-pub(crate) async fn monolith(args: &BenchArgs) -> anyhow::Result<Report> {
-    loopback_only(&args.pg_host)?;
-    let database = format!("bench_monolith_{}", std::process::id());
-    create_database(&args.pg_host, args.pg_port, &database).await?;
-    let result = async {
-        let (process, port) = spawn("app", &pg_vars(args, &database))?;
-        let client = crate::harness::client_builder()?
-            .pool_max_idle_per_host(args.concurrency)
-            .build()?;
-        wait_ready(&client, port).await?;
-        let stock = (args.orders / args.products + 10) as i64;
-        let skus = seed(&client, port, port, args.products, stock).await?;
-        let (latencies, placed_in) =
-            place_orders(&client, port, &skus, args.orders, args.concurrency).await?;
-        let conn = Database::connect(format!(
-            "postgres://postgres@{}:{}/{database}",
-            args.pg_host, args.pg_port
-        ))
-        .await?;
-        wait_for_shipments(&conn, args.orders, Duration::from_secs(args.timeout_secs)).await?;
-        let timeline = timeline(&conn, &conn).await?;
-        drop(process);
-        Ok(report("monolith", args, latencies, placed_in, &timeline))
-    }
-    .await;
-    drop_database(&args.pg_host, args.pg_port, &database).await;
-    result
-}
-
-/// A line of the report: its label, and how to read it off a run.
-type Row = (&'static str, fn(&Report) -> f64);
-
-pub(crate) fn print(reports: &[Report]) {
-    let rows: [Row; 10] = [
-        ("placement, orders/s", |r: &Report| r.placement_per_sec),
-        ("placement p50, ms", |r: &Report| r.placement_p50_ms),
-        ("placement p99, ms", |r: &Report| r.placement_p99_ms),
-        (
-            "journey (placed → shipment created), orders/s",
-            |r: &Report| r.journey_per_sec,
-        ),
-        ("placement → confirmed p50, ms", |r: &Report| {
-            r.to_confirmed_p50_ms
-        }),
-        ("placement → confirmed p95, ms", |r: &Report| {
-            r.to_confirmed_p95_ms
-        }),
-        ("placement → confirmed p99, ms", |r: &Report| {
-            r.to_confirmed_p99_ms
-        }),
-        ("placement → shipment p50, ms", |r: &Report| {
-            r.to_shipment_p50_ms
-        }),
-        ("placement → shipment p95, ms", |r: &Report| {
-            r.to_shipment_p95_ms
-        }),
-        ("placement → shipment p99, ms", |r: &Report| {
-            r.to_shipment_p99_ms
-        }),
-    ];
-    let mut out = format!("{:<48}", "");
-    for r in reports {
-        out.push_str(&format!("{:>14}", r.topology));
+    if let Some(p) = peer {
+        out.push_str(&format!(
+            "{:>24}",
+            format!("{} ÷ {}", short(&order[0]), short(&order[p]))
+        ));
     }
     out.push('\n');
-    for (label, value) in rows {
-        out.push_str(&format!("{label:<48}"));
-        for r in reports {
-            out.push_str(&format!("{:>14.1}", value(r)));
+    let mut line = |label: String, values: Vec<Vec<f64>>| {
+        out.push_str(&format!("{label:<52}"));
+        for v in &values {
+            let text = if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(" / ")
+            };
+            out.push_str(&format!("{text:>width$}"));
+        }
+        if let Some(p) = peer {
+            let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+            if !values[0].is_empty() && !values[p].is_empty() {
+                out.push_str(&format!("{:>24.2}", mean(&values[0]) / mean(&values[p])));
+            }
         }
         out.push('\n');
+    };
+    type Figure = (&'static str, fn(&Run) -> Option<f64>);
+    let figures: [Figure; 13] = [
+        ("req/s", |r| Some(r.per_sec)),
+        ("latency p50, ms", |r| Some(r.latency_ms.p50)),
+        ("latency p99, ms", |r| Some(r.latency_ms.p99)),
+        ("errors", |r| Some(r.errors as f64)),
+        ("server CPU per request, µs", |r| {
+            Some(r.server_cpu_us_per_request)
+        }),
+        ("PostgreSQL CPU per request, µs", |r| {
+            Some(r.postgres_cpu_us_per_request)
+        }),
+        ("load generator CPU per request, µs", |r| {
+            Some(r.load_generator_cpu_us_per_request)
+        }),
+        ("shipments/s in the window", |r| {
+            r.journey.as_ref().map(|j| j.shipments_per_sec)
+        }),
+        ("backlog max, orders", |r| {
+            r.journey.as_ref().map(|j| j.backlog_max as f64)
+        }),
+        ("backlog at end of placing, orders", |r| {
+            r.journey.as_ref().map(|j| j.backlog_end as f64)
+        }),
+        ("placement → confirmed p99, ms", |r| {
+            r.journey.as_ref().map(|j| j.to_confirmed_ms.p99)
+        }),
+        ("placement → shipment p50, ms", |r| {
+            r.journey.as_ref().map(|j| j.to_shipment_ms.p50)
+        }),
+        ("placement → shipment p99, ms", |r| {
+            r.journey.as_ref().map(|j| j.to_shipment_ms.p99)
+        }),
+    ];
+    for scenario in [Scenario::Reads, Scenario::Place, Scenario::Journey] {
+        if !report.runs.iter().any(|r| r.scenario == scenario) {
+            continue;
+        }
+        for (name, get) in figures.iter() {
+            let values: Vec<Vec<f64>> = order
+                .iter()
+                .map(|t| {
+                    report
+                        .runs
+                        .iter()
+                        .filter(|r| r.scenario == scenario && &r.target == t)
+                        .filter_map(get)
+                        .collect()
+                })
+                .collect();
+            if values.iter().all(Vec::is_empty) {
+                continue;
+            }
+            line(format!("{scenario:?}: {name}").to_lowercase(), values);
+        }
     }
-    eprint!("{out}");
-    if let Ok(json) = serde_json::to_string_pretty(reports) {
-        eprintln!("{json}");
+    type Mem = (&'static str, fn(&Memory) -> Option<f64>);
+    let memory: [Mem; 5] = [
+        ("memory idle, MiB", |m| Some(m.idle_mib)),
+        ("memory holding idle connections, MiB", |m| {
+            m.idle_connections_mib
+        }),
+        ("memory peak under load, MiB", |m| {
+            Some(m.peak_under_load_mib)
+        }),
+        ("memory idle after load, MiB", |m| {
+            Some(m.idle_after_load_mib)
+        }),
+        ("memory holding idle connections after load, MiB", |m| {
+            m.idle_connections_after_load_mib
+        }),
+    ];
+    for (name, get) in memory {
+        let values = order
+            .iter()
+            .map(|t| report.memory.get(t).and_then(get).into_iter().collect())
+            .collect();
+        line(name.to_owned(), values);
     }
+    out.push_str(&format!(
+        "load average before {}, after {}; {} cores\n",
+        report.machine.load_average_before, report.machine.load_average_after, report.machine.cores
+    ));
+    out
 }
 
-/// fulfillment as a service of its own, generated by `cargo xtask extract` in a scratch copy
-/// of this workspace; the monolith runs catalog and checkout; Redis Streams between them.
-pub(crate) async fn extracted(args: &BenchArgs) -> anyhow::Result<Report> {
-    loopback_only(&args.pg_host)?;
-    let (scratch, service_binary) = crate::harness::extracted_service(args.no_build)?;
-    let (monolith_db, service_db) = (
-        format!("bench_mono_{}", std::process::id()),
-        format!("bench_ful_{}", std::process::id()),
-    );
-    for db in [&monolith_db, &service_db] {
-        create_database(&args.pg_host, args.pg_port, db).await?;
+fn short(name: &str) -> &str {
+    name.strip_prefix("ours-").unwrap_or(name)
+}
+
+fn fmt(x: f64) -> String {
+    if x.is_nan() {
+        "-".to_owned()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
     }
-    let namespace = format!("bench-{}", std::process::id());
-    let result = async {
-        let mut mono_vars = pg_vars(args, &monolith_db);
-        mono_vars.extend([
-            (
-                "APP__MODULES__ENABLED".to_owned(),
-                "catalog,checkout".to_owned(),
-            ),
-            ("APP__BUS__KIND".to_owned(), "redis".to_owned()),
-            ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
-            ("APP__BUS__INSTANCE".to_owned(), "bench-monolith".to_owned()),
-        ]);
-        let mut svc_vars = pg_vars(args, &service_db);
-        svc_vars.extend([
-            ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
-            (
-                "APP__BUS__INSTANCE".to_owned(),
-                "bench-fulfillment".to_owned(),
-            ),
-        ]);
-        let (monolith, port) = spawn("app", &mono_vars)?;
-        let (service, service_port) = spawn_at(&service_binary, scratch.path(), &svc_vars)?;
-        let client = crate::harness::client_builder()?
-            .pool_max_idle_per_host(args.concurrency)
-            .build()?;
-        wait_ready(&client, port).await?;
-        wait_ready(&client, service_port).await?;
-        let stock = (args.orders / args.products + 10) as i64;
-        let skus = seed(&client, port, port, args.products, stock).await?;
-        let (latencies, placed_in) =
-            place_orders(&client, port, &skus, args.orders, args.concurrency).await?;
-        let url = |db: &str| format!("postgres://postgres@{}:{}/{db}", args.pg_host, args.pg_port);
-        let checkout = Database::connect(url(&monolith_db)).await?;
-        let fulfillment = Database::connect(url(&service_db)).await?;
-        wait_for_shipments(
-            &fulfillment,
-            args.orders,
-            Duration::from_secs(args.timeout_secs),
-        )
-        .await?;
-        let timeline = timeline(&checkout, &fulfillment).await?;
-        drop(service);
-        drop(monolith);
-        Ok(report("extracted", args, latencies, placed_in, &timeline))
-    }
-    .await;
-    for db in [&monolith_db, &service_db] {
-        drop_database(&args.pg_host, args.pg_port, db).await;
-    }
-    crate::harness::clear_namespace("redis://127.0.0.1:6379/0", &namespace).await;
-    result
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 
 pub(crate) fn loopback_only(host: &str) -> anyhow::Result<()> {
@@ -39,6 +39,16 @@ pub(crate) fn target_dir() -> PathBuf {
 /// request carries a token of the local development secret with the customer and the staff
 /// role, as a shop's storefront and back office together would, unless it sets its own.
 pub(crate) fn client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut value = reqwest::header::HeaderValue::from_str(&authorization()?)?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().default_headers(headers))
+}
+
+/// The `Authorization` value [`client_builder`] sends: `Bearer` and a token of the local
+/// development secret with the customer and the staff role.
+pub(crate) fn authorization() -> anyhow::Result<String> {
     let settings = runtime::Settings::load(runtime::config::Sources {
         dir: &crate::workspace_root().join("config"),
         environment: "local",
@@ -46,11 +56,7 @@ pub(crate) fn client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
     })?;
     let roles = [runtime::auth::Role::Customer, runtime::auth::Role::Staff];
     let token = runtime::auth::mint(&settings, &roles, "harness", Duration::from_secs(86_400))?;
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
-    value.set_sensitive(true);
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(reqwest::Client::builder().default_headers(headers))
+    Ok(format!("Bearer {token}"))
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -150,37 +156,6 @@ impl Launch<'_> {
     }
 }
 
-/// Starts a binary of this workspace with `vars`, on a free loopback port.
-pub(crate) fn spawn(binary: &str, vars: &[(String, String)]) -> anyhow::Result<(Process, u16)> {
-    spawn_at(
-        &target_dir().join("release").join(binary),
-        &crate::workspace_root(),
-        vars,
-    )
-}
-
-/// Starts the binary at `path` in `cwd` with `vars`, on a free loopback port.
-pub(crate) fn spawn_at(
-    path: &Path,
-    cwd: &Path,
-    vars: &[(String, String)],
-) -> anyhow::Result<(Process, u16)> {
-    let port = free_port()?;
-    let process = Launch {
-        path: path.to_owned(),
-        cwd: cwd.to_owned(),
-        vars,
-        port,
-        log: None,
-    }
-    .start()?;
-    Ok((process, port))
-}
-
-pub(crate) async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
-    wait_ready_within(client, port, Duration::from_secs(60)).await
-}
-
 pub(crate) async fn wait_ready_within(
     client: &reqwest::Client,
     port: u16,
@@ -273,20 +248,6 @@ pub(crate) async fn wait_priced(
     Ok(())
 }
 
-/// Creates products with plenty of stock and waits until checkout prices them all.
-pub(crate) async fn seed(
-    client: &reqwest::Client,
-    catalog: u16,
-    checkout: u16,
-    products: usize,
-    stock: i64,
-) -> anyhow::Result<Vec<String>> {
-    let skus: Vec<String> = (0..products).map(|i| format!("BENCH-{i}")).collect();
-    create_products(client, catalog, &skus, stock).await?;
-    wait_priced(client, checkout, &skus, Duration::from_secs(60)).await?;
-    Ok(skus)
-}
-
 /// The body of an order for `quantity` units of `sku`, paid with `token`.
 pub(crate) fn order_body(i: usize, sku: &str, quantity: i64, token: &str) -> serde_json::Value {
     json!({
@@ -296,17 +257,6 @@ pub(crate) fn order_body(i: usize, sku: &str, quantity: i64, token: &str) -> ser
                              "postal_code": "127", "country": "GB"},
         "payment_token": token,
     })
-}
-
-pub(crate) async fn count(conn: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
-    let row = conn
-        .query_one_raw(Statement::from_string(
-            conn.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await?
-        .context("no row")?;
-    Ok(row.try_get_by_index::<i64>(0)?)
 }
 
 pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {

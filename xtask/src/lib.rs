@@ -33,7 +33,8 @@ enum Command {
     Inline(extract::Args),
     /// Move a module's data between the monolith's database and its service's.
     MoveData(move_data::Args),
-    /// Measure the order journey under load on PostgreSQL (loopback only).
+    /// Measure our service beside its peers under the same load: reads, placements, the
+    /// whole journey; CPU and memory (loopback only; bounded in time).
     Bench(bench::BenchArgs),
     /// Run the order journey under sustained load and injected faults, then audit every
     /// module's data (loopback only; bounded; exits non-zero naming each failed check).
@@ -65,21 +66,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Extract(args) => extract::extract(&workspace_root(), &args),
         Command::Inline(args) => extract::inline(&workspace_root(), &args),
         Command::MoveData(args) => move_data::run(&workspace_root(), &args),
-        Command::Bench(args) => {
-            if !args.no_build {
-                harness::build_release(&["app"])?;
-            }
-            let runtime = tokio::runtime::Runtime::new()?;
-            let mut reports = Vec::new();
-            if args.topology != bench::Topology::Extracted {
-                reports.push(runtime.block_on(bench::monolith(&args))?);
-            }
-            if args.topology != bench::Topology::Monolith {
-                reports.push(runtime.block_on(bench::extracted(&args))?);
-            }
-            bench::print(&reports);
-            Ok(())
-        }
+        Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(*args),
         Command::Mutants(args) => mutants::run(&workspace_root(), &args),
     }

@@ -81,6 +81,8 @@ async fn connect_sqlite(
         .max_connections(settings.max_connections)
         .min_connections(1)
         .acquire_timeout(busy + Duration::from_secs(5))
+        // A file does not drop connections: no ping before handing one out.
+        .test_before_acquire(false)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             o.filename(&file)
@@ -122,6 +124,10 @@ pub async fn connect_postgres(
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        // A ping before every acquire cost one round trip per query; ping only connections
+        // idle long enough to have been dropped (a restarted server, a proxy's timeout).
+        // A connection that broke while in use fails its query, which callers retry.
+        .test_before_acquire_if_idle_for(Duration::from_secs(10))
         .sqlx_logging(false)
         .map_sqlx_postgres_opts(move |o| {
             let o = o

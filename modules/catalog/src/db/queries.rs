@@ -4,7 +4,10 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use kernel::Sku;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    RelationDef,
+};
 
 use super::{products, stock_levels};
 use crate::domain::{Product, ProductName, stored_price};
@@ -26,21 +29,25 @@ fn to_product(
     })
 }
 
+/// One product with its stock level, in one query (a left join: a product whose stock row
+/// is missing reads as none available).
 pub(crate) async fn find_product(
     conn: &impl ConnectionTrait,
     sku: &Sku,
 ) -> anyhow::Result<Option<Product>> {
-    let Some(row) = products::Entity::find_by_id(sku.as_str())
+    let stock: RelationDef = products::Entity::belongs_to(stock_levels::Entity)
+        .from(products::Column::Sku)
+        .to(stock_levels::Column::Sku)
+        .into();
+    let Some((row, stock)) = products::Entity::find_by_id(sku.as_str())
+        .join(JoinType::LeftJoin, stock)
+        .select_also(stock_levels::Entity)
         .one(conn)
         .await
         .context("failed to load product")?
     else {
         return Ok(None);
     };
-    let stock = stock_levels::Entity::find_by_id(sku.as_str())
-        .one(conn)
-        .await
-        .context("failed to load stock level")?;
     to_product(row, stock.as_ref()).map(Some)
 }
 
