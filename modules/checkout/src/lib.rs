@@ -12,8 +12,11 @@
 //!   `fulfillment.shipment_dispatched.v1`, `fulfillment.shipment_delivered.v1`.
 //! - **Owns**: schema `checkout` (`prices`, `orders`, `order_lines`, `payment_attempts`,
 //!   `idempotency_keys`, and the messaging tables).
-//! - **Settings**: `[modules.checkout.payment]`: `latency_ms`, `failure_rate` (the
-//!   simulated provider), `max_concurrent`, `timeout_ms`, `max_attempts`;
+//! - **Settings**: `[modules.checkout.payment]`: `provider` (`simulated` or `http`),
+//!   `url`, `api_key` (the HTTP provider), `latency_ms`, `failure_rate` (the simulated
+//!   provider), `max_concurrent` (the bulkhead), `timeout_ms`, `retry_base_ms`,
+//!   `retry_max_ms`; `[modules.checkout.payment.breaker]`: `failures`, `open_ms`,
+//!   `probes`;
 //!   `[modules.checkout.watchdog]`: `order_deadline_secs` (an order pending longer is
 //!   reported), `every_secs`.
 //! - **Background**: the payment worker; the order watchdog.
@@ -60,9 +63,12 @@ struct Settings {
 
 fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
     let settings: Settings = parse_settings(raw)?;
-    settings
-        .validate()
-        .map_err(|e| runtime::flatten_validation_errors(&e))?;
+    let mut errors = match settings.validate() {
+        Ok(()) => FieldErrors::new(),
+        Err(e) => runtime::flatten_validation_errors(&e),
+    };
+    settings.payment.check(&mut errors);
+    errors.into_result()?;
     Ok(settings)
 }
 
@@ -96,7 +102,10 @@ impl Module for Checkout {
         let payments = Arc::new(Notify::new());
         let worker = use_cases::authorize_payments::PaymentWorker {
             state: state.clone(),
-            gateway: Arc::new(payment::SimulatedGateway::new(&settings.payment)),
+            gateway: settings.payment.gateway()?,
+            breaker: Arc::new(payment::breaker::Breaker::new(
+                settings.payment.breaker.clone(),
+            )),
             settings: settings.payment.clone(),
             wake: payments.clone(),
             poll: Duration::from_millis(250),

@@ -24,4 +24,4 @@ pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
 pub use progress::Progress;
 pub use redis_bus::{RedisBus, RedisConfig};
-pub use settings::MessagingSettings;
+pub use settings::{MessagingSettings, backoff};
