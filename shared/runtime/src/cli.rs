@@ -1,5 +1,6 @@
 //! The command line every binary of this system shares (the monolith and each extracted
-//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`. A binary's
+//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`,
+//! `dead-letters` ([`crate::dead_letters_cli`]). A binary's
 //! `main` is one call to [`main`] with its name and its modules.
 
 use std::process::ExitCode;
@@ -28,6 +29,11 @@ enum Command {
     /// Exit 0 when this host's `/healthz` answers 200 (for container HEALTHCHECKs, which
     /// have no curl in a minimal image).
     Healthcheck,
+    /// A module's dead letters, read and changed directly in its store.
+    DeadLetters {
+        #[command(subcommand)]
+        action: crate::dead_letters_cli::Action,
+    },
 }
 
 /// Runs a binary: parses its command line, loads its settings (from `APP_CONFIG_DIR`,
@@ -95,6 +101,9 @@ async fn run(
             host::migrate(&settings, &modules).await
         }
         Command::Healthcheck => Ok(()),
+        Command::DeadLetters { action } => {
+            crate::dead_letters_cli::run(action, &settings, &available).await
+        }
         Command::CheckConfig => {
             host::select_modules(&settings, &available)?;
             // The one place the binary prints to stdout: the command exists to show this.

@@ -6,6 +6,7 @@ mod admin;
 pub mod cli;
 pub mod config;
 pub mod db;
+mod dead_letters_cli;
 pub mod host;
 pub mod http;
 pub mod module;
