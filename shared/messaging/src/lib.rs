@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod progress;
 pub mod redis_bus;
 pub mod settings;
+pub mod trace;
 
 pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,

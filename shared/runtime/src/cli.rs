@@ -56,7 +56,18 @@ pub fn main(
             return ExitCode::from(2);
         }
     };
-    let subscriber = telemetry::subscriber(name.into(), &settings.telemetry.level, std::io::stdout);
+    let subscriber = match telemetry::subscriber_with_traces(
+        name.into(),
+        &settings.telemetry.level,
+        std::io::stdout,
+        &settings.telemetry.otlp_endpoint,
+    ) {
+        Ok(subscriber) => subscriber,
+        Err(e) => {
+            eprintln!("error: telemetry.otlp_endpoint: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = telemetry::init(subscriber) {
         eprintln!("error: cannot install the log subscriber: {e}");
         return ExitCode::FAILURE;
@@ -71,11 +82,13 @@ pub fn main(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(
+    let result = runtime.block_on(run(
         cli.command.unwrap_or(Command::Serve),
         settings,
         modules,
-    )) {
+    ));
+    telemetry::flush_traces();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, "{e:#}");
