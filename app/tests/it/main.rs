@@ -6,3 +6,4 @@ mod delivery;
 mod journey;
 mod metrics;
 mod shop;
+mod startup;

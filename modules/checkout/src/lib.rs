@@ -91,6 +91,14 @@ impl Module for Checkout {
         migrations::checkout::Migrator::up(conn, None).await
     }
 
+    fn migrations(&self) -> Vec<String> {
+        use migrations::MigratorTrait;
+        migrations::checkout::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         let settings =
             settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
@@ -121,5 +129,73 @@ impl Module for Checkout {
             .handler(events::ShipmentProgress)
             .task(move |cancel| worker.run(cancel).boxed())
             .task(move |cancel| watchdog.run(cancel).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fields a settings table takes, as serde lists them when refusing an unknown one.
+    fn fields_of(raw: serde_json::Value) -> Vec<String> {
+        let message = match serde_json::from_value::<super::Settings>(raw) {
+            Ok(_) => panic!("an unknown field was taken"),
+            Err(e) => e.to_string(),
+        };
+        let expected = message
+            .split_once("expected one of ")
+            .or_else(|| message.split_once("expected "))
+            .unwrap_or_else(|| panic!("no list of fields in {message:?}"))
+            .1;
+        expected
+            .split([',', ' '])
+            .filter(|w| *w != "or")
+            .map(|f| {
+                f.trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_owned()
+            })
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+
+    /// Every key of `[modules.checkout]` has a row in the README's configuration reference.
+    #[test]
+    fn the_readme_documents_every_checkout_setting() {
+        let readme = include_str!("../../../README.md");
+        let tables = [
+            ("modules.checkout", serde_json::json!({"zz_unknown": 1})),
+            (
+                "modules.checkout.payment",
+                serde_json::json!({"payment": {"zz_unknown": 1}}),
+            ),
+            (
+                "modules.checkout.payment.breaker",
+                serde_json::json!({"payment": {"breaker": {"zz_unknown": 1}}}),
+            ),
+            (
+                "modules.checkout.watchdog",
+                serde_json::json!({"watchdog": {"zz_unknown": 1}}),
+            ),
+        ];
+        for (prefix, raw) in tables {
+            let fields = fields_of(raw);
+            assert!(!fields.is_empty(), "{prefix}");
+            for field in fields {
+                let key = format!("{prefix}.{field}");
+                let nested = tables_named(&key);
+                assert!(
+                    nested || readme.contains(&format!("| `{key}` |")),
+                    "README.md has no configuration row for {key}"
+                );
+            }
+        }
+    }
+
+    /// Keys that are tables of their own, checked field by field.
+    fn tables_named(key: &str) -> bool {
+        [
+            "modules.checkout.payment",
+            "modules.checkout.payment.breaker",
+            "modules.checkout.watchdog",
+        ]
+        .contains(&key)
     }
 }
