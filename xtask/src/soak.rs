@@ -72,6 +72,11 @@ pub(crate) struct SoakArgs {
     /// extracting fulfillment (which needs a release build of the service).
     #[arg(long)]
     pub(crate) redis_outage_monolith: bool,
+    /// Runs the soak scenario with fulfillment extracted into its own service (a real
+    /// `cargo xtask extract` in a scratch copy, release build) and every event on Redis
+    /// Streams.
+    #[arg(long)]
+    pub(crate) extracted: bool,
     /// How long each phase (baseline, then slowed) of slow-module lasts, in seconds.
     #[arg(long, default_value_t = 15)]
     pub(crate) phase_secs: u64,
@@ -280,6 +285,9 @@ impl Shape {
     }
 }
 
+/// The node of an extracted fulfillment service, beside the monolith.
+pub(crate) const SERVICE_NODE: &str = "soak-fulfillment";
+
 /// One running deployment: its processes, data and servers.
 pub(crate) struct Deployment {
     pub(crate) nodes: Vec<Node>,
@@ -387,8 +395,8 @@ impl Ctx {
             nodes.push(self.node("soak-a", &self.binary, mono, dir.path())?);
             let (copy, binary) = harness::extracted_service(self.args.no_build)?;
             let mut svc = base(&service_db);
-            svc.push(("APP__BUS__INSTANCE".into(), "soak-fulfillment".into()));
-            let mut node = self.node("soak-fulfillment", &binary, svc, dir.path())?;
+            svc.push(("APP__BUS__INSTANCE".into(), SERVICE_NODE.into()));
+            let mut node = self.node(SERVICE_NODE, &binary, svc, dir.path())?;
             node.cwd = copy.path().to_owned();
             nodes.push(node);
             scratch = Some(copy);
@@ -666,7 +674,9 @@ fn runs(args: &SoakArgs) -> Vec<(Scenario, Shape)> {
     }
     let wanted = |s: Scenario| args.scenario == All || args.scenario == s;
     let mut out = Vec::new();
-    if wanted(Soak) {
+    if wanted(Soak) && args.extracted {
+        out.push((Soak, Shape::new(Backend::Postgres, BusKind::Redis)));
+    } else if wanted(Soak) {
         for b in &backends {
             for k in &buses {
                 out.push((Soak, Shape::new(*b, *k)));

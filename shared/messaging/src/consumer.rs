@@ -21,6 +21,7 @@ use futures::{FutureExt, StreamExt};
 use sea_orm::{DatabaseTransaction, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -179,13 +180,15 @@ impl Consumer {
             metrics::counter!(family, "module" => module).increment(0);
         }
         let lease = Duration::from_millis(self.settings.lease_ms);
-        let watchdog = tokio::spawn(progress::watch(
+        // Ends with this task, however it ends (an abort included): it holds the acker,
+        // and with it what the subscription holds.
+        let watchdog = AbortOnDropHandle::new(tokio::spawn(progress::watch(
             self.progress.clone(),
             acker.clone(),
             lease / 3,
             lease * STALL_AFTER_LEASES,
             cancel.child_token(),
-        ));
+        )));
         let mut replay_tick = tokio::time::interval(REPLAY_POLL);
         replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -210,7 +213,7 @@ impl Consumer {
             self.process(batch, acker.as_ref()).await;
             self.progress.settled();
         }
-        watchdog.abort();
+        drop(watchdog);
         // Close the subscription and let the bus's reader hand back what it holds.
         drop(deliveries);
         if let Some(reader) = reader

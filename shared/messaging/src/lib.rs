@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod db;
 pub mod dead_letters;
 pub mod faults;
+mod instance_name;
 pub mod local_bus;
 pub mod outbox;
 pub mod progress;

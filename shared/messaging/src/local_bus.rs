@@ -24,6 +24,7 @@ use crate::bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
 use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
+use crate::instance_name::{InstanceName, NameState};
 use crate::settings::MessagingSettings;
 
 struct Queue {
@@ -35,6 +36,8 @@ pub struct LocalBus {
     queues: HashMap<&'static str, Queue>,
     instance: String,
     settings: MessagingSettings,
+    /// Whether this process holds its instance name, per subscribed module.
+    names: Mutex<Vec<(&'static str, Arc<NameState>)>>,
 }
 
 const INSERT_CHUNK: usize = 500;
@@ -47,6 +50,7 @@ impl LocalBus {
             queues: HashMap::new(),
             instance: instance.into(),
             settings,
+            names: Mutex::new(Vec::new()),
         }
     }
 
@@ -147,20 +151,34 @@ impl EventBus for LocalBus {
                 spec.module
             ))
         })?;
-        // Take back what this instance held before a restart: those deliveries were cut
-        // short and come back now, not when their lease runs out.
-        execute(
-            queue.db.conn(),
-            "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
-            vec![self.instance.clone().into()],
+        let every = Duration::from_millis(self.settings.lease_ms / 3);
+        let name = InstanceName::take(
+            &queue.db,
+            &self.instance,
+            every,
+            every.min(Duration::from_millis(500)),
         )
         .await?;
+        if name.state.owned() {
+            // Take back what this instance held before a restart: those deliveries were
+            // cut short and come back now, not when their lease runs out. (Only once the
+            // name is ours: under a live duplicate they are that process's claims.)
+            execute(
+                queue.db.conn(),
+                "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
+                vec![self.instance.clone().into()],
+            )
+            .await?;
+        }
+        lock(&self.names).push((spec.module, name.state.clone()));
         let state = Arc::new(State {
+            name,
             db: queue.db.clone(),
             instance: self.instance.clone(),
             wake: queue.wake.clone(),
             in_flight: Mutex::new(HashSet::new()),
             unacked: Mutex::new(HashSet::new()),
+            unreleased: Mutex::new(HashMap::new()),
             permits: Semaphore::new(spec.max_in_flight),
             settings: self.settings.clone(),
         });
@@ -173,14 +191,24 @@ impl EventBus for LocalBus {
         })
     }
 
-    /// The in-process bus has no dependency of its own: its queues live in the module
-    /// databases, which readiness checks already.
+    /// The in-process bus has no dependency of its own (its queues live in the module
+    /// databases, which readiness checks already); it is not ready while another live
+    /// process holds its instance name.
     async fn check(&self) -> Result<(), BusError> {
-        Ok(())
+        let names = lock(&self.names);
+        match names.iter().find(|(_, name)| name.duplicate()) {
+            Some((module, _)) => Err(BusError::Other(anyhow::anyhow!(
+                "another live process consumes {module} under bus.instance {}",
+                self.instance
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
 struct State {
+    /// The instance name, held while the subscription lives: claims only while owned.
+    name: InstanceName,
     db: ModuleDb,
     instance: String,
     wake: Arc<Notify>,
@@ -188,6 +216,10 @@ struct State {
     in_flight: Mutex<HashSet<i64>>,
     /// Rows the consumer finished but whose delete failed: deleted again on the next pass.
     unacked: Mutex<HashSet<i64>>,
+    /// Rows to be handed back (a retry or a postponement) whose update failed, typically
+    /// while the database was out of reach: handed back again on the next pass, so they
+    /// come back as soon as the database does, not when their claim lapses.
+    unreleased: Mutex<HashMap<i64, Release>>,
     permits: Semaphore,
     settings: MessagingSettings,
 }
@@ -207,7 +239,38 @@ impl State {
     fn held(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = lock(&self.in_flight).iter().copied().collect();
         ids.extend(lock(&self.unacked).iter().copied());
+        ids.extend(lock(&self.unreleased).keys().copied());
         ids
+    }
+}
+
+/// How a claimed row is handed back: visible again at `visible_at` (epoch ms), with the
+/// error that sent it back, and `uncount` taken off its delivery count.
+#[derive(Clone)]
+struct Release {
+    visible_at: i64,
+    error: String,
+    uncount: i32,
+}
+
+impl Release {
+    /// Hands row `id` back, if this instance still holds it (a claim that lapsed may be
+    /// another instance's by now).
+    async fn apply(&self, state: &State, id: i64) -> Result<(), sea_orm::DbErr> {
+        execute(
+            state.db.conn(),
+            "UPDATE bus_queue SET visible_at = $1, locked_by = NULL, locked_until = NULL, last_error = $2, \
+             deliveries = deliveries - $3 WHERE id = $4 AND locked_by = $5",
+            vec![
+                self.visible_at.into(),
+                self.error.clone().into(),
+                self.uncount.into(),
+                id.into(),
+                state.instance.clone().into(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -217,8 +280,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Claims visible rows for this instance and hands them out, never more than the free
 /// capacity: capacity is reserved before the claim, so the reader never waits for
-/// capacity it cannot get. Every pass also renews the claims of what is in flight, deletes
-/// rows whose acknowledgement failed, and frees the rows of claims that lapsed.
+/// capacity it cannot get. Every pass also renews the claims of what is in flight, settles
+/// again the rows whose acknowledgement or hand-back failed, and frees the rows of claims
+/// that lapsed.
 async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     let module = state.db.module();
     let poll = Duration::from_millis(state.settings.poll_interval_ms);
@@ -230,6 +294,15 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         if tx.is_closed() {
             break;
         }
+        if !state.name.state.owned() {
+            // Another live process under this name (or the name's lock was lost with the
+            // database): claim and renew nothing until the name is ours again.
+            tokio::select! {
+                _ = tx.closed() => break,
+                _ = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
+            }
+            continue;
+        }
         if last_renewal.elapsed() >= renew_every {
             match renew(&state).await {
                 Ok(()) => last_renewal = tokio::time::Instant::now(),
@@ -237,6 +310,11 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                     tracing::warn!(module, error = %format!("{e:#}"), "renewing claims failed")
                 }
             }
+        }
+        if has_pending(&state)
+            && let Err(e) = settle_pending(&state).await
+        {
+            tracing::debug!(module, error = %format!("{e:#}"), "settling deliveries again failed; retrying");
         }
         if last_reclaim.elapsed() >= renew_every {
             match reclaim(&state).await {
@@ -435,10 +513,10 @@ async fn renew(state: &State) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes again the rows whose acknowledgement failed, then frees every claim that
-/// lapsed (an instance that died, or a delivery nobody tracks any more) so it is claimed
-/// again, one attempt higher.
-async fn reclaim(state: &State) -> anyhow::Result<()> {
+/// Deletes again the rows whose acknowledgement failed and hands back again the rows
+/// whose release failed. Run on every pass while there are any: an unsettled row holds
+/// back the later rows of its key, so it must go as soon as the database answers again.
+async fn settle_pending(state: &State) -> anyhow::Result<()> {
     let unacked: Vec<i64> = lock(&state.unacked).iter().copied().collect();
     for chunk in unacked.chunks(ID_CHUNK) {
         delete_rows(&state.db, chunk).await?;
@@ -447,6 +525,36 @@ async fn reclaim(state: &State) -> anyhow::Result<()> {
             set.remove(id);
         }
     }
+    let unreleased: Vec<(i64, Release)> = lock(&state.unreleased)
+        .iter()
+        .map(|(id, release)| (*id, release.clone()))
+        .collect();
+    for (id, release) in &unreleased {
+        release
+            .apply(state, *id)
+            .await
+            .context("failed to hand back deliveries")?;
+        lock(&state.unreleased).remove(id);
+    }
+    if !unacked.is_empty() || !unreleased.is_empty() {
+        tracing::info!(
+            module = state.db.module(),
+            deleted = unacked.len(),
+            handed_back = unreleased.len(),
+            "deliveries whose settlement had failed are settled"
+        );
+        state.wake.notify_one();
+    }
+    Ok(())
+}
+
+fn has_pending(state: &State) -> bool {
+    !lock(&state.unacked).is_empty() || !lock(&state.unreleased).is_empty()
+}
+
+/// Frees every claim that lapsed (an instance that died, or a delivery nobody tracks any
+/// more) so it is claimed again, one attempt higher.
+async fn reclaim(state: &State) -> anyhow::Result<()> {
     let freed = execute(
         state.db.conn(),
         "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL \
@@ -514,23 +622,20 @@ impl LocalAcker {
         uncount: i32,
     ) -> Result<(), BusError> {
         let ids = row_ids(std::slice::from_ref(tag));
-        let Some(id) = ids.first() else {
+        let Some(&id) = ids.first() else {
             return Ok(());
         };
-        let scheduled = execute(
-            self.0.db.conn(),
-            "UPDATE bus_queue SET visible_at = $1, locked_by = NULL, locked_until = NULL, last_error = $2, \
-             deliveries = deliveries - $3 WHERE id = $4",
-            vec![
-                (now_ms() + delay.as_millis() as i64).into(),
-                error.chars().take(2000).collect::<String>().into(),
-                uncount.into(),
-                (*id).into(),
-            ],
-        )
-        .await;
-        // Settled either way: if the row could not be released, its claim lapses and it
-        // comes back then.
+        let release = Release {
+            visible_at: now_ms() + delay.as_millis() as i64,
+            error: error.chars().take(2000).collect(),
+            uncount,
+        };
+        let scheduled = release.apply(&self.0, id).await;
+        if scheduled.is_err() {
+            // Handed back again by the reader on its next pass; until then the claim is
+            // kept.
+            lock(&self.0.unreleased).insert(id, release);
+        }
         self.0.settle(&ids);
         scheduled?;
         Ok(())

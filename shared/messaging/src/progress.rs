@@ -158,4 +158,173 @@ mod tests {
         p.settled();
         assert!(!p.assess(None, Duration::from_secs(5)));
     }
+
+    /// A bus that always has `0` events waiting and settles nothing itself.
+    struct Waiting(u64);
+
+    #[async_trait::async_trait]
+    impl Acker for Waiting {
+        async fn ack(&self, _: &[crate::DeliveryTag]) -> Result<(), crate::BusError> {
+            Ok(())
+        }
+
+        async fn retry(
+            &self,
+            _: &crate::DeliveryTag,
+            _: Duration,
+            _: &str,
+        ) -> Result<(), crate::BusError> {
+            Ok(())
+        }
+
+        async fn backlog(&self) -> Result<Option<u64>, crate::BusError> {
+            Ok(Some(self.0))
+        }
+    }
+
+    /// Every value each gauge was set to, in order.
+    #[derive(Default)]
+    struct Gauges(Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+
+    struct GaugeOf(String, Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+
+    impl metrics::GaugeFn for GaugeOf {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            self.1.lock().expect("gauges").push((self.0.clone(), value));
+        }
+    }
+
+    impl metrics::Recorder for Gauges {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            metrics::Gauge::from_arc(Arc::new(GaugeOf(name, self.0.clone())))
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// Log lines, as the fmt subscriber writes them.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("logs").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_subscription_logs_at_error_and_sets_its_gauge_until_it_moves_again() {
+        let gauges = Gauges::default();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let progress = Progress::new("m");
+        tracing::subscriber::with_default(subscriber, || {
+            metrics::with_local_recorder(&gauges, || {
+                runtime.block_on(async {
+                    // Work waits, and nothing was settled for 10 s.
+                    progress
+                        .last_progress_ms
+                        .store(now_ms() - 10_000, Ordering::Relaxed);
+                    let cancel = CancellationToken::new();
+                    let watchdog = watch(
+                        progress.clone(),
+                        Arc::new(Waiting(3)),
+                        Duration::from_millis(10),
+                        Duration::from_secs(5),
+                        cancel.clone(),
+                    );
+                    let script = async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        assert!(progress.stalled().is_some(), "not reported stalled");
+                        progress.settled();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        assert!(progress.stalled().is_none(), "still reported stalled");
+                        cancel.cancel();
+                    };
+                    tokio::join!(watchdog, script);
+                })
+            })
+        });
+        let set: Vec<f64> = gauges
+            .0
+            .lock()
+            .expect("gauges")
+            .iter()
+            .filter(|(name, _)| name == "consumer_stalled{module=m}")
+            .map(|(_, v)| *v)
+            .collect();
+        let first_clear = set
+            .iter()
+            .position(|v| *v == 0.0)
+            .expect("the gauge went back to 0");
+        assert!(
+            first_clear > 0 && set[..first_clear].iter().all(|v| *v == 1.0),
+            "{set:?}"
+        );
+        assert!(set[first_clear..].iter().all(|v| *v == 0.0), "{set:?}");
+        let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+        assert!(
+            text.lines().any(|l| l.contains("ERROR")
+                && l.contains("settled nothing")
+                && l.contains("module=\"m\"")),
+            "no ERROR line names the stalled module:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("WARN") && l.contains("moves again")),
+            "no line says it moves again:\n{text}"
+        );
+    }
 }

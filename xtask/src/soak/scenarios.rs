@@ -17,16 +17,19 @@ fn describe(ctx: &Ctx, scenario: Scenario, shape: Shape) -> (&'static str, Strin
     let a = &ctx.args;
     let mut shape = shape;
     let (name, injected) = match scenario {
-        Scenario::Soak | Scenario::All => (
-            "soak",
-            match a.connections {
-                Some(n) => format!(
-                    "nothing: {n} clients placing orders back to back for {} s",
-                    a.secs
-                ),
-                None => format!("nothing: {} orders/s for {} s", a.rate, a.secs),
-            },
-        ),
+        Scenario::Soak | Scenario::All => {
+            shape.extracted = a.extracted;
+            (
+                "soak",
+                match a.connections {
+                    Some(n) => format!(
+                        "nothing: {n} clients placing orders back to back for {} s",
+                        a.secs
+                    ),
+                    None => format!("nothing: {} orders/s for {} s", a.rate, a.secs),
+                },
+            )
+        }
         Scenario::PgRestart => {
             shape.private_pg = true;
             (
@@ -117,8 +120,14 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// The ports that take orders: every node, but an extracted fulfillment service (it has
+/// no placement route).
 fn ports(d: &Deployment) -> Vec<u16> {
-    d.nodes.iter().map(|n| n.port).collect()
+    d.nodes
+        .iter()
+        .filter(|n| n.name != super::SERVICE_NODE)
+        .map(|n| n.port)
+        .collect()
 }
 
 /// Stops the load, drains, audits; `fault_end` is when the injection ended.

@@ -181,6 +181,79 @@ async fn deliveries_whose_acknowledgement_failed_come_back_and_the_subscription_
     running.stop().await;
 }
 
+/// A delivery the consumer sent back for a retry while the database refused the hand-back
+/// comes back as soon as the database accepts it again, not when its claim lapses: after
+/// a database outage, a subscription resumes at once instead of waiting out its leases.
+#[tokio::test]
+async fn a_retry_whose_hand_back_failed_comes_back_when_the_database_does_not_when_its_claim_lapses()
+ {
+    let dbs = open(Backend::Postgres).await;
+    // While `refuse_hand_backs` holds a row, the database refuses to hand a claimed row
+    // back (as during an outage that begins while a delivery is in the handler).
+    dbs.consumer
+        .conn()
+        .execute_unprepared(
+            "CREATE TABLE refuse_hand_backs (x INT); INSERT INTO refuse_hand_backs VALUES (1); \
+             CREATE SEQUENCE refusals; \
+             CREATE FUNCTION refuse_hand_back() RETURNS trigger LANGUAGE plpgsql AS \
+               'BEGIN IF OLD.locked_by IS NOT NULL AND NEW.locked_by IS NULL \
+                  AND EXISTS (SELECT 1 FROM refuse_hand_backs) \
+                THEN PERFORM nextval(''refusals''); RAISE EXCEPTION ''hand-backs refused''; \
+                END IF; RETURN NEW; END'; \
+             CREATE TRIGGER refuse_hand_back BEFORE UPDATE ON bus_queue FOR EACH ROW \
+               EXECUTE FUNCTION refuse_hand_back();",
+        )
+        .await
+        .expect("trigger");
+    let lease = std::time::Duration::from_secs(30);
+    let mut bus_settings = settings();
+    bus_settings.lease_ms = lease.as_millis() as u64;
+    let mut bus = messaging::LocalBus::new("a", bus_settings);
+    bus.add_consumer(dbs.consumer.clone());
+    let faults = Faults::for_tests();
+    let sent = events(1, 2);
+    faults.fail_key_times(sent[0].key.clone(), 1);
+    let outbox = Outbox::new(PRODUCER);
+    let running = start_on(Arc::new(bus), &dbs, "a", faults, true).await;
+    commit(&dbs, &outbox, &sent).await;
+    // The first delivery failed and its hand-back was refused (a sequence counts refusals:
+    // it is not rolled back with the refused statement).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while scalar(
+        &dbs.consumer,
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refusals",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed delivery was never handed back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        applied(&dbs).await,
+        0,
+        "the failed event or its successor was applied"
+    );
+    dbs.consumer
+        .conn()
+        .execute_unprepared("DELETE FROM refuse_hand_backs")
+        .await
+        .expect("heal");
+    let healed = tokio::time::Instant::now();
+    wait_applied(&dbs, sent.len() as i64).await;
+    assert!(
+        healed.elapsed() < lease / 3,
+        "the refused retry came back only after {:?}, as its claim lapsed ({lease:?} lease)",
+        healed.elapsed()
+    );
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    running.stop().await;
+}
+
 /// An event that kills its consumer every time it is handled is parked after
 /// `max_attempts` deliveries, crashes included, and is never handled again; events of
 /// other keys flow meanwhile.
@@ -336,5 +409,79 @@ mod the_backlog_counts_what_waits {
     async fn redis_postgres() {
         the_backlog_counts_what_waits_for_the_subscription(Transport::Redis, Backend::Postgres)
             .await
+    }
+}
+
+/// A second live process under the same instance name claims nothing and takes back
+/// nothing (its claims would be the first process's), says so in readiness, and takes
+/// over by itself once the first one is gone.
+async fn a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let outbox = Outbox::new(PRODUCER);
+    let first_bus = bus(Transport::Local, &dbs, "a").await;
+    let first = start_on(first_bus.clone(), &dbs, "a", Faults::for_tests(), true).await;
+    let seen: Seen = Arc::default();
+    let second_bus: Arc<dyn EventBus> = Arc::new(Spy {
+        inner: bus(Transport::Local, &dbs, "a").await,
+        instance: "second".into(),
+        seen: seen.clone(),
+    });
+    let second = start_on(second_bus.clone(), &dbs, "a", Faults::for_tests(), true).await;
+    first_bus.check().await.expect("the first process is ready");
+    let refused = second_bus
+        .check()
+        .await
+        .expect_err("the second process under the same name is not ready");
+    assert!(
+        refused.to_string().contains("another live process"),
+        "{refused}"
+    );
+    let sent = events(20, 5);
+    commit(&dbs, &outbox, &sent).await;
+    wait_applied(&dbs, sent.len() as i64).await;
+    assert!(
+        lock_seen(&seen).is_empty(),
+        "the second process under the same name was handed deliveries"
+    );
+    first.kill().await;
+    let more = events(5, 2);
+    commit(&dbs, &outbox, &more).await;
+    wait_applied(&dbs, (sent.len() + more.len()) as i64).await;
+    assert!(
+        !lock_seen(&seen).is_empty(),
+        "the second process did not take over"
+    );
+    second_bus
+        .check()
+        .await
+        .expect("ready once the name is its own");
+    let all: Vec<_> = sent.iter().chain(&more).cloned().collect();
+    assert_exactly_once_in_order(&dbs, &all).await;
+    second.stop().await;
+}
+
+fn lock_seen(seen: &Seen) -> Vec<(String, messaging::DeliveryTag, u32)> {
+    seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+mod a_second_process_under_the_same_instance_name {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_second_process_under_the_same_instance_name_takes_no_work_until_the_first_is_gone(
+            Backend::Postgres,
+        )
+        .await
     }
 }
