@@ -32,7 +32,8 @@ ENV APP_ENVIRONMENT=production \
     APP_CONFIG_DIR=/app/config
 # Numeric (distroless's nonroot): the kubelet enforces runAsNonRoot only on a numeric user.
 USER 65532:65532
-EXPOSE 8080
+# 8080: the API and the probes; 9090: the admin port (/metrics, server.admin_port).
+EXPOSE 8080 9090
 # The binary checks its own /healthz: the image has no shell and no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
   CMD ["/app/service", "healthcheck"]

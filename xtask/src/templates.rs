@@ -368,6 +368,7 @@ spec:
           image: {image}
           ports:
             - {{ name: http, containerPort: {port} }}
+            - {{ name: admin, containerPort: {ADMIN_PORT} }}
           envFrom:
             - configMapRef: {{ name: {name}-config }}
           env:
@@ -525,7 +526,7 @@ spec:
             r#"# Network policies of the namespace: {GENERATED}.
 # Nothing talks to anything unless a policy below allows it. The monolith and {package}
 # (and their migration Jobs) reach PostgreSQL, Redis and DNS; clients reach their HTTP
-# ports; PostgreSQL and Redis accept them. The two never call each other: they meet only
+# ports and Prometheus their admin ports; PostgreSQL and Redis accept them. The two never call each other: they meet only
 # in Redis Streams.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -535,6 +536,23 @@ metadata:
 spec:
   podSelector: {{}}
   policyTypes: [Ingress, Egress]
+---
+# The admin ports (/metrics), from Prometheus only (pods named prometheus, any namespace).
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: shop-metrics
+  labels: {{ app.kubernetes.io/part-of: shop }}
+spec:
+  podSelector:
+    matchLabels: {{ app.kubernetes.io/part-of: shop, app.kubernetes.io/component: server }}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {{}}
+          podSelector: {{ matchLabels: {{ app.kubernetes.io/name: prometheus }} }}
+      ports:
+        - {{ protocol: TCP, port: {ADMIN_PORT} }}
 ---
 # The HTTP ports, from the ingress controller or any client of the Services.
 apiVersion: networking.k8s.io/v1
@@ -728,7 +746,8 @@ ENV APP_ENVIRONMENT=production \
     APP_CONFIG_DIR=/app/config
 # Numeric (distroless's nonroot): the kubelet enforces runAsNonRoot only on a numeric user.
 USER 65532:65532
-EXPOSE {port}
+# {port}: the API and the probes; {ADMIN_PORT}: the admin port (/metrics, server.admin_port).
+EXPOSE {port} {ADMIN_PORT}
 # The binary checks its own /healthz: the image has no shell and no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
   CMD ["/app/service", "healthcheck"]
@@ -736,6 +755,10 @@ ENTRYPOINT ["/app/service"]
 "#
     )
 }
+
+/// The admin port (`/metrics`) of every image: `server.admin_port` in `config/base.toml`,
+/// which every service's configuration starts from.
+const ADMIN_PORT: u16 = 9090;
 
 /// The monolith's image; the tag is substituted at deploy time, so it is never `latest`.
 const MONOLITH_IMAGE: &str = "registry.example.com/shop/app:${IMAGE_TAG}";

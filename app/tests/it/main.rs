@@ -2,6 +2,7 @@
 
 mod access;
 mod basics;
+mod dead_letters_cli;
 mod delivery;
 mod fuzz;
 mod hardening;
@@ -9,3 +10,4 @@ mod journey;
 mod metrics;
 mod openapi;
 mod shop;
+mod startup;

@@ -53,6 +53,14 @@ impl Module for Catalog {
         <http::ApiDoc as utoipa::OpenApi>::openapi()
     }
 
+    fn migrations(&self) -> Vec<String> {
+        use migrations::MigratorTrait;
+        migrations::catalog::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         // Present at zero from start-up, so an alert on any increase has a series to watch.
         metrics::describe_counter!(

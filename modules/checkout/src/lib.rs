@@ -12,8 +12,11 @@
 //!   `fulfillment.shipment_dispatched.v1`, `fulfillment.shipment_delivered.v1`.
 //! - **Owns**: schema `checkout` (`prices`, `orders`, `order_lines`, `payment_attempts`,
 //!   `idempotency_keys`, and the messaging tables).
-//! - **Settings**: `[modules.checkout.payment]`: `latency_ms`, `failure_rate` (the
-//!   simulated provider), `max_concurrent`, `timeout_ms`, `max_attempts`;
+//! - **Settings**: `[modules.checkout.payment]`: `provider` (`simulated` or `http`),
+//!   `url`, `api_key` (the HTTP provider), `latency_ms`, `failure_rate` (the simulated
+//!   provider), `max_concurrent` (the bulkhead), `timeout_ms`, `retry_base_ms`,
+//!   `retry_max_ms`; `[modules.checkout.payment.breaker]`: `failures`, `open_ms`,
+//!   `probes`;
 //!   `[modules.checkout.watchdog]`: `order_deadline_secs` (an order pending longer is
 //!   reported), `every_secs`.
 //! - **Background**: the payment worker; the order watchdog.
@@ -60,9 +63,12 @@ struct Settings {
 
 fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
     let settings: Settings = parse_settings(raw)?;
-    settings
-        .validate()
-        .map_err(|e| runtime::flatten_validation_errors(&e))?;
+    let mut errors = match settings.validate() {
+        Ok(()) => FieldErrors::new(),
+        Err(e) => runtime::flatten_validation_errors(&e),
+    };
+    settings.payment.check(&mut errors);
+    errors.into_result()?;
     Ok(settings)
 }
 
@@ -89,6 +95,14 @@ impl Module for Checkout {
         <http::ApiDoc as utoipa::OpenApi>::openapi()
     }
 
+    fn migrations(&self) -> Vec<String> {
+        use migrations::MigratorTrait;
+        migrations::checkout::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         let settings =
             settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
@@ -100,7 +114,10 @@ impl Module for Checkout {
         let payments = Arc::new(Notify::new());
         let worker = use_cases::authorize_payments::PaymentWorker {
             state: state.clone(),
-            gateway: Arc::new(payment::SimulatedGateway::new(&settings.payment)),
+            gateway: settings.payment.gateway()?,
+            breaker: Arc::new(payment::breaker::Breaker::new(
+                settings.payment.breaker.clone(),
+            )),
             settings: settings.payment.clone(),
             wake: payments.clone(),
             poll: Duration::from_millis(250),
@@ -116,5 +133,73 @@ impl Module for Checkout {
             .handler(events::ShipmentProgress)
             .task(move |cancel| worker.run(cancel).boxed())
             .task(move |cancel| watchdog.run(cancel).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fields a settings table takes, as serde lists them when refusing an unknown one.
+    fn fields_of(raw: serde_json::Value) -> Vec<String> {
+        let message = match serde_json::from_value::<super::Settings>(raw) {
+            Ok(_) => panic!("an unknown field was taken"),
+            Err(e) => e.to_string(),
+        };
+        let expected = message
+            .split_once("expected one of ")
+            .or_else(|| message.split_once("expected "))
+            .unwrap_or_else(|| panic!("no list of fields in {message:?}"))
+            .1;
+        expected
+            .split([',', ' '])
+            .filter(|w| *w != "or")
+            .map(|f| {
+                f.trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_owned()
+            })
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+
+    /// Every key of `[modules.checkout]` has a row in the README's configuration reference.
+    #[test]
+    fn the_readme_documents_every_checkout_setting() {
+        let readme = include_str!("../../../README.md");
+        let tables = [
+            ("modules.checkout", serde_json::json!({"zz_unknown": 1})),
+            (
+                "modules.checkout.payment",
+                serde_json::json!({"payment": {"zz_unknown": 1}}),
+            ),
+            (
+                "modules.checkout.payment.breaker",
+                serde_json::json!({"payment": {"breaker": {"zz_unknown": 1}}}),
+            ),
+            (
+                "modules.checkout.watchdog",
+                serde_json::json!({"watchdog": {"zz_unknown": 1}}),
+            ),
+        ];
+        for (prefix, raw) in tables {
+            let fields = fields_of(raw);
+            assert!(!fields.is_empty(), "{prefix}");
+            for field in fields {
+                let key = format!("{prefix}.{field}");
+                let nested = tables_named(&key);
+                assert!(
+                    nested || readme.contains(&format!("| `{key}` |")),
+                    "README.md has no configuration row for {key}"
+                );
+            }
+        }
+    }
+
+    /// Keys that are tables of their own, checked field by field.
+    fn tables_named(key: &str) -> bool {
+        [
+            "modules.checkout.payment",
+            "modules.checkout.payment.breaker",
+            "modules.checkout.watchdog",
+        ]
+        .contains(&key)
     }
 }

@@ -47,6 +47,14 @@ impl Module for Fulfillment {
         <http::ApiDoc as utoipa::OpenApi>::openapi()
     }
 
+    fn migrations(&self) -> Vec<String> {
+        use migrations::MigratorTrait;
+        migrations::fulfillment::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
         // Counted after each dispatch commits; present at zero before the first one.
         metrics::describe_counter!(

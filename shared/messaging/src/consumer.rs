@@ -23,6 +23,7 @@ use sea_orm::{DatabaseTransaction, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::bus::{Acker, Delivery, DeliveryTag, Subscription};
@@ -505,6 +506,12 @@ impl Consumer {
 
     /// Handles events in one transaction: inbox keys, handlers, their events, then commit.
     async fn handle_in_one(&self, items: &[Ready]) -> Result<(), HandlerError> {
+        let envelopes: Vec<&Envelope> = items.iter().map(|i| &i.envelope).collect();
+        let span = crate::trace::consume_span(self.db.module(), &envelopes);
+        self.handle_in_one_traced(items).instrument(span).await
+    }
+
+    async fn handle_in_one_traced(&self, items: &[Ready]) -> Result<(), HandlerError> {
         let tx = self.db.begin().await?;
         let fresh = claim_inbox_keys(&tx, items).await?;
         self.faults.point("consumer.before_handler").await;

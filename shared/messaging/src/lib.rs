@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod progress;
 pub mod redis_bus;
 pub mod settings;
+pub mod trace;
 
 pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
@@ -25,4 +26,4 @@ pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
 pub use progress::Progress;
 pub use redis_bus::{RedisBus, RedisConfig};
-pub use settings::MessagingSettings;
+pub use settings::{MessagingSettings, backoff};

@@ -74,6 +74,7 @@ impl Outbox {
 
 pub(crate) async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
     let now = now_ms();
+    let events = crate::trace::published(events);
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         let mut rows = Vec::with_capacity(chunk.len());

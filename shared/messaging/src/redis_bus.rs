@@ -119,7 +119,7 @@ fn is_no_group(e: &redis::RedisError) -> bool {
 impl RedisBus {
     /// Trims a producer's streams now (it also happens every few seconds of publishing).
     pub async fn trim_now(&self, producer: &str) -> Result<(), BusError> {
-        self.inner.trim(producer).await.map_err(unavailable)
+        self.inner.trim(producer).await.map_err(unavailable("trim"))
     }
 
     pub async fn connect(config: RedisConfig, settings: MessagingSettings) -> anyhow::Result<Self> {
@@ -304,8 +304,18 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-fn unavailable(e: redis::RedisError) -> BusError {
-    BusError::Unavailable(format!("Redis: {e}"))
+/// Counts a failed Redis round trip, then says the bus is away.
+fn unavailable(op: &'static str) -> impl Fn(redis::RedisError) -> BusError {
+    move |e| {
+        count_error(op);
+        BusError::Unavailable(format!("Redis: {e}"))
+    }
+}
+
+/// `redis_errors_total{op}`: failed round trips to Redis, by what they were for (a fixed
+/// set of names).
+fn count_error(op: &'static str) {
+    metrics::counter!("redis_errors_total", "op" => op).increment(1);
 }
 
 #[async_trait]
@@ -318,7 +328,10 @@ impl EventBus for RedisBus {
         let inner = &self.inner;
         let producers: BTreeSet<&str> = batch.iter().map(|e| e.source.as_str()).collect();
         for producer in &producers {
-            inner.ensure_groups(producer).await.map_err(unavailable)?;
+            inner
+                .ensure_groups(producer)
+                .await
+                .map_err(unavailable("groups"))?;
         }
         let mut pipe = redis::pipe();
         for event in batch {
@@ -339,7 +352,10 @@ impl EventBus for RedisBus {
                 .arg(event.envelope.as_bytes());
         }
         let mut conn = inner.conn.clone();
-        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let ids: Vec<String> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable("publish"))?;
         if ids.len() != batch.len() {
             return Err(BusError::Unavailable(format!(
                 "Redis accepted {} of {} events",
@@ -362,6 +378,7 @@ impl EventBus for RedisBus {
                 let producer = producer.to_owned();
                 tokio::spawn(async move {
                     if let Err(e) = inner.trim(&producer).await {
+                        count_error("trim");
                         tracing::warn!(producer, error = %e, "trimming streams failed");
                     }
                 });
@@ -380,9 +397,14 @@ impl EventBus for RedisBus {
             .into_iter()
             .collect();
         for producer in &producers {
-            inner.ensure_groups(producer).await.map_err(unavailable)?;
+            inner
+                .ensure_groups(producer)
+                .await
+                .map_err(unavailable("groups"))?;
         }
-        let reader = reader_connection(&inner).await.map_err(unavailable)?;
+        let reader = reader_connection(&inner)
+            .await
+            .map_err(unavailable("connect"))?;
         let closed = CancellationToken::new();
         let state = Arc::new(SubState {
             token: format!(
@@ -433,7 +455,7 @@ impl EventBus for RedisBus {
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable("check"))?;
         Ok(())
     }
 }
@@ -781,6 +803,7 @@ impl SubState {
     /// now is sent again later, so nothing stays pending for them.
     async fn ack_foreign(&self, conn: &mut ConnectionManager, stream: &str, ids: Vec<String>) {
         if let Err(e) = ack_ids(conn, stream, self.group, &ids).await {
+            count_error("ack");
             tracing::warn!(module = self.group, error = %e, "acknowledging foreign entries failed; sending again later");
             let stream: Arc<str> = Arc::from(stream);
             self.flow()
@@ -887,6 +910,7 @@ async fn read(
             match maintain(&state, &producers, &mut watch).await {
                 Ok(()) => last_maintenance = Some(Instant::now()),
                 Err(e) => {
+                    count_error("leases");
                     tracing::warn!(module = group, error = %format!("{e:#}"), "keeping partition leases failed")
                 }
             }
@@ -897,6 +921,7 @@ async fn read(
         }
         state.expire(Instant::now());
         if let Err(e) = recover(&state, &types).await {
+            count_error("claim");
             tracing::warn!(module = group, error = %e, "claiming pending entries failed");
         }
         let free = state.free();
@@ -999,6 +1024,7 @@ async fn read(
                         let _ = inner.ensure_groups(producer).await;
                     }
                 } else {
+                    count_error("read");
                     tracing::warn!(module = group, error = %e, delay_ms = delay.as_millis() as u64, "reading streams failed; reconnecting");
                     if let Ok(Ok(fresh)) =
                         tokio::time::timeout(read_timeout, reader_connection(&inner)).await
@@ -1460,7 +1486,7 @@ impl Acker for RedisAcker {
                     .arg(&stream)
                     .query_async(&mut conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(unavailable("backlog"))?;
                 for group in groups {
                     let named = matches!(group.get("name"), Some(v) if redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(state.group));
                     if !named {
@@ -1513,7 +1539,7 @@ impl Acker for RedisAcker {
         for tag in tags {
             state.settle(tag);
         }
-        acked.map_err(unavailable)
+        acked.map_err(unavailable("ack"))
     }
 
     async fn retry(
@@ -1605,6 +1631,7 @@ impl Acker for RedisAcker {
                         // Redis is away: the entry stays pending, its key stays held.
                         failures += 1;
                         let delay = state.inner.settings.backoff(failures);
+                        count_error("retry");
                         tracing::warn!(module = state.group, error = %e, delay_ms = delay.as_millis() as u64, "re-claiming a retried entry failed; trying again");
                         tokio::select! {
                             _ = state.closed.cancelled() => return,

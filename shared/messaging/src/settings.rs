@@ -44,16 +44,20 @@ pub struct MessagingSettings {
 }
 
 impl MessagingSettings {
-    /// The delay before retry number `attempt` (1-based): exponential with full jitter,
-    /// capped, so a failing event never retries in a tight loop.
+    /// The delay before retry number `attempt` (1-based): see [`backoff`].
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(30);
-        let ceiling = self
-            .retry_base_ms
-            .saturating_mul(1_u64 << exponent)
-            .min(self.retry_max_ms);
-        Duration::from_millis(fastrand::u64(0..=ceiling))
+        backoff(self.retry_base_ms, self.retry_max_ms, attempt)
     }
+}
+
+/// The delay before retry number `attempt` (1-based): `base_ms` doubling with each attempt,
+/// capped at `max_ms`, with full jitter (a uniform draw between zero and that ceiling), so
+/// that many callers failing together do not retry together. The one retry schedule of the
+/// code base: the relay, the consumers, the buses and checkout's payment worker use it.
+pub fn backoff(base_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let ceiling = base_ms.saturating_mul(1_u64 << exponent).min(max_ms);
+    Duration::from_millis(fastrand::u64(0..=ceiling))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The command line every binary of this system shares (the monolith and each extracted
-//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`, `token`. A binary's
+//! service): `serve` (the default), `migrate`, `check-config`, `healthcheck`, `token`,
+//! `dead-letters` ([`crate::dead_letters_cli`]). A binary's
 //! `main` is one call to [`main`] with its name and its modules.
 
 use std::process::ExitCode;
@@ -40,6 +41,11 @@ enum Command {
         /// How long the token is valid: seconds, or a number followed by s, m, h or d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: std::time::Duration,
+    },
+    /// A module's dead letters, read and changed directly in its store.
+    DeadLetters {
+        #[command(subcommand)]
+        action: crate::dead_letters_cli::Action,
     },
 }
 
@@ -104,7 +110,18 @@ pub fn main(
             }
         };
     }
-    let subscriber = telemetry::subscriber(name.into(), &settings.telemetry.level, std::io::stdout);
+    let subscriber = match telemetry::subscriber_with_traces(
+        name.into(),
+        &settings.telemetry.level,
+        std::io::stdout,
+        &settings.telemetry.otlp_endpoint,
+    ) {
+        Ok(subscriber) => subscriber,
+        Err(e) => {
+            eprintln!("error: telemetry.otlp_endpoint: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = telemetry::init(subscriber) {
         eprintln!("error: cannot install the log subscriber: {e}");
         return ExitCode::FAILURE;
@@ -119,11 +136,13 @@ pub fn main(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(
+    let result = runtime.block_on(run(
         cli.command.unwrap_or(Command::Serve),
         settings,
         modules,
-    )) {
+    ));
+    telemetry::flush_traces();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, "{e:#}");
@@ -149,6 +168,9 @@ async fn run(
             host::migrate(&settings, &modules).await
         }
         Command::Healthcheck | Command::Token { .. } => Ok(()),
+        Command::DeadLetters { action } => {
+            crate::dead_letters_cli::run(action, &settings, &available).await
+        }
         Command::CheckConfig => {
             host::select_modules(&settings, &available)?;
             // The one place the binary prints to stdout: the command exists to show this.

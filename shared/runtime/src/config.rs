@@ -184,6 +184,10 @@ pub struct TelemetrySettings {
     /// A tracing filter such as `info` or `info,sqlx=warn`; `RUST_LOG` overrides it.
     #[validate(custom(function = "crate::validation::log_filter"))]
     pub level: String,
+    /// Where spans are exported over OTLP (HTTP/protobuf), the full URL such as
+    /// `http://collector:4318/v1/traces`; empty: nothing is exported.
+    #[validate(custom(function = "crate::validation::otlp_endpoint"))]
+    pub otlp_endpoint: String,
 }
 
 word_enum!(BusKind {
@@ -720,5 +724,52 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("config-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
+    }
+
+    /// Every key of `config/base.toml` (which must hold every key of these settings: none
+    /// has a default), and every secret, has a row in the README's configuration
+    /// reference, with its environment variable.
+    #[test]
+    fn the_readme_documents_every_key_with_its_environment_variable() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+        let base = std::fs::read_to_string(root.join("config/base.toml")).expect("base.toml");
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in base.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+            } else if let Some((key, _)) = line.split_once('=')
+                && !line.starts_with('#')
+            {
+                keys.push(format!("{section}.{}", key.trim()));
+            }
+        }
+        assert!(keys.len() > 30, "base.toml read: {keys:?}");
+        keys.extend(
+            [
+                "database.postgres.owner_password",
+                "database.postgres.role_passwords.<module>",
+                "bus.redis.password",
+                "operator.token",
+            ]
+            .map(str::to_owned),
+        );
+        for key in keys {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README.md has no configuration row for {key}"));
+            let variable = format!(
+                "APP__{}",
+                key.replace("<module>", "<MODULE>")
+                    .replace('.', "__")
+                    .to_uppercase()
+            );
+            assert!(
+                row.contains(&variable),
+                "{key}: the row names no {variable}"
+            );
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! HTTP requests, then stops the background work (each worker finishes the batch in
 //! hand), then the admin port (scrapes see the drain to its end), then closes the pools.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +100,38 @@ pub async fn migrate(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow
         })
         .await?;
         tracing::info!(module = module.name(), "schema up to date");
+    }
+    Ok(())
+}
+
+/// With `database.migrate_on_start` off, another step (`migrate`, a migration Job) brings
+/// the schemas up to date. Starting on a schema it has not finished would run new code on
+/// old tables, so the process refuses to start, naming the module and what is missing; the
+/// orchestrator starts it again until the migrations ran.
+async fn check_schema(module: &dyn Module, db: &ModuleDb) -> anyhow::Result<()> {
+    let name = module.name();
+    let applied: HashSet<String> =
+        match messaging::db::query(db.conn(), "SELECT version FROM seaql_migrations", vec![]).await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| r.try_get::<String>("", "version").ok())
+                .collect(),
+            // No tracking table (or none this role can read): nothing counts as applied.
+            Err(e) => {
+                tracing::warn!(module = name, error = %e, "reading the applied migrations failed");
+                HashSet::new()
+            }
+        };
+    let expected = module.migrations();
+    let missing: Vec<&String> = expected.iter().filter(|m| !applied.contains(*m)).collect();
+    if let Some(first) = missing.first() {
+        anyhow::bail!(
+            "{name}'s schema is not up to date: {} of its {} migrations not applied (the first: {first}); \
+             database.migrate_on_start is off, so run `migrate` before starting",
+            missing.len(),
+            expected.len()
+        );
     }
     Ok(())
 }
@@ -198,7 +230,11 @@ impl Application {
         }
         let mut dbs = Vec::new();
         for module in &modules {
-            dbs.push(db::connect_module(&settings.database, module.name()).await?);
+            let db = db::connect_module(&settings.database, module.name()).await?;
+            if !settings.database.migrate_on_start {
+                check_schema(module.as_ref(), &db).await?;
+            }
+            dbs.push(db);
         }
         let bus = match &hooks.bus {
             Some(bus) => bus.clone(),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+mod dead_letters_cli;
 pub mod host;
 pub mod http;
 pub mod module;

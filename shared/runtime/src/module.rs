@@ -30,6 +30,10 @@ pub trait Module: Send + Sync + 'static {
     /// the module's own schema.
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr>;
 
+    /// The names of the module's migrations, in order: what a schema brought up to date
+    /// by [`Module::migrate`] has recorded as applied.
+    fn migrations(&self) -> Vec<String>;
+
     /// Starts the module on its own database.
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule>;
 

@@ -129,6 +129,10 @@ fn describe() {
         "db_pool_max_connections",
         "The most connections a module's pool may open"
     );
+    describe_counter!(
+        "redis_errors_total",
+        "Round trips to Redis that failed, by what they were for (op)"
+    );
 }
 
 /// `GET /metrics`: the text exposition format.

@@ -99,6 +99,17 @@ pub(crate) fn log_filter(filter: &str) -> Result<(), ValidationError> {
         .map_err(|e| invalid("invalid_format", format!("is not a tracing filter: {e}")))
 }
 
+pub(crate) fn otlp_endpoint(url: &str) -> Result<(), ValidationError> {
+    if url.is_empty() || (url.starts_with("http://") && url.len() > "http://".len()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid_format",
+            "must be empty (no export) or an http:// URL such as http://collector:4318/v1/traces",
+        ))
+    }
+}
+
 pub(crate) fn redis_url(url: &str) -> Result<(), ValidationError> {
     let ok = (url.starts_with("redis://") || url.starts_with("rediss://")) && !url.contains('@');
     if ok {

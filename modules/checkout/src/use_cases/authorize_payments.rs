@@ -6,8 +6,15 @@
 //! idempotency key, and the outcome is recorded with the order's new status and events in
 //! one transaction (several outcomes per transaction under load). A crash between the call
 //! and the record lets the lease run out; the attempt is claimed again and the provider,
-//! given the same key, answers as before. Failed calls are retried with backoff; after
-//! `max_attempts` the payment counts as declined.
+//! given the same key, answers as before.
+//!
+//! A transient failure (no answer in `timeout_ms`, the provider unavailable) is retried
+//! on messaging's backoff, or later if the provider asked for later, and never declines
+//! the order by itself: an order is declined by the provider's answer or its refusal of
+//! the request, not by its outage. Transient failures count against the circuit breaker;
+//! while it is open nothing is claimed, so orders whose stock is held wait, pending, and
+//! proceed once it lets calls through again. The order watchdog reports orders that wait
+//! past their deadline.
 //!
 //! An outcome is recorded only if its attempt is still pending under the very claim that
 //! asked for it (the claim's lease end is its fence). An outcome that comes back after
@@ -36,11 +43,15 @@ use uuid::Uuid;
 use crate::State;
 use crate::db::queries;
 use crate::domain::{Order, OrderStatus, StatusReason};
-use crate::payment::{Authorization, AuthorizeRequest, PaymentGateway, PaymentSettings};
+use crate::payment::breaker::Breaker;
+use crate::payment::{
+    Authorization, AuthorizeRequest, GatewayError, PaymentGateway, PaymentSettings,
+};
 
 pub(crate) struct PaymentWorker {
     pub(crate) state: State,
     pub(crate) gateway: Arc<dyn PaymentGateway>,
+    pub(crate) breaker: Arc<Breaker>,
     pub(crate) settings: PaymentSettings,
     pub(crate) wake: Arc<Notify>,
     pub(crate) poll: Duration,
@@ -71,9 +82,18 @@ struct Charge {
 
 enum Called {
     Answered(Authorization),
-    Failed(String),
+    /// A transient failure: retried after the delay.
+    Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused the request itself: the payment counts as declined.
+    Refused(String),
     /// The order stopped waiting for its payment before the call: nothing was asked.
     NotNeeded,
+    /// The circuit breaker opened between the claim and the call: nothing was asked, and
+    /// the attempt is released as it was.
+    Held,
 }
 
 const RECORD_BATCH: usize = 200;
@@ -99,12 +119,16 @@ impl PaymentWorker {
             if !waiting.is_empty() {
                 this.record(waiting).await;
             }
-            let free = permits.available_permits();
+            // The bulkhead's free places, and no more calls than the breaker lets through.
+            let free = permits
+                .available_permits()
+                .min(this.breaker.admits())
+                .min(RECORD_BATCH);
             let mut full = false;
             if free > 0 {
-                match this.claim(free.min(RECORD_BATCH)).await {
+                match this.claim(free).await {
                     Ok(claimed) => {
-                        full = claimed.len() == free.min(RECORD_BATCH);
+                        full = claimed.len() == free;
                         for attempt in claimed {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
@@ -233,12 +257,28 @@ impl PaymentWorker {
             currency: charge.currency.clone(),
             token: charge.token.clone(),
         };
+        let Some(pass) = self.breaker.pass() else {
+            return Called::Held;
+        };
         let timeout = Duration::from_millis(self.settings.timeout_ms);
-        match tokio::time::timeout(timeout, self.gateway.authorize(&request)).await {
+        let called = match tokio::time::timeout(timeout, self.gateway.authorize(&request)).await {
             Ok(Ok(answer)) => Called::Answered(answer),
-            Ok(Err(e)) => Called::Failed(e.to_string()),
-            Err(_) => Called::Failed(format!("no answer within {} ms", timeout.as_millis())),
-        }
+            Ok(Err(GatewayError::Refused(reason))) => Called::Refused(reason),
+            Ok(Err(e @ GatewayError::Unavailable { .. })) => Called::Failed {
+                error: e.to_string(),
+                retry_after: match e {
+                    GatewayError::Unavailable { retry_after, .. } => retry_after,
+                    GatewayError::Refused(_) => None,
+                },
+            },
+            Err(_) => Called::Failed {
+                error: format!("no answer within {} ms", timeout.as_millis()),
+                retry_after: None,
+            },
+        };
+        self.breaker
+            .record(pass, !matches!(called, Called::Failed { .. }));
+        called
     }
 
     async fn record(&self, batch: Vec<(Claimed, Called)>) {
@@ -312,19 +352,19 @@ impl PaymentWorker {
                 Called::Answered(Authorization::Declined { reason }) => {
                     outcome.decline(order, attempt, reason)?;
                 }
-                Called::Failed(error) => {
-                    let attempts = attempt.attempts + 1;
-                    if attempts >= self.settings.max_attempts {
-                        tracing::error!(module = "checkout", order_id = %order.id, attempts, error, "the payment provider kept failing; the payment counts as declined");
-                        outcome.decline(order, attempt, error)?;
-                    } else {
-                        let delay = backoff(attempts);
-                        tracing::warn!(module = "checkout", order_id = %order.id, attempts, error, delay_ms = delay.as_millis() as u64, "the payment call failed; retrying");
-                        outcome
-                            .retries
-                            .push((attempt.id, attempts, delay, error.clone()));
-                    }
+                Called::Refused(reason) => {
+                    tracing::error!(module = "checkout", order_id = %order.id, reason, "the payment provider refused the request; the payment counts as declined");
+                    outcome.decline(order, attempt, reason)?;
                 }
+                Called::Failed { error, retry_after } => {
+                    let attempts = attempt.attempts + 1;
+                    let delay = self.settings.retry_delay(attempts, *retry_after);
+                    tracing::warn!(module = "checkout", order_id = %order.id, attempts, error, delay_ms = delay.as_millis() as u64, "the payment call failed; retrying");
+                    outcome
+                        .retries
+                        .push((attempt.id, attempts, delay, error.clone()));
+                }
+                Called::Held => outcome.held.push(attempt.id),
             }
         }
         queries::set_statuses(&tx, &outcome.confirmed, OrderStatus::Confirmed, None).await?;
@@ -336,6 +376,7 @@ impl PaymentWorker {
         )
         .await?;
         finish_many(&tx, &outcome.finished).await?;
+        release(&tx, &outcome.held).await?;
         for (id, attempts, delay, error) in outcome.retries {
             execute(
                 &tx,
@@ -379,6 +420,8 @@ struct Outcome {
     declined: Vec<Uuid>,
     finished: Vec<Finished>,
     retries: Vec<(Uuid, i32, Duration, String)>,
+    /// Attempts released untouched: claimable again at once.
+    held: Vec<Uuid>,
     events: Vec<Envelope>,
     voids: Vec<String>,
 }
@@ -435,6 +478,21 @@ async fn still_claimed(
     rows.iter()
         .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "locked_until")?)))
         .collect()
+}
+
+/// Releases claims without counting an attempt: the attempts are due again at once.
+async fn release(tx: &DatabaseTransaction, ids: &[Uuid]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE payment_attempts SET locked_until = 0 WHERE status = 'pending' AND id IN ({})",
+        placeholders(1, ids.len())
+    );
+    execute(tx, &sql, ids.iter().map(|id| Value::from(*id)).collect())
+        .await
+        .context("failed to release payment attempts")?;
+    Ok(())
 }
 
 /// A payment attempt's final state.
@@ -507,14 +565,6 @@ fn confirmed(order: &Order, cause: &Cause) -> anyhow::Result<Envelope> {
         },
         cause,
     )?)
-}
-
-/// Delay before retry `attempt` of a failed call: 100 ms doubling, full jitter, capped at
-/// 30 s.
-fn backoff(attempt: i32) -> Duration {
-    let exponent = (attempt.max(1) - 1).min(20) as u32;
-    let ceiling = (100_u64 << exponent).min(30_000);
-    Duration::from_millis(fastrand::u64(0..=ceiling))
 }
 
 #[cfg(test)]
@@ -699,6 +749,7 @@ mod tests {
             PaymentWorker {
                 state: self.state.clone(),
                 gateway,
+                breaker: Arc::new(Breaker::new(Default::default())),
                 settings: PaymentSettings {
                     timeout_ms: 200,
                     ..PaymentSettings::default()

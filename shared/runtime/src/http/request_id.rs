@@ -100,12 +100,8 @@ impl RootSpanBuilder for RootSpan {
         let route = request
             .match_pattern()
             .unwrap_or_else(|| "unmatched".into());
-        let trace_id = request
-            .extensions()
-            .get::<Traceparent>()
-            .map(Traceparent::trace_id_hex)
-            .unwrap_or_default();
-        tracing::info_span!(
+        let traceparent = request.extensions().get::<Traceparent>().copied();
+        let span = tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
             http.route = %route,
@@ -116,8 +112,13 @@ impl RootSpanBuilder for RootSpan {
             exception.details = tracing::field::Empty,
             module = %module_of(request.path()),
             request_id = %request_id,
-            trace_id = %trace_id,
-        )
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        if let Some(traceparent) = traceparent {
+            messaging::trace::adopt(&span, &traceparent);
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
