@@ -845,9 +845,15 @@ mod tests {
         let claimed = claim_of(&worker, order).await;
         let called = worker.call(&claimed).await;
         // The customer cancels while the provider approves.
-        crate::use_cases::cancel_order::cancel_order(&stage.state, &Cause::fresh(), order)
-            .await
-            .expect("cancel");
+        // (The stage placed its orders as the test kit's caller.)
+        crate::use_cases::cancel_order::cancel_order(
+            &stage.state,
+            &Cause::fresh(),
+            testkit::TESTER,
+            order,
+        )
+        .await
+        .expect("cancel");
         worker.record(vec![(claimed, called)]).await;
         assert_eq!(stage.attempt(order).await.0, "voided");
         assert_eq!(

@@ -533,6 +533,8 @@ async fn a_second_process_under_the_same_instance_name_takes_no_work_until_the_f
         inner: bus(Transport::Local, &dbs, "a").await,
         instance: "second".into(),
         seen: seen.clone(),
+        published: Default::default(),
+        retries: Default::default(),
     });
     let second = start_on(second_bus.clone(), &dbs, "a", Faults::for_tests(), true).await;
     first_bus.check().await.expect("the first process is ready");
@@ -568,7 +570,7 @@ async fn a_second_process_under_the_same_instance_name_takes_no_work_until_the_f
     second.stop().await;
 }
 
-fn lock_seen(seen: &Seen) -> Vec<(String, messaging::DeliveryTag, u32)> {
+fn lock_seen(seen: &Seen) -> Vec<(String, messaging::DeliveryTag, u32, std::time::Instant)> {
     seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
