@@ -121,9 +121,13 @@ fn note(state: &NameState, module: &str, instance: &str, held: anyhow::Result<bo
         }
         Err(e) => {
             // The lock's connection is gone (a database restart, say), and the lock with
-            // it: claim nothing until it is taken again.
-            state.owned.store(false, Ordering::Release);
-            tracing::warn!(module, instance, error = %format!("{e:#}"), "cannot hold the bus instance name; retrying");
+            // it: claim nothing until it is taken again. Said once per loss, not on every
+            // retry while the database is away.
+            if state.owned.swap(false, Ordering::AcqRel) {
+                tracing::warn!(module, instance, error = %format!("{e:#}"), "lost the bus instance name with its connection; retrying");
+            } else {
+                tracing::debug!(module, instance, error = %format!("{e:#}"), "cannot take the bus instance name yet; retrying");
+            }
         }
     }
 }
