@@ -281,7 +281,9 @@ pub(crate) fn extracted_service(no_build: bool) -> anyhow::Result<(tempfile::Tem
             force: false,
         },
     )?;
-    let scratch_target = target_dir().join("scratch");
+    // The workspace's own target folder: the scratch copy pins the same versions, so its
+    // release build reuses every dependency the app's release build already compiled.
+    let scratch_target = target_dir();
     let binary = scratch_target.join("release/fulfillment-service");
     if !no_build || !binary.is_file() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -205,15 +205,40 @@ async fn lock_path(db: &ModuleDb, instance: &str) -> anyhow::Result<Option<std::
     if file.is_empty() {
         return Ok(None);
     }
-    let name: String = instance
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = file_safe(instance);
     Ok(Some(format!("{file}.bus-{name}.lock").into()))
+}
+
+/// `instance` as a file-name part, one to one: letters, digits and `-` stay, every other
+/// byte becomes `_` and two hex digits, so `a.b` and `a_b` never share a lock file.
+fn file_safe(instance: &str) -> String {
+    let mut name = String::with_capacity(instance.len());
+    for byte in instance.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            name.push(char::from(byte));
+        } else {
+            name.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_safe;
+
+    #[test]
+    fn names_that_differ_get_lock_files_that_differ() {
+        let names = [
+            "a.b", "a_b", "a-b", "a/b", "a b", "ab", "a_2eb", "é", "host-1",
+        ];
+        let files: std::collections::HashSet<String> = names.iter().map(|n| file_safe(n)).collect();
+        assert_eq!(files.len(), names.len(), "{files:?}");
+        assert_eq!(file_safe("host-1"), "host-1");
+        assert_eq!(file_safe("a/b"), "a_2fb");
+        assert!(files.iter().all(|f| {
+            f.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }));
+    }
 }
