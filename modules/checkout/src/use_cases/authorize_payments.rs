@@ -102,23 +102,18 @@ impl PaymentWorker {
     pub(crate) async fn run(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.settings.max_concurrent));
-        let (results_tx, mut results_rx) =
+        let (results_tx, results_rx) =
             mpsc::channel::<(Claimed, Called)>(this.settings.max_concurrent * 2);
+        // Outcomes are recorded by a task of their own, while this loop claims and calls:
+        // claiming and recording each cost a few round trips, and done one after the other
+        // they bounded the worker to one batch per round, which a busy machine (every
+        // await queued behind the HTTP requests) slowed below the rate orders arrive at.
+        // An outcome waits for its record at most the channel's length; while the channel
+        // is full, calls cannot hand theirs over and keep their permit, so nothing more is
+        // claimed: outcomes never pile up until their lease runs out.
+        let recorder = tokio::spawn(this.clone().record_all(results_rx));
         let mut calls = JoinSet::new();
         loop {
-            // Outcomes already back are recorded before anything is claimed: an outcome
-            // left waiting while its lease runs out would have its attempt claimed and
-            // paid for again.
-            let mut waiting = Vec::new();
-            while waiting.len() < RECORD_BATCH {
-                match results_rx.recv().now_or_never() {
-                    Some(Some(r)) => waiting.push(r),
-                    _ => break,
-                }
-            }
-            if !waiting.is_empty() {
-                this.record(waiting).await;
-            }
             // The bulkhead's free places, and no more calls than the breaker lets through.
             let free = permits
                 .available_permits()
@@ -148,23 +143,18 @@ impl PaymentWorker {
                 }
             }
             while calls.try_join_next().is_some() {}
-            if full {
-                // More may be due: record what has come back (at the top), then claim again.
-                tokio::task::yield_now().await;
-                continue;
+            if full || permits.available_permits() == 0 {
+                // More may be due: claim again as soon as a place in the bulkhead is free.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    place = permits.acquire() => {
+                        drop(place);
+                        continue;
+                    }
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(first) = results_rx.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < RECORD_BATCH {
-                        match results_rx.recv().now_or_never() {
-                            Some(Some(r)) => batch.push(r),
-                            _ => break,
-                        }
-                    }
-                    this.record(batch).await;
-                }
                 _ = this.wake.notified() => {}
                 _ = tokio::time::sleep(this.poll) => {}
             }
@@ -174,13 +164,7 @@ impl PaymentWorker {
         drop(results_tx);
         let drain = async {
             while calls.join_next().await.is_some() {}
-            let mut batch = Vec::new();
-            while let Some(r) = results_rx.recv().await {
-                batch.push(r);
-            }
-            if !batch.is_empty() {
-                this.record(batch).await;
-            }
+            let _ = recorder.await;
         };
         let timeout = Duration::from_millis(this.settings.timeout_ms + 1000);
         if tokio::time::timeout(timeout, drain).await.is_err() {
@@ -188,6 +172,21 @@ impl PaymentWorker {
                 module = "checkout",
                 "payments in flight did not finish before shutdown; they will run again"
             );
+        }
+    }
+
+    /// Records outcomes as they come back, as many per transaction as are waiting (up to
+    /// [`RECORD_BATCH`]), until every call has handed its outcome over.
+    async fn record_all(self: Arc<Self>, mut results: mpsc::Receiver<(Claimed, Called)>) {
+        while let Some(first) = results.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match results.recv().now_or_never() {
+                    Some(Some(r)) => batch.push(r),
+                    _ => break,
+                }
+            }
+            self.record(batch).await;
         }
     }
 
@@ -199,10 +198,13 @@ impl PaymentWorker {
         let tx = self.state.db.begin().await.context("failed to begin")?;
         let rows = query(
             &tx,
-            "UPDATE payment_attempts SET locked_until = $1 WHERE id IN ( \
-               SELECT id FROM payment_attempts \
+            // Materialized, so the limit holds: PostgreSQL may run an `IN (SELECT ..)`
+            // sub-select more than once and lock and return more rows than it asked for.
+            "WITH due AS MATERIALIZED ( \
+               SELECT id AS due_id FROM payment_attempts \
                WHERE status = 'pending' AND next_attempt_at <= $2 AND locked_until < $2 \
                ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE payment_attempts SET locked_until = $1 FROM due WHERE id = due.due_id \
              RETURNING id, order_id, attempts, correlation_id, traceparent",
             vec![fence.into(), now.into(), (limit as i64).into()],
         )
