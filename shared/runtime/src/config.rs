@@ -281,8 +281,9 @@ pub struct AuthSettings {
     /// A JWK set file with the identity provider's public keys (RS256, Ed25519).
     /// Production needs this or `jwks_url`.
     pub jwks_file: Option<PathBuf>,
-    /// The identity provider's JWK set URL (`https://…/.well-known/jwks.json`), fetched at
-    /// start-up and cached: the alternative to `jwks_file`.
+    /// The identity provider's JWK set URL (`http://…/.well-known/jwks.json`; this build's
+    /// HTTP client has no TLS), fetched at start-up and cached: the alternative to
+    /// `jwks_file`.
     #[validate(custom(function = "crate::validation::jwks_url"))]
     pub jwks_url: Option<String>,
     /// How long the keys fetched from `jwks_url` are used before they are fetched again.
@@ -913,6 +914,11 @@ mod tests {
                 &["database.postgres.ssl_root_cert", "verify-full"],
             ),
             ("APP__AUTH__JWKS_URL", "ftp://idp/jwks", &["auth.jwks_url"]),
+            (
+                "APP__AUTH__JWKS_URL",
+                "https://idp.example.com/jwks.json",
+                &["auth.jwks_url", "https://", "auth.jwks_file"],
+            ),
             ("APP__MODULES__ENABLED", "Catalog", &["modules.enabled[0]"]),
             ("APP__SERVER__NO_SUCH_KEY", "1", &["no_such_key"]),
         ];

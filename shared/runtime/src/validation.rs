@@ -110,17 +110,25 @@ pub(crate) fn otlp_endpoint(url: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// The HTTP client of this build speaks plain HTTP only (as the payment provider's adapter
+/// does), so an `https://` key set URL is refused here rather than failing at its first
+/// fetch.
 pub(crate) fn jwks_url(url: &str) -> Result<(), ValidationError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
+    if url.starts_with("https://") {
+        return Err(invalid(
+            "unsupported",
+            "https:// is not supported by this build's HTTP client: serve the JWK set over \
+             http:// on a trusted network (a sidecar or an in-cluster mirror), or mount it as \
+             a file (auth.jwks_file)",
+        ));
+    }
+    let rest = url.strip_prefix("http://");
     if rest.is_some_and(|r| !r.is_empty() && !r.contains('@')) {
         Ok(())
     } else {
         Err(invalid(
             "invalid_format",
-            "must be the identity provider's JWK set URL, https:// (or http:// on a trusted \
-             network) without credentials",
+            "must be the identity provider's JWK set URL, http://host/path, without credentials",
         ))
     }
 }
