@@ -113,11 +113,30 @@ async fn stopping_drains_a_request_in_flight(backend: Backend) {
 
 /// On PostgreSQL each module connects as its own role, which can use its own schema and
 /// no other: a cross-module query fails with "permission denied", as it would after
-/// extraction. Module roles cannot change any schema either; only the owner migrates.
+/// extraction. Module roles cannot change any schema either; only the owner migrates. Nor
+/// can they use schema `public` or make temporary tables, which PostgreSQL allows every
+/// role by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_role_reaches_its_own_schema_only() {
     let app = monolith(Backend::Postgres).await;
     let settings = &app.settings.database;
+    // A table in `public` that every role could read were `public` open to it.
+    let owner = runtime::db::connect_postgres(
+        &settings.postgres,
+        &settings.postgres.owner_user,
+        None,
+        "public",
+        1,
+    )
+    .await
+    .expect("the owner connects");
+    owner
+        .execute_unprepared(
+            "CREATE TABLE public.reachable (id int); GRANT SELECT ON public.reachable TO PUBLIC",
+        )
+        .await
+        .expect("the owner creates a table in public");
+    owner.close().await.ok();
     let modules = ["catalog", "checkout", "fulfillment"];
     for own in modules {
         let conn = runtime::db::connect_module(settings, leak(own))
@@ -163,6 +182,45 @@ async fn a_module_role_reaches_its_own_schema_only() {
             .await
             .expect_err("a module role cannot change its schema");
         assert!(ddl.to_string().contains("permission denied"), "{ddl}");
+        // Nor anything PostgreSQL gives every role by default: schema `public` and
+        // temporary tables.
+        let rights = conn.conn().query_one_raw(sea_orm::Statement::from_string(
+            conn.backend(),
+            "SELECT has_schema_privilege('public', 'USAGE') AS usage, \
+                    has_schema_privilege('public', 'CREATE') AS create, \
+                    has_database_privilege(current_database(), 'TEMPORARY') AS temp",
+        ));
+        let rights = rights.await.expect("query").expect("a row");
+        for right in ["usage", "create", "temp"] {
+            assert!(
+                !rights.try_get::<bool>("", right).expect(right),
+                "{own} must not have {right} on public or the database"
+            );
+        }
+        for (sql, denied) in [
+            (
+                "CREATE TABLE public.intruder (id int)",
+                "permission denied for schema public",
+            ),
+            (
+                "SELECT count(*) FROM public.reachable",
+                "permission denied for schema public",
+            ),
+            (
+                "CREATE TEMP TABLE intruder (id int)",
+                "permission denied to create temporary tables",
+            ),
+        ] {
+            let error = conn
+                .conn()
+                .execute_unprepared(sql)
+                .await
+                .expect_err(&format!("{own} must not run: {sql}"));
+            assert!(
+                error.to_string().contains(denied),
+                "{own} running {sql}: {error}"
+            );
+        }
         conn.close().await.ok();
     }
 }
@@ -298,6 +356,31 @@ fn a_secret_never_reaches_the_logs() {
         "{all}"
     );
     assert!(all.contains("REDACTED"), "{all}");
+}
+
+/// A misspelt secret variable, or a secret's table given a single value, stops the binary
+/// naming the key; the value is not printed.
+#[test]
+fn a_misnamed_secret_variable_s_value_is_never_printed() {
+    let value = "hunter2-7e0c4b1d9a8f6e5d4c3b2a1908f7e6d5";
+    for (var, key) in [
+        ("APP__AUTH__HS256_SECRETT", "hs256_secrett"),
+        ("APP__DATABASE__POSTGRES__ROLE_PASSWORDS", "role_passwords"),
+        ("APP__BUS__REDIS", "redis"),
+    ] {
+        let output = binary(&[(var, value)])
+            .arg("check-config")
+            .output()
+            .expect("the binary runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{var} must fail: {all}");
+        assert!(all.contains(key), "{var}: {all:?} should name {key}");
+        assert!(!all.contains("hunter2"), "{var}: {all:?} shows the value");
+    }
 }
 
 /// The binary serves on SQLite with nothing installed; each log line of a request is JSON

@@ -3,7 +3,7 @@
 
 use contracts::Event;
 use contracts::catalog::ProductRepricedV1;
-use testkit::{Backend, json, on_both_backends};
+use testkit::{Backend, Spawn, eventually, json, on_both_backends};
 
 use crate::shop::Shop;
 
@@ -15,6 +15,7 @@ on_both_backends!(
     a_cancel_after_dispatch_is_refused,
     a_cancel_while_pending_stops_the_order_before_payment,
     an_idempotency_key_gives_back_the_same_order,
+    an_idempotency_key_expires_and_may_then_place_a_new_order,
     an_order_checkout_cannot_price_is_refused,
     an_invalid_order_names_every_bad_field,
     a_new_price_reaches_checkout_and_an_old_one_never_returns,
@@ -191,6 +192,54 @@ async fn an_idempotency_key_gives_back_the_same_order(backend: Backend) {
     shop.settled().await;
     assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 1);
     assert_eq!(shop.available("TEA-1").await, 4);
+}
+
+/// Past `modules.checkout.idempotency_retention_secs` the cleaner deletes a key (younger
+/// keys stay), and the customer's next request with it places a new order.
+async fn an_idempotency_key_expires_and_may_then_place_a_new_order(backend: Backend) {
+    let app = Spawn::new(backend, app::modules())
+        .configure(|s| {
+            s.messaging.cleanup_interval_secs = 1;
+            s.modules
+                .sections
+                .insert("checkout".into(), json!({"idempotency_retention_secs": 3}));
+        })
+        .start()
+        .await;
+    let shop = Shop::on(app);
+    shop.product("TEA-1", 450, 5).await;
+    let body = Shop::order_body(&[("TEA-1", 1)], "tok_visa");
+    let send = || {
+        let app = &shop.app;
+        let body = body.clone();
+        async move {
+            testkit::read(
+                app.client
+                    .post(app.url("/api/checkout/orders"))
+                    .header("Idempotency-Key", "order-43")
+                    .json(&body)
+                    .send()
+                    .await,
+            )
+            .await
+        }
+    };
+    let first = send().await;
+    first.expect_status(201);
+    let again = send().await;
+    again.expect_status(201);
+    assert_eq!(again.body["id"], first.body["id"], "a fresh key replays");
+    eventually(20, "the expired key is deleted", || async {
+        (shop.rows("checkout", "idempotency_keys", "1 = 1").await == 0).then_some(())
+    })
+    .await;
+    let later = send().await;
+    later.expect_status(201);
+    assert_ne!(later.body["id"], first.body["id"], "{}", later.text);
+    assert_eq!(later.header("idempotent-replayed"), None);
+    assert_eq!(shop.rows("checkout", "idempotency_keys", "1 = 1").await, 1);
+    shop.settled().await;
+    assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 2);
 }
 
 async fn an_order_checkout_cannot_price_is_refused(backend: Backend) {

@@ -9,5 +9,6 @@ mod hardening;
 mod journey;
 mod metrics;
 mod openapi;
+mod pg_passwords;
 mod shop;
 mod startup;

@@ -18,8 +18,10 @@
 //!   `retry_max_ms`; `[modules.checkout.payment.breaker]`: `failures`, `open_ms`,
 //!   `probes`;
 //!   `[modules.checkout.watchdog]`: `order_deadline_secs` (an order pending longer is
-//!   reported), `every_secs`.
-//! - **Background**: the payment worker; the order watchdog.
+//!   reported), `every_secs`; `idempotency_retention_secs` (how long an `Idempotency-Key`
+//!   is kept).
+//! - **Background**: the payment worker; the order watchdog; the cleaner deletes expired
+//!   idempotency keys.
 
 mod counters;
 mod db;
@@ -52,13 +54,27 @@ pub(crate) struct State {
     pub(crate) outbox: Outbox,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Validate)]
+#[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields, default)]
 struct Settings {
     #[validate(nested)]
     payment: payment::PaymentSettings,
     #[validate(nested)]
     watchdog: use_cases::watch_orders::WatchdogSettings,
+    /// How long a customer's `Idempotency-Key` answers with the order it placed; the cleaner
+    /// then deletes it and the key may place a new order.
+    #[validate(range(min = 1, max = 31536000))]
+    idempotency_retention_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            payment: Default::default(),
+            watchdog: Default::default(),
+            idempotency_retention_secs: 86400,
+        }
+    }
 }
 
 fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
@@ -123,6 +139,7 @@ impl Module for Checkout {
             poll: Duration::from_millis(250),
             lease_ms: settings.payment.lease_ms(),
         };
+        let retention = Duration::from_secs(settings.idempotency_retention_secs);
         let watchdog = use_cases::watch_orders::OrderWatchdog {
             db: state.db.clone(),
             settings: settings.watchdog.clone(),
@@ -132,7 +149,11 @@ impl Module for Checkout {
             .handler(events::StockOutcome { payments })
             .handler(events::ShipmentProgress)
             .task(move |cancel| worker.run(cancel).boxed())
-            .task(move |cancel| watchdog.run(cancel).boxed()))
+            .task(move |cancel| watchdog.run(cancel).boxed())
+            .prune(
+                "idempotency_keys",
+                Arc::new(move |db| use_cases::place_order::forget_keys(db, retention).boxed()),
+            ))
     }
 }
 

@@ -721,13 +721,36 @@ async fn delete_in_chunks(db: &ModuleDb, sql: &str, before: i64) -> Result<u64, 
     }
 }
 
-/// Cleans a module's tables every `cleanup_interval_secs` until cancelled.
-pub async fn run_cleaner(db: ModuleDb, settings: MessagingSettings, cancel: CancellationToken) {
+/// A module's own table that its cleaner prunes on every pass, beside the outbox and the
+/// inbox (checkout's idempotency keys): deletes what outlived its retention, returning how
+/// many rows went.
+pub type Prune =
+    Arc<dyn Fn(ModuleDb) -> futures::future::BoxFuture<'static, Result<u64, DbErr>> + Send + Sync>;
+
+/// Cleans a module's tables every `cleanup_interval_secs` until cancelled: the outbox and
+/// inbox, then each of the module's own `prunes` (named by their table).
+pub async fn run_cleaner(
+    db: ModuleDb,
+    settings: MessagingSettings,
+    prunes: Vec<(&'static str, Prune)>,
+    cancel: CancellationToken,
+) {
     let every = Duration::from_secs(settings.cleanup_interval_secs);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
+        }
+        for (table, prune) in &prunes {
+            match prune(db.clone()).await {
+                Ok(0) => {}
+                Ok(rows) => {
+                    tracing::info!(module = db.module(), table, rows, "expired rows deleted");
+                }
+                Err(e) => {
+                    tracing::warn!(module = db.module(), table, error = %e, "deleting expired rows failed")
+                }
+            }
         }
         match clean(&db, &settings).await {
             Ok((outbox, inbox)) if outbox + inbox > 0 => {

@@ -74,6 +74,8 @@ use crate::settings::MessagingSettings;
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
+    /// A Redis ACL user; `None`: the default user.
+    pub username: Option<String>,
     pub password: Option<String>,
     pub namespace: String,
     /// Partitions per producer stream; every process must use the same number.
@@ -150,10 +152,14 @@ fn client(config: &RedisConfig) -> anyhow::Result<redis::Client> {
         .as_str()
         .into_connection_info()
         .with_context(|| format!("{} is not a Redis URL", config.url))?;
-    if let Some(password) = &config.password {
-        let settings = info.redis_settings().clone().set_password(password.clone());
-        info = info.set_redis_settings(settings);
+    let mut settings = info.redis_settings().clone();
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username.clone());
     }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password.clone());
+    }
+    info = info.set_redis_settings(settings);
     redis::Client::open(info).context("invalid Redis settings")
 }
 
@@ -1648,6 +1654,60 @@ impl Acker for RedisAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Redis ACL user (made here on the local Redis with `ACL SETUSER`, deleted after)
+    /// logs in with its name and password; a wrong password is refused, and the error
+    /// shows neither password.
+    #[tokio::test]
+    async fn an_acl_user_logs_in_with_its_name_and_password() {
+        let url = "redis://127.0.0.1:6379/0";
+        let user = format!("shop_acl_{}", uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let admin = redis::Client::open(url).expect("client");
+        let mut admin = admin
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the local Redis answers");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("+@all")
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+        let config = |password: &str| RedisConfig {
+            url: url.into(),
+            username: Some(user.clone()),
+            password: Some(password.to_owned()),
+            namespace: "acl-test".into(),
+            partitions: 1,
+            instance: "acl-test".into(),
+        };
+        let whoami = async |config: RedisConfig| -> anyhow::Result<String> {
+            let mut conn = client(&config)?.get_multiplexed_async_connection().await?;
+            Ok(redis::cmd("ACL")
+                .arg("WHOAMI")
+                .query_async(&mut conn)
+                .await?)
+        };
+        let right = whoami(config(&password)).await;
+        let wrong = whoami(config("not-the-password")).await;
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut admin)
+            .await
+            .expect("ACL DELUSER");
+        assert_eq!(right.expect("the ACL user logs in"), user);
+        let wrong = format!("{:#}", wrong.expect_err("a wrong password is refused"));
+        assert!(
+            !wrong.contains("not-the-password") && !wrong.contains(&password),
+            "{wrong}"
+        );
+    }
 
     #[test]
     fn partitions_are_stable_and_spread() {

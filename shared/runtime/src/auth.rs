@@ -6,6 +6,11 @@
 //! JWKS file (`auth.jwks_file`); local development and tests may verify HS256 with a shared
 //! secret (`auth.hs256_secret`, or a fixed development secret when unset), which production
 //! refuses. The keys are decoded once, at start-up; a request costs one signature check.
+//! Instead of a file, the key set may come from the identity provider's URL
+//! (`auth.jwks_url`): fetched at start-up, used for `auth.jwks_max_age_secs`, then fetched
+//! again; a token naming a key id the set lacks (the provider rotated its keys) fetches it
+//! again at once, but no fetch follows another within `auth.jwks_refetch_secs`, so tokens
+//! with made-up key ids cannot make this process hammer the provider.
 //!
 //! Each route declares who may call it beside its path ([`RouteAccess::allow`]): a missing
 //! or invalid token is 401 with `WWW-Authenticate`, a valid token without the role is 403,
@@ -153,9 +158,100 @@ struct Key {
     validation: Validation,
 }
 
-/// Verifies bearer tokens with the keys configuration names, decoded once.
+/// Verifies bearer tokens with the keys configuration names, decoded once, and those of the
+/// key set URL, cached.
 pub struct Authenticator {
     keys: Vec<Key>,
+    remote: Option<RemoteKeys>,
+}
+
+/// The key set of `auth.jwks_url` and when it was fetched.
+struct RemoteKeys {
+    url: String,
+    max_age: Duration,
+    refetch: Duration,
+    client: reqwest::Client,
+    validation: Validation,
+    state: std::sync::Mutex<Fetched>,
+    /// One fetch at a time; the others wait for it and use what it brought.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+struct Fetched {
+    keys: std::sync::Arc<Vec<Key>>,
+    /// When the keys in hand were fetched.
+    at: Option<std::time::Instant>,
+    /// When a fetch was last tried, whether it worked or not.
+    tried: Option<std::time::Instant>,
+}
+
+impl RemoteKeys {
+    fn keys(&self) -> std::sync::Arc<Vec<Key>> {
+        self.lock().keys.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fetched> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a fetch may start now: none was tried within the refetch interval.
+    fn may_fetch(&self) -> bool {
+        self.lock()
+            .tried
+            .is_none_or(|t| t.elapsed() >= self.refetch)
+    }
+
+    fn is_stale(&self) -> bool {
+        self.lock().at.is_none_or(|t| t.elapsed() >= self.max_age)
+    }
+
+    /// Fetches the set again unless one was tried within the refetch interval. Keeps the
+    /// keys in hand when the fetch fails.
+    async fn refresh(&self) {
+        let _one = self.fetching.lock().await;
+        if !self.may_fetch() {
+            return;
+        }
+        self.lock().tried = Some(std::time::Instant::now());
+        match self.fetch().await {
+            Ok(keys) => {
+                let mut state = self.lock();
+                state.keys = std::sync::Arc::new(keys);
+                state.at = Some(std::time::Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = format!("{e:#}"), "fetching the JWK set failed; the keys in hand stay");
+            }
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<Vec<Key>> {
+        let reply = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("auth.jwks_url: cannot fetch {}", self.url))?;
+        let text = reply
+            .text()
+            .await
+            .with_context(|| format!("auth.jwks_url: cannot read {}", self.url))?;
+        let keys = usable_keys(&text, &format!("auth.jwks_url: {}", self.url))?;
+        Ok(keys
+            .into_iter()
+            .map(|(kid, algorithm, key)| {
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![algorithm];
+                Key {
+                    kid,
+                    algorithm,
+                    key,
+                    validation,
+                }
+            })
+            .collect())
+    }
 }
 
 impl Authenticator {
@@ -192,19 +288,72 @@ impl Authenticator {
                 validation: validation(Algorithm::HS256),
             });
         }
+        let remote = match &auth.jwks_url {
+            Some(url) => Some(RemoteKeys {
+                url: url.clone(),
+                max_age: Duration::from_secs(auth.jwks_max_age_secs),
+                refetch: Duration::from_secs(auth.jwks_refetch_secs),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .context("auth.jwks_url: no HTTP client")?,
+                validation: validation(Algorithm::RS256),
+                state: std::sync::Mutex::new(Fetched {
+                    keys: Default::default(),
+                    at: None,
+                    tried: None,
+                }),
+                fetching: tokio::sync::Mutex::new(()),
+            }),
+            None => None,
+        };
         anyhow::ensure!(
-            !keys.is_empty(),
-            "auth: no key to verify tokens with (set auth.jwks_file)"
+            !keys.is_empty() || remote.is_some(),
+            "auth: no key to verify tokens with (set auth.jwks_file or auth.jwks_url)"
         );
-        Ok(Authenticator { keys })
+        Ok(Authenticator { keys, remote })
     }
 
-    /// Verifies a token: signature, `exp`, `nbf`, `iss`, `aud`.
+    /// Fetches the key set of `auth.jwks_url`, if one is set: start-up refuses to go on
+    /// without usable keys.
+    pub async fn fetch_keys(&self) -> anyhow::Result<()> {
+        if let Some(remote) = &self.remote {
+            let keys = remote.fetch().await?;
+            let mut state = remote.lock();
+            state.keys = std::sync::Arc::new(keys);
+            state.at = Some(std::time::Instant::now());
+            state.tried = state.at;
+        }
+        Ok(())
+    }
+
+    /// Verifies a token, fetching the URL's key set again when it is older than its
+    /// maximum age, or when the token names a key id it lacks (at most once per refetch
+    /// interval).
+    pub async fn verify_fresh(&self, token: &str) -> Result<Caller, TokenError> {
+        let Some(remote) = &self.remote else {
+            return self.verify(token);
+        };
+        if remote.is_stale() && remote.may_fetch() {
+            remote.refresh().await;
+        }
+        match self.verify(token) {
+            Err(TokenError::UnknownKey) if remote.may_fetch() => {
+                remote.refresh().await;
+                self.verify(token)
+            }
+            verified => verified,
+        }
+    }
+
+    /// Verifies a token with the keys in hand: signature, `exp`, `nbf`, `iss`, `aud`.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let header = jsonwebtoken::decode_header(token)?;
+        let remote = self.remote.as_ref().map(|r| r.keys());
         let key = self
             .keys
             .iter()
+            .chain(remote.iter().flat_map(|keys| keys.iter()))
             .find(|k| {
                 k.algorithm == header.alg
                     && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
@@ -236,12 +385,19 @@ fn shared_secret(settings: &Settings) -> Option<String> {
     })
 }
 
+type UsableKey = (Option<String>, Algorithm, DecodingKey);
+
 /// The usable keys of a JWKS file: RSA keys (RS256) and Ed25519 keys (EdDSA).
-fn read_jwks(file: &Path) -> anyhow::Result<Vec<(Option<String>, Algorithm, DecodingKey)>> {
+fn read_jwks(file: &Path) -> anyhow::Result<Vec<UsableKey>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("auth.jwks_file: cannot read {}", file.display()))?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .with_context(|| format!("auth.jwks_file: {} is not a JWK set", file.display()))?;
+    usable_keys(&text, &format!("auth.jwks_file: {}", file.display()))
+}
+
+/// The usable keys of a JWK set's text; `source` names where it came from in errors.
+fn usable_keys(text: &str, source: &str) -> anyhow::Result<Vec<UsableKey>> {
+    let set: JwkSet =
+        serde_json::from_str(text).with_context(|| format!("{source} is not a JWK set"))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
@@ -256,17 +412,13 @@ fn read_jwks(file: &Path) -> anyhow::Result<Vec<(Option<String>, Algorithm, Deco
         };
         let key = DecodingKey::from_jwk(jwk).with_context(|| {
             format!(
-                "auth.jwks_file: key {:?} is not usable",
+                "{source}: key {:?} is not usable",
                 jwk.common.key_id.as_deref().unwrap_or("(no kid)")
             )
         })?;
         keys.push((jwk.common.key_id.clone(), algorithm, key));
     }
-    anyhow::ensure!(
-        !keys.is_empty(),
-        "auth.jwks_file: {} holds no RS256 or Ed25519 key",
-        file.display()
-    );
+    anyhow::ensure!(!keys.is_empty(), "{source} holds no RS256 or Ed25519 key");
     Ok(keys)
 }
 
@@ -317,7 +469,7 @@ async fn check(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    match authorize(access, req.request()) {
+    match authorize(access, req.request()).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.call(req).await
@@ -326,8 +478,8 @@ async fn check(
     }
 }
 
-fn authorize(access: Access, req: &HttpRequest) -> Result<Caller, ApiError> {
-    let Some(auth) = req.app_data::<web::Data<Authenticator>>() else {
+async fn authorize(access: Access, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
         return Err(ApiError::internal(anyhow::anyhow!(
             "a route asks for a role but the host installed no authenticator"
         )));
@@ -344,7 +496,7 @@ fn authorize(access: Access, req: &HttpRequest) -> Result<Caller, ApiError> {
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
         .unwrap_or("");
-    let caller = auth.verify(token).map_err(|e| {
+    let caller = auth.verify_fresh(token).await.map_err(|e| {
         tracing::info!(reason = %e, "bearer token refused");
         ApiError::invalid_token("the bearer token is invalid or expired")
     })?;
@@ -529,6 +681,174 @@ mod tests {
         assert!(!shared.contains(secret), "{shared}");
         let short = settings("local", &[("APP__AUTH__HS256_SECRET", "short")]).expect_err("x");
         assert!(short.contains("auth.hs256_secret"), "{short}");
+    }
+
+    /// A JWK set served over HTTP on 127.0.0.1 by a thread of the test, which counts the
+    /// fetches; `set` is what it serves now.
+    struct JwksServer {
+        url: String,
+        set: std::sync::Arc<std::sync::Mutex<String>>,
+        fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl JwksServer {
+        fn start(kids: &[&str]) -> JwksServer {
+            use std::io::{Read, Write};
+            use std::sync::atomic::Ordering;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.set_nonblocking(true).expect("non-blocking");
+            let url = format!(
+                "http://{}/.well-known/jwks.json",
+                listener.local_addr().expect("address")
+            );
+            let server = JwksServer {
+                url,
+                set: Default::default(),
+                fetches: Default::default(),
+                stop: Default::default(),
+            };
+            server.serve(kids);
+            let (set, fetches, stop) = (
+                server.set.clone(),
+                server.fetches.clone(),
+                server.stop.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).ok();
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let body = set.lock().expect("set").clone();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(reply.as_bytes()).ok();
+                }
+            });
+            server
+        }
+
+        /// Serves the test key under these key ids from now on.
+        fn serve(&self, kids: &[&str]) {
+            let keys: Vec<_> = kids
+                .iter()
+                .map(|kid| {
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                                       "x": TEST_ED25519_X, "use": "sig"})
+                })
+                .collect();
+            *self.set.lock().expect("set") = serde_json::json!({ "keys": keys }).to_string();
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for JwksServer {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Keys from `auth.jwks_url`: fetched at start-up and cached; a rotated key id fetches
+    /// the set again, at most once per refetch interval; past the maximum age the set is
+    /// fetched again and a key the provider dropped is refused.
+    #[tokio::test]
+    async fn keys_from_a_jwks_url_are_cached_and_fetched_again_on_rotation_and_age() {
+        let server = JwksServer::start(&["k1"]);
+        let s = settings(
+            "production",
+            &[
+                ("APP__AUTH__JWKS_URL", server.url.as_str()),
+                ("APP__AUTH__JWKS_MAX_AGE_SECS", "3"),
+                ("APP__AUTH__JWKS_REFETCH_SECS", "1"),
+            ],
+        )
+        .expect("loads");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        auth.fetch_keys()
+            .await
+            .expect("the set is fetched at start-up");
+        assert_eq!(server.fetches(), 1);
+        let good = claims(&s);
+        let token = |kid: &str| ed25519(&good, Some(kid));
+        for _ in 0..3 {
+            auth.verify_fresh(&token("k1")).await.expect("k1 is known");
+        }
+        assert_eq!(server.fetches(), 1, "the set is cached");
+
+        // The provider adds k2 and signs with it. Right after the last fetch, an unknown key
+        // id does not fetch again; once the refetch interval passed, it does, once.
+        server.serve(&["k1", "k2"]);
+        assert!(auth.verify_fresh(&token("k2")).await.is_err());
+        assert_eq!(server.fetches(), 1, "not within the refetch interval");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        auth.verify_fresh(&token("k2"))
+            .await
+            .expect("the rotated key is fetched");
+        assert_eq!(server.fetches(), 2);
+        for _ in 0..5 {
+            assert!(auth.verify_fresh(&token("k-made-up")).await.is_err());
+        }
+        assert_eq!(server.fetches(), 2, "made-up key ids fetch nothing more");
+        // The provider drops k1: the keys in hand keep it until they are fetched again.
+        server.serve(&["k2"]);
+        auth.verify_fresh(&token("k1"))
+            .await
+            .expect("k1 is still in hand until the set is fetched again");
+        assert_eq!(server.fetches(), 2);
+
+        // Past the maximum age the set is fetched again: k1 is gone.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(
+            auth.verify_fresh(&token("k1")).await.is_err(),
+            "k1 was dropped"
+        );
+        assert_eq!(server.fetches(), 3);
+        auth.verify_fresh(&token("k2")).await.expect("k2 stays");
+        assert_eq!(server.fetches(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_without_usable_keys_stops_start_up() {
+        let server = JwksServer::start(&[]);
+        let s = settings(
+            "production",
+            &[("APP__AUTH__JWKS_URL", server.url.as_str())],
+        )
+        .expect("loads");
+        let auth = Authenticator::from_settings(&s).expect("verifier");
+        let error = format!("{:#}", auth.fetch_keys().await.expect_err("no keys"));
+        assert!(
+            error.contains("auth.jwks_url") && error.contains("no RS256 or Ed25519 key"),
+            "{error}"
+        );
+        let both = settings(
+            "production",
+            &[
+                ("APP__AUTH__JWKS_URL", server.url.as_str()),
+                ("APP__AUTH__JWKS_FILE", "/etc/shop/jwks.json"),
+            ],
+        )
+        .expect_err("one source of keys");
+        assert!(both.contains("auth.jwks_url"), "{both}");
+        let bad = settings("local", &[("APP__AUTH__JWKS_URL", "ftp://idp/jwks")]).expect_err("x");
+        assert!(bad.contains("auth.jwks_url"), "{bad}");
     }
 
     #[test]

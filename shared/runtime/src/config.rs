@@ -13,8 +13,10 @@ use validator::Validate;
 
 use crate::validation::flatten_validation_errors;
 
-/// Keys that hold secrets: they may come from the environment only, never from a file.
-/// A prefix ending in `.` covers every key below it.
+/// Keys that hold secrets: they may come from the environment only, never from a file,
+/// and their values are taken verbatim (never parsed as a number or a boolean). A prefix
+/// ending in `.` covers every key below it. A module's own settings hold a secret when the
+/// key's last part is named like one (see [`is_secret_key`]).
 pub const SECRET_KEYS: &[&str] = &[
     "database.postgres.owner_password",
     "database.postgres.role_passwords.",
@@ -22,6 +24,24 @@ pub const SECRET_KEYS: &[&str] = &[
     "operator.token",
     "auth.hs256_secret",
 ];
+
+/// The last parts of a module's setting that make it a secret
+/// (`modules.checkout.payment.api_key`).
+const SECRET_NAMES: &[&str] = &["password", "secret", "token", "api_key"];
+
+/// Whether a dotted, lower-case key holds a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let listed = SECRET_KEYS.iter().any(|s| match s.strip_suffix('.') {
+        Some(table) => key == table || key.starts_with(s),
+        None => key == *s,
+    });
+    let module_secret = key.starts_with("modules.")
+        && key
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| SECRET_NAMES.iter().any(|n| last.ends_with(n)));
+    listed || module_secret
+}
 
 #[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
@@ -143,7 +163,12 @@ pub struct SqliteSettings {
 word_enum!(SslMode {
     Disable = "disable",
     Prefer = "prefer",
+    /// Encrypted, the server's certificate not checked.
     Require = "require",
+    /// Encrypted, the server's certificate checked against the CA (`ssl_root_cert`).
+    VerifyCa = "verify-ca",
+    /// As `verify-ca`, and the certificate must name `host`.
+    VerifyFull = "verify-full",
 });
 
 #[derive(Debug, Clone, Deserialize, Validate)]
@@ -176,6 +201,9 @@ pub struct PostgresSettings {
     #[validate(range(min = 0, max = 3600000))]
     pub statement_timeout_ms: u64,
     pub ssl_mode: SslMode,
+    /// The CA certificate (PEM) the server's certificate is checked against with
+    /// `verify-ca` and `verify-full`; unset, the well-known public CAs.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Validate)]
@@ -217,6 +245,9 @@ pub struct RedisSettings {
     /// `APP__BUS__REDIS__PASSWORD`.
     #[validate(custom(function = "crate::validation::redis_url"))]
     pub url: String,
+    /// The Redis ACL user to log in as; empty: the default user.
+    #[validate(length(max = 128))]
+    pub username: String,
     pub password: Option<SecretString>,
     /// Prefix of every key this system writes, so several deployments can share a server.
     #[validate(length(min = 1, max = 64))]
@@ -248,8 +279,20 @@ pub struct AuthSettings {
     #[validate(range(max = 300))]
     pub leeway_secs: u64,
     /// A JWK set file with the identity provider's public keys (RS256, Ed25519).
-    /// Required in production.
+    /// Production needs this or `jwks_url`.
     pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWK set URL (`http://…/.well-known/jwks.json`; this build's
+    /// HTTP client has no TLS), fetched at start-up and cached: the alternative to
+    /// `jwks_file`.
+    #[validate(custom(function = "crate::validation::jwks_url"))]
+    pub jwks_url: Option<String>,
+    /// How long the keys fetched from `jwks_url` are used before they are fetched again.
+    #[validate(range(min = 1, max = 86400))]
+    pub jwks_max_age_secs: u64,
+    /// The least time between two fetches of `jwks_url`: a token naming a key id the set
+    /// lacks fetches it again at once, but never sooner than this after the last fetch.
+    #[validate(range(min = 1, max = 3600))]
+    pub jwks_refetch_secs: u64,
     /// HS256 secret of local development and tests, from `APP__AUTH__HS256_SECRET` only;
     /// unset, they use a fixed development secret. Production refuses it.
     pub hs256_secret: Option<SecretString>,
@@ -304,8 +347,12 @@ pub enum ConfigError {
         env: String,
         file: String,
     },
+    #[error("environment variable {0} is not valid UTF-8")]
+    NotUnicode(String),
+    /// The config crate's own message, with every value that may be a secret replaced by
+    /// `[REDACTED]` (see [`redact`]).
     #[error("{0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     #[error("invalid settings: {0}")]
     Invalid(FieldErrors),
 }
@@ -348,23 +395,55 @@ impl Settings {
         }
         let env_file = sources.dir.join(format!("{}.toml", sources.environment));
 
+        let mut file_keys = std::collections::BTreeSet::new();
         for file in [&base, &env_file] {
-            reject_secrets_in_file(file)?;
+            file_keys.extend(reject_secrets_in_file(file)?);
         }
 
-        let env = config::Environment::with_prefix("APP")
+        // Secrets are taken verbatim: `007` stays `007` and `TRUE` stays `TRUE`. Every other
+        // key may be a number, a boolean or a list, parsed from its text.
+        let vars = match sources.env_vars {
+            Some(vars) => vars,
+            None => process_env_vars()?,
+        };
+        let mut secrets = HashMap::new();
+        let mut others = HashMap::new();
+        // Values never echoed in an error: secrets, and values of variables that name no key
+        // of the files (a misspelt secret's variable, a secret's table set to a string).
+        let mut sensitive = Vec::new();
+        for (var, value) in vars {
+            let Some(key) = env_key(&var) else {
+                continue;
+            };
+            if is_secret_key(&key) || !file_keys.contains(&key) {
+                sensitive.push(value.clone());
+            }
+            if is_secret_key(&key) {
+                secrets.insert(var, value);
+            } else {
+                others.insert(var, value);
+            }
+        }
+        let parsed = config::Environment::with_prefix("APP")
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("modules.enabled")
-            .source(sources.env_vars);
-        let raw = config::Config::builder()
+            .source(Some(others));
+        let verbatim = config::Environment::with_prefix("APP")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(secrets));
+        let loaded = config::Config::builder()
             .add_source(config::File::from(base.as_path()))
             .add_source(config::File::from(env_file.as_path()).required(false))
-            .add_source(env)
-            .build()?;
-        let mut settings: Settings = raw.try_deserialize()?;
+            .add_source(parsed)
+            .add_source(verbatim)
+            .build()
+            .and_then(|raw| raw.try_deserialize::<Settings>());
+        let mut settings =
+            loaded.map_err(|e| ConfigError::Load(redact(&e.to_string(), &sensitive)))?;
         settings.environment = sources.environment.to_owned();
         settings.check()?;
         Ok(settings)
@@ -416,6 +495,27 @@ impl Settings {
             }
         }
         self.check_auth(&mut errors);
+        let pg = &self.database.postgres;
+        if let Some(cert) = &pg.ssl_root_cert
+            && !matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull)
+        {
+            errors.add(
+                "database.postgres.ssl_root_cert",
+                "conflict",
+                format!(
+                    "{} is used with ssl_mode verify-ca or verify-full only (ssl_mode is {})",
+                    cert.display(),
+                    pg.ssl_mode
+                ),
+            );
+        }
+        if !self.bus.redis.username.is_empty() && self.bus.redis.password.is_none() {
+            errors.add(
+                "bus.redis.username",
+                "required",
+                "a Redis ACL user needs its password in APP__BUS__REDIS__PASSWORD",
+            );
+        }
         if let Some(token) = &self.operator.token
             && let Err(problem) = check_operator_token(secrecy::ExposeSecret::expose_secret(token))
         {
@@ -429,13 +529,28 @@ impl Settings {
     fn check_auth(&self, errors: &mut FieldErrors) {
         use secrecy::ExposeSecret;
         let auth = &self.auth;
+        if auth.jwks_file.is_some() && auth.jwks_url.is_some() {
+            errors.add(
+                "auth.jwks_url",
+                "conflict",
+                "set auth.jwks_file or auth.jwks_url, not both",
+            );
+        }
+        if auth.jwks_refetch_secs > auth.jwks_max_age_secs {
+            errors.add(
+                "auth.jwks_refetch_secs",
+                "conflict",
+                "must not exceed auth.jwks_max_age_secs",
+            );
+        }
         if self.environment == "production" {
-            if auth.jwks_file.is_none() {
+            if auth.jwks_file.is_none() && auth.jwks_url.is_none() {
                 errors.add(
                     "auth.jwks_file",
                     "required",
                     "production verifies tokens with the identity provider's public keys: \
-                     set APP__AUTH__JWKS_FILE to a JWK set file",
+                     set APP__AUTH__JWKS_FILE to a JWK set file or APP__AUTH__JWKS_URL to \
+                     the provider's JWK set URL",
                 );
             }
             if auth.hs256_secret.is_some() {
@@ -493,34 +608,79 @@ pub fn check_operator_token(token: &str) -> Result<(), String> {
     }
 }
 
-/// Refuses a file that sets a secret: secrets belong in the environment.
-fn reject_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
+/// The `APP__` variables of this process. A value that is not UTF-8 is refused naming the
+/// variable only (the config crate would print the value).
+fn process_env_vars() -> Result<HashMap<String, String>, ConfigError> {
+    let mut vars = HashMap::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        if env_key(&name).is_none() {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::NotUnicode(name.clone()))?;
+        vars.insert(name, value);
+    }
+    Ok(vars)
+}
+
+/// The dotted key an `APP__SECTION__KEY` variable sets, as the config crate reads it.
+fn env_key(var: &str) -> Option<String> {
+    let lower = var.to_lowercase();
+    lower
+        .strip_prefix("app__")
+        .map(|rest| rest.replace("__", "."))
+}
+
+/// Replaces each of `values` in an error message by `[REDACTED]`: quoted the way serde and
+/// the config crate quote values (`"v"`, `` `v` ``, also lower-cased, as a boolean is
+/// shown), and bare when it is long enough not to match ordinary words of the message.
+pub fn redact(message: &str, values: &[String]) -> String {
+    let mut values: Vec<&String> = values.iter().filter(|v| !v.is_empty()).collect();
+    // The longest first, so that a value holding another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_owned();
+    for value in values {
+        let lower = value.to_lowercase();
+        for form in [
+            format!("{value:?}"),
+            format!("`{value}`"),
+            format!("`{lower}`"),
+            format!("{:?}", value.trim()),
+        ] {
+            out = out.replace(&form, "[REDACTED]");
+        }
+        if value.trim().len() >= 4 {
+            out = out.replace(value.trim(), "[REDACTED]");
+        }
+    }
+    out
+}
+
+/// Refuses a file that sets a secret: secrets belong in the environment. Returns the keys
+/// the file sets.
+fn reject_secrets_in_file(file: &Path) -> Result<Vec<String>, ConfigError> {
     if !file.is_file() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let parsed = config::Config::builder()
         .add_source(config::File::from(file))
-        .build()?;
+        .build()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
     let mut keys = Vec::new();
     collect_keys("", &parsed.cache, &mut keys);
-    for key in keys {
-        let secret = SECRET_KEYS.iter().any(|s| {
-            if s.ends_with('.') {
-                key.starts_with(s)
-            } else {
-                key == *s
-            }
+    if let Some(key) = keys.iter().find(|key| is_secret_key(key)) {
+        let env = format!("APP__{}", key.replace('.', "__").to_uppercase());
+        return Err(ConfigError::SecretInFile {
+            key: key.clone(),
+            env,
+            file: file.display().to_string(),
         });
-        if secret {
-            let env = format!("APP__{}", key.replace('.', "__").to_uppercase());
-            return Err(ConfigError::SecretInFile {
-                key,
-                env,
-                file: file.display().to_string(),
-            });
-        }
     }
-    Ok(())
+    Ok(keys)
 }
 
 fn collect_keys(prefix: &str, value: &config::Value, out: &mut Vec<String>) {
@@ -622,6 +782,87 @@ mod tests {
         );
     }
 
+    /// A secret is the text it was given: the config crate would read `007` as the number 7,
+    /// `TRUE` as `true` and 40 digits as a float.
+    #[test]
+    fn secrets_are_taken_verbatim_while_other_keys_still_parse() {
+        let digits = "0123456789012345678901234567890123456789";
+        let settings = load(
+            "local",
+            &[
+                ("APP__DATABASE__POSTGRES__OWNER_PASSWORD", "007"),
+                ("APP__DATABASE__POSTGRES__ROLE_PASSWORDS__CATALOG", "TRUE"),
+                ("APP__BUS__REDIS__PASSWORD", "1e3"),
+                ("APP__AUTH__HS256_SECRET", digits),
+                ("APP__MODULES__CHECKOUT__PAYMENT__API_KEY", "0x10"),
+                ("APP__SERVER__PORT", "9191"),
+                ("APP__DATABASE__MIGRATE_ON_START", "FALSE"),
+                ("APP__MODULES__CHECKOUT__WATCHDOG__EVERY_SECS", "7"),
+            ],
+        )
+        .expect("loads");
+        let pg = &settings.database.postgres;
+        let secret = |s: Option<&SecretString>| s.map(|s| s.expose_secret().to_owned());
+        assert_eq!(secret(pg.owner_password.as_ref()).as_deref(), Some("007"));
+        assert_eq!(
+            secret(pg.role_passwords.get("catalog")).as_deref(),
+            Some("TRUE")
+        );
+        assert_eq!(
+            secret(settings.bus.redis.password.as_ref()).as_deref(),
+            Some("1e3")
+        );
+        assert_eq!(
+            secret(settings.auth.hs256_secret.as_ref()).as_deref(),
+            Some(digits)
+        );
+        let checkout = settings.modules.section("checkout");
+        assert_eq!(checkout["payment"]["api_key"], "0x10");
+        assert_eq!(settings.server.port, 9191);
+        assert!(!settings.database.migrate_on_start);
+        assert_eq!(checkout["watchdog"]["every_secs"], 7);
+    }
+
+    /// A misspelt secret variable, or a secret's table set to a single value, is refused
+    /// naming the key, never showing the value.
+    #[test]
+    fn a_misnamed_secret_variable_s_value_is_never_echoed() {
+        let value = "hunter2-0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a";
+        let cases: &[(&str, &str)] = &[
+            ("APP__AUTH__HS256_SECRETT", "hs256_secrett"),
+            ("APP__DATABASE__POSTGRES__ROLE_PASSWORDS", "role_passwords"),
+            (
+                "APP__DATABASE__POSTGRES__OWNER_PASSWORD__X",
+                "owner_password",
+            ),
+            ("APP__AUTH", "auth"),
+            ("APP__OPERATOR", "operator"),
+            ("APP__BUS__REDIS", "redis"),
+        ];
+        for (var, key) in cases {
+            for value in [value, "12345", "TRUE"] {
+                let text = message(load("local", &[(var, value)]));
+                assert!(text.contains(key), "{var}: {text:?} should name {key}");
+                assert!(
+                    !text.contains(value) && !text.contains(&value.to_lowercase()),
+                    "{var}: {text:?} shows the value"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_quoted_and_long_bare_values_only() {
+        let values = ["hunter2".to_owned(), "7".to_owned()];
+        assert_eq!(
+            redact(
+                "invalid type: string \"hunter2\" (hunter2), integer `7`, at 17:7",
+                &values
+            ),
+            "invalid type: string [REDACTED] ([REDACTED]), integer [REDACTED], at 17:7"
+        );
+    }
+
     /// Each row: the variable, its bad value, and what the message must name.
     #[test]
     fn bad_values_are_refused_naming_the_key() {
@@ -652,6 +893,32 @@ mod tests {
             ("APP__TELEMETRY__LEVEL", "info,[=", &["telemetry.level"]),
             ("APP__BUS__KIND", "kafka", &["bus.kind"]),
             ("APP__BUS__REDIS__URL", "http://x", &["bus.redis.url"]),
+            (
+                "APP__BUS__REDIS__URL",
+                "rediss://redis:6380/0",
+                &["bus.redis.url", "rediss://", "not supported"],
+            ),
+            (
+                "APP__BUS__REDIS__USERNAME",
+                "shop",
+                &["bus.redis.username", "APP__BUS__REDIS__PASSWORD"],
+            ),
+            (
+                "APP__DATABASE__POSTGRES__SSL_MODE",
+                "verify_full",
+                &["database.postgres.ssl_mode", "verify-full"],
+            ),
+            (
+                "APP__DATABASE__POSTGRES__SSL_ROOT_CERT",
+                "/etc/shop/pg-ca/ca.crt",
+                &["database.postgres.ssl_root_cert", "verify-full"],
+            ),
+            ("APP__AUTH__JWKS_URL", "ftp://idp/jwks", &["auth.jwks_url"]),
+            (
+                "APP__AUTH__JWKS_URL",
+                "https://idp.example.com/jwks.json",
+                &["auth.jwks_url", "https://", "auth.jwks_file"],
+            ),
             ("APP__MODULES__ENABLED", "Catalog", &["modules.enabled[0]"]),
             ("APP__SERVER__NO_SUCH_KEY", "1", &["no_such_key"]),
         ];

@@ -117,7 +117,10 @@ pub async fn connect_postgres(
         SslMode::Disable => PgSslMode::Disable,
         SslMode::Prefer => PgSslMode::Prefer,
         SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
     };
+    let root_cert = settings.ssl_root_cert.clone();
     options
         .max_connections(max_connections)
         .min_connections(0)
@@ -138,6 +141,10 @@ pub async fn connect_postgres(
                     ("search_path", schema.clone()),
                     ("statement_timeout", statement_timeout.to_string()),
                 ]);
+            let o = match &root_cert {
+                Some(cert) => o.ssl_root_cert(cert),
+                None => o,
+            };
             match &password {
                 Some(p) => o.password(p),
                 None => o,
@@ -217,9 +224,11 @@ where
             )
             .await?;
             if let Some(password) = pg.role_passwords.get(module) {
-                let literal = quote_literal(password.expose_secret());
-                exec(owner, &format!("ALTER ROLE {role} PASSWORD {literal}")).await?;
+                exec(owner, &set_password_statement(&role_name, password.expose_secret())).await?;
             }
+        }
+        if pg.provision_roles {
+            exec(owner, REVOKE_PUBLIC_DEFAULTS).await?;
         }
         exec(owner, &format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")).await?;
         exec(owner, &format!("GRANT USAGE ON SCHEMA {schema} TO {role}")).await?;
@@ -260,6 +269,38 @@ where
     result.with_context(|| format!("failed to prepare schema {module} for role {role_name}"))
 }
 
+/// Takes from PUBLIC, in this database only, what PostgreSQL gives every role by default:
+/// `USAGE` and `CREATE` on schema `public` and `TEMPORARY` on the database, so that a module
+/// role reaches its own schema and nothing else. A right granted to PUBLIC cannot be
+/// revoked from one role (each role holds it through PUBLIC), hence PUBLIC; the database is
+/// the system's own, and the owner role keeps its rights as owner. Only when the rights are
+/// still there (a REVOKE takes a row lock that concurrent starts would fight over), under a
+/// lock of its own.
+const REVOKE_PUBLIC_DEFAULTS: &str = "BEGIN; \
+    SELECT pg_advisory_xact_lock(hashtext('shop.migrate.public')); \
+    DO $$ BEGIN \
+      IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public') \
+         AND (has_schema_privilege('public', 'public', 'USAGE') \
+              OR has_schema_privilege('public', 'public', 'CREATE')) THEN \
+        REVOKE ALL ON SCHEMA public FROM PUBLIC; \
+      END IF; \
+      IF has_database_privilege('public', current_database(), 'TEMPORARY') THEN \
+        EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); \
+      END IF; \
+    END $$; \
+    COMMIT";
+
+/// `ALTER ROLE … PASSWORD` with a SCRAM-SHA-256 verifier computed here: the statement, which
+/// the server may log (`log_statement`, or the `STATEMENT:` line of an error), never holds
+/// the plaintext.
+pub fn set_password_statement(role: &str, password: &str) -> String {
+    format!(
+        "ALTER ROLE {} PASSWORD {}",
+        quote_ident(role),
+        quote_literal(&crate::scram::verifier(password))
+    )
+}
+
 async fn exec(conn: &DatabaseConnection, sql: &str) -> Result<(), DbErr> {
     conn.execute_unprepared(sql).await.map(|_| ())
 }
@@ -270,4 +311,101 @@ fn quote_ident(name: &str) -> String {
 
 fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::config::Sources;
+
+    /// The machine's PostgreSQL (127.0.0.1:5432) serves TLS with Debian's self-signed
+    /// "snakeoil" certificate, made for the name `localhost`.
+    const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+    fn postgres(host: &str, mode: SslMode, root: Option<PathBuf>) -> PostgresSettings {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let settings = crate::Settings::load(Sources {
+            dir: &dir,
+            environment: "test",
+            env_vars: Some(Default::default()),
+        })
+        .expect("the test settings load");
+        let mut pg = settings.database.postgres;
+        pg.host = host.into();
+        pg.port = 5432;
+        pg.database = "postgres".into();
+        pg.ssl_mode = mode;
+        pg.ssl_root_cert = root;
+        pg
+    }
+
+    async fn encrypted(pg: &PostgresSettings) -> Result<bool, DbErr> {
+        let conn = connect_postgres(pg, "postgres", None, "public", 1).await?;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ))
+            .await?
+            .ok_or_else(|| DbErr::Custom("no row".into()))?;
+        let ssl = row.try_get::<bool>("", "ssl")?;
+        conn.close().await.ok();
+        Ok(ssl)
+    }
+
+    /// `verify-full` connects only to a server whose certificate the CA file vouches for
+    /// and that names the host; `verify-ca` checks the CA but not the name.
+    #[tokio::test]
+    async fn verify_full_checks_the_server_certificate_against_the_ca_file_and_the_host() {
+        let snakeoil = Some(PathBuf::from(SNAKEOIL));
+        let full = postgres("localhost", SslMode::VerifyFull, snakeoil.clone());
+        assert!(
+            encrypted(&full)
+                .await
+                .expect("the certificate names localhost"),
+            "the connection is encrypted"
+        );
+        let by_address = postgres("127.0.0.1", SslMode::VerifyFull, snakeoil.clone());
+        encrypted(&by_address)
+            .await
+            .expect_err("the certificate does not name 127.0.0.1");
+        let ca_only = postgres("127.0.0.1", SslMode::VerifyCa, snakeoil);
+        assert!(
+            encrypted(&ca_only)
+                .await
+                .expect("verify-ca ignores the name")
+        );
+
+        // Another CA, even one for the same name, is not trusted.
+        let dir = tempfile::tempdir().expect("dir");
+        let other = dir.path().join("other-ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(&other)
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "{made:?}");
+        let untrusted = postgres("localhost", SslMode::VerifyFull, Some(other));
+        encrypted(&untrusted)
+            .await
+            .expect_err("a server the CA file does not vouch for is refused");
+    }
+
+    #[test]
+    fn setting_a_password_sends_a_verifier_not_the_plaintext() {
+        let statement = set_password_statement("shop_catalog", "pa'ss-W0rd-plain");
+        assert!(
+            statement.starts_with("ALTER ROLE \"shop_catalog\" PASSWORD 'SCRAM-SHA-256$4096:"),
+            "{statement}"
+        );
+        assert!(
+            !statement.contains("pa'ss") && !statement.contains("W0rd"),
+            "{statement}"
+        );
+    }
 }

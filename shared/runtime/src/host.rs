@@ -150,7 +150,11 @@ pub struct Application {
 enum Worker {
     Relay(Relay),
     Consumer(Consumer, Subscription),
-    Cleaner(ModuleDb, messaging::MessagingSettings),
+    Cleaner(
+        ModuleDb,
+        messaging::MessagingSettings,
+        Vec<(&'static str, messaging::consumer::Prune)>,
+    ),
     Task(&'static str, BackgroundTask),
     Sampler(Vec<ModuleDb>, PrometheusHandle),
 }
@@ -175,6 +179,7 @@ async fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc
             let redis = &settings.bus.redis;
             let config = RedisConfig {
                 url: redis.url.clone(),
+                username: Some(redis.username.clone()).filter(|u| !u.is_empty()),
                 password: redis
                     .password
                     .as_ref()
@@ -224,6 +229,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let modules = select_modules(&settings, available)?;
         let authenticator = Authenticator::from_settings(&settings)?;
+        authenticator.fetch_keys().await?;
         let metrics = prometheus::install()?;
         if settings.database.migrate_on_start {
             migrate(&settings, &modules).await?;
@@ -293,7 +299,11 @@ impl Application {
                 probes.push(Arc::new(probes::ConsumerProbe(consumer.progress.clone())));
                 workers.push(Worker::Consumer(consumer, subscription));
             }
-            workers.push(Worker::Cleaner(db.clone(), settings.messaging.clone()));
+            workers.push(Worker::Cleaner(
+                db.clone(),
+                settings.messaging.clone(),
+                std::mem::take(&mut parts.prunes),
+            ));
             for task in std::mem::take(&mut parts.tasks) {
                 workers.push(Worker::Task(name, task));
             }
@@ -390,8 +400,10 @@ impl Application {
                     let span = tracing::info_span!("consumer", module = consumer.db.module());
                     tasks.spawn(consumer.run(subscription, token).instrument(span));
                 }
-                Worker::Cleaner(db, settings) => {
-                    tasks.spawn(messaging::consumer::run_cleaner(db, settings, token));
+                Worker::Cleaner(db, settings, prunes) => {
+                    tasks.spawn(messaging::consumer::run_cleaner(
+                        db, settings, prunes, token,
+                    ));
                 }
                 Worker::Task(module, task) => {
                     let span = tracing::info_span!("task", module);

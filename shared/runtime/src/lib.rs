@@ -14,6 +14,7 @@ pub mod module;
 pub mod openapi;
 pub mod probes;
 pub mod prometheus;
+pub mod scram;
 pub mod telemetry;
 mod validation;
 

@@ -8,6 +8,7 @@ use actix_web::web;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use kernel::FieldErrors;
+use messaging::consumer::Prune;
 use messaging::{Handler, Outbox};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,9 @@ pub struct StartedModule {
     /// module's rows of `contracts::SUBSCRIPTIONS`.
     pub handlers: Vec<Arc<dyn Handler>>,
     pub tasks: Vec<BackgroundTask>,
+    /// The module's own tables its cleaner prunes beside the outbox and inbox, every
+    /// `messaging.cleanup_interval_secs`.
+    pub prunes: Vec<(&'static str, Prune)>,
 }
 
 impl StartedModule {
@@ -73,11 +77,18 @@ impl StartedModule {
             routes: Arc::new(routes),
             handlers: Vec::new(),
             tasks: Vec::new(),
+            prunes: Vec::new(),
         }
     }
 
     pub fn handler(mut self, handler: impl Handler) -> Self {
         self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// Deletes a table's expired rows on every pass of the module's cleaner.
+    pub fn prune(mut self, table: &'static str, prune: Prune) -> Self {
+        self.prunes.push((table, prune));
         self
     }
 

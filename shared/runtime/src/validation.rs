@@ -110,14 +110,43 @@ pub(crate) fn otlp_endpoint(url: &str) -> Result<(), ValidationError> {
     }
 }
 
-pub(crate) fn redis_url(url: &str) -> Result<(), ValidationError> {
-    let ok = (url.starts_with("redis://") || url.starts_with("rediss://")) && !url.contains('@');
-    if ok {
+/// The HTTP client of this build speaks plain HTTP only (as the payment provider's adapter
+/// does), so an `https://` key set URL is refused here rather than failing at its first
+/// fetch.
+pub(crate) fn jwks_url(url: &str) -> Result<(), ValidationError> {
+    if url.starts_with("https://") {
+        return Err(invalid(
+            "unsupported",
+            "https:// is not supported by this build's HTTP client: serve the JWK set over \
+             http:// on a trusted network (a sidecar or an in-cluster mirror), or mount it as \
+             a file (auth.jwks_file)",
+        ));
+    }
+    let rest = url.strip_prefix("http://");
+    if rest.is_some_and(|r| !r.is_empty() && !r.contains('@')) {
         Ok(())
     } else {
         Err(invalid(
             "invalid_format",
-            "must be redis://host:port/db without credentials (the password goes in APP__BUS__REDIS__PASSWORD)",
+            "must be the identity provider's JWK set URL, http://host/path, without credentials",
+        ))
+    }
+}
+
+pub(crate) fn redis_url(url: &str) -> Result<(), ValidationError> {
+    let ok = url.starts_with("redis://") && !url.contains('@');
+    if url.starts_with("rediss://") {
+        Err(invalid(
+            "unsupported",
+            "rediss:// (TLS) is not supported by this build: reach Redis over redis:// on a \
+             private network, or through a TLS tunnel (a sidecar) listening on localhost",
+        ))
+    } else if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid_format",
+            "must be redis://host:port/db without credentials (the user goes in bus.redis.username, the password in APP__BUS__REDIS__PASSWORD)",
         ))
     }
 }

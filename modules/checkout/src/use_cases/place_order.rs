@@ -80,6 +80,22 @@ async fn prices(state: &State, skus: &[&str]) -> anyhow::Result<HashMap<String, 
         .collect()
 }
 
+/// Deletes the idempotency keys older than `retention` (the module's cleaner calls this on
+/// each pass): their customers may use them again for new orders.
+pub(crate) async fn forget_keys(
+    db: messaging::db::ModuleDb,
+    retention: std::time::Duration,
+) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let before =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let deleted = idempotency_keys::Entity::delete_many()
+        .filter(idempotency_keys::Column::CreatedAt.lt(before))
+        .exec(db.conn())
+        .await?;
+    Ok(deleted.rows_affected)
+}
+
 async fn replay(
     state: &State,
     customer: &str,

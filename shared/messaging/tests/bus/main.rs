@@ -212,6 +212,7 @@ pub(crate) async fn bus_configured(
         Transport::Redis => {
             let config = RedisConfig {
                 url: REDIS.into(),
+                username: None,
                 password: None,
                 namespace: dbs.namespace.clone(),
                 partitions: 4,

@@ -12,6 +12,7 @@ pub(crate) async fn redis_bus(dbs: &Dbs, url: &str, instance: &str) -> RedisBus 
     RedisBus::connect(
         RedisConfig {
             url: url.into(),
+            username: None,
             password: None,
             namespace: dbs.namespace.clone(),
             partitions: 4,
@@ -242,6 +243,7 @@ async fn a_redis_restart_loses_and_repeats_nothing() {
         RedisBus::connect(
             RedisConfig {
                 url: redis.url(),
+                username: None,
                 password: None,
                 namespace: dbs.namespace.clone(),
                 partitions: 4,
