@@ -731,19 +731,6 @@ async fn races(ctx: &Ctx, d: &mut Deployment, report: &mut RunReport) -> anyhow:
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_p99_counts_as_unmoved_within_double_or_fifty_milliseconds() {
-        assert!(unmoved(10.0, 55.0));
-        assert!(unmoved(100.0, 200.0));
-        assert!(!unmoved(10.0, 70.0));
-        assert!(!unmoved(100.0, 2000.0));
-    }
-}
-
 /// The sum of the series of `name` whose labels include `label` (`to="open"`), from a
 /// node's `/metrics`.
 async fn metric(
@@ -939,4 +926,17 @@ async fn payment_outage(
         ),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_p99_counts_as_unmoved_within_double_or_fifty_milliseconds() {
+        assert!(unmoved(10.0, 55.0));
+        assert!(unmoved(100.0, 200.0));
+        assert!(!unmoved(10.0, 70.0));
+        assert!(!unmoved(100.0, 2000.0));
+    }
 }
