@@ -253,7 +253,10 @@ fn bad_settings_stop_the_binary_with_the_key_named() {
         (
             &[
                 ("APP__MODULES__CHECKOUT__PAYMENT__PROVIDER", "http"),
-                ("APP__MODULES__CHECKOUT__PAYMENT__URL", "https://pay.example"),
+                (
+                    "APP__MODULES__CHECKOUT__PAYMENT__URL",
+                    "https://pay.example",
+                ),
             ],
             &["payment.url", "http://", "proxy"],
         ),
