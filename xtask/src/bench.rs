@@ -169,6 +169,27 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         writeln!(out, "{json}")?;
     }
+    drop(out);
+    let mut next = Vec::new();
+    if args.debug {
+        next.push(
+            "these were debug binaries (a smoke test of the bench): measure without --debug"
+                .to_owned(),
+        );
+    }
+    next.push(format!(
+        "keep the figures: {}; BENCHMARKS.md records them with the command that made them",
+        match &args.json {
+            Some(path) => format!("the JSON report is in {}", path.display()),
+            None => "--json PATH writes the report to a file".to_owned(),
+        }
+    ));
+    next.push(
+        "measure a change side by side with the build before it: cargo xtask bench \
+         --targets pg,pg=/path/to/the/older/app"
+            .to_owned(),
+    );
+    crate::progress::next(&next);
     Ok(())
 }
 
@@ -676,6 +697,10 @@ async fn seed(args: &BenchArgs, target: &Running) -> anyhow::Result<()> {
                 outcome.first_error.unwrap_or_default()
             );
             placed += outcome.latencies_us.len();
+            log(&format!(
+                "{}: {placed}/{} past orders placed",
+                target.name, args.past_orders
+            ));
         }
         drain(args, target, stores).await?;
     }

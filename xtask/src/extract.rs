@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::boundaries;
+use crate::progress::Steps;
 use crate::templates;
 
 #[derive(clap::Args, Debug)]
@@ -294,6 +295,8 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
     let layout = Layout::read(root)?;
     let module = args.module.as_str();
     layout.check_known(module)?;
+    let mut steps = Steps::new("extract", 4);
+    steps.step(format!("checking that {module} keeps to its boundaries"));
     let violations = boundaries::check_module(root, module)?;
     if !violations.is_empty() {
         for v in &violations {
@@ -304,6 +307,7 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
             violations.len()
         );
     }
+    steps.detail("no violation");
     let ty = module_type(root, module)?;
     let mut extracted = currently_extracted(&layout);
     if !extracted.iter().any(|m| m == module) {
@@ -312,7 +316,7 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
     extracted.sort();
     let index = layout.modules.iter().position(|m| m == module).unwrap_or(0);
     let service = templates::Service::new(root, module, &ty, 8081 + index as u16)?;
-    let mut changes: Vec<Change> = service
+    let files: Vec<Change> = service
         .files()?
         .into_iter()
         .map(|(path, content)| Change::Write {
@@ -320,15 +324,30 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
             content,
         })
         .collect();
-    changes.extend(monolith_edits(&layout, &extracted)?);
-    let changed = apply(root, &changes, args.dry_run)?;
+    steps.step(format!(
+        "generating services/{module}/ ({} files)",
+        files.len()
+    ));
+    let generated = apply(root, &files, args.dry_run)?;
+    steps.detail(format!("{generated} of {} new or changed", files.len()));
+    let edits = monolith_edits(&layout, &extracted)?;
+    steps.step(format!(
+        "switching the monolith off {module} and onto the Redis bus ({} files)",
+        edits.len()
+    ));
+    let edited = apply(root, &edits, args.dry_run)?;
+    steps.detail(format!("{edited} of {} changed", edits.len()));
+    let changed = generated + edited;
     if args.dry_run {
+        steps.step("Cargo.lock: left as it is (dry run)");
         eprintln!("\ndry run: {changed} file(s) would change; nothing was written");
         return Ok(());
     }
     if changed == 0 {
-        eprintln!("{module} is already extracted; nothing changed");
+        steps.step("Cargo.lock: nothing to refresh");
+        eprintln!("\n{module} is already extracted; nothing changed");
     } else {
+        steps.step("refreshing Cargo.lock (cargo update --workspace --offline)");
         refresh_lockfile(root)?;
         eprintln!("\n{module} is now the service {}", service.package);
     }
@@ -361,21 +380,41 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .filter(|m| m != module)
         .collect();
-    let mut changes = vec![Change::RemoveDir {
-        path: root.join("services").join(module),
-    }];
-    changes.extend(monolith_edits(&layout, &extracted)?);
-    let changed = apply(root, &changes, args.dry_run)?;
+    let mut steps = Steps::new("inline", 3);
+    steps.step(format!("removing services/{module}/"));
+    let removed = apply(
+        root,
+        &[Change::RemoveDir {
+            path: root.join("services").join(module),
+        }],
+        args.dry_run,
+    )?;
+    let edits = monolith_edits(&layout, &extracted)?;
+    steps.step(format!(
+        "switching the monolith back on {module} ({} files)",
+        edits.len()
+    ));
+    let edited = apply(root, &edits, args.dry_run)?;
+    steps.detail(format!("{edited} of {} changed", edits.len()));
+    let changed = removed + edited;
     if args.dry_run {
+        steps.step("Cargo.lock: left as it is (dry run)");
         eprintln!("\ndry run: {changed} change(s); nothing was written");
         return Ok(());
     }
+    steps.step("refreshing Cargo.lock (cargo update --workspace --offline)");
     refresh_lockfile(root)?;
-    eprintln!(
-        "\n{module} is back in the monolith (its data was moved back before). Next: build and \
-         deploy the monolith (cargo build --release -p app); with no service left it uses the \
-         in-process bus again."
-    );
+    eprintln!("\n{module} is back in the monolith (its data was moved back before)");
+    let bus = if extracted.is_empty() {
+        "with no service left it uses the in-process bus again".to_owned()
+    } else {
+        format!("it stays on the Redis bus for {}", extracted.join(", "))
+    };
+    crate::progress::next(&[
+        "build the monolith:  cargo build -p app".to_owned(),
+        format!("check it:            cargo xtask boundaries && cargo test -p {module}"),
+        format!("run and deploy it:   cargo run -p app   ({bus})"),
+    ]);
     Ok(())
 }
 

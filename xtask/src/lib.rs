@@ -7,6 +7,7 @@ mod extract;
 mod harness;
 mod move_data;
 pub mod mutants;
+mod progress;
 pub mod scratch;
 mod soak;
 mod templates;

@@ -25,6 +25,8 @@ use runtime::config::{Backend, Settings};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use secrecy::ExposeSecret;
 
+use crate::progress::Steps;
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The module whose data moves.
@@ -103,14 +105,74 @@ pub(crate) fn run(root: &std::path::Path, args: &Args) -> anyhow::Result<()> {
         to.settings.database.backend
     );
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let mut steps = Steps::new("move-data", 7);
+    let aside = runtime.block_on(async {
+        steps.step(format!(
+            "checking that {module} runs nowhere (its Redis consumer group, both sides)"
+        ));
         check_not_consuming(&from.settings, module).await?;
         check_not_consuming(&to.settings, module).await?;
         match from.settings.database.backend {
-            Backend::Postgres => postgres(root, module, &from, &to, args).await,
-            Backend::Sqlite => sqlite(module, &from, &to, args).await,
+            Backend::Postgres => postgres(root, module, &from, &to, args, &mut steps).await,
+            Backend::Sqlite => sqlite(module, &from, &to, args, &mut steps).await,
         }
-    })
+    })?;
+    if let Some(aside) = aside {
+        crate::progress::next(&what_next(module, &from, &to, &aside));
+    }
+    Ok(())
+}
+
+/// What an operator does after a move: start the side that now owns the data, check it,
+/// switch the traffic, and remove the copy kept aside once satisfied.
+fn what_next(module: &str, from: &Side, to: &Side, aside: &str) -> Vec<String> {
+    let port = to.settings.server.port;
+    // On one machine the service takes another admin port than the monolith's, as
+    // `cargo xtask extract` says.
+    let (package, admin) = if to.name == "service" {
+        (
+            format!("{module}-service"),
+            format!(
+                "APP__SERVER__ADMIN_PORT={} ",
+                crate::templates::ADMIN_PORT + port.saturating_sub(8080)
+            ),
+        )
+    } else {
+        ("app".to_owned(), String::new())
+    };
+    let mut next = Vec::new();
+    if to.name == "monolith" {
+        next.push(format!(
+            "bring the code back too: cargo xtask inline {module}, then cargo build -p app"
+        ));
+    }
+    next.push(format!(
+        "start the {} on this database: {admin}cargo run -p {package} (or deploy it)",
+        to.name
+    ));
+    next.push(format!(
+        "verify it: curl -fsS http://127.0.0.1:{port}/readyz answers 200 once it migrated and \
+         subscribed, and cargo run -p {package} -- dead-letters list --module {module} shows \
+         the dead letters the {} had",
+        from.name
+    ));
+    next.push(if to.name == "service" {
+        format!(
+            "switch: send /api/{module}/ to the service on port {port} (the monolith, without \
+             {module} and on the Redis bus, answers 404 there); keep the monolith stopped \
+             until its configuration no longer enables {module}"
+        )
+    } else {
+        format!(
+            "switch: send /api/{module}/ back to the monolith on port {port} and retire \
+             {module}-service's deployment"
+        )
+    });
+    next.push(format!(
+        "once satisfied, remove the {}'s copy kept aside: {aside}",
+        from.name
+    ));
+    next
 }
 
 fn stamp() -> String {
@@ -222,6 +284,7 @@ async fn migrate(conn: &DatabaseConnection, module: &str) -> Result<(), sea_orm:
 }
 
 fn report(
+    steps: &mut Steps,
     module: &str,
     from: &Side,
     to: &Side,
@@ -230,12 +293,15 @@ fn report(
     dry_run: bool,
 ) {
     let verb = if dry_run { "would move" } else { "moving" };
-    eprintln!(
-        "{verb} {module} from the {}'s database to the {}'s:",
-        from.name, to.name
-    );
+    steps.step(format!(
+        "counted: {verb} {module} from the {}'s database to the {}'s, {} tables, {} rows",
+        from.name,
+        to.name,
+        tables.len(),
+        tables.iter().map(|(_, rows)| rows).sum::<i64>()
+    ));
     for (table, rows) in tables {
-        eprintln!("  {table:<24} {rows:>10} rows");
+        steps.detail(format!("{table:<24} {rows:>10} rows"));
     }
     if unpublished > 0 {
         eprintln!(
@@ -343,8 +409,13 @@ async fn postgres(
     from: &Side,
     to: &Side,
     args: &Args,
-) -> anyhow::Result<()> {
+    steps: &mut Steps,
+) -> anyhow::Result<Option<String>> {
     let _ = root;
+    steps.step(format!(
+        "checking the {}'s database: {module}'s schema there, nothing running on it, its queue empty",
+        from.name
+    ));
     let source = owner(&from.settings, module).await?;
     let exists = scalar(
         &source,
@@ -362,7 +433,11 @@ async fn postgres(
     for table in &tables {
         counts.push((table.clone(), pg_checksum(&source, module, table).await?.0));
     }
-    report(module, from, to, unpublished, &counts, args.dry_run);
+    report(steps, module, from, to, unpublished, &counts, args.dry_run);
+    steps.step(format!(
+        "checking the {}'s database: {module}'s schema at this build's migrations, empty",
+        to.name
+    ));
 
     // The target: the module's schema (and role) at this build's migrations, empty.
     if !args.dry_run {
@@ -412,10 +487,14 @@ async fn postgres(
     }
     if args.dry_run {
         eprintln!("\ndry run: checks passed; nothing was moved");
-        return Ok(());
+        return Ok(None);
     }
 
     // Copy, table by table, parents first, in one target transaction.
+    steps.step(format!(
+        "copying {} tables in one transaction, parents first",
+        tables.len()
+    ));
     let mut reader = source.get_postgres_connection_pool().acquire().await?;
     let mut writer = target_db.get_postgres_connection_pool().acquire().await?;
     sea_orm::sqlx::Executor::execute(&mut *writer, "BEGIN").await?;
@@ -434,7 +513,8 @@ async fn postgres(
             copy.send(chunk).await?;
         }
         drop(rows);
-        copy.finish().await?;
+        let copied = copy.finish().await?;
+        steps.detail(format!("copied {table:<24} {copied:>10} rows"));
     }
     sea_orm::sqlx::Executor::execute(&mut *writer, "COMMIT").await?;
     drop(reader);
@@ -458,6 +538,10 @@ async fn postgres(
             .await?;
     }
     // Verify.
+    steps.step(format!(
+        "verifying {} tables: row counts and checksums on both sides",
+        tables.len()
+    ));
     for table in &tables {
         let a = pg_checksum(&source, module, table).await?;
         let b = pg_checksum(&target_db, module, table).await?;
@@ -468,11 +552,13 @@ async fn postgres(
         eprintln!("  verified {table:<24} {:>10} rows  md5 {}", a.0, a.1);
     }
     // Put the source aside.
-    if args.drop_source {
+    steps.step(format!("putting the {}'s copy aside", from.name));
+    let aside = if args.drop_source {
         source
             .execute_unprepared(&format!("DROP SCHEMA \"{module}\" CASCADE"))
             .await?;
         eprintln!("dropped schema {module} in the {}'s database", from.name);
+        "nothing (--drop-source dropped it)".to_owned()
     } else {
         let aside = format!("{module}_moved_{}", stamp());
         source
@@ -482,9 +568,13 @@ async fn postgres(
             "the {}'s copy is kept as schema {aside} (drop it once you are satisfied)",
             from.name
         );
-    }
+        format!(
+            "DROP SCHEMA \"{aside}\" CASCADE in the {}'s database",
+            from.name
+        )
+    };
     eprintln!("{module}'s data now lives in the {}'s database", to.name);
-    Ok(())
+    Ok(Some(aside))
 }
 
 fn leak(module: &str) -> &'static str {
@@ -530,7 +620,17 @@ async fn sqlite_tables(conn: &DatabaseConnection) -> anyhow::Result<Vec<String>>
     .await
 }
 
-async fn sqlite(module: &str, from: &Side, to: &Side, args: &Args) -> anyhow::Result<()> {
+async fn sqlite(
+    module: &str,
+    from: &Side,
+    to: &Side,
+    args: &Args,
+    steps: &mut Steps,
+) -> anyhow::Result<Option<String>> {
+    steps.step(format!(
+        "checking the {}'s database: {module}'s file there, nothing running on it, its queue empty",
+        from.name
+    ));
     let source_path = runtime::db::sqlite_file(&from.settings.database.sqlite, module);
     let target_path = runtime::db::sqlite_file(&to.settings.database.sqlite, module);
     anyhow::ensure!(
@@ -548,7 +648,12 @@ async fn sqlite(module: &str, from: &Side, to: &Side, args: &Args) -> anyhow::Re
             scalar(&source, &format!("SELECT COUNT(*) FROM \"{table}\"")).await?,
         ));
     }
-    report(module, from, to, unpublished, &counts, args.dry_run);
+    report(steps, module, from, to, unpublished, &counts, args.dry_run);
+    steps.step(format!(
+        "checking the {}'s database: {} holds no data of {module}",
+        to.name,
+        target_path.display()
+    ));
     if target_path.exists() {
         // A service that started once made an empty file: that may be replaced, data not.
         let target = sqlite_open(&target_path).await?;
@@ -568,8 +673,13 @@ async fn sqlite(module: &str, from: &Side, to: &Side, args: &Args) -> anyhow::Re
     }
     if args.dry_run {
         eprintln!("\ndry run: checks passed; nothing was moved");
-        return Ok(());
+        return Ok(None);
     }
+    steps.step(format!(
+        "copying {} to {}",
+        source_path.display(),
+        target_path.display()
+    ));
     if target_path.exists() {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", target_path.display()));
@@ -592,6 +702,10 @@ async fn sqlite(module: &str, from: &Side, to: &Side, args: &Args) -> anyhow::Re
     target
         .execute_unprepared("PRAGMA journal_mode = WAL")
         .await?;
+    steps.step(format!(
+        "verifying {} tables: row counts and checksums on both sides",
+        tables.len()
+    ));
     for table in &tables {
         let a = sqlite_checksum(&source, table).await?;
         let b = sqlite_checksum(&target, table).await?;
@@ -607,17 +721,20 @@ async fn sqlite(module: &str, from: &Side, to: &Side, args: &Args) -> anyhow::Re
     }
     target.close().await?;
     source.close().await?;
-    if args.drop_source {
+    steps.step(format!("putting the {}'s copy aside", from.name));
+    let aside = if args.drop_source {
         std::fs::remove_file(&source_path)?;
         eprintln!("deleted {}", source_path.display());
+        "nothing (--drop-source deleted it)".to_owned()
     } else {
         let aside = format!("{}.moved-{}", source_path.display(), stamp());
         std::fs::rename(&source_path, &aside)?;
         eprintln!("the {}'s copy is kept as {aside}", from.name);
-    }
+        format!("rm {aside}")
+    };
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", source_path.display()));
     }
     eprintln!("{module}'s data now lives in {}", target_path.display());
-    Ok(())
+    Ok(Some(aside))
 }

@@ -9,6 +9,7 @@
 
 mod audit;
 mod load;
+mod provider;
 mod scenarios;
 mod servers;
 
@@ -32,7 +33,8 @@ pub(crate) struct SoakArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub(crate) scenario: Scenario,
     /// Runs the short subset meant for CI: a 15 s soak on PostgreSQL with the in-process
-    /// bus, then sigkill and pg-restart, on the debug build that `cargo test` already made.
+    /// bus, then sigkill, pg-restart and payment-outage (a 6 s outage at most), on the
+    /// debug build that `cargo test` already made.
     #[arg(long)]
     pub(crate) ci: bool,
     /// Runs only on this backend (the soak scenario runs on both when unset; the fault
@@ -68,6 +70,9 @@ pub(crate) struct SoakArgs {
     /// How long Redis stays down in redis-outage, in seconds.
     #[arg(long, default_value_t = 20)]
     pub(crate) redis_outage_secs: u64,
+    /// How long the fake payment provider stays down in payment-outage, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) payment_outage_secs: u64,
     /// Runs redis-outage on the monolith with every module on the Redis bus instead of
     /// extracting fulfillment (which needs a release build of the service).
     #[arg(long)]
@@ -124,6 +129,7 @@ pub(crate) enum Scenario {
     ReplicaKill,
     SlowModule,
     Races,
+    PaymentOutage,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +264,8 @@ pub(crate) struct Shape {
     pub(crate) extracted: bool,
     /// Claims' lease, when the scenario needs a shorter one than the default.
     pub(crate) lease_ms: Option<u64>,
+    /// Checkout pays through the HTTP adapter, at a fake provider served by the harness.
+    pub(crate) fake_provider: bool,
 }
 
 impl Shape {
@@ -270,6 +278,7 @@ impl Shape {
             instances: 1,
             extracted: false,
             lease_ms: None,
+            fake_provider: false,
         }
     }
 
@@ -280,6 +289,9 @@ impl Shape {
         }
         if self.instances > 1 {
             v.push_str(&format!(", {} instances", self.instances));
+        }
+        if self.fake_provider {
+            v.push_str(", HTTP payment provider");
         }
         v
     }
@@ -298,6 +310,8 @@ pub(crate) struct Deployment {
     service_db: Option<String>,
     pub(crate) pg: Option<PrivatePostgres>,
     pub(crate) redis: Option<PrivateRedis>,
+    /// The fake payment provider checkout calls, if the scenario wants one.
+    pub(crate) provider: Option<provider::FakeProvider>,
     pub(crate) dir: tempfile::TempDir,
     /// The scratch workspace the extracted service runs in.
     _scratch: Option<tempfile::TempDir>,
@@ -355,6 +369,11 @@ impl Ctx {
         } else {
             None
         };
+        let provider = if shape.fake_provider {
+            Some(provider::FakeProvider::start()?)
+        } else {
+            None
+        };
         let streams = (shape.bus == BusKind::Redis).then(|| Streams {
             url: redis
                 .as_ref()
@@ -383,6 +402,13 @@ impl Ctx {
             }
             if let Some(lease) = shape.lease_ms {
                 vars.push(("APP__MESSAGING__LEASE_MS", lease.to_string()));
+            }
+            if let Some(provider) = &provider {
+                vars.push((
+                    "APP__MODULES__CHECKOUT__PAYMENT__PROVIDER",
+                    "http".to_owned(),
+                ));
+                vars.push(("APP__MODULES__CHECKOUT__PAYMENT__URL", provider.url()));
             }
             vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
         };
@@ -444,6 +470,7 @@ impl Ctx {
             service_db: shape.extracted.then_some(service_db),
             pg,
             redis,
+            provider,
             dir,
             _scratch: scratch,
             on_hand: HashMap::new(),
@@ -461,12 +488,16 @@ impl Ctx {
         vars: Vec<(String, String)>,
         dir: &std::path::Path,
     ) -> anyhow::Result<Node> {
+        let admin_port = free_port()?;
+        let mut vars = vars;
+        vars.push(("APP__SERVER__ADMIN_PORT".into(), admin_port.to_string()));
         Ok(Node {
             name: name.to_owned(),
             path: binary.to_owned(),
             cwd: crate::workspace_root(),
             vars,
             port: free_port()?,
+            admin_port,
             log: dir.join(format!("{name}.log")),
             process: None,
         })
@@ -607,6 +638,9 @@ impl Deployment {
         }
         drop(self.pg.take());
         drop(self.redis.take());
+        if let Some(provider) = self.provider.take() {
+            provider.stop().await;
+        }
         if keep {
             Some(self.dir.keep().display().to_string())
         } else {
@@ -670,6 +704,7 @@ fn runs(args: &SoakArgs) -> Vec<(Scenario, Shape)> {
             (Soak, Shape::new(Backend::Postgres, BusKind::Local)),
             (Sigkill, Shape::new(Backend::Postgres, BusKind::Local)),
             (PgRestart, Shape::new(Backend::Postgres, BusKind::Local)),
+            (PaymentOutage, Shape::new(Backend::Postgres, BusKind::Local)),
         ];
     }
     let wanted = |s: Scenario| args.scenario == All || args.scenario == s;
@@ -703,6 +738,9 @@ fn runs(args: &SoakArgs) -> Vec<(Scenario, Shape)> {
     if wanted(Races) {
         out.push((Races, Shape::new(fault_backend, fault_bus)));
     }
+    if wanted(PaymentOutage) {
+        out.push((PaymentOutage, Shape::new(fault_backend, fault_bus)));
+    }
     out
 }
 
@@ -713,6 +751,7 @@ pub(crate) fn run(mut args: SoakArgs) -> anyhow::Result<()> {
         args.rate = args.rate.min(100);
         args.warmup_secs = args.warmup_secs.min(5);
         args.pg_outage_secs = args.pg_outage_secs.min(5);
+        args.payment_outage_secs = args.payment_outage_secs.min(6);
         args.profile.get_or_insert(Profile::Dev);
     }
     loopback_only(&args.pg_host)?;

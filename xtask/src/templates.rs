@@ -697,12 +697,19 @@ envsubst '$IMAGE_TAG' < services/{m}/deploy/k8s/service.yaml | kubectl apply -f 
   2. let the monolith drain {m}'s in-process queue, then stop it (the monolith with
      bus.kind = "redis" keeps it empty), and move {m}'s data to the service's database:
                               cargo xtask move-data {m} --out
-  3. run the monolith and the service (both need Redis on 127.0.0.1:6379):
+  3. run the monolith and the service (both need Redis on 127.0.0.1:6379; on one machine
+     the service takes another admin port than the monolith's {ADMIN_PORT}):
                               cargo run -p app
-                              cargo run -p {package}      # http://127.0.0.1:{port}/api/{m}/...
+                              APP__SERVER__ADMIN_PORT={admin} cargo run -p {package}      # http://127.0.0.1:{port}/api/{m}/...
+  4. check them: the rules, the module's own tests (unchanged by the move), the service
+     ready (every dependency up) and its metrics on its admin port:
+                              cargo xtask boundaries && cargo test -p {m}
+                              curl -fsS http://127.0.0.1:{port}/readyz
+                              curl -fsS http://127.0.0.1:{admin}/metrics
   To undo: stop {package}, then `cargo xtask move-data {m} --in`, then `cargo xtask inline {m}`."#,
             package = self.package,
-            port = self.port
+            port = self.port,
+            admin = ADMIN_PORT + self.port.saturating_sub(8080),
         )
     }
 }
@@ -758,7 +765,7 @@ ENTRYPOINT ["/app/service"]
 
 /// The admin port (`/metrics`) of every image: `server.admin_port` in `config/base.toml`,
 /// which every service's configuration starts from.
-const ADMIN_PORT: u16 = 9090;
+pub(crate) const ADMIN_PORT: u16 = 9090;
 
 /// The monolith's image; the tag is substituted at deploy time, so it is never `latest`.
 const MONOLITH_IMAGE: &str = "registry.example.com/shop/app:${IMAGE_TAG}";

@@ -126,8 +126,21 @@ impl Scratch {
 fn extract_then_inline_leaves_the_tree_exactly_as_it_was() {
     let scratch = Scratch::new();
     let said = scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    // A line per step as it goes, then what to do next: build, move the data, run, test.
+    let next = steps_then(&said, "extract", 4, "Next steps:");
+    for command in [
+        "cargo build -p app -p fulfillment-service",
+        "cargo xtask move-data fulfillment --out",
+        "cargo run -p app",
+        "cargo run -p fulfillment-service",
+        "cargo test -p fulfillment",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(next.contains(command), "{command} missing from {said}");
+    }
     assert!(
-        said.contains("cargo xtask move-data fulfillment --out"),
+        said.contains("generating services/fulfillment/ (16 files)"),
         "{said}"
     );
     for file in [
@@ -161,9 +174,91 @@ fn extract_then_inline_leaves_the_tree_exactly_as_it_was() {
         again.contains("already extracted; nothing changed"),
         "{again}"
     );
-    scratch.xtask_ok(&["inline", "fulfillment"], &[]);
+    let inlined = scratch.xtask_ok(&["inline", "fulfillment"], &[]);
+    let next = steps_then(&inlined, "inline", 3, "Next:");
+    assert!(
+        next.contains("cargo build -p app") && next.contains("in-process bus again"),
+        "{inlined}"
+    );
     assert_eq!(scratch.status(), "", "the round trip leaves no trace");
     assert_eq!(scratch.git(&["diff", "HEAD"]), "");
+}
+
+/// Checks that `said` shows the steps `[<command> 1/<total>` .. `[<command> <total>/<total>`
+/// in order, then `closing`; returns what follows `closing`.
+#[track_caller]
+fn steps_then<'a>(said: &'a str, command: &str, total: usize, closing: &str) -> &'a str {
+    let mut at = 0;
+    for step in 1..=total {
+        let label = format!("[{command} {step}/{total} ");
+        let found = said[at..]
+            .find(&label)
+            .unwrap_or_else(|| panic!("no step {label} after the previous one in:\n{said}"));
+        at += found + label.len();
+    }
+    let found = said[at..]
+        .find(closing)
+        .unwrap_or_else(|| panic!("no {closing:?} after the last step in:\n{said}"));
+    &said[at + found..]
+}
+
+/// Move-data on SQLite, out to the service and back, says what it is doing step by step
+/// with its counts and ends with what to do next: start the other side, verify it, switch,
+/// remove the copy kept aside.
+#[test]
+fn move_data_shows_its_steps_and_ends_with_what_to_do_next() {
+    let scratch = Scratch::new();
+    scratch.xtask_ok(&["extract", "fulfillment"], &[]);
+    // The monolith's fulfillment file, as the monolith's migrations leave it.
+    let file = scratch.path().join("data/fulfillment.db");
+    std::fs::create_dir_all(file.parent().expect("a folder")).expect("data/");
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async {
+            let conn = sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", file.display()))
+                .await
+                .expect("the file opens");
+            migrations::up("fulfillment", &conn)
+                .await
+                .expect("fulfillment's migrations");
+            conn.close().await.expect("closed");
+        });
+    let namespace = format!("move-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let vars = [("APP__BUS__REDIS__NAMESPACE", namespace.as_str())];
+
+    let out = scratch.xtask_ok(&["move-data", "fulfillment", "--out"], &vars);
+    assert!(
+        out.contains("counted: moving fulfillment from the monolith's database to the service's")
+            && out.contains("verified shipments"),
+        "{out}"
+    );
+    let next = steps_then(&out, "move-data", 7, "Next:");
+    for what in [
+        "APP__SERVER__ADMIN_PORT=9093 cargo run -p fulfillment-service",
+        "curl -fsS http://127.0.0.1:8083/readyz",
+        "cargo run -p fulfillment-service -- dead-letters list --module fulfillment",
+        "send /api/fulfillment/ to the service",
+        "rm ",
+    ] {
+        assert!(next.contains(what), "{what} missing from {out}");
+    }
+    assert!(
+        scratch
+            .path()
+            .join("data/fulfillment-service/fulfillment.db")
+            .is_file()
+    );
+
+    let back = scratch.xtask_ok(&["move-data", "fulfillment", "--in"], &vars);
+    let next = steps_then(&back, "move-data", 7, "Next:");
+    for what in [
+        "cargo xtask inline fulfillment",
+        "cargo run -p app",
+        "curl -fsS http://127.0.0.1:8080/readyz",
+        "send /api/fulfillment/ back to the monolith",
+    ] {
+        assert!(next.contains(what), "{what} missing from {back}");
+    }
 }
 
 #[test]

@@ -306,6 +306,18 @@ fn bad_settings_stop_the_binary_with_the_key_named() {
             &["payments", "modules.enabled"],
         ),
         (&[("APP_CONFIG_DIR", "/nonexistent")], &["APP_CONFIG_DIR"]),
+        // TLS to the payment provider is not built in: an https:// URL is refused at
+        // start-up, saying what to do instead, rather than failing on the first payment.
+        (
+            &[
+                ("APP__MODULES__CHECKOUT__PAYMENT__PROVIDER", "http"),
+                (
+                    "APP__MODULES__CHECKOUT__PAYMENT__URL",
+                    "https://pay.example",
+                ),
+            ],
+            &["payment.url", "http://", "proxy"],
+        ),
     ];
     for (vars, needles) in cases {
         let output = binary(vars)

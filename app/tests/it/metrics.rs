@@ -359,6 +359,133 @@ fn a_process_running_one_module_serves_that_modules_families() {
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
 }
 
+/// `redis_errors_total` counts round trips to Redis that failed: the app runs on a private
+/// `redis-server` of this test (on a free loopback port; the machine's Redis is never
+/// touched), which is killed; the bus's readers and relays keep trying, and the counter
+/// grows on `/metrics`, by what each round trip was for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_round_trips_to_redis_are_counted() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = testkit::Spawn::new(Backend::Sqlite, app::modules())
+        .configure(|s| {
+            s.bus.kind = runtime::config::BusKind::Redis;
+            s.bus.redis.url = url.clone();
+            s.bus.redis.namespace = "metrics".into();
+        })
+        .start()
+        .await;
+    // No other test of this binary talks to Redis in process: what is counted is ours.
+    let errors = |text: &str| -> f64 {
+        parse(text)
+            .iter()
+            .filter(|s| s.name == "redis_errors_total")
+            .map(|s| s.value)
+            .sum()
+    };
+    let before = errors(&app.scrape().await.text);
+    app.post(
+        "/api/catalog/products",
+        &testkit::json!({"sku": "REDIS-1", "name": "Tea", "price_minor": 450, "currency": "EUR", "initial_stock": 5}),
+    )
+    .await
+    .expect_status(201);
+
+    redis.kill();
+    // A product created while Redis is away: its event waits in the outbox, its relay's
+    // publish fails.
+    app.post(
+        "/api/catalog/products",
+        &testkit::json!({"sku": "REDIS-2", "name": "Tea", "price_minor": 450, "currency": "EUR", "initial_stock": 5}),
+    )
+    .await
+    .expect_status(201);
+    let text = eventually(WAIT, "failed round trips to be counted", || async {
+        let text = app.scrape().await.text;
+        // The relay's round trips: its groups made sure of, or its entries added.
+        let relay = ["publish", "groups"].iter().any(|op| {
+            value(&parse(&text), "redis_errors_total", &[("op", op)]).is_some_and(|v| v >= 1.0)
+        });
+        (errors(&text) > before && relay).then_some(text)
+    })
+    .await;
+    // Only the fixed names of what a round trip was for.
+    let ops = [
+        "publish", "ack", "read", "claim", "retry", "leases", "groups", "trim", "check", "backlog",
+        "connect",
+    ];
+    for sample in parse(&text)
+        .iter()
+        .filter(|s| s.name == "redis_errors_total")
+    {
+        let op = sample.labels.get("op").map(String::as_str).unwrap_or("");
+        assert!(ops.contains(&op), "an unexpected op label: {sample:?}");
+    }
+
+    // Redis back (same port, same data): the app stops cleanly.
+    redis.spawn();
+    app.stop().await;
+}
+
+/// A `redis-server` of one test, on a free loopback port, its data in a folder of its own.
+struct PrivateRedis {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Removes a test's Redis keys when dropped.
 struct RedisKeys(String);
 

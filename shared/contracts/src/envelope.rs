@@ -24,7 +24,8 @@ pub struct Envelope {
     pub correlation_id: Uuid,
     /// The event that caused this one; none for an event caused by a request.
     pub causation_id: Option<Uuid>,
-    /// W3C trace context.
+    /// W3C trace context: the span that published the event (the outbox points it at its
+    /// `publish` span; until then, and when no tracer is installed, the span that caused it).
     pub traceparent: Option<String>,
     pub payload: serde_json::Value,
 }
@@ -47,6 +48,9 @@ pub enum ContractError {
 pub struct Cause {
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
+    /// The span the events are published under: a span that exists in the trace (the
+    /// caller's, or the span that published the event being handled), never a made-up
+    /// one, so that a `publish` span started under it has a parent the trace shows.
     pub traceparent: Traceparent,
 }
 
@@ -60,13 +64,14 @@ impl Cause {
         }
     }
 
-    /// The cause of events published while handling `event`.
+    /// The cause of events published while handling `event`: under the span that
+    /// published `event`.
     pub fn following(event: &Envelope) -> Self {
         let traceparent = event
             .traceparent
             .as_deref()
             .and_then(Traceparent::parse)
-            .map_or_else(Traceparent::new_root, |t| t.child());
+            .unwrap_or_else(Traceparent::new_root);
         Self {
             correlation_id: event.correlation_id,
             causation_id: Some(event.id),
@@ -94,7 +99,8 @@ impl Envelope {
             key: event.key(),
             correlation_id: cause.correlation_id,
             causation_id: cause.causation_id,
-            traceparent: Some(cause.traceparent.child().to_string()),
+            // The cause's span, until the outbox starts the event's `publish` span under it.
+            traceparent: Some(cause.traceparent.to_string()),
             payload,
         })
     }

@@ -8,6 +8,11 @@
 //! trace shows the request, each publish and each consumer, module after module, whatever
 //! bus carried the event. A batch of events of several traces is handled under one span:
 //! its parent is the first event's context, and it links to the others'.
+//!
+//! Work done outside a request or a consumer (checkout's payment worker) runs under a span
+//! of its own adopted from the context it stored ([`adopt`]), and publishes under that
+//! span ([`traceparent_of`]): a `publish` span's parent is always a span of the trace,
+//! never the long-lived span of a background task, which is never exported.
 
 use contracts::{Envelope, Traceparent};
 use opentelemetry::trace::{
@@ -49,6 +54,26 @@ pub fn adopt(span: &tracing::Span, traceparent: &Traceparent) {
     }
 }
 
+/// The `traceparent` of `span` itself, for events published under it; `None` when no
+/// tracer is installed (the span has no context of its own).
+pub fn traceparent_of(span: &tracing::Span) -> Option<Traceparent> {
+    let own = span.context().span().span_context().clone();
+    own.is_valid().then(|| Traceparent {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        sampled: own.is_sampled(),
+    })
+}
+
+/// The current span's `traceparent` when it is of `traceparent`'s trace (a consumer's
+/// span, say), else `traceparent`: the context to store for work that continues the trace
+/// later, outside this span.
+pub fn within(traceparent: Traceparent) -> Traceparent {
+    traceparent_of(&tracing::Span::current())
+        .filter(|own| own.trace_id == traceparent.trace_id)
+        .unwrap_or(traceparent)
+}
+
 /// Starts and ends the `publish` span of each event and points the event's `traceparent`
 /// at it. Leaves events as they are when no tracer is installed.
 pub(crate) fn published(events: &[Envelope]) -> Vec<Envelope> {
@@ -61,7 +86,8 @@ pub(crate) fn published(events: &[Envelope]) -> Vec<Envelope> {
                 return event.clone();
             };
             // Under the span that wrote the event when it is of the same trace; else under
-            // the context the event already names.
+            // the context the event already names: its cause's span (see `Cause`), which
+            // the trace shows.
             let parent = if current.span().span_context().trace_id() == TraceId::from(tp.trace_id) {
                 current.clone()
             } else {

@@ -76,6 +76,16 @@ fn describe(ctx: &Ctx, scenario: Scenario, shape: Shape) -> (&'static str, Strin
                 a.phase_secs, a.rate, a.read_rate
             ),
         ),
+        Scenario::PaymentOutage => {
+            shape.fake_provider = true;
+            (
+                "payment-outage",
+                format!(
+                    "checkout on the HTTP payment adapter; the fake provider (127.0.0.1) answers every call 503 for {} s under {} orders/s, then recovers",
+                    a.payment_outage_secs, a.rate
+                ),
+            )
+        }
         Scenario::Races => (
             "races",
             format!(
@@ -106,6 +116,7 @@ pub(crate) async fn run(ctx: &Ctx, scenario: Scenario, shape: Shape) -> RunRepor
         Scenario::ReplicaKill => replica_kill(ctx, &mut d, &mut report).await,
         Scenario::SlowModule => slow_module(ctx, &mut d, &mut report).await,
         Scenario::Races => races(ctx, &mut d, &mut report).await,
+        Scenario::PaymentOutage => payment_outage(ctx, &mut d, &mut report).await,
     };
     if let Err(e) = outcome {
         report.check("the scenario ran to its end", false, format!("{e:#}"));
@@ -715,6 +726,203 @@ async fn races(ctx: &Ctx, d: &mut Deployment, report: &mut RunReport) -> anyhow:
             } else {
                 format!(": {}", wrong.iter().take(5).cloned().collect::<Vec<_>>().join("; "))
             }
+        ),
+    );
+    Ok(())
+}
+
+/// The sum of the series of `name` whose labels include `label` (`to="open"`), from a
+/// node's `/metrics`.
+async fn metric(
+    client: &reqwest::Client,
+    admin_port: u16,
+    name: &str,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(name) && series.contains(label))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum())
+}
+
+/// Checkout pays through its HTTP adapter; the provider goes down (503 on every call)
+/// for `--payment-outage-secs` while orders flow, then recovers. Besides the audit (every
+/// order ends, stock adds up, nothing dead-lettered): no order is declined but those paid
+/// with `tok_decline`, orders placed during the outage are confirmed after it, and the
+/// circuit breaker opened and closed again (its transitions on `/metrics`).
+async fn payment_outage(
+    ctx: &Ctx,
+    d: &mut Deployment,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let admin = d.nodes[0].admin_port;
+    let transitions = |to: &'static str| {
+        let client = ctx.client.clone();
+        async move {
+            metric(
+                &client,
+                admin,
+                "payment_circuit_breaker_transitions_total",
+                &format!("to=\"{to}\""),
+            )
+            .await
+        }
+    };
+    let loader = Loader::start(
+        ctx,
+        d.plan(ports(d), Instant::now()),
+        f64::from(ctx.args.rate),
+    );
+    let t0 = loader.started;
+    tokio::time::sleep(secs(ctx.args.warmup_secs)).await;
+    let (opened0, closed0) = (transitions("open").await?, transitions("closed").await?);
+    let provider = d
+        .provider
+        .as_ref()
+        .context("payment-outage needs its fake provider")?;
+    provider.set_down(true);
+    let tally = provider.tally.clone();
+    let down = t0.elapsed().as_secs_f64();
+    // The breaker's state, seen every 250 ms while the provider is down.
+    let mut open_seen = 0;
+    let end = Instant::now() + secs(ctx.args.payment_outage_secs);
+    while Instant::now() < end {
+        let open = metric(
+            &ctx.client,
+            admin,
+            "payment_circuit_breaker_state",
+            "state=\"open\"",
+        )
+        .await
+        .unwrap_or(0.0);
+        if open >= 1.0 {
+            open_seen += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(provider) = &d.provider {
+        provider.set_down(false);
+    }
+    let fault_end = Instant::now();
+    let up = fault_end.duration_since(t0).as_secs_f64();
+    let refused = tally.refused.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(secs(ctx.args.after_secs)).await;
+    let run = finish(ctx, d, report, loader, fault_end).await?;
+    accepted_after(report, &run, up);
+
+    report.check(
+        "the provider was down and refused calls",
+        refused > 0,
+        format!("{refused} calls answered 503 during the outage"),
+    );
+    // Every order's end, from checkout's own table.
+    let checkout = d
+        .dbs
+        .0
+        .iter()
+        .find(|m| m.module == "checkout")
+        .context("checkout's database")?;
+    let rows = checkout
+        .rows(format!(
+            "SELECT {} AS id, status, COALESCE(status_reason, '') AS reason, payment_token FROM {}",
+            checkout.id("id"),
+            checkout.table("orders")
+        ))
+        .await?;
+    let mut orders: HashMap<String, (String, String, String)> = HashMap::new();
+    for row in rows {
+        orders.insert(
+            row.try_get("", "id")?,
+            (
+                row.try_get("", "status")?,
+                row.try_get("", "reason")?,
+                row.try_get("", "payment_token")?,
+            ),
+        );
+    }
+    let declined = |(_, reason, _): &&(String, String, String)| reason == "payment_declined";
+    let wrongly: Vec<&String> = orders
+        .iter()
+        .filter(|(_, o)| declined(o) && o.2 != "tok_decline")
+        .map(|(id, _)| id)
+        .collect();
+    let rightly = orders
+        .values()
+        .filter(|o| declined(o) && o.2 == "tok_decline")
+        .count();
+    report.check(
+        "no order declined but those paid with tok_decline",
+        wrongly.is_empty() && rightly > 0,
+        format!(
+            "{rightly} orders declined with tok_decline (the provider declined {} keys); {} others declined{}",
+            tally.declined_keys(),
+            wrongly.len(),
+            wrongly
+                .first()
+                .map_or(String::new(), |id| format!(", such as {id}"))
+        ),
+    );
+    // Orders placed while the provider was down: the customer's card was good, so each
+    // ends confirmed (or further), unless its customer cancelled it or stock ran out.
+    let during: Vec<&(String, String, String)> = run
+        .outcomes
+        .iter()
+        .filter(|o| o.status == 201 && o.at >= down && o.at < up)
+        .filter_map(|o| orders.get(o.order_id.as_deref()?))
+        .filter(|o| o.2 == "tok_visa")
+        .collect();
+    let paid = during
+        .iter()
+        .filter(|o| ["confirmed", "shipped", "delivered"].contains(&o.0.as_str()))
+        .count();
+    let otherwise: BTreeMap<String, usize> = during
+        .iter()
+        .filter(|o| !["confirmed", "shipped", "delivered"].contains(&o.0.as_str()))
+        .fold(BTreeMap::new(), |mut m, o| {
+            *m.entry(format!("{} {}", o.0, o.1)).or_default() += 1;
+            m
+        });
+    let unexplained: usize = otherwise
+        .iter()
+        .filter(|(k, _)| !(k.starts_with("cancelled") || k.ends_with("out_of_stock")))
+        .map(|(_, n)| n)
+        .sum();
+    report.check(
+        "orders placed during the outage were paid once it ended",
+        paid > 0 && unexplained == 0,
+        format!(
+            "{} placed with a good card during the outage: {paid} confirmed or further; others: {otherwise:?}",
+            during.len()
+        ),
+    );
+    let (opened, closed) = (
+        transitions("open").await? - opened0,
+        transitions("closed").await? - closed0,
+    );
+    let closed_now = metric(
+        &ctx.client,
+        admin,
+        "payment_circuit_breaker_state",
+        "state=\"closed\"",
+    )
+    .await?;
+    report.check(
+        "the circuit breaker opened during the outage and closed after it",
+        opened >= 1.0 && closed >= 1.0 && closed_now >= 1.0,
+        format!(
+            "from /metrics: opened {opened} times, closed {closed} times since the outage began, closed now: {}; seen open in {open_seen} polls during the outage",
+            closed_now >= 1.0
         ),
     );
     Ok(())

@@ -209,6 +209,8 @@ pub(crate) struct Node {
     pub(crate) cwd: PathBuf,
     pub(crate) vars: Vec<(String, String)>,
     pub(crate) port: u16,
+    /// Its admin port (`/metrics`), the same across restarts.
+    pub(crate) admin_port: u16,
     pub(crate) log: PathBuf,
     pub(crate) process: Option<Process>,
 }

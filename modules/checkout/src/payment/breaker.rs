@@ -5,7 +5,9 @@
 //! The payment worker asks the breaker how many calls it may make before it claims work
 //! ([`Breaker::admits`]), so while the breaker is open orders are not even claimed: they
 //! wait, pending, and are claimed again once it lets calls through. Every change of state
-//! is logged and shown in the `payment_circuit_breaker_state` gauge.
+//! is logged, shown in the `payment_circuit_breaker_state` gauge and counted in
+//! `payment_circuit_breaker_transitions_total{to}` (so an outage that opened and closed it
+//! between two scrapes still shows).
 //!
 //! Our own small state machine rather than a crate: the worker needs to know how many calls
 //! the breaker would take *before* it claims attempts from the database, and to cap the
@@ -92,6 +94,15 @@ impl Breaker {
             "payment_circuit_breaker_state",
             "The payment provider's circuit breaker: 1 for its current state, 0 for the others"
         );
+        metrics::describe_counter!(
+            "payment_circuit_breaker_transitions_total",
+            "Changes of state of the payment provider's circuit breaker, by the state entered"
+        );
+        for state in State::ALL {
+            // Every series from the start, so a rate over one reads 0 rather than nothing.
+            metrics::counter!("payment_circuit_breaker_transitions_total", "to" => state.name())
+                .increment(0);
+        }
         show(State::Closed);
         Self {
             settings,
@@ -227,6 +238,8 @@ impl Breaker {
                 "the payment provider's circuit breaker changed state"
             ),
         }
+        metrics::counter!("payment_circuit_breaker_transitions_total", "to" => to.name())
+            .increment(1);
         show(to);
     }
 }

@@ -38,6 +38,7 @@ use sea_orm::{DatabaseTransaction, Value};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::State;
@@ -131,7 +132,9 @@ impl PaymentWorker {
                             let worker = this.clone();
                             let results = results_tx.clone();
                             calls.spawn(async move {
-                                let called = worker.call(&attempt).await;
+                                let mut attempt = attempt;
+                                let span = payment_span(&mut attempt);
+                                let called = worker.call(&attempt).instrument(span).await;
                                 let _ = results.send((attempt, called)).await;
                                 drop(permit);
                             });
@@ -249,6 +252,22 @@ impl PaymentWorker {
     }
 
     async fn call(&self, attempt: &Claimed) -> Called {
+        let called = self.ask(attempt).await;
+        tracing::Span::current().record(
+            "outcome",
+            match &called {
+                Called::Answered(Authorization::Approved { .. }) => "approved",
+                Called::Answered(Authorization::Declined { .. }) => "declined",
+                Called::Failed { .. } => "failed",
+                Called::Refused(_) => "refused",
+                Called::NotNeeded => "not_needed",
+                Called::Held => "held",
+            },
+        );
+        called
+    }
+
+    async fn ask(&self, attempt: &Claimed) -> Called {
         let Some(charge) = &attempt.charge else {
             return Called::NotNeeded;
         };
@@ -413,6 +432,29 @@ impl PaymentWorker {
         );
         Ok(outcome.voids)
     }
+}
+
+/// The span one payment attempt runs under: a child of the span that published the
+/// reservation it follows (stored with the attempt), and the span its outcome's events are
+/// published under, so the trace goes on through the payment to fulfillment. The worker's
+/// own task span lives as long as the process and is never exported; nothing of an order's
+/// trace may hang under it.
+fn payment_span(attempt: &mut Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "payment authorize",
+        module = "checkout",
+        otel.kind = "client",
+        order_id = %attempt.order_id,
+        attempt = attempt.attempts + 1,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    messaging::trace::adopt(&span, &attempt.cause.traceparent);
+    if let Some(own) = messaging::trace::traceparent_of(&span) {
+        attempt.cause.traceparent = own;
+    }
+    span
 }
 
 /// What a batch of payment outcomes changes.

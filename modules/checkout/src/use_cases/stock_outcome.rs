@@ -56,7 +56,10 @@ pub(crate) async fn on_reserved(
             order.id.into(),
             now_ms().into(),
             cause.correlation_id.into(),
-            cause.traceparent.to_string().into(),
+            // The payment runs later, under a span of its own below this consumer's.
+            messaging::trace::within(cause.traceparent)
+                .to_string()
+                .into(),
             now.into(),
             now.into(),
         ]);
