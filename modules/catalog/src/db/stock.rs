@@ -9,26 +9,32 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{order_holds, stock_levels, stock_reservations};
+use crate::domain::Hold;
+
+fn hold_of(raw: &str) -> Result<Hold, DbErr> {
+    Hold::parse(raw).ok_or_else(|| DbErr::Custom(format!("stored hold {raw:?} is unknown")))
+}
 
 /// The decision already taken for an order, if any.
 pub(crate) async fn hold_status(
     conn: &impl ConnectionTrait,
     order_id: Uuid,
-) -> Result<Option<String>, DbErr> {
-    Ok(order_holds::Entity::find_by_id(order_id)
+) -> Result<Option<Hold>, DbErr> {
+    order_holds::Entity::find_by_id(order_id)
         .one(conn)
         .await?
-        .map(|h| h.status))
+        .map(|h| hold_of(&h.status))
+        .transpose()
 }
 
 pub(crate) async fn set_hold(
     conn: &impl ConnectionTrait,
     order_id: Uuid,
-    status: &str,
+    status: Hold,
 ) -> Result<(), DbErr> {
     order_holds::Entity::insert(order_holds::ActiveModel {
         order_id: Set(order_id),
-        status: Set(status.to_owned()),
+        status: Set(status.as_str().to_owned()),
         updated_at: Set(Utc::now()),
     })
     .on_conflict(
@@ -39,37 +45,6 @@ pub(crate) async fn set_hold(
     .exec_without_returning(conn)
     .await
     .map(|_| ())
-}
-
-/// Holds `quantity` units of `sku` if that many are free; false when they are not (or the
-/// sku is unknown).
-pub(crate) async fn try_hold(
-    conn: &impl ConnectionTrait,
-    sku: &str,
-    quantity: i64,
-) -> Result<bool, DbErr> {
-    let updated = stock_levels::Entity::update_many()
-        .col_expr(
-            stock_levels::Column::Reserved,
-            Expr::col(stock_levels::Column::Reserved).add(quantity),
-        )
-        .filter(stock_levels::Column::Sku.eq(sku))
-        .filter(
-            Expr::col(stock_levels::Column::OnHand)
-                .sub(Expr::col(stock_levels::Column::Reserved))
-                .gte(quantity),
-        )
-        .exec(conn)
-        .await?;
-    Ok(updated.rows_affected == 1)
-}
-
-/// Units of `sku` on hand and not held; 0 for an unknown sku.
-pub(crate) async fn available(conn: &impl ConnectionTrait, sku: &str) -> Result<i64, DbErr> {
-    Ok(stock_levels::Entity::find_by_id(sku)
-        .one(conn)
-        .await?
-        .map_or(0, |s| s.on_hand - s.reserved))
 }
 
 /// Gives back `quantity` held units of `sku`.
@@ -140,7 +115,7 @@ pub(crate) async fn forget_reservations(
 pub(crate) async fn hold_statuses(
     conn: &impl ConnectionTrait,
     orders: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, String>, DbErr> {
+) -> Result<std::collections::HashMap<Uuid, Hold>, DbErr> {
     if orders.is_empty() {
         return Ok(Default::default());
     }
@@ -150,7 +125,10 @@ pub(crate) async fn hold_statuses(
     );
     let rows = query(conn, &sql, orders.iter().map(|o| Value::from(*o)).collect()).await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("", "order_id")?, r.try_get("", "status")?)))
+        .map(|r| {
+            let status: String = r.try_get("", "status")?;
+            Ok((r.try_get("", "order_id")?, hold_of(&status)?))
+        })
         .collect()
 }
 
@@ -201,7 +179,7 @@ pub(crate) async fn hold_many(
 /// Records the decision for many orders at once.
 pub(crate) async fn set_holds(
     conn: &impl ConnectionTrait,
-    decisions: &[(Uuid, &str)],
+    decisions: &[(Uuid, Hold)],
 ) -> Result<(), DbErr> {
     if decisions.is_empty() {
         return Ok(());
@@ -212,7 +190,7 @@ pub(crate) async fn set_holds(
     for (i, (order, status)) in decisions.iter().enumerate() {
         rows.push(format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
         values.push((*order).into());
-        values.push((*status).into());
+        values.push(status.as_str().into());
         values.push(now.into());
     }
     let sql = format!(
