@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use db::{DatabaseConnection, DbErr};
 use futures::FutureExt;
 use kernel::FieldErrors;
 use messaging::Outbox;
 use runtime::module::parse_settings;
 use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
-use sea_orm::{DatabaseConnection, DbErr};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use validator::Validate;
