@@ -17,6 +17,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::payment_attempts;
+use crate::domain::PaymentStatus;
+
+const PENDING: &str = PaymentStatus::Pending.as_str();
 
 /// A payment that becomes due: its order, and what its outcome will be announced as
 /// caused by.
@@ -41,7 +44,7 @@ pub(crate) async fn open(
         payment_attempts::ActiveModel {
             id: Set(a.id),
             order_id: Set(a.order_id),
-            status: Set("pending".into()),
+            status: Set(PENDING.into()),
             attempts: Set(0),
             next_attempt_at: Set(due_ms),
             locked_until: Set(0),
@@ -115,7 +118,7 @@ pub(crate) async fn lock_pending(
         .select_only()
         .column(payment_attempts::Column::Id)
         .column(payment_attempts::Column::LockedUntil)
-        .filter(payment_attempts::Column::Status.eq("pending"))
+        .filter(payment_attempts::Column::Status.eq(PENDING))
         .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
         .order_by_asc(payment_attempts::Column::Id)
         .lock_exclusive()
@@ -133,7 +136,7 @@ pub(crate) async fn release(conn: &impl ConnectionTrait, ids: &[Uuid]) -> anyhow
     }
     payment_attempts::Entity::update_many()
         .col_expr(payment_attempts::Column::LockedUntil, Expr::value(0i64))
-        .filter(payment_attempts::Column::Status.eq("pending"))
+        .filter(payment_attempts::Column::Status.eq(PENDING))
         .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
         .exec(conn)
         .await
@@ -169,7 +172,7 @@ pub(crate) async fn retry(
 /// A payment attempt's final state.
 pub(crate) struct Finished {
     pub(crate) id: Uuid,
-    pub(crate) status: &'static str,
+    pub(crate) status: PaymentStatus,
     pub(crate) reference: Option<String>,
     pub(crate) error: Option<String>,
 }
@@ -191,7 +194,7 @@ pub(crate) async fn finish_many(
         reference.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 3));
         error.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 4));
         values.push(f.id.into());
-        values.push(f.status.into());
+        values.push(f.status.as_str().into());
         values.push(Value::String(f.reference.clone()));
         values.push(Value::String(f.error.clone()));
     }

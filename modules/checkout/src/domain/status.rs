@@ -181,7 +181,7 @@ pub(crate) struct Settlement {
 }
 
 impl PaymentStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             PaymentStatus::Pending => "pending",
             PaymentStatus::Approved => "approved",

@@ -431,7 +431,7 @@ impl Outcome {
         );
         self.finished.push(Finished {
             id,
-            status: status.as_str(),
+            status,
             reference: reference.cloned(),
             error: error.map(str::to_owned),
         });
