@@ -30,7 +30,8 @@ pub(crate) struct LayerRule {
 /// The layers of a module. The domain holds its rules as pure functions and types: no
 /// storage, no network, no clock, no randomness (the caller passes what it needs), so
 /// every rule is table-tested without a database. HTTP is the only layer that knows
-/// actix-web.
+/// actix-web. `db/` is the only layer that builds statements: use cases and handlers call
+/// its functions and hold its transaction handle (re-exported from `db/`), nothing more.
 pub(crate) const LAYER_RULES: &[LayerRule] = &[
     LayerRule {
         name: "the domain does no IO, reads no clock and draws no random number",
@@ -61,6 +62,11 @@ pub(crate) const LAYER_RULES: &[LayerRule] = &[
         name: "only a module's http/ layer knows actix-web",
         scope: Scope::Outside("http"),
         forbidden: &["actix_web"],
+    },
+    LayerRule {
+        name: "only a module's db/ layer knows sea-orm, sqlx and messaging's SQL helpers",
+        scope: Scope::Outside("db"),
+        forbidden: &["sea_orm", "sqlx", "messaging::db"],
     },
 ];
 
@@ -214,6 +220,45 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].rule, LAYER_RULES[1].name);
         assert_eq!(found[0].place, "modules/demo/src/use_cases/place.rs:2");
+    }
+
+    #[test]
+    fn storage_outside_db_is_named_and_inside_db_is_not() {
+        let dir = fixture(&[
+            (
+                "lib.rs",
+                "//! demo
+use db::DatabaseTransaction;
+",
+            ),
+            (
+                "use_cases/place.rs",
+                "//! a use case
+use sea_orm::EntityTrait;
+fn f() {
+    let _ = messaging::db::query;
+}
+async fn g(c: &sqlx::PgPool) {}
+",
+            ),
+            (
+                "db/orders.rs",
+                "//! orders
+use sea_orm::entity::prelude::*;
+use messaging::db::execute;
+",
+            ),
+        ]);
+        let found = check(dir.path()).expect("checked");
+        let places: Vec<(&str, &str)> = found.iter().map(|v| (v.rule, v.place.as_str())).collect();
+        assert_eq!(
+            places,
+            vec![
+                (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:2"),
+                (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:4"),
+                (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:6"),
+            ]
+        );
     }
 
     #[test]

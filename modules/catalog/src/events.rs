@@ -6,11 +6,11 @@
 //! Consumes: `checkout.order_placed.v1`, `checkout.order_cancelled.v1`,
 //! `checkout.order_reinstated.v1`.
 
+use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use contracts::{Envelope, Event};
 use messaging::{Emitter, Handler, HandlerError, decode_all};
-use sea_orm::DatabaseTransaction;
 
 use crate::use_cases::hold_stock;
 
@@ -80,7 +80,7 @@ impl Handler for ReholdStock {
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
         for (_, reinstated) in decode_all::<OrderReinstatedV1>(events)? {
-            hold_stock::rehold(tx, reinstated).await?;
+            hold_stock::rehold_stock(tx, reinstated).await?;
         }
         Ok(())
     }

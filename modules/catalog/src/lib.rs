@@ -22,9 +22,9 @@ mod http;
 mod use_cases;
 
 use async_trait::async_trait;
+use db::{DatabaseConnection, DbErr};
 use messaging::Outbox;
 use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
-use sea_orm::{DatabaseConnection, DbErr};
 
 /// What catalog's use cases work with.
 #[derive(Clone)]

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
+use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Envelope, Event};
 use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
-use sea_orm::DatabaseTransaction;
 use tokio::sync::Notify;
 
 use crate::use_cases::{price_list, shipment_progress, stock_outcome};

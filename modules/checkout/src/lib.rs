@@ -35,12 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use db::{DatabaseConnection, DbErr};
 use futures::FutureExt;
 use kernel::FieldErrors;
 use messaging::Outbox;
 use runtime::module::parse_settings;
 use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
-use sea_orm::{DatabaseConnection, DbErr};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use validator::Validate;
@@ -152,7 +152,7 @@ impl Module for Checkout {
             .task(move |cancel| watchdog.run(cancel).boxed())
             .prune(
                 "idempotency_keys",
-                Arc::new(move |db| use_cases::place_order::forget_keys(db, retention).boxed()),
+                Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
             ))
     }
 }

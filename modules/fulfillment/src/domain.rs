@@ -1,6 +1,11 @@
-//! Fulfillment's rules, with no IO: a shipment's statuses and what may move it.
+//! Fulfillment's rules, with no IO: a shipment's statuses and the transitions between
+//! them (ready → dispatched → delivered; ready → cancelled), as pure functions of a
+//! shipment and what the caller brings (the time, the tracking number's randomness).
 
 use std::fmt;
+
+use chrono::{DateTime, Utc};
+use kernel::{OrderId, ShipmentId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ShipmentStatus {
@@ -10,13 +15,90 @@ pub(crate) enum ShipmentStatus {
     Cancelled,
 }
 
-/// What `order_cancelled` does to an order's shipment.
+/// A shipment: at most one per order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shipment {
+    pub(crate) id: ShipmentId,
+    pub(crate) order_id: OrderId,
+    pub(crate) status: ShipmentStatus,
+    /// Set when it is dispatched.
+    pub(crate) tracking_number: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+/// A transition a shipment's status does not allow; it names that status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotAllowed(pub(crate) ShipmentStatus);
+
+/// What an order's cancellation does to its shipment.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OnCancel {
-    Cancel,
+    /// It had not left: it is cancelled.
+    Cancel(Shipment),
     /// Already on its way: a dispatch cannot be undone (checkout reinstates the order).
-    TooLate,
+    TooLate(ShipmentStatus),
+    /// It was cancelled before: nothing changes.
     Nothing,
+}
+
+impl Shipment {
+    /// A new shipment of a confirmed order, ready to be dispatched.
+    pub(crate) fn ready(id: ShipmentId, order_id: OrderId, now: DateTime<Utc>) -> Shipment {
+        Shipment {
+            id,
+            order_id,
+            status: ShipmentStatus::Ready,
+            tracking_number: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Hands a ready shipment to the carrier under the number `tracking` makes (called
+    /// only when the dispatch is allowed).
+    pub(crate) fn dispatch(
+        self,
+        tracking: impl FnOnce() -> String,
+        now: DateTime<Utc>,
+    ) -> Result<Shipment, NotAllowed> {
+        match self.status {
+            ShipmentStatus::Ready => Ok(Shipment {
+                status: ShipmentStatus::Dispatched,
+                tracking_number: Some(tracking()),
+                updated_at: now,
+                ..self
+            }),
+            other => Err(NotAllowed(other)),
+        }
+    }
+
+    /// A dispatched shipment arrived.
+    pub(crate) fn deliver(self, now: DateTime<Utc>) -> Result<Shipment, NotAllowed> {
+        match self.status {
+            ShipmentStatus::Dispatched => Ok(Shipment {
+                status: ShipmentStatus::Delivered,
+                updated_at: now,
+                ..self
+            }),
+            other => Err(NotAllowed(other)),
+        }
+    }
+
+    /// Its order was cancelled.
+    pub(crate) fn cancel(self, now: DateTime<Utc>) -> OnCancel {
+        match self.status {
+            ShipmentStatus::Ready => OnCancel::Cancel(Shipment {
+                status: ShipmentStatus::Cancelled,
+                updated_at: now,
+                ..self
+            }),
+            ShipmentStatus::Dispatched | ShipmentStatus::Delivered => {
+                OnCancel::TooLate(self.status)
+            }
+            ShipmentStatus::Cancelled => OnCancel::Nothing,
+        }
+    }
 }
 
 impl ShipmentStatus {
@@ -38,22 +120,6 @@ impl ShipmentStatus {
         ]
         .into_iter()
         .find(|s| s.as_str() == raw)
-    }
-
-    pub(crate) fn can_dispatch(self) -> bool {
-        self == ShipmentStatus::Ready
-    }
-
-    pub(crate) fn can_deliver(self) -> bool {
-        self == ShipmentStatus::Dispatched
-    }
-
-    pub(crate) fn on_order_cancelled(self) -> OnCancel {
-        match self {
-            ShipmentStatus::Ready => OnCancel::Cancel,
-            ShipmentStatus::Dispatched | ShipmentStatus::Delivered => OnCancel::TooLate,
-            ShipmentStatus::Cancelled => OnCancel::Nothing,
-        }
     }
 }
 
@@ -79,19 +145,102 @@ mod tests {
     use super::ShipmentStatus::*;
     use super::*;
 
+    const ALL: [ShipmentStatus; 4] = [Ready, Dispatched, Delivered, Cancelled];
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("a time")
+    }
+
+    fn shipment(status: ShipmentStatus) -> Shipment {
+        Shipment {
+            status,
+            ..Shipment::ready(ShipmentId::new(), OrderId::new(), at(0))
+        }
+    }
+
     #[test]
-    fn transitions() {
+    fn statuses_round_trip_through_their_names() {
+        for s in ALL {
+            assert_eq!(ShipmentStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ShipmentStatus::parse("lost"), None);
+    }
+
+    #[test]
+    fn a_new_shipment_is_ready_without_a_tracking_number() {
+        let new = Shipment::ready(ShipmentId::new(), OrderId::new(), at(5));
+        assert_eq!(new.status, Ready);
+        assert_eq!(new.tracking_number, None);
+        assert_eq!((new.created_at, new.updated_at), (at(5), at(5)));
+    }
+
+    #[test]
+    fn only_a_ready_shipment_is_dispatched_and_only_it_draws_a_tracking_number() {
+        for from in ALL {
+            let mut drawn = 0;
+            let result = shipment(from).dispatch(
+                || {
+                    drawn += 1;
+                    "TRK-0000000001".into()
+                },
+                at(9),
+            );
+            match from {
+                Ready => {
+                    let s = result.expect("dispatched");
+                    assert_eq!(s.status, Dispatched);
+                    assert_eq!(s.tracking_number.as_deref(), Some("TRK-0000000001"));
+                    assert_eq!((s.created_at, s.updated_at), (at(0), at(9)));
+                    assert_eq!(drawn, 1);
+                }
+                _ => {
+                    assert_eq!(result, Err(NotAllowed(from)), "{from}");
+                    assert_eq!(drawn, 0, "{from}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_dispatched_shipment_is_delivered_and_keeps_its_tracking_number() {
+        for from in ALL {
+            let before = Shipment {
+                tracking_number: Some("TRK-X".into()),
+                ..shipment(from)
+            };
+            let result = before.deliver(at(9));
+            if from == Dispatched {
+                let s = result.expect("delivered");
+                assert_eq!(s.status, Delivered);
+                assert_eq!(s.tracking_number.as_deref(), Some("TRK-X"));
+                assert_eq!(s.updated_at, at(9));
+            } else {
+                assert_eq!(result, Err(NotAllowed(from)), "{from}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancelled_order_cancels_its_shipment_only_before_dispatch() {
         let table = [
-            (Ready, true, false, OnCancel::Cancel),
-            (Dispatched, false, true, OnCancel::TooLate),
-            (Delivered, false, false, OnCancel::TooLate),
-            (Cancelled, false, false, OnCancel::Nothing),
+            (Ready, Some(Cancelled)),
+            (Dispatched, None),
+            (Delivered, None),
+            (Cancelled, None),
         ];
-        for (status, dispatch, deliver, cancel) in table {
-            assert_eq!(status.can_dispatch(), dispatch, "{status}");
-            assert_eq!(status.can_deliver(), deliver, "{status}");
-            assert_eq!(status.on_order_cancelled(), cancel, "{status}");
-            assert_eq!(ShipmentStatus::parse(status.as_str()), Some(status));
+        for (from, to) in table {
+            let outcome = shipment(from).cancel(at(9));
+            match (from, to, outcome) {
+                (_, Some(to), OnCancel::Cancel(s)) => {
+                    assert_eq!(s.status, to);
+                    assert_eq!(s.updated_at, at(9));
+                }
+                (Dispatched | Delivered, None, OnCancel::TooLate(status)) => {
+                    assert_eq!(status, from)
+                }
+                (Cancelled, None, OnCancel::Nothing) => {}
+                (from, _, outcome) => panic!("{from}: {outcome:?}"),
+            }
         }
     }
 

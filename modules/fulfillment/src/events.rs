@@ -5,13 +5,13 @@
 //! Consumes: `checkout.order_confirmed.v1` (create a shipment),
 //! `checkout.order_cancelled.v1` (cancel it unless it has left).
 
+use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
 use contracts::{Envelope, Event};
 use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
-use sea_orm::DatabaseTransaction;
 
-use crate::use_cases::orders;
+use crate::use_cases::{cancel_shipment, create_shipments};
 
 pub(crate) struct CreateShipment;
 
@@ -31,7 +31,7 @@ impl Handler for CreateShipment {
         events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        orders::on_confirmed(tx, &decode_all(events)?, out).await
+        create_shipments::on_confirmed(tx, &decode_all(events)?, out).await
     }
 }
 
@@ -54,7 +54,7 @@ impl Handler for CancelShipment {
         _: &mut Emitter,
     ) -> Result<(), HandlerError> {
         for event in events {
-            orders::on_cancelled(tx, decode(event)?).await?;
+            cancel_shipment::on_cancelled(tx, decode(event)?).await?;
         }
         Ok(())
     }

@@ -59,10 +59,6 @@ macro_rules! uuid_id {
 }
 
 uuid_id!(
-    /// The id of one event; the key of every inbox and dead-letter entry.
-    EventId
-);
-uuid_id!(
     /// The id of an order, chosen by checkout.
     OrderId
 );

@@ -8,7 +8,7 @@ mod quantity;
 mod sku;
 
 pub use errors::{ErrorCode, FieldError, FieldErrors};
-pub use ids::{EventId, OrderId, ShipmentId};
+pub use ids::{OrderId, ShipmentId};
 pub use money::{Currency, CurrencyError, Money, MoneyError};
 pub use quantity::{Quantity, QuantityError, StockLevel};
 pub use sku::{Sku, SkuError};

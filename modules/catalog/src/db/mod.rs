@@ -8,7 +8,10 @@ pub(crate) mod stock;
 pub(crate) mod stock_levels;
 pub(crate) mod stock_reservations;
 
-use sea_orm::DbErr;
+/// The handles the rest of the module holds without looking inside: a connection, a
+/// transaction (a handler's, or a use case's unit of work), and their error. Statements
+/// are built only here.
+pub(crate) use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 
 /// True when `error` is a unique-key violation (a duplicate insert).
 pub(crate) fn is_unique_violation(error: &DbErr) -> bool {

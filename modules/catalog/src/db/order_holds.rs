@@ -19,7 +19,3 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
-
-pub const RESERVED: &str = "reserved";
-pub const REJECTED: &str = "rejected";
-pub const RELEASED: &str = "released";

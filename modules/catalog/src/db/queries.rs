@@ -1,16 +1,19 @@
-//! Reads that join products with their stock levels.
+//! Products with their stock levels: the reads that join them, and the writes of the
+//! product use cases.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
-use kernel::Sku;
+use chrono::{DateTime, Utc};
+use kernel::{Money, Quantity, Sku, StockLevel};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
-    RelationDef,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    QuerySelect, RelationDef,
 };
 
-use super::{products, stock_levels};
-use crate::domain::{Product, ProductName, stored_price};
+use super::{is_unique_violation, products, stock_levels};
+use crate::domain::{NewProduct, Product, ProductName, stored_price};
 
 fn to_product(
     row: products::Model,
@@ -81,4 +84,127 @@ pub(crate) async fn list_products(
             to_product(row, level)
         })
         .collect()
+}
+
+/// Inserts a new product at version 1 with its stock level; false when its sku is taken
+/// (nothing is written then).
+pub(crate) async fn insert_product(
+    conn: &impl ConnectionTrait,
+    new: &NewProduct,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let inserted = products::Entity::insert(products::ActiveModel {
+        sku: Set(new.sku.to_string()),
+        name: Set(new.name.as_str().to_owned()),
+        description: Set(new.description.clone()),
+        price_minor: Set(new.price.minor()),
+        currency: Set(new.price.currency().to_string()),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Ok(false),
+        Err(e) => return Err(anyhow::Error::new(e).context("failed to insert product")),
+    }
+    stock_levels::Entity::insert(stock_levels::ActiveModel {
+        sku: Set(new.sku.to_string()),
+        on_hand: Set(new.initial_stock.get()),
+        reserved: Set(0),
+    })
+    .exec_without_returning(conn)
+    .await
+    .context("failed to insert stock level")?;
+    Ok(true)
+}
+
+/// A product's current price and version, its row locked until the transaction ends
+/// (PostgreSQL; SQLite's write transactions are exclusive): two changes at once would
+/// otherwise both read one version and write the same next one.
+pub(crate) async fn lock_product(
+    conn: &impl ConnectionTrait,
+    sku: &Sku,
+) -> anyhow::Result<Option<(Money, i64)>> {
+    let Some(row) = products::Entity::find_by_id(sku.as_str())
+        .lock_exclusive()
+        .one(conn)
+        .await
+        .context("failed to load product")?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((
+        stored_price(row.price_minor, &row.currency)?,
+        row.version,
+    )))
+}
+
+/// What an update writes; `None` leaves a field as it is.
+pub(crate) struct ProductUpdate<'a> {
+    pub(crate) name: Option<&'a ProductName>,
+    /// `Some(None)` clears the description.
+    pub(crate) description: Option<Option<&'a str>>,
+    pub(crate) price: Option<Money>,
+    pub(crate) version: i64,
+    pub(crate) now: DateTime<Utc>,
+}
+
+pub(crate) async fn update_product(
+    conn: &impl ConnectionTrait,
+    sku: &Sku,
+    update: ProductUpdate<'_>,
+) -> anyhow::Result<()> {
+    let mut query = products::Entity::update_many()
+        .col_expr(products::Column::Version, Expr::value(update.version))
+        .col_expr(products::Column::UpdatedAt, Expr::value(update.now))
+        .filter(products::Column::Sku.eq(sku.as_str()));
+    if let Some(name) = update.name {
+        query = query.col_expr(products::Column::Name, Expr::value(name.as_str()));
+    }
+    if let Some(description) = update.description {
+        query = query.col_expr(
+            products::Column::Description,
+            Expr::value(description.map(str::to_owned)),
+        );
+    }
+    if let Some(price) = update.price {
+        query = query.col_expr(products::Column::PriceMinor, Expr::value(price.minor()));
+    }
+    query.exec(conn).await.context("failed to update product")?;
+    Ok(())
+}
+
+/// Adds `quantity` units on hand unless that would put more than [`StockLevel::MAX`] there;
+/// false when nothing was added (the sku has no stock row, or it is too full).
+pub(crate) async fn add_units(
+    conn: &impl ConnectionTrait,
+    sku: &Sku,
+    quantity: Quantity,
+) -> anyhow::Result<bool> {
+    let updated = stock_levels::Entity::update_many()
+        .col_expr(
+            stock_levels::Column::OnHand,
+            Expr::col(stock_levels::Column::OnHand).add(quantity.get()),
+        )
+        .filter(stock_levels::Column::Sku.eq(sku.as_str()))
+        .filter(stock_levels::Column::OnHand.lte(StockLevel::MAX - quantity.get()))
+        .exec(conn)
+        .await
+        .context("failed to restock")?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// Whether `sku` has a stock row.
+pub(crate) async fn has_stock_level(
+    conn: &impl ConnectionTrait,
+    sku: &Sku,
+) -> anyhow::Result<bool> {
+    Ok(stock_levels::Entity::find_by_id(sku.as_str())
+        .one(conn)
+        .await
+        .context("failed to load stock level")?
+        .is_some())
 }

@@ -1,34 +1,43 @@
-//! Holding and releasing stock: the row-level updates behind reservations.
+//! Holding and releasing stock: the row-level updates behind reservations, batched so a
+//! batch of orders costs a handful of statements.
+
+use std::collections::HashMap;
 
 use chrono::Utc;
-use messaging::db::{execute, placeholders, query};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Value,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use uuid::Uuid;
 
 use super::{order_holds, stock_levels, stock_reservations};
+use crate::domain::Hold;
+
+fn hold_of(raw: &str) -> Result<Hold, DbErr> {
+    Hold::parse(raw).ok_or_else(|| DbErr::Custom(format!("stored hold {raw:?} is unknown")))
+}
 
 /// The decision already taken for an order, if any.
 pub(crate) async fn hold_status(
     conn: &impl ConnectionTrait,
     order_id: Uuid,
-) -> Result<Option<String>, DbErr> {
-    Ok(order_holds::Entity::find_by_id(order_id)
+) -> Result<Option<Hold>, DbErr> {
+    order_holds::Entity::find_by_id(order_id)
         .one(conn)
         .await?
-        .map(|h| h.status))
+        .map(|h| hold_of(&h.status))
+        .transpose()
 }
 
 pub(crate) async fn set_hold(
     conn: &impl ConnectionTrait,
     order_id: Uuid,
-    status: &str,
+    status: Hold,
 ) -> Result<(), DbErr> {
     order_holds::Entity::insert(order_holds::ActiveModel {
         order_id: Set(order_id),
-        status: Set(status.to_owned()),
+        status: Set(status.as_str().to_owned()),
         updated_at: Set(Utc::now()),
     })
     .on_conflict(
@@ -39,37 +48,6 @@ pub(crate) async fn set_hold(
     .exec_without_returning(conn)
     .await
     .map(|_| ())
-}
-
-/// Holds `quantity` units of `sku` if that many are free; false when they are not (or the
-/// sku is unknown).
-pub(crate) async fn try_hold(
-    conn: &impl ConnectionTrait,
-    sku: &str,
-    quantity: i64,
-) -> Result<bool, DbErr> {
-    let updated = stock_levels::Entity::update_many()
-        .col_expr(
-            stock_levels::Column::Reserved,
-            Expr::col(stock_levels::Column::Reserved).add(quantity),
-        )
-        .filter(stock_levels::Column::Sku.eq(sku))
-        .filter(
-            Expr::col(stock_levels::Column::OnHand)
-                .sub(Expr::col(stock_levels::Column::Reserved))
-                .gte(quantity),
-        )
-        .exec(conn)
-        .await?;
-    Ok(updated.rows_affected == 1)
-}
-
-/// Units of `sku` on hand and not held; 0 for an unknown sku.
-pub(crate) async fn available(conn: &impl ConnectionTrait, sku: &str) -> Result<i64, DbErr> {
-    Ok(stock_levels::Entity::find_by_id(sku)
-        .one(conn)
-        .await?
-        .map_or(0, |s| s.on_hand - s.reserved))
 }
 
 /// Gives back `quantity` held units of `sku`.
@@ -140,17 +118,16 @@ pub(crate) async fn forget_reservations(
 pub(crate) async fn hold_statuses(
     conn: &impl ConnectionTrait,
     orders: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, String>, DbErr> {
+) -> Result<HashMap<Uuid, Hold>, DbErr> {
     if orders.is_empty() {
-        return Ok(Default::default());
+        return Ok(HashMap::new());
     }
-    let sql = format!(
-        "SELECT order_id, status FROM order_holds WHERE order_id IN ({})",
-        placeholders(1, orders.len())
-    );
-    let rows = query(conn, &sql, orders.iter().map(|o| Value::from(*o)).collect()).await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "order_id")?, r.try_get("", "status")?)))
+    order_holds::Entity::find()
+        .filter(order_holds::Column::OrderId.is_in(orders.iter().copied()))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|h| Ok((h.order_id, hold_of(&h.status)?)))
         .collect()
 }
 
@@ -160,18 +137,19 @@ pub(crate) async fn hold_statuses(
 pub(crate) async fn lock_free_units(
     conn: &impl ConnectionTrait,
     skus: &[&str],
-) -> Result<std::collections::HashMap<String, i64>, DbErr> {
+) -> Result<HashMap<String, i64>, DbErr> {
     if skus.is_empty() {
-        return Ok(Default::default());
+        return Ok(HashMap::new());
     }
-    let sql = format!(
-        "SELECT sku, on_hand - reserved AS free FROM stock_levels WHERE sku IN ({}) ORDER BY sku FOR UPDATE",
-        placeholders(1, skus.len())
-    );
-    let rows = query(conn, &sql, skus.iter().map(|s| Value::from(*s)).collect()).await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "sku")?, r.try_get("", "free")?)))
-        .collect()
+    Ok(stock_levels::Entity::find()
+        .filter(stock_levels::Column::Sku.is_in(skus.iter().copied()))
+        .order_by_asc(stock_levels::Column::Sku)
+        .lock_exclusive()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|s| (s.sku, s.on_hand - s.reserved))
+        .collect())
 }
 
 /// Adds `delta` held units to each sku, in one statement.
@@ -182,66 +160,64 @@ pub(crate) async fn hold_many(
     if deltas.is_empty() {
         return Ok(());
     }
-    let mut values: Vec<Value> = Vec::with_capacity(deltas.len() * 3);
-    let mut cases = String::new();
-    for (i, (sku, delta)) in deltas.iter().enumerate() {
-        cases.push_str(&format!(" WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2));
-        values.push(sku.clone().into());
-        values.push((*delta).into());
-    }
-    let first = deltas.len() * 2 + 1;
-    values.extend(deltas.iter().map(|(sku, _)| Value::from(sku.clone())));
-    let sql = format!(
-        "UPDATE stock_levels SET reserved = reserved + CASE sku{cases} ELSE 0 END WHERE sku IN ({})",
-        placeholders(first, deltas.len())
-    );
-    execute(conn, &sql, values).await.map(|_| ())
+    let by_sku = deltas
+        .iter()
+        .fold(CaseStatement::new(), |case, (sku, delta)| {
+            case.case(stock_levels::Column::Sku.eq(sku.as_str()), *delta)
+        })
+        .finally(0i64);
+    stock_levels::Entity::update_many()
+        .col_expr(
+            stock_levels::Column::Reserved,
+            Expr::col(stock_levels::Column::Reserved).add(by_sku),
+        )
+        .filter(stock_levels::Column::Sku.is_in(deltas.iter().map(|(sku, _)| sku.as_str())))
+        .exec(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Records the decision for many orders at once.
 pub(crate) async fn set_holds(
     conn: &impl ConnectionTrait,
-    decisions: &[(Uuid, &str)],
+    decisions: &[(Uuid, Hold)],
 ) -> Result<(), DbErr> {
     if decisions.is_empty() {
         return Ok(());
     }
     let now = Utc::now();
-    let mut values: Vec<Value> = Vec::with_capacity(decisions.len() * 3);
-    let mut rows = Vec::with_capacity(decisions.len());
-    for (i, (order, status)) in decisions.iter().enumerate() {
-        rows.push(format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-        values.push((*order).into());
-        values.push((*status).into());
-        values.push(now.into());
-    }
-    let sql = format!(
-        "INSERT INTO order_holds (order_id, status, updated_at) VALUES {} \
-         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-        rows.join(", ")
-    );
-    execute(conn, &sql, values).await.map(|_| ())
+    order_holds::Entity::insert_many(decisions.iter().map(|(order, status)| {
+        order_holds::ActiveModel {
+            order_id: Set(*order),
+            status: Set(status.as_str().to_owned()),
+            updated_at: Set(now),
+        }
+    }))
+    .on_conflict(
+        OnConflict::column(order_holds::Column::OrderId)
+            .update_columns([order_holds::Column::Status, order_holds::Column::UpdatedAt])
+            .to_owned(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .map(|_| ())
 }
 
-/// Records the units held for many orders at once.
+/// Records the units held for many orders at once, a thousand rows per statement.
 pub(crate) async fn record_many_reservations(
     conn: &impl ConnectionTrait,
     lines: &[(Uuid, String, i64)],
 ) -> Result<(), DbErr> {
     for chunk in lines.chunks(1000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
-        let mut rows = Vec::with_capacity(chunk.len());
-        for (i, (order, sku, quantity)) in chunk.iter().enumerate() {
-            rows.push(format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-            values.push((*order).into());
-            values.push(sku.clone().into());
-            values.push((*quantity).into());
-        }
-        let sql = format!(
-            "INSERT INTO stock_reservations (order_id, sku, quantity) VALUES {}",
-            rows.join(", ")
-        );
-        execute(conn, &sql, values).await?;
+        stock_reservations::Entity::insert_many(chunk.iter().map(|(order, sku, quantity)| {
+            stock_reservations::ActiveModel {
+                order_id: Set(*order),
+                sku: Set(sku.clone()),
+                quantity: Set(*quantity),
+            }
+        }))
+        .exec_without_returning(conn)
+        .await?;
     }
     Ok(())
 }

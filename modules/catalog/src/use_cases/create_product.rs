@@ -5,10 +5,9 @@ use chrono::Utc;
 use contracts::catalog::ProductPublishedV1;
 use contracts::{Cause, Envelope};
 use kernel::Sku;
-use sea_orm::{ActiveValue::Set, EntityTrait};
 
 use crate::State;
-use crate::db::{is_unique_violation, products, stock_levels};
+use crate::db::queries;
 use crate::domain::{NewProduct, Product};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,35 +41,9 @@ pub(crate) async fn create_product(
         .begin()
         .await
         .context("failed to begin a transaction")?;
-    let inserted = products::Entity::insert(products::ActiveModel {
-        sku: Set(new.sku.to_string()),
-        name: Set(new.name.as_str().to_owned()),
-        description: Set(new.description.clone()),
-        price_minor: Set(new.price.minor()),
-        currency: Set(new.price.currency().to_string()),
-        version: Set(1),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .exec_without_returning(&tx)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => return Err(CreateProductError::DuplicateSku(new.sku)),
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context("failed to insert product")
-                .into());
-        }
+    if !queries::insert_product(&tx, &new, now).await? {
+        return Err(CreateProductError::DuplicateSku(new.sku));
     }
-    stock_levels::Entity::insert(stock_levels::ActiveModel {
-        sku: Set(new.sku.to_string()),
-        on_hand: Set(new.initial_stock.get()),
-        reserved: Set(0),
-    })
-    .exec_without_returning(&tx)
-    .await
-    .context("failed to insert stock level")?;
     state
         .outbox
         .append(&tx, &[published])

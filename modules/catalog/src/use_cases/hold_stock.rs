@@ -1,6 +1,7 @@
-//! Holding stock for orders, as checkout's order events arrive: all lines or none on
-//! `order_placed`, released on `order_cancelled`, held again on `order_reinstated`. Each
-//! order's decision is recorded, so a duplicate or late event cannot decide twice.
+//! Holding stock for orders, as checkout's order events arrive: load the decisions taken
+//! and the free units (db) → decide with the stock rules (pure, `domain::stock`) → write
+//! the holds and announce them. All lines or none on `order_placed`, released on
+//! `order_cancelled`, held again on `order_reinstated`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -10,21 +11,12 @@ use contracts::catalog::{
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use messaging::{Emitter, HandlerError};
-use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 
-use crate::db::order_holds::{REJECTED, RELEASED, RESERVED};
-use crate::db::stock;
-
-/// The lines of an order, one per sku, in sku order (so concurrent orders lock stock rows
-/// in the same order and cannot deadlock).
-fn merged<'a>(lines: impl Iterator<Item = (&'a str, i64)>) -> Vec<(String, i64)> {
-    let mut by_sku: BTreeMap<&str, i64> = BTreeMap::new();
-    for (sku, quantity) in lines {
-        *by_sku.entry(sku).or_default() += quantity;
-    }
-    by_sku.into_iter().map(|(s, q)| (s.to_owned(), q)).collect()
-}
+use crate::db::{DatabaseTransaction, stock};
+use crate::domain::{
+    Decision, Hold, Lines, OnCancel, decide, merged, on_cancelled, on_reinstated, rehold,
+};
 
 fn stock_lines(lines: &[(String, i64)]) -> Vec<StockLineV1> {
     lines
@@ -46,11 +38,11 @@ pub(crate) async fn reserve(
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
     let decided = stock::hold_statuses(tx, &ids).await?;
-    let mut pending = Vec::new();
+    let mut pending: Vec<(&Envelope, &OrderPlacedV1, Lines)> = Vec::new();
     let mut seen = HashSet::new();
     for (event, order) in orders {
         if let Some(status) = decided.get(&order.order_id) {
-            tracing::info!(module = "catalog", order_id = %order.order_id, status, "order already decided; nothing to hold");
+            tracing::info!(module = "catalog", order_id = %order.order_id, status = status.as_str(), "order already decided; nothing to hold");
         } else if seen.insert(order.order_id) {
             pending.push((
                 *event,
@@ -68,41 +60,39 @@ pub(crate) async fn reserve(
     let mut reservations = Vec::new();
     let mut decisions = Vec::with_capacity(pending.len());
     for (event, order, lines) in pending {
-        let shortages: Vec<ShortageV1> = lines
-            .iter()
-            .filter_map(|(sku, quantity)| {
-                let available = free.get(sku).copied().unwrap_or(0);
-                (available < *quantity).then(|| ShortageV1 {
-                    sku: sku.clone(),
-                    requested: *quantity,
-                    available: available.max(0),
-                })
-            })
-            .collect();
-        if shortages.is_empty() {
-            for (sku, quantity) in &lines {
-                *free.entry(sku.clone()).or_default() -= quantity;
-                *held.entry(sku.clone()).or_default() += quantity;
-                reservations.push((order.order_id, sku.clone(), *quantity));
+        match decide(&mut free, &lines) {
+            Decision::Reserved(lines) => {
+                for (sku, quantity) in &lines {
+                    *held.entry(sku.clone()).or_default() += quantity;
+                    reservations.push((order.order_id, sku.clone(), *quantity));
+                }
+                decisions.push((order.order_id, Hold::Reserved));
+                out.emit(
+                    event,
+                    &StockReservedV1 {
+                        order_id: order.order_id,
+                        lines: stock_lines(&lines),
+                    },
+                )?;
             }
-            decisions.push((order.order_id, RESERVED));
-            out.emit(
-                event,
-                &StockReservedV1 {
-                    order_id: order.order_id,
-                    lines: stock_lines(&lines),
-                },
-            )?;
-        } else {
-            tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
-            decisions.push((order.order_id, REJECTED));
-            out.emit(
-                event,
-                &StockRejectedV1 {
-                    order_id: order.order_id,
-                    shortages,
-                },
-            )?;
+            Decision::Rejected(shortages) => {
+                tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
+                decisions.push((order.order_id, Hold::Rejected));
+                out.emit(
+                    event,
+                    &StockRejectedV1 {
+                        order_id: order.order_id,
+                        shortages: shortages
+                            .into_iter()
+                            .map(|s| ShortageV1 {
+                                sku: s.sku,
+                                requested: s.requested,
+                                available: s.available,
+                            })
+                            .collect(),
+                    },
+                )?;
+            }
         }
     }
     stock::hold_many(tx, &held.into_iter().collect::<Vec<_>>()).await?;
@@ -118,14 +108,14 @@ pub(crate) async fn release(
     out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
-    match stock::hold_status(tx, order_id).await?.as_deref() {
-        Some(RESERVED) => {
+    match on_cancelled(stock::hold_status(tx, order_id).await?) {
+        OnCancel::Release => {
             let lines = stock::reservations(tx, order_id).await?;
             for (sku, quantity) in &lines {
                 stock::unhold(tx, sku, *quantity).await?;
             }
             stock::forget_reservations(tx, order_id).await?;
-            stock::set_hold(tx, order_id, RELEASED).await?;
+            stock::set_hold(tx, order_id, Hold::Released).await?;
             if !lines.is_empty() {
                 out.emit(
                     cause,
@@ -136,57 +126,37 @@ pub(crate) async fn release(
                 )?;
             }
         }
-        Some(_) => {}
-        // Cancelled before catalog heard of the order: remember, so that the order, if it
-        // ever arrives, holds nothing.
-        None => stock::set_hold(tx, order_id, RELEASED).await?,
+        OnCancel::Remember => stock::set_hold(tx, order_id, Hold::Released).await?,
+        OnCancel::Nothing => {}
     }
     Ok(())
 }
 
 /// A cancellation lost to a dispatch: the goods left, so hold their stock again. What is
 /// no longer free cannot be held; that shortfall is logged as an oversell, not retried.
-pub(crate) async fn rehold(
+pub(crate) async fn rehold_stock(
     tx: &DatabaseTransaction,
     event: OrderReinstatedV1,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
-    if stock::hold_status(tx, order_id).await?.as_deref() != Some(RELEASED) {
+    if !on_reinstated(stock::hold_status(tx, order_id).await?) {
         return Ok(());
     }
     let lines = merged(event.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
+    let skus: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
+    let free = stock::lock_free_units(tx, &skus).await?;
     let mut held = Vec::new();
-    for (sku, quantity) in lines {
-        let take = if stock::try_hold(tx, &sku, quantity).await? {
-            quantity
-        } else {
-            let free = stock::available(tx, &sku).await?.max(0);
-            if free > 0 && !stock::try_hold(tx, &sku, free).await? {
-                0
-            } else {
-                free
-            }
-        };
-        if take < quantity {
-            tracing::error!(module = "catalog", %order_id, sku, wanted = quantity, held = take, "oversold: a dispatched order's stock was no longer free");
-            metrics::counter!("catalog_oversold_units_total").increment((quantity - take) as u64);
+    for line in rehold(&free, &lines) {
+        if line.oversold() > 0 {
+            tracing::error!(module = "catalog", %order_id, sku = line.sku, wanted = line.wanted, held = line.held, "oversold: a dispatched order's stock was no longer free");
+            metrics::counter!("catalog_oversold_units_total").increment(line.oversold() as u64);
         }
-        if take > 0 {
-            held.push((sku, take));
+        if line.held > 0 {
+            held.push((line.sku, line.held));
         }
     }
+    stock::hold_many(tx, &held).await?;
     stock::record_reservations(tx, order_id, &held).await?;
-    stock::set_hold(tx, order_id, RESERVED).await?;
+    stock::set_hold(tx, order_id, Hold::Reserved).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_merged_per_sku_in_sku_order() {
-        let merged = merged([("B", 1), ("A", 2), ("B", 3)].into_iter());
-        assert_eq!(merged, [("A".to_owned(), 2), ("B".to_owned(), 4)]);
-    }
 }

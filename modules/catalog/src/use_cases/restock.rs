@@ -3,10 +3,8 @@
 use anyhow::Context;
 use kernel::{Quantity, Sku, StockLevel};
 use runtime::ModuleDb;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use crate::db::{queries, stock_levels};
+use crate::db::queries;
 use crate::domain::Product;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,23 +24,8 @@ pub(crate) async fn restock(
     quantity: Quantity,
 ) -> Result<Product, RestockError> {
     let tx = db.begin().await.context("failed to begin a transaction")?;
-    let updated = stock_levels::Entity::update_many()
-        .col_expr(
-            stock_levels::Column::OnHand,
-            Expr::col(stock_levels::Column::OnHand).add(quantity.get()),
-        )
-        .filter(stock_levels::Column::Sku.eq(sku.as_str()))
-        .filter(stock_levels::Column::OnHand.lte(StockLevel::MAX - quantity.get()))
-        .exec(&tx)
-        .await
-        .context("failed to restock")?;
-    if updated.rows_affected == 0 {
-        let exists = stock_levels::Entity::find_by_id(sku.as_str())
-            .one(&tx)
-            .await
-            .context("failed to load stock level")?
-            .is_some();
-        return Err(if exists {
+    if !queries::add_units(&tx, &sku, quantity).await? {
+        return Err(if queries::has_stock_level(&tx, &sku).await? {
             RestockError::TooMuchStock { quantity }
         } else {
             RestockError::NotFound(sku)

@@ -5,11 +5,10 @@ use chrono::Utc;
 use contracts::catalog::ProductRepricedV1;
 use contracts::{Cause, Envelope};
 use kernel::Sku;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel, QuerySelect};
 
 use crate::State;
-use crate::db::{products, queries};
-use crate::domain::{Product, ProductChanges, reprice, stored_price};
+use crate::db::queries::{self, ProductUpdate};
+use crate::domain::{Product, ProductChanges, reprice};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpdateProductError {
@@ -31,40 +30,28 @@ pub(crate) async fn update_product(
         .begin()
         .await
         .context("failed to begin a transaction")?;
-    // Locked until commit (PostgreSQL; SQLite's write transactions are exclusive): two
-    // changes at once would otherwise both read one version and write the same next one,
-    // and checkout, which keeps only newer versions, would keep whichever came first.
-    let Some(row) = products::Entity::find_by_id(sku.as_str())
-        .lock_exclusive()
-        .one(&tx)
-        .await
-        .context("failed to load product")?
-    else {
+    let Some((current_price, version)) = queries::lock_product(&tx, &sku).await? else {
         return Err(UpdateProductError::NotFound(sku));
     };
-    let current_price = stored_price(row.price_minor, &row.currency)?;
-    let version = row.version;
-    let mut active = row.into_active_model();
-    if let Some(name) = &changes.name {
-        active.name = Set(name.as_str().to_owned());
-    }
-    if let Some(description) = &changes.description {
-        active.description = Set(description.clone());
-    }
     let mut repriced = None;
     if let Some(minor) = changes.price_minor
         && minor != current_price.minor()
     {
         let price = reprice(current_price, minor).context("price was checked by the request")?;
-        active.price_minor = Set(price.minor());
         repriced = Some(price);
     }
-    active.version = Set(version + 1);
-    active.updated_at = Set(Utc::now());
-    active
-        .update(&tx)
-        .await
-        .context("failed to update product")?;
+    queries::update_product(
+        &tx,
+        &sku,
+        ProductUpdate {
+            name: changes.name.as_ref(),
+            description: changes.description.as_ref().map(Option::as_deref),
+            price: repriced,
+            version: version + 1,
+            now: Utc::now(),
+        },
+    )
+    .await?;
     let product = queries::find_product(&tx, &sku)
         .await?
         .context("the product vanished inside its own transaction")?;

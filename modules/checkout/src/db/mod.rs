@@ -1,11 +1,19 @@
 //! The only place in checkout that touches sea-orm.
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub(crate) mod idempotency_keys;
 pub(crate) mod order_lines;
 pub(crate) mod orders;
+pub(crate) mod payment_attempts;
+pub(crate) mod payments;
+pub(crate) mod prices;
 pub(crate) mod queries;
 
-use sea_orm::DbErr;
+/// The handles the rest of the module holds without looking inside: a connection, a
+/// transaction (a handler's, or a use case's unit of work), and their error. Statements
+/// are built only here.
+pub(crate) use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 
 pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
     matches!(

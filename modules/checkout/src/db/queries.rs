@@ -1,15 +1,21 @@
-//! Reading and changing orders.
+//! Reading and changing orders, their idempotency keys, and the price list they are
+//! priced from.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
-use chrono::Utc;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use uuid::Uuid;
 
-use super::{order_lines, orders};
-use crate::domain::{Address, Line, Order, OrderStatus, StatusReason};
+use super::{idempotency_keys, is_unique_violation, order_lines, orders, prices};
+use kernel::{Currency, Money, OrderId, Quantity, Sku};
+
+use crate::domain::{Address, Line, Order, OrderStatus, PriceList, StatusReason};
 
 /// Loads an order and its lines. With `lock`, the order row stays locked until the
 /// transaction ends (PostgreSQL; SQLite's write transactions are exclusive anyway), so
@@ -46,7 +52,7 @@ pub(crate) async fn load_orders(
         query = query.order_by_asc(orders::Column::Id).lock_exclusive();
     }
     let rows = query.all(conn).await.context("failed to load orders")?;
-    let mut lines: HashMap<Uuid, Vec<Line>> = HashMap::new();
+    let mut lines: HashMap<Uuid, Vec<order_lines::Model>> = HashMap::new();
     for l in order_lines::Entity::find()
         .filter(order_lines::Column::OrderId.is_in(ids.iter().copied()))
         .order_by_asc(order_lines::Column::OrderId)
@@ -55,31 +61,50 @@ pub(crate) async fn load_orders(
         .await
         .context("failed to load order lines")?
     {
-        lines.entry(l.order_id).or_default().push(Line {
-            sku: l.sku,
-            quantity: l.quantity,
-            unit_price_minor: l.unit_price_minor,
-        });
+        lines.entry(l.order_id).or_default().push(l);
     }
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let status = OrderStatus::parse(&row.status)
             .with_context(|| format!("stored status {:?} is unknown", row.status))?;
+        let status_reason = row
+            .status_reason
+            .as_deref()
+            .map(|r| {
+                StatusReason::parse(r).with_context(|| format!("stored reason {r:?} is unknown"))
+            })
+            .transpose()?;
         let shipping_address: Address = serde_json::from_str(&row.shipping_address)
             .context("stored shipping address is not valid")?;
+        let currency = Currency::parse(&row.currency)
+            .with_context(|| format!("stored currency {:?} is invalid", row.currency))?;
+        let total = Money::new(row.total_minor, currency).context("stored total is invalid")?;
+        let lines = lines
+            .remove(&row.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| {
+                Ok(Line {
+                    sku: Sku::parse(&l.sku)
+                        .with_context(|| format!("stored sku {:?} is invalid", l.sku))?,
+                    quantity: Quantity::new(l.quantity).context("stored quantity is invalid")?,
+                    unit_price: Money::new(l.unit_price_minor, currency)
+                        .context("stored unit price is invalid")?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<Line>>>()?;
         out.insert(
             row.id,
             Order {
-                id: row.id,
+                id: OrderId::from_uuid(row.id),
                 status,
-                status_reason: row.status_reason,
+                status_reason,
                 customer_id: row.customer_id,
                 customer_email: row.customer_email,
                 shipping_address,
                 payment_token: row.payment_token,
-                currency: row.currency,
-                total_minor: row.total_minor,
-                lines: lines.remove(&row.id).unwrap_or_default(),
+                total,
+                lines,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
             },
@@ -135,4 +160,208 @@ pub(crate) async fn overdue_orders(
         .context("failed to read the oldest overdue order")?
         .map(|o| (o.id, o.created_at));
     Ok((count, oldest))
+}
+
+/// A price as checkout's price list holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredPrice {
+    pub(crate) sku: String,
+    pub(crate) price_minor: i64,
+    pub(crate) currency: String,
+    pub(crate) version: i64,
+}
+
+impl From<prices::Model> for StoredPrice {
+    fn from(row: prices::Model) -> Self {
+        StoredPrice {
+            sku: row.sku,
+            price_minor: row.price_minor,
+            currency: row.currency,
+            version: row.version,
+        }
+    }
+}
+
+/// The prices of these skus that the price list has (an unknown sku is absent).
+pub(crate) async fn price_list(
+    conn: &impl ConnectionTrait,
+    skus: &[&Sku],
+) -> anyhow::Result<PriceList> {
+    prices::Entity::find()
+        .filter(prices::Column::Sku.is_in(skus.iter().map(|s| s.as_str())))
+        .all(conn)
+        .await
+        .context("failed to read prices")?
+        .into_iter()
+        .map(|row| {
+            let sku = Sku::parse(&row.sku)
+                .with_context(|| format!("a stored price has a bad sku {:?}", row.sku))?;
+            let currency =
+                Currency::parse(&row.currency).context("a stored price has a bad currency")?;
+            let price =
+                Money::new(row.price_minor, currency).context("a stored price is out of range")?;
+            Ok((sku, price))
+        })
+        .collect()
+}
+
+pub(crate) async fn price(
+    conn: &impl ConnectionTrait,
+    sku: &str,
+) -> anyhow::Result<Option<StoredPrice>> {
+    Ok(prices::Entity::find_by_id(sku)
+        .one(conn)
+        .await
+        .context("failed to read a price")?
+        .map(StoredPrice::from))
+}
+
+/// Stores a price unless the list holds one of the same or a newer product version;
+/// false when it was stale and nothing changed.
+pub(crate) async fn apply_price(
+    conn: &impl ConnectionTrait,
+    price: StoredPrice,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let applied = prices::Entity::insert(prices::ActiveModel {
+        sku: Set(price.sku),
+        price_minor: Set(price.price_minor),
+        currency: Set(price.currency),
+        version: Set(price.version),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(prices::Column::Sku)
+            .update_columns([
+                prices::Column::PriceMinor,
+                prices::Column::Currency,
+                prices::Column::Version,
+                prices::Column::UpdatedAt,
+            ])
+            .action_and_where(
+                Expr::col((prices::Entity, prices::Column::Version))
+                    .lt(Expr::col((Alias::new("excluded"), prices::Column::Version))),
+            )
+            .to_owned(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .context("failed to store a price")?;
+    Ok(applied > 0)
+}
+
+/// The request hash and the order of a customer's idempotency key, if it was used.
+pub(crate) async fn idempotency_key(
+    conn: &impl ConnectionTrait,
+    customer: &str,
+    key: &str,
+) -> anyhow::Result<Option<(String, Uuid)>> {
+    Ok(
+        idempotency_keys::Entity::find_by_id((customer.to_owned(), key.to_owned()))
+            .one(conn)
+            .await
+            .context("failed to read idempotency key")?
+            .map(|k| (k.request_hash, k.order_id)),
+    )
+}
+
+/// Records which order a customer's key produced; false when the key is taken already
+/// (another request with it won the race).
+pub(crate) async fn claim_idempotency_key(
+    conn: &impl ConnectionTrait,
+    customer: &str,
+    key: &str,
+    request_hash: &str,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let inserted = idempotency_keys::Entity::insert(idempotency_keys::ActiveModel {
+        customer_id: Set(customer.to_owned()),
+        key: Set(key.to_owned()),
+        request_hash: Set(request_hash.to_owned()),
+        order_id: Set(order_id),
+        created_at: Set(now),
+    })
+    .exec_without_returning(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("failed to store idempotency key")),
+    }
+}
+
+/// Inserts a new order and its lines.
+pub(crate) async fn insert_order(conn: &impl ConnectionTrait, order: &Order) -> anyhow::Result<()> {
+    let address = serde_json::to_string(&order.shipping_address).context("address to JSON")?;
+    orders::Entity::insert(orders::ActiveModel {
+        id: Set(order.id.as_uuid()),
+        status: Set(order.status.as_str().into()),
+        status_reason: Set(order.status_reason.map(|r| r.as_str().to_owned())),
+        customer_id: Set(order.customer_id.clone()),
+        customer_email: Set(order.customer_email.clone()),
+        shipping_address: Set(address),
+        payment_token: Set(order.payment_token.clone()),
+        currency: Set(order.total.currency().to_string()),
+        total_minor: Set(order.total.minor()),
+        created_at: Set(order.created_at),
+        updated_at: Set(order.updated_at),
+    })
+    .exec_without_returning(conn)
+    .await
+    .context("failed to insert order")?;
+    order_lines::Entity::insert_many(order.lines.iter().enumerate().map(|(i, l)| {
+        order_lines::ActiveModel {
+            order_id: Set(order.id.as_uuid()),
+            line_no: Set(i as i32 + 1),
+            sku: Set(l.sku.to_string()),
+            quantity: Set(l.quantity.get()),
+            unit_price_minor: Set(l.unit_price.minor()),
+        }
+    }))
+    .exec_without_returning(conn)
+    .await
+    .context("failed to insert order lines")?;
+    Ok(())
+}
+
+/// Up to `limit` order ids in id order after `after`; with `owner`, only that customer's.
+pub(crate) async fn order_ids(
+    conn: &impl ConnectionTrait,
+    owner: Option<&str>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> anyhow::Result<Vec<Uuid>> {
+    let mut query = orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Id)
+        .order_by_asc(orders::Column::Id)
+        .limit(limit);
+    if let Some(customer) = owner {
+        query = query.filter(orders::Column::CustomerId.eq(customer));
+    }
+    if let Some(after) = after {
+        query = query.filter(orders::Column::Id.gt(after));
+    }
+    query
+        .into_tuple()
+        .all(conn)
+        .await
+        .context("failed to list orders")
+}
+
+/// Deletes the idempotency keys older than `retention` (the module's cleaner calls this on
+/// each pass): their customers may use them again for new orders.
+pub(crate) async fn forget_keys(
+    db: messaging::db::ModuleDb,
+    retention: std::time::Duration,
+) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let before =
+        chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let deleted = super::idempotency_keys::Entity::delete_many()
+        .filter(super::idempotency_keys::Column::CreatedAt.lt(before))
+        .exec(db.conn())
+        .await?;
+    Ok(deleted.rows_affected)
 }

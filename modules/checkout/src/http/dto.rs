@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use validator::{Validate, ValidationError};
 
-use crate::domain::{Address, Order};
-use crate::use_cases::place_order::PlaceOrder;
+use crate::domain::{Address, NewOrder, Order};
 
 fn country_code(raw: &str) -> Result<(), ValidationError> {
     if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -96,7 +95,7 @@ impl PlaceOrderBody {
             .collect()
     }
 
-    pub(crate) fn into_command(self, customer_id: String) -> Result<PlaceOrder, ApiError> {
+    pub(crate) fn into_command(self, customer_id: String) -> Result<NewOrder, ApiError> {
         let mut e = FieldErrors::new();
         let email = required(&mut e, "customer_email", self.customer_email);
         let token = required(&mut e, "payment_token", self.payment_token);
@@ -146,7 +145,7 @@ impl PlaceOrderBody {
         });
         match (email, token, address) {
             (Some(customer_email), Some(payment_token), Some(shipping_address)) if e.is_empty() => {
-                Ok(PlaceOrder {
+                Ok(NewOrder {
                     customer_id,
                     customer_email,
                     items,
@@ -229,20 +228,20 @@ pub(crate) struct OrderView {
 impl From<Order> for OrderView {
     fn from(o: Order) -> Self {
         Self {
-            id: o.id,
+            id: o.id.as_uuid(),
             customer_id: o.customer_id,
             status: o.status.as_str(),
-            status_reason: o.status_reason,
-            total_minor: o.total_minor,
-            currency: o.currency,
+            status_reason: o.status_reason.map(|r| r.as_str().to_owned()),
+            total_minor: o.total.minor(),
+            currency: o.total.currency().to_string(),
             lines: o
                 .lines
                 .into_iter()
                 .map(|l| LineView {
-                    line_total_minor: l.unit_price_minor.saturating_mul(l.quantity),
-                    sku: l.sku,
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
+                    line_total_minor: l.unit_price.minor().saturating_mul(l.quantity.get()),
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price_minor: l.unit_price.minor(),
                 })
                 .collect(),
             customer_email: o.customer_email,

@@ -22,7 +22,6 @@
 //! records the same answer, so an attempt settles once and an order confirmed by its
 //! payment is never voided by a late copy of that payment.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +32,6 @@ use contracts::checkout::{
 };
 use contracts::{Cause, Envelope, Traceparent};
 use futures::FutureExt;
-use messaging::db::{execute, now_ms, placeholders, query};
-use sea_orm::{DatabaseTransaction, Value};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,8 +39,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::State;
+use crate::db::payments::{self, Finished};
 use crate::db::queries;
-use crate::domain::{Order, OrderStatus, StatusReason};
+use crate::domain::{
+    Order, OrderStatus, PaymentAnswer, PaymentStatus, Settlement, StatusReason, settle,
+};
 use crate::payment::breaker::Breaker;
 use crate::payment::{
     Authorization, AuthorizeRequest, GatewayError, PaymentGateway, PaymentSettings,
@@ -98,6 +98,11 @@ enum Called {
 }
 
 const RECORD_BATCH: usize = 200;
+
+/// Milliseconds since the epoch: how attempts store their times.
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
 
 impl PaymentWorker {
     pub(crate) async fn run(self, cancel: CancellationToken) {
@@ -199,43 +204,27 @@ impl PaymentWorker {
         // after it: each claim of an attempt writes a lease end of its own, its fence.
         let fence = now + self.lease_ms.max(1);
         let tx = self.state.db.begin().await.context("failed to begin")?;
-        let rows = query(
-            &tx,
-            // Materialized, so the limit holds: PostgreSQL may run an `IN (SELECT ..)`
-            // sub-select more than once and lock and return more rows than it asked for.
-            "WITH due AS MATERIALIZED ( \
-               SELECT id AS due_id FROM payment_attempts \
-               WHERE status = 'pending' AND next_attempt_at <= $2 AND locked_until < $2 \
-               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE payment_attempts SET locked_until = $1 FROM due WHERE id = due.due_id \
-             RETURNING id, order_id, attempts, correlation_id, traceparent",
-            vec![fence.into(), now.into(), (limit as i64).into()],
-        )
-        .await
-        .context("failed to claim payment attempts")?;
+        let rows = payments::claim(&tx, fence, now, limit).await?;
         tx.commit().await.context("failed to commit the claim")?;
-        let mut claimed = rows
+        let mut claimed: Vec<Claimed> = rows
             .into_iter()
-            .map(|r| {
-                let correlation: Option<Uuid> = r.try_get("", "correlation_id")?;
-                let traceparent: Option<String> = r.try_get("", "traceparent")?;
-                Ok(Claimed {
-                    id: r.try_get("", "id")?,
-                    order_id: r.try_get("", "order_id")?,
-                    attempts: r.try_get("", "attempts")?,
-                    fence,
-                    cause: Cause {
-                        correlation_id: correlation.unwrap_or_else(Uuid::now_v7),
-                        causation_id: None,
-                        traceparent: traceparent
-                            .as_deref()
-                            .and_then(Traceparent::parse)
-                            .unwrap_or_else(Traceparent::new_root),
-                    },
-                    charge: None,
-                })
+            .map(|r| Claimed {
+                id: r.id,
+                order_id: r.order_id,
+                attempts: r.attempts,
+                fence,
+                cause: Cause {
+                    correlation_id: r.correlation_id.unwrap_or_else(Uuid::now_v7),
+                    causation_id: None,
+                    traceparent: r
+                        .traceparent
+                        .as_deref()
+                        .and_then(Traceparent::parse)
+                        .unwrap_or_else(Traceparent::new_root),
+                },
+                charge: None,
             })
-            .collect::<anyhow::Result<Vec<Claimed>>>()?;
+            .collect();
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.order_id).collect();
         let orders = queries::load_orders(self.state.db.conn(), &ids, false).await?;
         for attempt in &mut claimed {
@@ -243,8 +232,8 @@ impl PaymentWorker {
                 .get(&attempt.order_id)
                 .filter(|o| o.status == OrderStatus::Pending)
                 .map(|o| Charge {
-                    amount_minor: o.total_minor,
-                    currency: o.currency.clone(),
+                    amount_minor: o.total.minor(),
+                    currency: o.total.currency().to_string(),
                     token: o.payment_token.clone(),
                 });
         }
@@ -347,7 +336,8 @@ impl PaymentWorker {
         let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.order_id).collect();
         // Orders first, then attempts: the order every writer of both locks them in.
         let orders = queries::load_orders(&tx, &ids, true).await?;
-        let current = still_claimed(&tx, batch).await?;
+        let claims: Vec<Uuid> = batch.iter().map(|(a, _)| a.id).collect();
+        let current = payments::lock_pending(&tx, &claims).await?;
         let mut outcome = Outcome::default();
         for (attempt, called) in batch {
             if !current.contains(&(attempt.id, attempt.fence)) {
@@ -357,25 +347,13 @@ impl PaymentWorker {
             let order = orders
                 .get(&attempt.order_id)
                 .with_context(|| format!("order {} is missing", attempt.order_id))?;
-            match called {
-                Called::NotNeeded => outcome.finish(attempt.id, "voided", None, None),
-                Called::Answered(Authorization::Approved { reference }) => {
-                    if order.status.on_payment(true).is_some() {
-                        outcome.confirmed.push(order.id);
-                        outcome.events.push(confirmed(order, &attempt.cause)?);
-                        outcome.finish(attempt.id, "approved", Some(reference), None);
-                    } else {
-                        // Cancelled while the provider was answering: release the money.
-                        outcome.finish(attempt.id, "voided", Some(reference), None);
-                        outcome.voids.push(reference.clone());
-                    }
-                }
-                Called::Answered(Authorization::Declined { reason }) => {
-                    outcome.decline(order, attempt, reason)?;
-                }
+            let answer = match called {
+                Called::NotNeeded => PaymentAnswer::NotAsked,
+                Called::Answered(Authorization::Approved { .. }) => PaymentAnswer::Approved,
+                Called::Answered(Authorization::Declined { .. }) => PaymentAnswer::Declined,
                 Called::Refused(reason) => {
                     tracing::error!(module = "checkout", order_id = %order.id, reason, "the payment provider refused the request; the payment counts as declined");
-                    outcome.decline(order, attempt, reason)?;
+                    PaymentAnswer::Declined
                 }
                 Called::Failed { error, retry_after } => {
                     let attempts = attempt.attempts + 1;
@@ -384,9 +362,27 @@ impl PaymentWorker {
                     outcome
                         .retries
                         .push((attempt.id, attempts, delay, error.clone()));
+                    continue;
                 }
-                Called::Held => outcome.held.push(attempt.id),
-            }
+                Called::Held => {
+                    outcome.held.push(attempt.id);
+                    continue;
+                }
+            };
+            let (reference, reason) = match called {
+                Called::Answered(Authorization::Approved { reference }) => (Some(reference), None),
+                Called::Answered(Authorization::Declined { reason }) | Called::Refused(reason) => {
+                    (None, Some(reason.as_str()))
+                }
+                _ => (None, None),
+            };
+            outcome.settle(
+                order,
+                attempt,
+                settle(order.status, answer),
+                reference,
+                reason,
+            )?;
         }
         queries::set_statuses(&tx, &outcome.confirmed, OrderStatus::Confirmed, None).await?;
         queries::set_statuses(
@@ -396,21 +392,11 @@ impl PaymentWorker {
             Some(StatusReason::PaymentDeclined),
         )
         .await?;
-        finish_many(&tx, &outcome.finished).await?;
-        release(&tx, &outcome.held).await?;
+        payments::finish_many(&tx, &outcome.finished, Utc::now()).await?;
+        payments::release(&tx, &outcome.held).await?;
         for (id, attempts, delay, error) in outcome.retries {
-            execute(
-                &tx,
-                "UPDATE payment_attempts SET attempts = $1, next_attempt_at = $2, locked_until = 0, last_error = $3, updated_at = $4 WHERE id = $5",
-                vec![
-                    attempts.into(),
-                    (now_ms() + delay.as_millis() as i64).into(),
-                    error.into(),
-                    Utc::now().into(),
-                    id.into(),
-                ],
-            )
-            .await?;
+            let due = now_ms() + delay.as_millis() as i64;
+            payments::retry(&tx, id, attempts, due, &error, Utc::now()).await?;
         }
         if !outcome.confirmed.is_empty() {
             tracing::info!(
@@ -474,129 +460,80 @@ impl Outcome {
     fn finish(
         &mut self,
         id: Uuid,
-        status: &'static str,
+        status: PaymentStatus,
         reference: Option<&String>,
         error: Option<&str>,
-    ) {
+    ) -> anyhow::Result<()> {
+        // Only attempts still pending under this claim get here (they were locked so).
+        anyhow::ensure!(
+            PaymentStatus::Pending.may_become(status),
+            "a pending payment attempt cannot become {}",
+            status.as_str()
+        );
         self.finished.push(Finished {
             id,
             status,
             reference: reference.cloned(),
             error: error.map(str::to_owned),
         });
-    }
-
-    /// A declined payment rejects the order (if it still waits) and releases its stock.
-    fn decline(&mut self, order: &Order, attempt: &Claimed, reason: &str) -> anyhow::Result<()> {
-        if order.status.on_payment(false).is_some() {
-            self.declined.push(order.id);
-            self.events.push(Envelope::new(
-                &OrderCancelledV1 {
-                    order_id: order.id,
-                    reason: CancelReasonV1::PaymentDeclined,
-                },
-                &attempt.cause,
-            )?);
-            tracing::info!(module = "checkout", order_id = %order.id, reason, "payment declined; order rejected");
-        }
-        self.finish(attempt.id, "declined", None, Some(reason));
         Ok(())
     }
-}
 
-/// The (attempt, fence) pairs of `batch` whose attempt is still pending under that very
-/// claim, locked until the transaction ends so no claim can take them meanwhile.
-async fn still_claimed(
-    tx: &DatabaseTransaction,
-    batch: &[(Claimed, Called)],
-) -> anyhow::Result<HashSet<(Uuid, i64)>> {
-    let ids: Vec<Value> = batch.iter().map(|(a, _)| Value::from(a.id)).collect();
-    let sql = format!(
-        "SELECT id, locked_until FROM payment_attempts \
-         WHERE status = 'pending' AND id IN ({}) ORDER BY id FOR UPDATE",
-        placeholders(1, ids.len())
-    );
-    let rows = query(tx, &sql, ids)
-        .await
-        .context("failed to lock payment attempts")?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "locked_until")?)))
-        .collect()
-}
-
-/// Releases claims without counting an attempt: the attempts are due again at once.
-async fn release(tx: &DatabaseTransaction, ids: &[Uuid]) -> anyhow::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+    /// Applies how an answer settled an attempt: a confirmed order is announced; a
+    /// declined one is rejected and its stock released (`order_cancelled`); an approval
+    /// the order no longer needs (cancelled while the provider was answering) is voided.
+    fn settle(
+        &mut self,
+        order: &Order,
+        attempt: &Claimed,
+        settled: Settlement,
+        reference: Option<&String>,
+        reason: Option<&str>,
+    ) -> anyhow::Result<()> {
+        match settled.order {
+            Some((OrderStatus::Confirmed, _)) => {
+                self.confirmed.push(order.id.as_uuid());
+                self.events.push(confirmed(order, &attempt.cause)?);
+            }
+            Some((OrderStatus::Rejected, _)) => {
+                self.declined.push(order.id.as_uuid());
+                self.events.push(Envelope::new(
+                    &OrderCancelledV1 {
+                        order_id: order.id.as_uuid(),
+                        reason: CancelReasonV1::PaymentDeclined,
+                    },
+                    &attempt.cause,
+                )?);
+                tracing::info!(module = "checkout", order_id = %order.id, reason, "payment declined; order rejected");
+            }
+            Some((other, _)) => anyhow::bail!("a payment cannot make an order {other}"),
+            None => {}
+        }
+        if settled.void
+            && let Some(reference) = reference
+        {
+            self.voids.push(reference.clone());
+        }
+        self.finish(attempt.id, settled.payment, reference, reason)
     }
-    let sql = format!(
-        "UPDATE payment_attempts SET locked_until = 0 WHERE status = 'pending' AND id IN ({})",
-        placeholders(1, ids.len())
-    );
-    execute(tx, &sql, ids.iter().map(|id| Value::from(*id)).collect())
-        .await
-        .context("failed to release payment attempts")?;
-    Ok(())
-}
-
-/// A payment attempt's final state.
-struct Finished {
-    id: Uuid,
-    status: &'static str,
-    reference: Option<String>,
-    error: Option<String>,
-}
-
-/// Records final states of many attempts in one statement.
-async fn finish_many(tx: &DatabaseTransaction, finished: &[Finished]) -> anyhow::Result<()> {
-    if finished.is_empty() {
-        return Ok(());
-    }
-    let mut values: Vec<Value> = Vec::with_capacity(finished.len() * 5 + 1);
-    let (mut status, mut reference, mut error) = (String::new(), String::new(), String::new());
-    for (i, f) in finished.iter().enumerate() {
-        let n = i * 4;
-        status.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 2));
-        reference.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 3));
-        error.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 4));
-        values.push(f.id.into());
-        values.push(f.status.into());
-        values.push(Value::String(f.reference.clone()));
-        values.push(Value::String(f.error.clone()));
-    }
-    let now = values.len() + 1;
-    values.push(Utc::now().into());
-    let first = values.len() + 1;
-    values.extend(finished.iter().map(|f| Value::from(f.id)));
-    let sql = format!(
-        "UPDATE payment_attempts SET status = CASE id{status} END, \
-         reference = COALESCE(CASE id{reference} END, reference), \
-         last_error = COALESCE(CASE id{error} END, last_error), updated_at = ${now} \
-         WHERE id IN ({})",
-        placeholders(first, finished.len())
-    );
-    execute(tx, &sql, values)
-        .await
-        .context("failed to record payment attempts")?;
-    Ok(())
 }
 
 fn confirmed(order: &Order, cause: &Cause) -> anyhow::Result<Envelope> {
     let a = &order.shipping_address;
     Ok(Envelope::new(
         &OrderConfirmedV1 {
-            order_id: order.id,
+            order_id: order.id.as_uuid(),
             lines: order
                 .lines
                 .iter()
                 .map(|l| OrderLineV1 {
-                    sku: l.sku.clone(),
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price_minor: l.unit_price.minor(),
                 })
                 .collect(),
-            currency: order.currency.clone(),
-            total_minor: order.total_minor,
+            currency: order.total.currency().to_string(),
+            total_minor: order.total.minor(),
             customer_email: order.customer_email.clone(),
             shipping_address: AddressV1 {
                 name: a.name.clone(),
@@ -626,6 +563,7 @@ mod tests {
     use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
 
     use super::*;
+    use crate::db::fixtures;
     use crate::payment::GatewayError;
 
     /// A provider that honours idempotency keys: one authorization per key, whatever the
@@ -671,16 +609,7 @@ mod tests {
             let now = self.in_flight.fetch_add(1, SeqCst) + 1;
             self.most_in_flight.fetch_max(now, SeqCst);
             if let Some(db) = &self.watch {
-                let rows = query(
-                    db.conn(),
-                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
-                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                     AND state LIKE 'idle in transaction%'",
-                    vec![],
-                )
-                .await
-                .expect("read pg_stat_activity");
-                let n: i64 = rows[0].try_get("", "n").expect("a count");
+                let n = fixtures::open_transactions(db).await;
                 self.open_transactions.lock().expect("not poisoned").push(n);
             }
             if call < self.hang_first.load(SeqCst) {
@@ -778,15 +707,7 @@ mod tests {
 
         /// What catalog's reservation does to an order: its payment becomes due.
         async fn hold_stock(&self, order_id: Uuid) {
-            let now = Utc::now();
-            execute(
-                self.state.db.conn(),
-                "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, locked_until, \
-                 correlation_id, traceparent, created_at, updated_at) VALUES ($1, $2, 'pending', 0, 0, 0, $3, NULL, $4, $4)",
-                vec![Uuid::now_v7().into(), order_id.into(), Uuid::now_v7().into(), now.into()],
-            )
-            .await
-            .expect("a payment attempt");
+            fixtures::insert_due_attempt(&self.state.db, order_id).await;
         }
 
         fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
@@ -805,18 +726,7 @@ mod tests {
         }
 
         async fn attempt(&self, order_id: Uuid) -> (String, Option<String>) {
-            let rows = query(
-                self.state.db.conn(),
-                "SELECT status, reference FROM payment_attempts WHERE order_id = $1",
-                vec![order_id.into()],
-            )
-            .await
-            .expect("read the attempt");
-            let row = rows.first().expect("an attempt");
-            (
-                row.try_get("", "status").expect("status"),
-                row.try_get("", "reference").expect("reference"),
-            )
+            fixtures::attempt_of(&self.state.db, order_id).await
         }
 
         async fn order_status(&self, order_id: Uuid) -> OrderStatus {
@@ -828,17 +738,7 @@ mod tests {
         }
 
         async fn confirmations(&self, order_id: Uuid) -> usize {
-            query(
-                self.state.db.conn(),
-                "SELECT id FROM outbox WHERE event_type = $1 AND ordering_key = $2",
-                vec![
-                    "checkout.order_confirmed.v1".into(),
-                    order_id.to_string().into(),
-                ],
-            )
-            .await
-            .expect("read the outbox")
-            .len()
+            fixtures::confirmations(&self.state.db, order_id).await
         }
     }
 

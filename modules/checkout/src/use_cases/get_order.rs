@@ -1,12 +1,10 @@
 //! Reads one order, or a page of orders, as a caller may see them: a customer sees only the
 //! orders they placed (another customer's order does not exist for them), staff see all.
 
-use anyhow::Context;
 use runtime::ModuleDb;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use crate::db::{orders, queries};
+use crate::db::queries;
 use crate::domain::Order;
 
 /// Whose orders a caller may see.
@@ -56,26 +54,15 @@ pub(crate) async fn list_orders(
     after: Option<Uuid>,
     limit: u64,
 ) -> anyhow::Result<(Vec<Order>, Option<Uuid>)> {
-    let mut query = orders::Entity::find()
-        .select_only()
-        .column(orders::Column::Id)
-        .order_by_asc(orders::Column::Id)
-        .limit(limit);
-    if let Viewer::Owner(customer) = viewer {
-        query = query.filter(orders::Column::CustomerId.eq(customer));
-    }
-    if let Some(after) = after {
-        query = query.filter(orders::Column::Id.gt(after));
-    }
-    let ids: Vec<Uuid> = query
-        .into_tuple()
-        .all(db.conn())
-        .await
-        .context("failed to list orders")?;
+    let owner = match viewer {
+        Viewer::Anyone => None,
+        Viewer::Owner(customer) => Some(customer),
+    };
+    let ids = queries::order_ids(db.conn(), owner, after, limit).await?;
     let mut found = queries::load_orders(db.conn(), &ids, false).await?;
     let items: Vec<Order> = ids.iter().filter_map(|id| found.remove(id)).collect();
     let next_after = if items.len() as u64 == limit {
-        items.last().map(|o| o.id)
+        items.last().map(|o| o.id.as_uuid())
     } else {
         None
     };

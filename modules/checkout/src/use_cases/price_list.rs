@@ -4,50 +4,49 @@
 
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1};
 use messaging::HandlerError;
-use messaging::db::{execute, query};
 use runtime::ModuleDb;
-use sea_orm::ConnectionTrait;
 
-async fn apply(
-    conn: &impl ConnectionTrait,
-    sku: &str,
-    price_minor: i64,
-    currency: &str,
-    version: i64,
-) -> Result<(), HandlerError> {
-    let applied = execute(
-        conn,
-        "INSERT INTO prices (sku, price_minor, currency, version, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (sku) DO UPDATE SET price_minor = excluded.price_minor, currency = excluded.currency, \
-           version = excluded.version, updated_at = excluded.updated_at \
-         WHERE prices.version < excluded.version",
-        vec![
-            sku.into(),
-            price_minor.into(),
-            currency.into(),
-            version.into(),
-            chrono::Utc::now().into(),
-        ],
-    )
-    .await?;
-    if applied == 0 {
+use crate::db::DatabaseTransaction;
+use crate::db::queries::{self, StoredPrice};
+
+async fn apply(tx: &DatabaseTransaction, price: StoredPrice) -> Result<(), HandlerError> {
+    let (sku, version) = (price.sku.clone(), price.version);
+    if !queries::apply_price(tx, price, chrono::Utc::now()).await? {
         tracing::info!(module = "checkout", sku, version, "stale price ignored");
     }
     Ok(())
 }
 
 pub(crate) async fn on_published(
-    conn: &impl ConnectionTrait,
+    tx: &DatabaseTransaction,
     e: ProductPublishedV1,
 ) -> Result<(), HandlerError> {
-    apply(conn, &e.sku, e.price_minor, &e.currency, e.version).await
+    apply(
+        tx,
+        StoredPrice {
+            sku: e.sku,
+            price_minor: e.price_minor,
+            currency: e.currency,
+            version: e.version,
+        },
+    )
+    .await
 }
 
 pub(crate) async fn on_repriced(
-    conn: &impl ConnectionTrait,
+    tx: &DatabaseTransaction,
     e: ProductRepricedV1,
 ) -> Result<(), HandlerError> {
-    apply(conn, &e.sku, e.price_minor, &e.currency, e.version).await
+    apply(
+        tx,
+        StoredPrice {
+            sku: e.sku,
+            price_minor: e.price_minor,
+            currency: e.currency,
+            version: e.version,
+        },
+    )
+    .await
 }
 
 /// A price as checkout knows it.
@@ -60,20 +59,10 @@ pub(crate) struct Price {
 }
 
 pub(crate) async fn get_price(db: &ModuleDb, sku: &str) -> anyhow::Result<Option<Price>> {
-    let rows = query(
-        db.conn(),
-        "SELECT sku, price_minor, currency, version FROM prices WHERE sku = $1",
-        vec![sku.into()],
-    )
-    .await?;
-    rows.first()
-        .map(|r| {
-            Ok(Price {
-                sku: r.try_get("", "sku")?,
-                price_minor: r.try_get("", "price_minor")?,
-                currency: r.try_get("", "currency")?,
-                version: r.try_get("", "version")?,
-            })
-        })
-        .transpose()
+    Ok(queries::price(db.conn(), sku).await?.map(|p| Price {
+        sku: p.sku,
+        price_minor: p.price_minor,
+        currency: p.currency,
+        version: p.version,
+    }))
 }

@@ -1,11 +1,11 @@
 //! Fulfillment's news about an order's shipment: dispatched, then delivered.
 
+use crate::db::DatabaseTransaction;
 use contracts::Envelope;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use messaging::{Emitter, HandlerError};
-use sea_orm::DatabaseTransaction;
 
 use crate::db::queries;
 use crate::domain::{Dispatch, OrderStatus};
@@ -20,20 +20,22 @@ pub(crate) async fn on_dispatched(
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
     match order.status.on_dispatched() {
-        Dispatch::Ship => queries::set_status(tx, order.id, OrderStatus::Shipped, None).await?,
+        Dispatch::Ship => {
+            queries::set_status(tx, order.id.as_uuid(), OrderStatus::Shipped, None).await?
+        }
         Dispatch::ShipAndReinstate => {
             tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
-            queries::set_status(tx, order.id, OrderStatus::Shipped, None).await?;
+            queries::set_status(tx, order.id.as_uuid(), OrderStatus::Shipped, None).await?;
             out.emit(
                 cause,
                 &OrderReinstatedV1 {
-                    order_id: order.id,
+                    order_id: order.id.as_uuid(),
                     lines: order
                         .lines
                         .iter()
                         .map(|l| StockLineV1 {
-                            sku: l.sku.clone(),
-                            quantity: l.quantity,
+                            sku: l.sku.to_string(),
+                            quantity: l.quantity.get(),
                         })
                         .collect(),
                 },
@@ -52,7 +54,7 @@ pub(crate) async fn on_delivered(
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
     if let Some(status) = order.status.on_delivered() {
-        queries::set_status(tx, order.id, status, None).await?;
+        queries::set_status(tx, order.id.as_uuid(), status, None).await?;
     }
     Ok(())
 }

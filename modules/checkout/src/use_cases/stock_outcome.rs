@@ -6,13 +6,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
 use contracts::{Cause, Envelope};
-use messaging::db::{execute, now_ms};
 use messaging::{Emitter, HandlerError};
-use sea_orm::{DatabaseTransaction, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::db::queries;
+use crate::db::payments::{self as attempts, NewAttempt};
+use crate::db::{DatabaseTransaction, queries};
 use crate::domain::OrderStatus;
 
 /// Starts a payment for every held order that still waits for one.
@@ -24,9 +23,7 @@ pub(crate) async fn on_reserved(
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
-    let now = Utc::now();
-    let mut values: Vec<Value> = Vec::new();
-    let mut rows = Vec::new();
+    let mut due = Vec::new();
     for (event, reserved) in events {
         let Some(order) = orders.get(&reserved.order_id) else {
             return Err(HandlerError::Reject(format!(
@@ -40,39 +37,19 @@ pub(crate) async fn on_reserved(
         }
         // The payment's outcome will be announced as caused by this reservation.
         let cause = Cause::following(event);
-        let n = values.len();
-        rows.push(format!(
-            "(${}, ${}, 'pending', 0, ${}, 0, ${}, ${}, ${}, ${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7
-        ));
-        values.extend([
-            Uuid::now_v7().into(),
-            order.id.into(),
-            now_ms().into(),
-            cause.correlation_id.into(),
+        due.push(NewAttempt {
+            id: Uuid::now_v7(),
+            order_id: order.id.as_uuid(),
+            correlation_id: cause.correlation_id,
             // The payment runs later, under a span of its own below this consumer's.
-            messaging::trace::within(cause.traceparent)
-                .to_string()
-                .into(),
-            now.into(),
-            now.into(),
-        ]);
+            traceparent: messaging::trace::within(cause.traceparent).to_string(),
+        });
     }
-    if rows.is_empty() {
+    if due.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, locked_until, \
-         correlation_id, traceparent, created_at, updated_at) VALUES {} ON CONFLICT (order_id) DO NOTHING",
-        rows.join(", ")
-    );
-    execute(tx, &sql, values).await?;
+    let now = Utc::now();
+    attempts::open(tx, due, now.timestamp_millis(), now).await?;
     out.wake_after_commit(payments.clone());
     Ok(())
 }

@@ -84,41 +84,19 @@ impl OrderWatchdog {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveModelTrait, Database, Set};
-
     use super::*;
-    use crate::db::orders;
+    use crate::db::fixtures;
 
     async fn order(db: &ModuleDb, status: &str, age_secs: i64) -> Uuid {
         let id = Uuid::now_v7();
         let at = chrono::Utc::now() - chrono::Duration::seconds(age_secs);
-        orders::ActiveModel {
-            id: Set(id),
-            status: Set(status.to_owned()),
-            status_reason: Set(None),
-            customer_id: Set("ada".into()),
-            customer_email: Set("ada@example.com".into()),
-            shipping_address: Set("{}".into()),
-            payment_token: Set("tok".into()),
-            currency: Set("EUR".into()),
-            total_minor: Set(1),
-            created_at: Set(at),
-            updated_at: Set(at),
-        }
-        .insert(db.conn())
-        .await
-        .expect("order");
+        fixtures::insert_order(db, id, status, at).await;
         id
     }
 
     #[tokio::test]
     async fn only_orders_pending_past_the_deadline_are_reported_with_the_oldest_first() {
-        use migrations::MigratorTrait;
-        let conn = Database::connect("sqlite::memory:").await.expect("sqlite");
-        migrations::checkout::Migrator::up(&conn, None)
-            .await
-            .expect("migrations");
-        let db = ModuleDb::new("checkout", conn);
+        let db = fixtures::memory_db().await;
         let watchdog = OrderWatchdog {
             db: db.clone(),
             settings: WatchdogSettings {

@@ -6,8 +6,13 @@ use runtime::http::{ApiError, Origin, ValidQuery, uuid_param};
 use serde::Deserialize;
 use validator::Validate;
 
+mod dto;
+mod error;
+
 use crate::State;
-use crate::use_cases::shipments::{self, Shipment, ShipmentError};
+use crate::use_cases::{deliver_shipment, dispatch_shipment, get_shipment, list_shipments};
+use dto::{Shipment, ShipmentPage};
+use kernel::{OrderId, ShipmentId};
 use runtime::openapi::ErrorBody;
 
 /// Every route with who may call it: fulfillment is staff work only (shipments reveal
@@ -20,13 +25,6 @@ use runtime::openapi::ErrorBody;
     tags((name = "fulfillment", description = "Shipments (staff only)"))
 )]
 pub(crate) struct ApiDoc;
-
-/// A page of shipments by id; `next_after` continues it (null at the end).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct ShipmentPage {
-    items: Vec<Shipment>,
-    next_after: Option<uuid::Uuid>,
-}
 
 pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     let state = web::Data::new(state);
@@ -42,18 +40,6 @@ pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + 
                 "/shipments/{id}/deliver",
                 web::post().to(deliver).allow(Access::Staff),
             );
-    }
-}
-
-impl From<ShipmentError> for ApiError {
-    fn from(e: ShipmentError) -> Self {
-        match e {
-            ShipmentError::NotFound(_) => ApiError::not_found("shipment_not_found", e.to_string()),
-            ShipmentError::WrongStatus { .. } => {
-                ApiError::conflict("invalid_transition", e.to_string())
-            }
-            ShipmentError::Unexpected(e) => ApiError::internal(e),
-        }
     }
 }
 
@@ -98,9 +84,14 @@ async fn list(
         .as_deref()
         .map(|id| uuid_param("after", id))
         .transpose()?;
-    let (items, next_after) =
-        shipments::list(&state.db, order_id, after, q.limit.unwrap_or(20)).await?;
-    Ok(HttpResponse::Ok().json(ShipmentPage { items, next_after }))
+    let (items, next_after) = list_shipments::list_shipments(
+        &state.db,
+        order_id.map(OrderId::from_uuid),
+        after.map(ShipmentId::from_uuid),
+        q.limit.unwrap_or(20),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(ShipmentPage::new(items, next_after)))
 }
 
 /// One shipment.
@@ -115,7 +106,8 @@ async fn list(
     ))]
 async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    Ok(HttpResponse::Ok().json(shipments::get(&state.db, id).await?))
+    let shipment = get_shipment::get_shipment(&state.db, ShipmentId::from_uuid(id)).await?;
+    Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }
 
 /// Hands a ready shipment to the carrier: it gets its tracking number.
@@ -135,7 +127,9 @@ async fn dispatch(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    Ok(HttpResponse::Ok().json(shipments::dispatch(&state, &origin.0, id).await?))
+    let shipment =
+        dispatch_shipment::dispatch_shipment(&state, &origin.0, ShipmentId::from_uuid(id)).await?;
+    Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }
 
 /// Records a dispatched shipment as delivered.
@@ -155,5 +149,7 @@ async fn deliver(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    Ok(HttpResponse::Ok().json(shipments::deliver(&state, &origin.0, id).await?))
+    let shipment =
+        deliver_shipment::deliver_shipment(&state, &origin.0, ShipmentId::from_uuid(id)).await?;
+    Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }

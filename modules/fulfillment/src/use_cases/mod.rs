@@ -1,4 +1,9 @@
-//! Fulfillment's use cases.
+//! Fulfillment's use cases, one per file, each with its own error type (the handlers of
+//! checkout's events answer with the consumer's `HandlerError`).
 
-pub(crate) mod orders;
-pub(crate) mod shipments;
+pub(crate) mod cancel_shipment;
+pub(crate) mod create_shipments;
+pub(crate) mod deliver_shipment;
+pub(crate) mod dispatch_shipment;
+pub(crate) mod get_shipment;
+pub(crate) mod list_shipments;

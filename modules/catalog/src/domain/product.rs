@@ -1,4 +1,4 @@
-//! Catalog's rules, with no IO: what a valid product and a valid change look like.
+//! Products: what a valid product and a valid change look like.
 
 use kernel::{Currency, Money, Sku, StockLevel};
 

@@ -1,6 +1,7 @@
-//! Checkout's rules, with no IO: an order's statuses and which event or request may move
-//! it where. Every transition the order journey allows is in [`OrderStatus`]; anything
-//! else is refused or ignored, so duplicates and late events change nothing.
+//! The two state machines of checkout: an order's status and which event or request may
+//! move it where (every transition the order journey allows is in [`OrderStatus`];
+//! anything else is refused or ignored, so duplicates and late events change nothing),
+//! and a payment attempt's status and how an answer of the provider settles it.
 
 use std::fmt;
 
@@ -134,6 +135,95 @@ impl StatusReason {
             StatusReason::CancelledByCustomer => "cancelled_by_customer",
         }
     }
+
+    pub(crate) fn parse(raw: &str) -> Option<Self> {
+        [
+            StatusReason::OutOfStock,
+            StatusReason::PaymentDeclined,
+            StatusReason::CancelledByCustomer,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == raw)
+    }
+}
+
+/// A payment attempt's status: pending until one answer settles it, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PaymentStatus {
+    /// Due, or claimed by a worker and being asked.
+    Pending,
+    /// Authorized, and the order confirmed by it.
+    Approved,
+    /// Refused by the provider; the order is rejected if it still waited.
+    Declined,
+    /// Not needed (the order stopped waiting); an authorization it got is released.
+    Voided,
+}
+
+/// What the provider answered for an attempt, or that it was not asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PaymentAnswer {
+    Approved,
+    /// Declined, or the request itself refused: the payment counts as declined.
+    Declined,
+    /// The order no longer waited when the attempt was claimed: nothing was asked.
+    NotAsked,
+}
+
+/// How one answer settles a pending attempt and its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    pub(crate) payment: PaymentStatus,
+    /// The order's new status and reason, when the answer moves it.
+    pub(crate) order: Option<(OrderStatus, Option<StatusReason>)>,
+    /// An authorization the order no longer needs: the money is released.
+    pub(crate) void: bool,
+}
+
+impl PaymentStatus {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Approved => "approved",
+            PaymentStatus::Declined => "declined",
+            PaymentStatus::Voided => "voided",
+        }
+    }
+
+    /// Only a pending attempt settles, and into a final status: an attempt settles once.
+    pub(crate) fn may_become(self, to: PaymentStatus) -> bool {
+        self == PaymentStatus::Pending && to != PaymentStatus::Pending
+    }
+}
+
+/// How `answer` settles a pending attempt of an order now in `order`. An approval for an
+/// order that stopped waiting (cancelled meanwhile) is voided and leaves the order as it
+/// is; a refusal rejects the order only if it still waits.
+pub(crate) fn settle(order: OrderStatus, answer: PaymentAnswer) -> Settlement {
+    match answer {
+        PaymentAnswer::Approved => match order.on_payment(true) {
+            Some(moved) => Settlement {
+                payment: PaymentStatus::Approved,
+                order: Some((moved.0, moved.1)),
+                void: false,
+            },
+            None => Settlement {
+                payment: PaymentStatus::Voided,
+                order: None,
+                void: true,
+            },
+        },
+        PaymentAnswer::Declined => Settlement {
+            payment: PaymentStatus::Declined,
+            order: order.on_payment(false),
+            void: false,
+        },
+        PaymentAnswer::NotAsked => Settlement {
+            payment: PaymentStatus::Voided,
+            order: None,
+            void: false,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +273,81 @@ mod tests {
     }
 
     #[test]
+    fn reasons_round_trip_through_their_names() {
+        for r in [
+            StatusReason::OutOfStock,
+            StatusReason::PaymentDeclined,
+            StatusReason::CancelledByCustomer,
+        ] {
+            assert_eq!(StatusReason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(StatusReason::parse("bored"), None);
+    }
+
+    #[test]
+    fn a_payment_attempt_settles_once_into_a_final_status() {
+        use PaymentStatus as P;
+        let all = [P::Pending, P::Approved, P::Declined, P::Voided];
+        for from in all {
+            for to in all {
+                let allowed = from == P::Pending && to != P::Pending;
+                assert_eq!(from.may_become(to), allowed, "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_settles_the_attempt_and_moves_only_a_waiting_order() {
+        use PaymentAnswer::*;
+        use PaymentStatus as P;
+        for order in ALL {
+            let waiting = order == Pending;
+            let approved = settle(order, Approved);
+            if waiting {
+                assert_eq!(
+                    approved,
+                    Settlement {
+                        payment: P::Approved,
+                        order: Some((Confirmed, None)),
+                        void: false
+                    }
+                );
+            } else {
+                assert_eq!(
+                    approved,
+                    Settlement {
+                        payment: P::Voided,
+                        order: None,
+                        void: true
+                    },
+                    "an approval for a {order} order is released"
+                );
+            }
+            let declined = settle(order, Declined);
+            assert_eq!(declined.payment, P::Declined, "{order}");
+            assert!(!declined.void, "{order}");
+            assert_eq!(
+                declined.order,
+                waiting.then_some((Rejected, Some(StatusReason::PaymentDeclined))),
+                "{order}"
+            );
+            assert_eq!(
+                settle(order, NotAsked),
+                Settlement {
+                    payment: P::Voided,
+                    order: None,
+                    void: false
+                },
+                "{order}"
+            );
+            for answer in [Approved, Declined, NotAsked] {
+                let s = settle(order, answer);
+                assert!(P::Pending.may_become(s.payment), "{order} {answer:?}");
+            }
+        }
+    }
+
+    #[test]
     fn dispatch_and_delivery() {
         let dispatch = [
             (Pending, Dispatch::Ignore),
@@ -203,42 +368,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Where an order ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub(crate) struct Address {
-    pub(crate) name: String,
-    pub(crate) line1: String,
-    pub(crate) line2: Option<String>,
-    pub(crate) city: String,
-    pub(crate) postal_code: String,
-    /// ISO 3166-1 alpha-2, upper case.
-    pub(crate) country: String,
-}
-
-/// One priced line of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Line {
-    pub(crate) sku: String,
-    pub(crate) quantity: i64,
-    pub(crate) unit_price_minor: i64,
-}
-
-/// An order as stored.
-#[derive(Debug, Clone)]
-pub(crate) struct Order {
-    pub(crate) id: uuid::Uuid,
-    pub(crate) status: OrderStatus,
-    pub(crate) status_reason: Option<String>,
-    /// Who placed it (the `sub` of their token); only they, and staff, may see it.
-    pub(crate) customer_id: String,
-    pub(crate) customer_email: String,
-    pub(crate) shipping_address: Address,
-    pub(crate) payment_token: String,
-    pub(crate) currency: String,
-    pub(crate) total_minor: i64,
-    pub(crate) lines: Vec<Line>,
-    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
-    pub(crate) updated_at: chrono::DateTime<chrono::Utc>,
 }

@@ -1,0 +1,14 @@
+//! Catalog's rules, with no IO: what a valid product and a valid change look like
+//! (`product.rs`), and how stock is held for orders (`stock.rs`): all lines or none,
+//! released on a cancel, held again after a dispatch even when that oversells. Every rule
+//! here is a pure function, table-tested without a database.
+
+mod product;
+mod stock;
+
+pub(crate) use product::{
+    DESCRIPTION_MAX_CHARS, NewProduct, Product, ProductChanges, ProductName, reprice, stored_price,
+};
+pub(crate) use stock::{
+    Decision, Hold, Lines, OnCancel, decide, merged, on_cancelled, on_reinstated, rehold,
+};

@@ -1,0 +1,104 @@
+//! Test-only reads and writes of checkout's tables, so that tests of use cases build no
+//! statements of their own.
+
+use chrono::{DateTime, Utc};
+use messaging::ModuleDb;
+use messaging::db::query;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use super::{orders, payment_attempts};
+
+/// Checkout's tables in a fresh in-memory SQLite database.
+pub(crate) async fn memory_db() -> ModuleDb {
+    use migrations::MigratorTrait;
+    let conn = sea_orm::Database::connect("sqlite::memory:")
+        .await
+        .expect("sqlite");
+    migrations::checkout::Migrator::up(&conn, None)
+        .await
+        .expect("migrations");
+    ModuleDb::new("checkout", conn)
+}
+
+/// An order of one customer, with no lines, in `status` since `at`.
+pub(crate) async fn insert_order(db: &ModuleDb, id: Uuid, status: &str, at: DateTime<Utc>) {
+    orders::ActiveModel {
+        id: Set(id),
+        status: Set(status.to_owned()),
+        status_reason: Set(None),
+        customer_id: Set("ada".into()),
+        customer_email: Set("ada@example.com".into()),
+        shipping_address: Set("{}".into()),
+        payment_token: Set("tok".into()),
+        currency: Set("EUR".into()),
+        total_minor: Set(1),
+        created_at: Set(at),
+        updated_at: Set(at),
+    }
+    .insert(db.conn())
+    .await
+    .expect("order");
+}
+
+/// What catalog's reservation does to an order: its payment becomes due at once.
+pub(crate) async fn insert_due_attempt(db: &ModuleDb, order_id: Uuid) {
+    let now = Utc::now();
+    payment_attempts::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        order_id: Set(order_id),
+        status: Set("pending".into()),
+        attempts: Set(0),
+        next_attempt_at: Set(0),
+        locked_until: Set(0),
+        last_error: Set(None),
+        reference: Set(None),
+        correlation_id: Set(Some(Uuid::now_v7())),
+        traceparent: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db.conn())
+    .await
+    .expect("a payment attempt");
+}
+
+/// The status and provider reference of an order's payment attempt.
+pub(crate) async fn attempt_of(db: &ModuleDb, order_id: Uuid) -> (String, Option<String>) {
+    let row = payment_attempts::Entity::find()
+        .filter(payment_attempts::Column::OrderId.eq(order_id))
+        .one(db.conn())
+        .await
+        .expect("read the attempt")
+        .expect("an attempt");
+    (row.status, row.reference)
+}
+
+/// How many `order_confirmed` events the outbox holds for an order.
+pub(crate) async fn confirmations(db: &ModuleDb, order_id: Uuid) -> usize {
+    query(
+        db.conn(),
+        "SELECT id FROM outbox WHERE event_type = $1 AND ordering_key = $2",
+        vec![
+            "checkout.order_confirmed.v1".into(),
+            order_id.to_string().into(),
+        ],
+    )
+    .await
+    .expect("read the outbox")
+    .len()
+}
+
+/// PostgreSQL: how many other sessions of this database are inside a transaction now.
+pub(crate) async fn open_transactions(db: &ModuleDb) -> i64 {
+    let rows = query(
+        db.conn(),
+        "SELECT COUNT(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND state LIKE 'idle in transaction%'",
+        vec![],
+    )
+    .await
+    .expect("read pg_stat_activity");
+    rows[0].try_get("", "n").expect("a count")
+}

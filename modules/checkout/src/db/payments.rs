@@ -1,0 +1,219 @@
+//! The payment worker's statements on `payment_attempts`: open an attempt for each order
+//! whose stock is held, claim due attempts under a lease, and settle, retry or release
+//! them. The claim and the batch settlement stay single SQL statements (a locking
+//! subquery with `SKIP LOCKED`, and `CASE` per attempt), written once here for both
+//! backends.
+
+use std::collections::HashSet;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use messaging::db::{execute, placeholders, query};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Value,
+};
+use uuid::Uuid;
+
+use super::payment_attempts;
+use crate::domain::PaymentStatus;
+
+const PENDING: &str = PaymentStatus::Pending.as_str();
+
+/// A payment that becomes due: its order, and what its outcome will be announced as
+/// caused by.
+pub(crate) struct NewAttempt {
+    pub(crate) id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) traceparent: String,
+}
+
+/// Opens a pending attempt, due at `due_ms`, for each order that has none yet.
+pub(crate) async fn open(
+    conn: &impl ConnectionTrait,
+    attempts: Vec<NewAttempt>,
+    due_ms: i64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    payment_attempts::Entity::insert_many(attempts.into_iter().map(|a| {
+        payment_attempts::ActiveModel {
+            id: Set(a.id),
+            order_id: Set(a.order_id),
+            status: Set(PENDING.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(due_ms),
+            locked_until: Set(0),
+            last_error: Set(None),
+            reference: Set(None),
+            correlation_id: Set(Some(a.correlation_id)),
+            traceparent: Set(Some(a.traceparent)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+    }))
+    .on_conflict(
+        OnConflict::column(payment_attempts::Column::OrderId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .context("failed to open payment attempts")?;
+    Ok(())
+}
+
+/// An attempt as a claim returns it.
+pub(crate) struct ClaimedRow {
+    pub(crate) id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) attempts: i32,
+    pub(crate) correlation_id: Option<Uuid>,
+    pub(crate) traceparent: Option<String>,
+}
+
+/// Claims up to `limit` pending attempts due at `now_ms` whose lease ended before it,
+/// writing `fence` as their new lease end. Rows another claim is locking are skipped.
+pub(crate) async fn claim(
+    conn: &impl ConnectionTrait,
+    fence: i64,
+    now_ms: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<ClaimedRow>> {
+    let rows = query(
+        conn,
+        // Materialized, so the limit holds: PostgreSQL may run an `IN (SELECT ..)`
+        // sub-select more than once and lock and return more rows than it asked for.
+        "WITH due AS MATERIALIZED ( \
+           SELECT id AS due_id FROM payment_attempts \
+           WHERE status = 'pending' AND next_attempt_at <= $2 AND locked_until < $2 \
+           ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE payment_attempts SET locked_until = $1 FROM due WHERE id = due.due_id \
+         RETURNING id, order_id, attempts, correlation_id, traceparent",
+        vec![fence.into(), now_ms.into(), (limit as i64).into()],
+    )
+    .await
+    .context("failed to claim payment attempts")?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ClaimedRow {
+                id: r.try_get("", "id")?,
+                order_id: r.try_get("", "order_id")?,
+                attempts: r.try_get("", "attempts")?,
+                correlation_id: r.try_get("", "correlation_id")?,
+                traceparent: r.try_get("", "traceparent")?,
+            })
+        })
+        .collect()
+}
+
+/// The (attempt, lease end) pairs of these attempts that are still pending, locked until
+/// the transaction ends so no claim can take them meanwhile.
+pub(crate) async fn lock_pending(
+    conn: &impl ConnectionTrait,
+    ids: &[Uuid],
+) -> anyhow::Result<HashSet<(Uuid, i64)>> {
+    let rows: Vec<(Uuid, i64)> = payment_attempts::Entity::find()
+        .select_only()
+        .column(payment_attempts::Column::Id)
+        .column(payment_attempts::Column::LockedUntil)
+        .filter(payment_attempts::Column::Status.eq(PENDING))
+        .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
+        .order_by_asc(payment_attempts::Column::Id)
+        .lock_exclusive()
+        .into_tuple()
+        .all(conn)
+        .await
+        .context("failed to lock payment attempts")?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Releases claims without counting an attempt: the attempts are due again at once.
+pub(crate) async fn release(conn: &impl ConnectionTrait, ids: &[Uuid]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    payment_attempts::Entity::update_many()
+        .col_expr(payment_attempts::Column::LockedUntil, Expr::value(0i64))
+        .filter(payment_attempts::Column::Status.eq(PENDING))
+        .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
+        .exec(conn)
+        .await
+        .context("failed to release payment attempts")?;
+    Ok(())
+}
+
+/// Counts a failed attempt and makes it due again at `next_attempt_at`.
+pub(crate) async fn retry(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    attempts: i32,
+    next_attempt_at: i64,
+    error: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    payment_attempts::Entity::update_many()
+        .col_expr(payment_attempts::Column::Attempts, Expr::value(attempts))
+        .col_expr(
+            payment_attempts::Column::NextAttemptAt,
+            Expr::value(next_attempt_at),
+        )
+        .col_expr(payment_attempts::Column::LockedUntil, Expr::value(0i64))
+        .col_expr(payment_attempts::Column::LastError, Expr::value(error))
+        .col_expr(payment_attempts::Column::UpdatedAt, Expr::value(now))
+        .filter(payment_attempts::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .context("failed to record a retry")?;
+    Ok(())
+}
+
+/// A payment attempt's final state.
+pub(crate) struct Finished {
+    pub(crate) id: Uuid,
+    pub(crate) status: PaymentStatus,
+    pub(crate) reference: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+/// Records final states of many attempts in one statement.
+pub(crate) async fn finish_many(
+    conn: &impl ConnectionTrait,
+    finished: &[Finished],
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<Value> = Vec::with_capacity(finished.len() * 5 + 1);
+    let (mut status, mut reference, mut error) = (String::new(), String::new(), String::new());
+    for (i, f) in finished.iter().enumerate() {
+        let n = i * 4;
+        status.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 2));
+        reference.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 3));
+        error.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 4));
+        values.push(f.id.into());
+        values.push(f.status.as_str().into());
+        values.push(Value::String(f.reference.clone()));
+        values.push(Value::String(f.error.clone()));
+    }
+    let at = values.len() + 1;
+    values.push(now.into());
+    let first = values.len() + 1;
+    values.extend(finished.iter().map(|f| Value::from(f.id)));
+    let sql = format!(
+        "UPDATE payment_attempts SET status = CASE id{status} END, \
+         reference = COALESCE(CASE id{reference} END, reference), \
+         last_error = COALESCE(CASE id{error} END, last_error), updated_at = ${at} \
+         WHERE id IN ({})",
+        placeholders(first, finished.len())
+    );
+    execute(conn, &sql, values)
+        .await
+        .context("failed to record payment attempts")?;
+    Ok(())
+}

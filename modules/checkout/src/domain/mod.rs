@@ -1,0 +1,11 @@
+//! Checkout's rules, with no IO: how an order is placed and priced (`order.rs`), and the
+//! state machines of an order's status and of a payment attempt (`status.rs`). Every rule
+//! here is a pure function, table-tested without a database.
+
+mod order;
+mod status;
+
+pub(crate) use order::{Address, Line, NewOrder, Order, PlaceError, PriceList};
+pub(crate) use status::{
+    Cancel, Dispatch, OrderStatus, PaymentAnswer, PaymentStatus, Settlement, StatusReason, settle,
+};

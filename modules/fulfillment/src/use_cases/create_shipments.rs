@@ -1,0 +1,63 @@
+//! A confirmed order gets a `ready` shipment, unless it has one or was cancelled first;
+//! each new shipment is announced. A batch of confirmations costs a few statements.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use contracts::Envelope;
+use contracts::checkout::OrderConfirmedV1;
+use contracts::fulfillment::ShipmentCreatedV1;
+use kernel::{OrderId, ShipmentId};
+use messaging::{Emitter, HandlerError};
+
+use crate::db::DatabaseTransaction;
+use crate::db::queries::{self, NewShipment};
+use crate::domain::Shipment;
+
+pub(crate) async fn on_confirmed(
+    tx: &DatabaseTransaction,
+    events: &[(&Envelope, OrderConfirmedV1)],
+    out: &mut Emitter,
+) -> Result<(), HandlerError> {
+    let ids: Vec<OrderId> = events
+        .iter()
+        .map(|(_, e)| OrderId::from_uuid(e.order_id))
+        .collect();
+    let settled = queries::orders_settled(tx, &ids).await?;
+    let now = Utc::now();
+    let mut new = Vec::new();
+    let mut seen = HashSet::new();
+    for (event, order) in events {
+        let order_id = OrderId::from_uuid(order.order_id);
+        if settled.contains(&order_id) || !seen.insert(order_id) {
+            tracing::info!(module = "fulfillment", %order_id, "order already has a shipment or was cancelled; none created");
+            continue;
+        }
+        let shipment = Shipment::ready(ShipmentId::new(), order_id, now);
+        out.emit(
+            event,
+            &ShipmentCreatedV1 {
+                shipment_id: shipment.id.as_uuid(),
+                order_id: order.order_id,
+            },
+        )?;
+        let recipient = serde_json::json!({
+            "email": order.customer_email,
+            "address": order.shipping_address,
+        });
+        new.push(NewShipment {
+            shipment,
+            recipient: recipient.to_string(),
+            lines: serde_json::to_string(&order.lines).unwrap_or_default(),
+        });
+    }
+    if !new.is_empty() {
+        tracing::info!(
+            module = "fulfillment",
+            shipments = new.len(),
+            "shipments ready"
+        );
+        queries::insert_shipments(tx, new).await?;
+    }
+    Ok(())
+}
