@@ -467,8 +467,11 @@ async fn the_host_refuses_to_run_a_module_whose_consumers_are_elsewhere_on_the_i
 /// Fulfillment with its handlers changed after it started: what the host is given is not
 /// what `contracts::SUBSCRIPTIONS` says fulfillment consumes.
 struct Tampered {
-    change: fn(&mut Vec<std::sync::Arc<dyn messaging::Handler>>),
+    change: Change,
 }
+
+/// What is done to fulfillment's handlers.
+type Change = fn(&mut Vec<std::sync::Arc<dyn messaging::Handler>>);
 
 #[async_trait::async_trait]
 impl runtime::Module for Tampered {
@@ -497,7 +500,7 @@ impl runtime::Module for Tampered {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_refuses_a_module_with_a_subscription_no_handler_takes_or_two_handlers_of_one_name()
  {
-    let cases: [(fn(&mut Vec<std::sync::Arc<dyn messaging::Handler>>), &str); 2] = [
+    let cases: [(Change, &str); 2] = [
         (
             |handlers| {
                 handlers.pop();
