@@ -558,3 +558,76 @@ async fn the_host_refuses_to_run_a_module_whose_consumers_are_elsewhere_on_the_i
         "{chain}"
     );
 }
+
+/// Fulfillment with its handlers changed after it started: what the host is given is not
+/// what `contracts::SUBSCRIPTIONS` says fulfillment consumes.
+struct Tampered {
+    change: Change,
+}
+
+/// What is done to fulfillment's handlers.
+type Change = fn(&mut Vec<std::sync::Arc<dyn messaging::Handler>>);
+
+#[async_trait::async_trait]
+impl runtime::Module for Tampered {
+    fn name(&self) -> &'static str {
+        "fulfillment"
+    }
+
+    async fn migrate(&self, conn: &sea_orm::DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+        fulfillment::Fulfillment.migrate(conn).await
+    }
+
+    fn migrations(&self) -> Vec<String> {
+        fulfillment::Fulfillment.migrations()
+    }
+
+    async fn start(&self, ctx: runtime::ModuleContext) -> anyhow::Result<runtime::StartedModule> {
+        let mut started = fulfillment::Fulfillment.start(ctx).await?;
+        (self.change)(&mut started.handlers);
+        Ok(started)
+    }
+}
+
+/// The host refuses to start a module whose handlers do not cover exactly what the
+/// contracts say it consumes (an event type nobody would handle), or that has two handlers
+/// under one inbox name (the second would find the first's inbox keys and skip its work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_refuses_a_module_with_a_subscription_no_handler_takes_or_two_handlers_of_one_name()
+ {
+    let cases: [(Change, &str); 2] = [
+        (
+            |handlers| {
+                handlers.pop();
+            },
+            "module fulfillment handles",
+        ),
+        (
+            |handlers| {
+                let again = handlers[0].clone();
+                handlers.push(again);
+            },
+            "module fulfillment has two handlers named",
+        ),
+    ];
+    for (change, says) in cases {
+        let Spawn {
+            backend,
+            mut settings,
+            hooks,
+            ..
+        } = Spawn::new(Backend::Sqlite, app::modules());
+        let modules: Vec<std::sync::Arc<dyn runtime::Module>> = vec![
+            std::sync::Arc::new(catalog::Catalog),
+            std::sync::Arc::new(checkout::Checkout),
+            std::sync::Arc::new(Tampered { change }),
+        ];
+        let db = testkit::TestDatabase::create(backend, &mut settings).await;
+        let refused = TestApp::start_on(settings, modules, hooks, db)
+            .await
+            .err()
+            .expect("the host refuses to start");
+        let chain = format!("{refused:#}");
+        assert!(chain.contains(says), "{says:?} not in: {chain}");
+    }
+}

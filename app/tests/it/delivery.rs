@@ -372,6 +372,25 @@ async fn crash_at(backend: Backend, point: &'static str) {
     assert_eq!(shop.rows("catalog", "stock_reservations", &order).await, 1);
     assert_eq!(shop.rows("checkout", "payment_attempts", &order).await, 1);
     assert_eq!(shop.rows("fulfillment", "shipments", &order).await, 1);
+    // Those tables cap their rows per order; the outboxes do not: each effect announced
+    // once is each handler's work done once.
+    for (module, event_type) in [
+        ("checkout", "checkout.order_placed.v1"),
+        ("catalog", "catalog.stock_reserved.v1"),
+        ("checkout", "checkout.order_confirmed.v1"),
+        ("fulfillment", "fulfillment.shipment_created.v1"),
+    ] {
+        assert_eq!(
+            shop.rows(
+                module,
+                "outbox",
+                &format!("event_type = '{event_type}' AND ordering_key = '{id}'")
+            )
+            .await,
+            1,
+            "{event_type} announced once"
+        );
+    }
     for module in ["catalog", "checkout", "fulfillment"] {
         assert_eq!(
             shop.rows(module, "dead_letters", "1 = 1").await,

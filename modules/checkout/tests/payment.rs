@@ -303,8 +303,16 @@ async fn a_refused_request_is_not_retried_and_rejects_the_order() {
     let c = Checkout::start(Backend::Sqlite, &provider, json!({})).await;
     let order = c.order("tok_visa").await;
     c.becomes(order, "rejected", 10).await;
-    // Retries here would come within a few hundred ms.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Once no attempt is pending any more, no retry can come.
+    c.app
+        .drained(
+            &["checkout"],
+            &[(
+                "checkout",
+                "SELECT COUNT(*) FROM payment_attempts WHERE status = 'pending'",
+            )],
+        )
+        .await;
     assert_eq!(provider.calls_for(order).len(), 1, "asked once");
 }
 

@@ -161,6 +161,7 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
 
     // The same order again decides nothing new.
     feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
+    app.drained(&["catalog"], &[]).await;
     assert_eq!(bus.published_of(StockReservedV1::TYPE).len(), 1);
     assert_eq!(available(&app, "A").await, 3);
 }
@@ -175,6 +176,8 @@ async fn a_cancel_releases_the_stock_once(backend: Backend) {
     feed(&bus, &cancel).await;
     feed(&bus, &cancelled(order)).await;
     assert_eq!(available(&app, "A").await, 5);
+    // Published by the relay after the ack: read once everything is.
+    app.drained(&["catalog"], &[]).await;
     let released = bus.published_of(StockReleasedV1::TYPE);
     assert_eq!(released.len(), 1);
     let payload: StockReleasedV1 = released[0].decode().expect("decodes");
