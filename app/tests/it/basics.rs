@@ -396,7 +396,7 @@ fn a_misnamed_secret_variable_s_value_is_never_printed() {
 }
 
 /// The binary serves on SQLite with nothing installed; each log line of a request is JSON
-/// and carries the request id and the module.
+/// and carries the request id and the module, and the request itself is one line.
 #[test]
 fn the_binary_serves_and_logs_json_with_request_id_and_module() {
     let data = tempfile::tempdir().expect("temp dir");
@@ -448,18 +448,29 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
         .arg(child.id().to_string())
         .status();
     assert!(killed.map(|s| s.success()).unwrap_or(false));
-    let mut tagged = 0;
+    let mut request_lines = Vec::new();
     for line in lines {
         let line = line.expect("a line");
         let record: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
         if record["request_id"] == "log-me-7" {
             assert_eq!(record["module"], "catalog", "{line}");
-            tagged += 1;
+            request_lines.push(record);
         }
     }
+    // One line for the request, written when it ends: its status, duration and trace.
+    let ends: Vec<_> = request_lines
+        .iter()
+        .filter(|r| r["msg"] == "[HTTP REQUEST - END]")
+        .collect();
+    assert_eq!(ends.len(), 1, "one line per request: {request_lines:?}");
+    assert_eq!(ends[0]["http.status_code"], 404, "{}", ends[0]);
+    assert!(ends[0]["trace_id"].is_string(), "{}", ends[0]);
+    assert!(ends[0]["elapsed_milliseconds"].is_u64(), "{}", ends[0]);
     assert!(
-        tagged >= 2,
-        "the request's lines carry its id (found {tagged})"
+        !request_lines
+            .iter()
+            .any(|r| r["msg"] == "[HTTP REQUEST - START]"),
+        "no second line when the request starts: {request_lines:?}"
     );
     let status = child.wait().expect("the binary exits");
     assert!(status.success(), "a clean exit after SIGTERM: {status:?}");

@@ -14,12 +14,13 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpMessage, HttpResponse, web};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sea_orm::DbBackend;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::ModuleDb;
+use crate::http::Route;
 
 /// Histogram buckets for every `*_seconds` family: from a fast query to a slow provider.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -153,12 +154,19 @@ pub(crate) async fn record_http(
     let method = method_label(req.method());
     let result = next.call(req).await;
     let (route, status) = match &result {
-        Ok(res) => (
-            res.request()
-                .match_pattern()
-                .unwrap_or_else(|| "unmatched".to_owned()),
-            res.status(),
-        ),
+        Ok(res) => {
+            let found = res
+                .request()
+                .extensions()
+                .get::<Route>()
+                .map(|r| r.0.clone());
+            let route = found.unwrap_or_else(|| {
+                res.request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".to_owned())
+            });
+            (route, res.status())
+        }
         Err(e) => ("unmatched".to_owned(), e.as_response_error().status_code()),
     };
     let labels = [

@@ -1,6 +1,8 @@
 //! Logs: `tracing` spans and events written as bunyan JSON lines to stdout. Every line
 //! carries the fields of the spans it is in, so the request id, the trace id and the module
 //! name set on a request's root span (or a consumer's span) appear on every line below it.
+//! A span is written once, when it closes (`[HTTP REQUEST - END]`, with its status and
+//! `elapsed_milliseconds`), not also when it opens: one line per request, not two.
 //!
 //! Traces: with `telemetry.otlp_endpoint` set, spans are also exported over OTLP
 //! (HTTP/protobuf) in batches; without it nothing is exported and nothing is tried.
@@ -11,10 +13,45 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Subscriber;
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Subscriber};
 use tracing_bunyan_formatter::{BunyanFormattingLayer, JsonStorageLayer};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt};
+
+/// The bunyan layer without its `[... - START]` lines: events, and each span once when it
+/// closes. The closing line has every field the opening one had, plus what was recorded
+/// since (a request's status code) and the span's duration, so the opening line only
+/// doubled the cost of logging a request (serializing every field of the span to JSON and
+/// writing it to stdout).
+pub struct ClosedSpans<W: for<'a> MakeWriter<'a> + 'static>(BunyanFormattingLayer<W>);
+
+impl<W> ClosedSpans<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    pub fn new(name: String, sink: W) -> Self {
+        Self(BunyanFormattingLayer::new(name, sink))
+    }
+}
+
+impl<S, W> Layer<S> for ClosedSpans<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        self.0.on_event(event, ctx);
+    }
+
+    fn on_new_span(&self, _attrs: &Attributes<'_>, _id: &Id, _ctx: Context<'_, S>) {}
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+}
 
 /// A subscriber that writes bunyan JSON to `sink`, filtered by `RUST_LOG` when set, else by
 /// `default_filter`.
@@ -31,7 +68,7 @@ where
     Registry::default()
         .with(filter)
         .with(JsonStorageLayer)
-        .with(BunyanFormattingLayer::new(name, sink))
+        .with(ClosedSpans::new(name, sink))
 }
 
 /// The exporter of this process, kept to flush it before exit.
@@ -72,7 +109,7 @@ where
         .with(filter)
         .with(traces)
         .with(JsonStorageLayer)
-        .with(BunyanFormattingLayer::new(name, sink)))
+        .with(ClosedSpans::new(name, sink)))
 }
 
 /// Sends the spans still waiting in the exporter's batch; nothing without an exporter.
@@ -90,4 +127,69 @@ pub fn init(subscriber: impl Subscriber + Send + Sync + 'static) -> anyhow::Resu
     use tracing_subscriber::util::SubscriberInitExt;
     subscriber.try_init()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Lines written, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_span_is_one_line_when_it_closes_with_its_fields_and_duration() {
+        let sink = Captured::default();
+        let subscriber = subscriber("test".into(), "info", sink.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "HTTP request",
+                request_id = "req-1",
+                http.status_code = tracing::field::Empty
+            );
+            let entered = span.enter();
+            tracing::info!(step = 1, "inside");
+            span.record("http.status_code", 404);
+            drop(entered);
+        });
+        let bytes = sink.0.lock().expect("not poisoned").clone();
+        let lines: Vec<serde_json::Value> = String::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect();
+        let messages: Vec<&str> = lines.iter().filter_map(|l| l["msg"].as_str()).collect();
+        assert_eq!(
+            messages,
+            ["[HTTP REQUEST - EVENT] inside", "[HTTP REQUEST - END]"],
+            "{lines:?}"
+        );
+        assert_eq!(lines[0]["request_id"], "req-1");
+        let end = &lines[1];
+        assert_eq!(end["request_id"], "req-1");
+        assert_eq!(end["http.status_code"], 404);
+        assert!(end["elapsed_milliseconds"].is_u64(), "{end}");
+    }
 }

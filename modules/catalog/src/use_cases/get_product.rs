@@ -14,7 +14,7 @@ pub(crate) enum GetProductError {
     Unexpected(#[from] anyhow::Error),
 }
 
-#[tracing::instrument(name = "catalog.get_product", skip_all, fields(sku = %sku))]
+#[tracing::instrument(name = "catalog.get_product", level = "debug", skip_all, fields(sku = %sku))]
 pub(crate) async fn get_product(db: &ModuleDb, sku: Sku) -> Result<Product, GetProductError> {
     queries::find_product(db.conn(), &sku)
         .await?

@@ -88,6 +88,11 @@ impl FromRequest for Origin {
     }
 }
 
+/// The route template a request matched (`/api/catalog/products/{sku}`), or `unmatched`:
+/// found once, when the request's root span is made.
+#[derive(Debug, Clone)]
+pub(crate) struct Route(pub(crate) String);
+
 pub struct RootSpan;
 
 impl RootSpanBuilder for RootSpan {
@@ -100,6 +105,9 @@ impl RootSpanBuilder for RootSpan {
         let route = request
             .match_pattern()
             .unwrap_or_else(|| "unmatched".into());
+        // Matching the path against the routes again costs a regex search per dynamic
+        // segment: the metrics middleware reads the route found here instead.
+        request.extensions_mut().insert(Route(route.clone()));
         let traceparent = request.extensions().get::<Traceparent>().copied();
         let span = tracing::info_span!(
             "HTTP request",
