@@ -698,7 +698,7 @@ async fn seed(args: &BenchArgs, target: &Running) -> anyhow::Result<()> {
             );
             placed += outcome.latencies_us.len();
             log(&format!(
-                "{}: {placed}/{} past orders placed",
+                "{}: {placed} past orders placed (at least {} wanted; the load runs in 5 s rounds)",
                 target.name, args.past_orders
             ));
         }
