@@ -27,9 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use contracts::checkout::{
-    AddressV1, CancelReasonV1, OrderCancelledV1, OrderConfirmedV1, OrderLineV1,
-};
+use contracts::checkout::{AddressV1, CancelReasonV1, OrderCancelledV1, OrderConfirmedV1};
 use contracts::{Cause, Envelope, Traceparent};
 use futures::FutureExt;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -523,15 +521,7 @@ fn confirmed(order: &Order, cause: &Cause) -> anyhow::Result<Envelope> {
     Ok(Envelope::new(
         &OrderConfirmedV1 {
             order_id: order.id.as_uuid(),
-            lines: order
-                .lines
-                .iter()
-                .map(|l| OrderLineV1 {
-                    sku: l.sku.to_string(),
-                    quantity: l.quantity.get(),
-                    unit_price_minor: l.unit_price.minor(),
-                })
-                .collect(),
+            lines: super::event_lines(order),
             currency: order.total.currency().to_string(),
             total_minor: order.total.minor(),
             customer_email: order.customer_email.clone(),

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use chrono::Utc;
-use contracts::checkout::{OrderLineV1, OrderPlacedV1};
+use contracts::checkout::OrderPlacedV1;
 use contracts::{Cause, Envelope};
 use kernel::{FieldErrors, OrderId};
 
@@ -92,15 +92,7 @@ async fn replay(
 fn placed_event(order: &Order) -> OrderPlacedV1 {
     OrderPlacedV1 {
         order_id: order.id.as_uuid(),
-        lines: order
-            .lines
-            .iter()
-            .map(|l| OrderLineV1 {
-                sku: l.sku.to_string(),
-                quantity: l.quantity.get(),
-                unit_price_minor: l.unit_price.minor(),
-            })
-            .collect(),
+        lines: super::event_lines(order),
         currency: order.total.currency().to_string(),
         total_minor: order.total.minor(),
     }
