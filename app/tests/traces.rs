@@ -145,7 +145,7 @@ async fn one_order_is_one_trace_across_the_three_modules_with_consumers_under_th
 async fn over_redis_with_fulfillment_on_its_own_one_order_is_still_one_trace() {
     let setup = setup();
     let namespace = format!("test-traces-{}", uuid::Uuid::new_v4().simple());
-    let _keys = RedisKeys(namespace.clone());
+    let _keys = testkit::RedisKeys(namespace.clone());
     let on_redis = |settings: &mut runtime::config::Settings| {
         settings.bus.kind = runtime::config::BusKind::Redis;
         settings.bus.redis.namespace = namespace.clone();
@@ -342,24 +342,4 @@ async fn check(setup: &Setup, trace_id: &str) -> Vec<Exported> {
 
 fn fastrand_u64() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0 | 1
-}
-
-/// Removes a test's Redis keys when dropped.
-struct RedisKeys(String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut conn) =
-            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
-        else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-        }
-    }
 }

@@ -239,7 +239,7 @@ async fn a_journey_shows_in_every_metric_family(backend: Backend) {
 fn a_process_running_one_module_serves_that_modules_families() {
     let data = tempfile::tempdir().expect("temp dir");
     let namespace = format!("test-metrics-{}", uuid::Uuid::new_v4().simple());
-    let _keys = RedisKeys(namespace.clone());
+    let _keys = testkit::RedisKeys(namespace.clone());
     let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env_remove("RUST_LOG")
@@ -483,25 +483,5 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Removes a test's Redis keys when dropped.
-struct RedisKeys(String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut conn) =
-            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
-        else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-        }
     }
 }

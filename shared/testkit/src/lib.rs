@@ -564,3 +564,24 @@ pub async fn read(result: reqwest::Result<reqwest::Response>) -> Reply {
         text,
     }
 }
+
+/// Removes every key of a Redis namespace (on the machine's Redis) when dropped: a test
+/// that shares a namespace between processes of its own leaves nothing behind.
+pub struct RedisKeys(pub String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open("redis://127.0.0.1:6379/0").and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
