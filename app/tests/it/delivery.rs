@@ -275,7 +275,10 @@ async fn a_poison_event_is_parked_and_runs_once_when_replayed(backend: Backend) 
             &uuid_condition(backend, "event_id", event_id),
         )
         .await;
-    assert_eq!(inbox, 1, "the replayed event was processed exactly once");
+    // The inbox's key caps this count at one: what it shows is that the replay committed
+    // its key, so a later copy of the event is skipped. That a replay runs no handler
+    // twice is shown with an uncapped counter in the bus tests (`replays.rs`).
+    assert_eq!(inbox, 1, "the replay went through the inbox");
 }
 
 async fn an_undecodable_event_is_parked_with_its_raw_bytes(backend: Backend) {

@@ -95,11 +95,14 @@ pub trait Acker: Send + Sync {
 /// A consuming module's open subscription: a stream of deliveries, and what settles them.
 /// Dropping the stream ends the subscription; unsettled deliveries come back later.
 pub struct Subscription {
+    /// The bus's reader, which ends (handing back what it holds) once the stream is
+    /// dropped; a graceful shutdown waits for it. Dropping the handle aborts the reader
+    /// where it stands, as a killed process would: nothing is handed back, and what it
+    /// held comes back only once its leases lapse. (Declared first, so dropping a whole
+    /// subscription aborts the reader before the stream tells it to hand back.)
+    pub reader: Option<tokio_util::task::AbortOnDropHandle<()>>,
     pub deliveries: BoxStream<'static, Delivery>,
     pub acker: Arc<dyn Acker>,
-    /// The bus's reader, which ends (handing back what it holds) once the stream is
-    /// dropped; a graceful shutdown waits for it.
-    pub reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]

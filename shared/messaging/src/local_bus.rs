@@ -187,7 +187,7 @@ impl EventBus for LocalBus {
         Ok(Subscription {
             deliveries: Box::pin(ReceiverStream::new(rx)),
             acker: Arc::new(LocalAcker(state)),
-            reader: Some(reader),
+            reader: Some(tokio_util::task::AbortOnDropHandle::new(reader)),
         })
     }
 

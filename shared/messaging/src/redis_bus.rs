@@ -452,7 +452,7 @@ impl EventBus for RedisBus {
         Ok(Subscription {
             deliveries: Box::pin(deliveries),
             acker: Arc::new(RedisAcker(state, producers)),
-            reader: Some(reader),
+            reader: Some(tokio_util::task::AbortOnDropHandle::new(reader)),
         })
     }
 

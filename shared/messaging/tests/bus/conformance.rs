@@ -321,22 +321,57 @@ async fn crash_after_the_consumer_committed_before_it_acknowledged(
 }
 
 /// An instance dies holding deliveries; another instance, under another name, takes them
-/// over once the dead one's claims lapse, and applies each once.
+/// over only once the dead one's claims lapsed (never sooner than a lease after they were
+/// first claimed), each with its attempt number one higher, and applies each once.
 async fn a_dead_instance_s_deliveries_are_taken_over(transport: Transport, backend: Backend) {
     let dbs = open(backend).await;
+    let seen: Seen = Default::default();
+    let spy = |instance: &'static str, inner: Arc<dyn EventBus>| {
+        Arc::new(Spy {
+            inner,
+            instance: instance.into(),
+            seen: seen.clone(),
+            published: Default::default(),
+            retries: Default::default(),
+        })
+    };
     let faults = Faults::for_tests();
     let reached = faults.arm("consumer.before_commit");
-    let a = start(transport, &dbs, "instance-a", faults, true).await;
+    let a = spy("instance-a", bus(transport, &dbs, "instance-a").await);
+    let a = start_on(a, &dbs, "instance-a", faults, true).await;
     let sent = events(3, 4);
+    // No claim of these events can be older than this.
+    let committed = std::time::Instant::now();
     commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
     tokio::time::timeout(WAIT, reached)
         .await
         .expect("a reaches the point")
         .expect("reported");
     a.kill().await;
-    let b = start(transport, &dbs, "instance-b", Faults::default(), true).await;
+    let b = spy("instance-b", bus(transport, &dbs, "instance-b").await);
+    let b = start_on(b, &dbs, "instance-b", Faults::default(), true).await;
     assert_exactly_once_in_order(&dbs, &sent).await;
     b.stop().await;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let held: Vec<_> = seen.iter().filter(|s| s.0 == "instance-a").collect();
+    assert!(!held.is_empty(), "the dead instance held deliveries");
+    let lease = Duration::from_millis(settings().lease_ms);
+    for (_, tag, attempt, _) in held {
+        let (_, _, again, when) = seen
+            .iter()
+            .find(|s| s.0 == "instance-b" && &s.1 == tag)
+            .unwrap_or_else(|| panic!("{tag:?} was not taken over"));
+        assert_eq!(
+            *again,
+            attempt + 1,
+            "{tag:?}: the crash counted as an attempt"
+        );
+        assert!(
+            *when >= committed + lease,
+            "{tag:?} taken over {:?} after it was committed, before a {lease:?} lease could lapse",
+            *when - committed
+        );
+    }
 }
 
 /// A subscription never hands out more than `max_in_flight` unsettled deliveries.

@@ -48,7 +48,7 @@ pub(crate) fn settings() -> MessagingSettings {
         consumer_batch: 20,
         max_in_flight: 100,
         poll_interval_ms: 20,
-        lease_ms: 1000,
+        lease_ms: 2000,
         max_attempts: 3,
         retry_base_ms: 10,
         retry_max_ms: 50,
@@ -64,12 +64,29 @@ pub(crate) struct Dbs {
     producer: ModuleDb,
     consumer: ModuleDb,
     namespace: String,
+    /// Where the databases are, for a child process to attach to them.
+    location: Location,
+    /// Dropped (and cleaned up) by the test that made them; a child process attached to
+    /// them owns nothing.
     _dir: Option<tempfile::TempDir>,
     pg: Option<String>,
 }
 
+/// Where a test's two module databases live.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// A directory holding one SQLite file per module.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database with one schema per module.
+    Postgres(String),
+}
+
 impl Drop for Dbs {
     fn drop(&mut self) {
+        // A child process attached to another test's databases leaves them to it.
+        if self._dir.is_none() && self.pg.is_none() {
+            return;
+        }
         // Remove this test's Redis keys.
         if let Ok(mut conn) = redis::Client::open(REDIS).and_then(|c| c.get_connection()) {
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -102,23 +119,10 @@ impl Drop for Dbs {
 }
 
 pub(crate) async fn open(backend: Backend) -> Dbs {
-    let (producer, consumer, dir, pg) = match backend {
+    let (location, dir, pg) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let url = |m: &str| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join(format!("{m}.db")).display()
-                )
-            };
-            let producer = Database::connect(url(PRODUCER)).await.expect("sqlite");
-            let consumer = Database::connect(url(CONSUMER)).await.expect("sqlite");
-            for conn in [&producer, &consumer] {
-                conn.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
-                    .await
-                    .expect("pragmas");
-            }
-            (producer, consumer, Some(dir), None)
+            (Location::Sqlite(dir.path().to_owned()), Some(dir), None)
         }
         Backend::Postgres => {
             let name = format!("t_{}", Uuid::new_v4().simple());
@@ -129,31 +133,10 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
                 .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                 .await
                 .expect("create database");
-            let connect = |schema: &'static str| {
-                let name = name.clone();
-                async move {
-                    let mut options = sea_orm::ConnectOptions::new(format!(
-                        "postgres://postgres@127.0.0.1:5432/{name}"
-                    ));
-                    options
-                        .max_connections(4)
-                        .sqlx_logging(false)
-                        .set_schema_search_path(schema);
-                    let conn = Database::connect(options).await.expect("connect");
-                    conn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                        .await
-                        .expect("schema");
-                    conn
-                }
-            };
-            (
-                connect(PRODUCER).await,
-                connect(CONSUMER).await,
-                None,
-                Some(name),
-            )
+            (Location::Postgres(name.clone()), None, Some(name))
         }
     };
+    let (producer, consumer) = connect(&location).await;
     for conn in [&producer, &consumer] {
         use migrations::MigratorTrait;
         migrations::checkout::Migrator::up(conn, None)
@@ -186,12 +169,77 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
         producer: ModuleDb::new(PRODUCER, producer),
         consumer: ModuleDb::new(CONSUMER, consumer),
         namespace: format!("test-{}", Uuid::new_v4().simple()),
+        location,
         _dir: dir,
         pg,
     }
 }
 
-/// A bus of the given transport over these databases, for one instance.
+/// Connects to the databases another process's test made (see [`Dbs::location`]), under
+/// the same Redis namespace; dropping the result leaves them to their owner.
+pub(crate) async fn attach(location: Location, namespace: String) -> Dbs {
+    let (producer, consumer) = connect(&location).await;
+    Dbs {
+        producer: ModuleDb::new(PRODUCER, producer),
+        consumer: ModuleDb::new(CONSUMER, consumer),
+        namespace,
+        location,
+        _dir: None,
+        pg: None,
+    }
+}
+
+impl Dbs {
+    pub(crate) fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+/// The producer's and the consumer's connections.
+async fn connect(
+    location: &Location,
+) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseConnection) {
+    match location {
+        Location::Sqlite(dir) => {
+            let url = |m: &str| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.join(format!("{m}.db")).display()
+                )
+            };
+            let producer = Database::connect(url(PRODUCER)).await.expect("sqlite");
+            let consumer = Database::connect(url(CONSUMER)).await.expect("sqlite");
+            for conn in [&producer, &consumer] {
+                conn.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
+                    .await
+                    .expect("pragmas");
+            }
+            (producer, consumer)
+        }
+        Location::Postgres(name) => {
+            let connect = |schema: &'static str| async move {
+                let mut options = sea_orm::ConnectOptions::new(format!(
+                    "postgres://postgres@127.0.0.1:5432/{name}"
+                ));
+                options
+                    .max_connections(4)
+                    .sqlx_logging(false)
+                    .set_schema_search_path(schema);
+                let conn = Database::connect(options).await.expect("connect");
+                conn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .await
+                    .expect("schema");
+                conn
+            };
+            (connect(PRODUCER).await, connect(CONSUMER).await)
+        }
+    }
+}
+
 pub(crate) async fn bus(transport: Transport, dbs: &Dbs, instance: &str) -> Arc<dyn EventBus> {
     bus_configured(transport, dbs, instance, settings()).await
 }
@@ -320,26 +368,26 @@ pub(crate) async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
 
 pub(crate) struct Running {
     cancel: CancellationToken,
+    /// The relay and the consumer; the consumer owns its subscription, and with it the
+    /// bus's reader, which is aborted with it.
     tasks: Vec<JoinHandle<()>>,
-    /// The bus readers, kept apart from the consumer so a kill can abort them too.
-    readers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops like a killed process: every task, bus readers included, is aborted where it
     /// stands, so nothing is handed back gracefully and leases run out on their own.
     pub(crate) async fn kill(self) {
-        for task in self.tasks.iter().chain(&self.readers) {
+        for task in &self.tasks {
             task.abort();
         }
-        for task in self.tasks.into_iter().chain(self.readers) {
+        for task in self.tasks {
             let _ = task.await;
         }
     }
 
     pub(crate) async fn stop(self) {
         self.cancel.cancel();
-        for task in self.tasks.into_iter().chain(self.readers) {
+        for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
@@ -392,7 +440,7 @@ pub(crate) async fn start_configured(
         };
         tasks.push(tokio::spawn(relay.run(cancel.child_token())));
     }
-    let mut subscription = bus
+    let subscription = bus
         .subscribe(SubscriberSpec {
             module: CONSUMER,
             event_types: vec![OrderConfirmedV1::TYPE],
@@ -400,8 +448,6 @@ pub(crate) async fn start_configured(
         })
         .await
         .expect("subscribe");
-    // The consumer waits for its reader on a graceful stop; here `stop` does, after it.
-    let readers: Vec<JoinHandle<()>> = subscription.reader.take().into_iter().collect();
     let consumer = Consumer {
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
@@ -414,11 +460,7 @@ pub(crate) async fn start_configured(
     tasks.push(tokio::spawn(
         consumer.run(subscription, cancel.child_token()),
     ));
-    Running {
-        cancel,
-        tasks,
-        readers,
-    }
+    Running { cancel, tasks }
 }
 
 /// What a subscription handed out: (instance, tag, attempt, when), in order.
@@ -735,6 +777,7 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
 mod cleanup;
 mod conformance;
 mod local_only;
+mod process_kill;
 mod redis_faults;
 mod redis_only;
 mod replays;

@@ -433,7 +433,10 @@ fn consume(
     label: &'static str,
     hold: Duration,
     log: Arc<std::sync::Mutex<Vec<(&'static str, DeliveryTagOf)>>>,
-) -> (JoinHandle<()>, Option<JoinHandle<()>>) {
+) -> (
+    JoinHandle<()>,
+    Option<tokio_util::task::AbortOnDropHandle<()>>,
+) {
     let reader = subscription.reader.take();
     let task = tokio::spawn(async move {
         while let Some(d) = subscription.deliveries.next().await {
@@ -507,9 +510,10 @@ async fn a_busy_instance_hands_surplus_partitions_to_a_joining_one() {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = load.await;
-    for task in [a_task, b_task].into_iter().chain(a_reader).chain(b_reader) {
+    for task in [a_task, b_task] {
         task.abort();
     }
+    drop((a_reader, b_reader));
 }
 
 /// A TCP relay to the shared Redis that, once armed, freezes the next connection that

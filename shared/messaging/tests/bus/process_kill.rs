@@ -1,0 +1,197 @@
+//! Crashes that are real: the consumer runs in a child process (this test binary, started
+//! again on one test of its own) that is killed with SIGKILL while it handles an event, so
+//! nothing is rolled back, handed back or flushed by the code under test, and its
+//! connections to the databases and to Redis simply drop. An event that kills its consumer
+//! every time is parked after `max_attempts` deliveries, while events of other keys flow.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use messaging::Outbox;
+
+use crate::*;
+
+/// Names the databases a child process attaches to: `transport;kind;where;namespace`.
+const CHILD: &str = "BUS_TEST_CHILD";
+/// What the child prints once its consumer stands inside the handling of a delivery.
+const REACHED: &str = "child: reached consumer.before_commit";
+
+/// The child process: a consumer named `instance-a` on the parent's
+/// databases, stopped inside the handling of the first delivery (after the handler ran,
+/// before its transaction commits) until the parent kills it. Run by
+/// [`an_event_that_kills_its_consumer_process_every_time_is_parked_after_max_attempts`]
+/// only; run by hand, it fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the consumer process the real-kill tests start and kill; they run it"]
+async fn child() {
+    let spec = std::env::var(CHILD)
+        .unwrap_or_else(|_| panic!("started by a real-kill test, which sets {CHILD}"));
+    let parts: Vec<&str> = spec.splitn(4, ';').collect();
+    let [transport, kind, place, namespace] = parts[..] else {
+        panic!("{CHILD}={spec}: expected transport;kind;where;namespace")
+    };
+    let transport = match transport {
+        "local" => Transport::Local,
+        "redis" => Transport::Redis,
+        other => panic!("unknown transport {other}"),
+    };
+    let location = match kind {
+        "sqlite" => Location::Sqlite(place.into()),
+        "postgres" => Location::Postgres(place.into()),
+        other => panic!("unknown backend {other}"),
+    };
+    let dbs = attach(location, namespace.to_owned()).await;
+    let faults = Faults::for_tests();
+    let reached = faults.arm("consumer.before_commit");
+    let _running = start(transport, &dbs, "instance-a", faults, false).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("a delivery reached the consumer")
+        .expect("reported");
+    // Straight to the process's stdout, which the parent reads (not the test's capture).
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{REACHED}").expect("stdout");
+    stdout.flush().expect("stdout");
+    drop(stdout);
+    // Held here, inside the handling, until SIGKILL.
+    std::future::pending::<()>().await;
+}
+
+/// Starts the child on `dbs` and returns it once it stands inside a delivery's handling.
+fn start_child(transport: Transport, dbs: &Dbs) -> Child {
+    let transport = match transport {
+        Transport::Local => "local",
+        Transport::Redis => "redis",
+    };
+    let (kind, place) = match dbs.location() {
+        Location::Sqlite(dir) => ("sqlite", dir.display().to_string()),
+        Location::Postgres(name) => ("postgres", name.clone()),
+    };
+    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "process_kill::child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD,
+            format!("{transport};{kind};{place};{}", dbs.namespace()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child process");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(REACHED) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(WAIT).is_err() {
+        let _ = child.kill();
+        let status = child.wait().expect("child status");
+        panic!("the child process did not reach the handler ({status})");
+    }
+    child
+}
+
+/// `kill -9`: the process ends where it stands.
+fn kill(mut child: Child) {
+    child.kill().expect("SIGKILL the child");
+    let status = child.wait().expect("child status");
+    assert!(!status.success(), "the child was killed, not finished");
+}
+
+async fn an_event_that_kills_its_consumer_process_every_time_is_parked_after_max_attempts(
+    transport: Transport,
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let outbox = Outbox::new(PRODUCER);
+    // Published once, straight to the bus: a relay killed between publishing and marking
+    // its row would publish a second copy, and each copy counts its own attempts.
+    let poison: Vec<Outgoing> = events(1, 1).iter().map(outgoing).collect();
+    bus(transport, &dbs, "publisher")
+        .await
+        .publish(&poison)
+        .await
+        .expect("publish");
+    let max = settings().max_attempts;
+    for _ in 1..=max {
+        let child = start_child(transport, &dbs);
+        kill(child);
+    }
+    assert_eq!(
+        applied(&dbs).await,
+        0,
+        "a killed consumer committed nothing"
+    );
+    // The next delivery is number max + 1: it is parked before it is handled, and the
+    // events of other keys committed meanwhile are applied.
+    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
+    let others = events(3, 2);
+    commit(&dbs, &outbox, &others).await;
+    wait_applied(&dbs, others.len() as i64).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letters(&dbs).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event that killed its consumer was not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    let attempts = scalar(
+        &dbs.consumer,
+        "SELECT CAST(attempts AS BIGINT) FROM dead_letters",
+    )
+    .await;
+    assert_eq!(
+        attempts,
+        i64::from(max) + 1,
+        "parked on the delivery after the last kill"
+    );
+    assert_eq!(dead_letters(&dbs).await, 1, "only that event is parked");
+    assert_eq!(
+        applied(&dbs).await,
+        others.len() as i64,
+        "the event that killed its consumer was never applied"
+    );
+}
+
+mod an_event_that_kills_its_consumer_process_every_time {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        an_event_that_kills_its_consumer_process_every_time_is_parked_after_max_attempts(
+            Transport::Local,
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        an_event_that_kills_its_consumer_process_every_time_is_parked_after_max_attempts(
+            Transport::Local,
+            Backend::Postgres,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_postgres() {
+        an_event_that_kills_its_consumer_process_every_time_is_parked_after_max_attempts(
+            Transport::Redis,
+            Backend::Postgres,
+        )
+        .await
+    }
+}
