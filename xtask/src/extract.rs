@@ -347,8 +347,11 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
         steps.step("Cargo.lock: nothing to refresh");
         eprintln!("\n{module} is already extracted; nothing changed");
     } else {
-        steps.step("refreshing Cargo.lock (cargo update --workspace --offline)");
+        steps.step(
+            "refreshing Cargo.lock (cargo update --workspace --offline) and docs/module-map.md",
+        );
         refresh_lockfile(root)?;
+        boundaries::refresh_map(root)?;
         eprintln!("\n{module} is now the service {}", service.package);
     }
     eprintln!("{}", service.next_steps());
@@ -402,8 +405,9 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
         eprintln!("\ndry run: {changed} change(s); nothing was written");
         return Ok(());
     }
-    steps.step("refreshing Cargo.lock (cargo update --workspace --offline)");
+    steps.step("refreshing Cargo.lock (cargo update --workspace --offline) and docs/module-map.md");
     refresh_lockfile(root)?;
+    boundaries::refresh_map(root)?;
     eprintln!("\n{module} is back in the monolith (its data was moved back before)");
     let bus = if extracted.is_empty() {
         "with no service left it uses the in-process bus again".to_owned()

@@ -2,7 +2,7 @@
 //! scratch copy of the workspace, one at a time, runs the tests that must kill it, and
 //! reports which were killed and which survived.
 //!
-//! A row names what it breaks (a guarantee of ARCHITECTURE.md), the file, the exact source
+//! A row names what it breaks (a guarantee of `docs/guarantees.md`), the file, the exact source
 //! snippet and its replacement, and the test commands that must fail once it is applied.
 //! A snippet that is not found exactly once is an error: the code moved, and the row must
 //! follow it (`cargo test -p xtask` checks every row against the tree without building).
