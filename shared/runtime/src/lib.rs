@@ -18,6 +18,12 @@ pub mod scram;
 pub mod telemetry;
 mod validation;
 
+/// Every binary built on the runtime (the monolith, an extracted service) and every test
+/// allocates with jemalloc, whose background thread purges what is no longer used: glibc's
+/// allocator keeps what a burst of requests allocated long after it ended.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub use config::Settings;
 pub use db::ModuleDb;
 pub use host::{Application, Hooks};
