@@ -122,6 +122,7 @@ fn setup() -> &'static Setup {
             "info",
             move || sink.clone(),
             &endpoint,
+            None,
         )
         .expect("the exporter builds");
         runtime::telemetry::init(subscriber).expect("the only subscriber of this binary");

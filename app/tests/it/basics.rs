@@ -433,7 +433,10 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let status = runtime.block_on(async {
-        reqwest::Client::new()
+        runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client")
             .get(format!("http://127.0.0.1:{port}/api/catalog/products/NOPE"))
             .header("x-request-id", "log-me-7")
             .send()
