@@ -306,11 +306,19 @@ mod tests {
         assert!(gateway.authorize(&request("tok_visa")).await.is_err());
     }
 
-    /// Each row: the environment, the URL, whether `allow_http` is set, whether a CA file
-    /// is named, and the field refused (none: accepted).
+    /// The environment, the URL, whether `allow_http` is set, whether a CA file is named,
+    /// and the field refused (none: accepted).
+    type UrlCase = (
+        &'static str,
+        Option<&'static str>,
+        bool,
+        bool,
+        Option<&'static str>,
+    );
+
     #[test]
     fn the_http_provider_needs_https_in_production_unless_told_the_network_is_trusted() {
-        let cases: &[(&str, Option<&str>, bool, bool, Option<&str>)] = &[
+        let cases: &[UrlCase] = &[
             ("local", None, false, false, Some("payment.url")),
             (
                 "local",
