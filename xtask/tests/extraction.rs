@@ -501,13 +501,21 @@ mod auth {
 mod http {
     use reqwest::{Client, Method, Result};
 
+    /// Every client of the build is made by `runtime::tls` (reqwest has no TLS of its own).
+    fn client() -> Client {
+        runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client")
+    }
+
     fn runtime() -> &'static tokio::runtime::Runtime {
         static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
         RT.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"))
     }
 
     pub(crate) fn blocking_get(url: &str) -> Result<u16> {
-        runtime().block_on(async { Ok(Client::new().get(url).send().await?.status().as_u16()) })
+        runtime().block_on(async { Ok(client().get(url).send().await?.status().as_u16()) })
     }
 
     pub(crate) use reqwest::Method as Verb;
@@ -528,7 +536,7 @@ mod http {
         token: Option<&str>,
     ) -> (u16, serde_json::Value) {
         runtime().block_on(async {
-            let mut request = Client::new().request(method, url);
+            let mut request = client().request(method, url);
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }

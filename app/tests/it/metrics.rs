@@ -280,7 +280,10 @@ fn a_process_running_one_module_serves_that_modules_families() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = runtime.block_on(async {
-        let client = testkit::reqwest::Client::new();
+        let client = runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client");
         let staff = testkit::token(
             &testkit::test_settings(),
             &[testkit::Role::Staff],

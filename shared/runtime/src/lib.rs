@@ -16,6 +16,7 @@ pub mod probes;
 pub mod prometheus;
 pub mod scram;
 pub mod telemetry;
+pub mod tls;
 mod validation;
 
 pub use config::Settings;
