@@ -18,7 +18,9 @@ use runtime::config::{Settings, Sources};
 use runtime::{Application, Hooks, Module};
 use serde_json::Value;
 
+pub mod access;
 mod buses;
+pub mod metrics;
 pub mod tls;
 
 pub use buses::{DuplicatingBus, RecordingBus};
