@@ -214,8 +214,9 @@ fn run(scenario: &Scenario<'_>, count: usize) -> (Duration, Duration) {
 
 /// The time this thread has run on a CPU.
 fn thread_cpu() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("CLOCK_THREAD_CPUTIME_ID is readable");
+    Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
 }
 
 /// The claims production expects, valid for an hour.
