@@ -10,6 +10,9 @@
 //! instruction counts, run the binary under `valgrind --tool=callgrind
 //! --toggle-collect='*Authenticator::verify*'` (BENCHMARKS.md has the recipe).
 
+// The bench's report is its standard output.
+#![allow(clippy::print_stdout)]
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;

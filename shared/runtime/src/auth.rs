@@ -5,7 +5,8 @@
 //! all checked. Production verifies RS256 or EdDSA signatures with the public keys of a
 //! JWKS file (`auth.jwks_file`); local development and tests may verify HS256 with a shared
 //! secret (`auth.hs256_secret`, or a fixed development secret when unset), which production
-//! refuses. The keys are decoded once, at start-up; a request costs one signature check.
+//! refuses. The keys are read once, at start-up; a request costs one signature check (about
+//! 2 µs of CPU for HS256, 40 µs for EdDSA, 64 µs for RS256: `benches/token_verification.rs`).
 //! Instead of a file, the key set may come from the identity provider's URL
 //! (`auth.jwks_url`; its certificate checked against the system's roots and the CA of
 //! `auth.jwks_ca_file`): fetched at start-up (without usable keys, an untrusted
