@@ -539,7 +539,7 @@ mod http {
     /// A GET without a token: the status and the body as text.
     pub(crate) fn get_text(url: &str) -> (u16, String) {
         runtime().block_on(async {
-            let response = Client::new().get(url).send().await.expect("reachable");
+            let response = client().get(url).send().await.expect("reachable");
             let status = response.status().as_u16();
             (status, response.text().await.unwrap_or_default())
         })
