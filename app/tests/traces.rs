@@ -1,5 +1,6 @@
 //! Traces exported over OTLP: the app, with an exporter pointed at a collector stand-in
-//! served by this test (an HTTP/protobuf receiver on 127.0.0.1:0), runs one order from
+//! served by this test (an HTTP/protobuf receiver on 127.0.0.1:0, reached over HTTPS with
+//! a certificate of a CA the test makes and names in the exporter's CA file), runs one order from
 //! placement to shipment; the collector receives one trace with spans of all three modules,
 //! each consumer's span a child of the span that published its event, every span but the
 //! request's a child of a span the trace holds (none hangs under a span that is never
@@ -16,6 +17,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
+use testkit::tls::{HttpsFront, TestCa};
 use testkit::{Backend, Spawn, TestApp, eventually, json};
 
 #[derive(Debug, Clone)]
@@ -88,20 +90,26 @@ struct Setup {
     logs: Logs,
 }
 
-/// Starts the collector (on a thread of its own, so it outlives each test's runtime) and
-/// installs the process's subscriber and exporter, once.
+/// Starts the collector and its TLS front (on a thread of their own, so they outlive each
+/// test's runtime) and installs the process's subscriber and exporter, once.
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let collector = web::Data::new(Collector::default());
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let endpoint = format!(
-            "http://{}/v1/traces",
-            listener.local_addr().expect("an address")
-        );
+        let plain = listener.local_addr().expect("an address");
+        let ca = TestCa::new("the collector's CA");
+        // The exporter reads the CA file when it is built, so the folder may go after.
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca_file = ca.write_pem(dir.path(), "collector-ca.pem");
+        let (front_url, url) = std::sync::mpsc::channel();
         let data = collector.clone();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
+                let front = HttpsFront::start(&ca, plain).await;
+                front_url
+                    .send(front.url.clone())
+                    .expect("the test waits for it");
                 HttpServer::new(move || {
                     App::new()
                         .app_data(data.clone())
@@ -115,6 +123,7 @@ fn setup() -> &'static Setup {
                 .await
             })
         });
+        let endpoint = format!("{}/v1/traces", url.recv().expect("the front's URL"));
         let logs = Logs::default();
         let sink = logs.clone();
         let subscriber = runtime::telemetry::subscriber_with_traces(
@@ -122,6 +131,7 @@ fn setup() -> &'static Setup {
             "info",
             move || sink.clone(),
             &endpoint,
+            Some(&ca_file),
         )
         .expect("the exporter builds");
         runtime::telemetry::init(subscriber).expect("the only subscriber of this binary");

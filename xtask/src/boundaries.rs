@@ -286,7 +286,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     if layers.is_empty() {
         eprintln!(
             "ok    layer and file rules ({} rules)",
-            crate::tidy::LAYER_RULES.len() + 1
+            crate::tidy::LAYER_RULES.len() + crate::tidy::CODE_RULES.len() + 1
         );
     }
     all.extend(layers);

@@ -43,7 +43,7 @@ pub(crate) fn client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
     value.set_sensitive(true);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(reqwest::Client::builder().default_headers(headers))
+    Ok(runtime::tls::client_builder(None)?.default_headers(headers))
 }
 
 /// The `Authorization` value [`client_builder`] sends: `Bearer` and a token of the local

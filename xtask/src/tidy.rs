@@ -74,6 +74,24 @@ pub(crate) const LAYER_RULES: &[LayerRule] = &[
 pub(crate) const RULE_FILE_DOC: &str =
     "every source file opens with a `//!` line saying what it is";
 
+/// A rule of every source file: code names none of `forbidden` (matched as written),
+/// except in the files of `except` (paths from the workspace root).
+#[derive(Debug)]
+pub(crate) struct CodeRule {
+    pub(crate) name: &'static str,
+    pub(crate) forbidden: &'static [&'static str],
+    pub(crate) except: &'static [&'static str],
+}
+
+/// reqwest is built without a TLS provider of its own (no aws-lc-rs), so a client built the
+/// default way panics when built; `runtime::tls` hands each one rustls on ring.
+pub(crate) const CODE_RULES: &[CodeRule] = &[CodeRule {
+    name: "every HTTP client is built by runtime::tls",
+    forbidden: &["Client::new()", "Client::builder()"],
+    // The rule's own table, and its test, name what it forbids.
+    except: &["shared/runtime/src/tls.rs", "xtask/src/tidy.rs"],
+}];
+
 /// The folders of the workspace whose Rust files keep the house rules.
 const SOURCE_ROOTS: &[&str] = &[
     "app",
@@ -90,13 +108,30 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
     for folder in SOURCE_ROOTS {
         for file in rust_files(&root.join(folder)) {
             let text = std::fs::read_to_string(&file)?;
+            let place = relative(root, &file);
             if !text.starts_with("//!") {
                 found.push(Violation {
                     module: folder.to_string(),
                     rule: RULE_FILE_DOC,
-                    place: format!("{}:1", relative(root, &file)),
+                    place: format!("{place}:1"),
                     detail: "the file does not open with a `//!` line".into(),
                 });
+            }
+            for rule in CODE_RULES {
+                if rule.except.contains(&place.as_str()) {
+                    continue;
+                }
+                for (n, line) in text.lines().enumerate() {
+                    let code = code_of(line);
+                    for item in rule.forbidden.iter().filter(|item| code.contains(*item)) {
+                        found.push(Violation {
+                            module: folder.to_string(),
+                            rule: rule.name,
+                            place: format!("{place}:{}", n + 1),
+                            detail: format!("names {item}"),
+                        });
+                    }
+                }
             }
         }
     }
@@ -258,6 +293,27 @@ use messaging::db::execute;
                 (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:4"),
                 (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:6"),
             ]
+        );
+    }
+
+    #[test]
+    fn an_http_client_built_outside_runtime_tls_is_named() {
+        let dir = fixture(&[(
+            "lib.rs",
+            "//! demo\nfn f() {\n    let _ = reqwest::Client::new(); // Client::builder() here is fine\n    let _ = runtime::tls::client_builder(None);\n}\n",
+        )]);
+        let tls = dir.path().join("shared/runtime/src");
+        std::fs::create_dir_all(&tls).expect("folder");
+        std::fs::write(
+            tls.join("tls.rs"),
+            "//! tls\nfn f() { reqwest::Client::builder(); }\n",
+        )
+        .expect("file");
+        let found = check(dir.path()).expect("checked");
+        let places: Vec<(&str, &str)> = found.iter().map(|v| (v.rule, v.place.as_str())).collect();
+        assert_eq!(
+            places,
+            vec![(CODE_RULES[0].name, "modules/demo/src/lib.rs:3")]
         );
     }
 

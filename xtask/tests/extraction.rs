@@ -368,6 +368,8 @@ fn free_port() -> u16 {
 struct Proc {
     child: Option<Child>,
     port: u16,
+    /// The admin port, serving `/metrics`.
+    admin_port: u16,
     name: &'static str,
 }
 
@@ -378,6 +380,8 @@ impl Proc {
         port: u16,
         vars: &[(String, String)],
     ) -> Proc {
+        // A free one, so several processes run side by side.
+        let admin_port = free_port();
         let mut command = scratch.command(
             &scratch_target()
                 .join("debug")
@@ -389,8 +393,7 @@ impl Proc {
             .env("APP__SERVER__PORT", port.to_string())
             // Every process verifies tokens with the same key, as a deployment's would.
             .env("APP__AUTH__HS256_SECRET", auth::SECRET)
-            // the metrics port: a free one, so several processes run side by side
-            .env("APP__SERVER__ADMIN_PORT", "0")
+            .env("APP__SERVER__ADMIN_PORT", admin_port.to_string())
             .env("APP__TELEMETRY__LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -401,6 +404,7 @@ impl Proc {
         let mut proc = Proc {
             child: Some(child),
             port,
+            admin_port,
             name: binary,
         };
         proc.wait_ready();
@@ -433,6 +437,14 @@ impl Proc {
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The admin port's `/metrics`, parsed.
+    fn scrape(&self) -> Vec<testkit::metrics::Sample> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        let (status, text) = http::get_text(&url);
+        assert_eq!(status, 200, "{url}: {text}");
+        testkit::metrics::parse(&text)
     }
 
     /// SIGTERM, and wait for a clean exit.
@@ -472,17 +484,21 @@ mod auth {
 
     pub(crate) const SECRET: &str = "extraction-test-secret-of-at-least-32-bytes";
 
-    pub(crate) fn token(roles: &[Role], subject: &str) -> String {
+    /// The repository's local settings with the processes' secret: what they verify with.
+    pub(crate) fn settings() -> runtime::Settings {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let vars = [("APP__AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())];
-        let settings = runtime::Settings::load(runtime::config::Sources {
+        runtime::Settings::load(runtime::config::Sources {
             dir: &dir,
             environment: "local",
             env_vars: Some(vars.into_iter().collect()),
         })
-        .expect("the repository's settings load");
+        .expect("the repository's settings load")
+    }
+
+    pub(crate) fn token(roles: &[Role], subject: &str) -> String {
         runtime::auth::mint(
-            &settings,
+            &settings(),
             roles,
             subject,
             std::time::Duration::from_secs(3600),
@@ -501,16 +517,38 @@ mod auth {
 mod http {
     use reqwest::{Client, Method, Result};
 
+    /// Every client of the build is made by `runtime::tls` (reqwest has no TLS of its own).
+    fn client() -> Client {
+        runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client")
+    }
+
     fn runtime() -> &'static tokio::runtime::Runtime {
         static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
         RT.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"))
     }
 
     pub(crate) fn blocking_get(url: &str) -> Result<u16> {
-        runtime().block_on(async { Ok(Client::new().get(url).send().await?.status().as_u16()) })
+        runtime().block_on(async { Ok(client().get(url).send().await?.status().as_u16()) })
     }
 
     pub(crate) use reqwest::Method as Verb;
+
+    /// A GET without a token: the status and the body as text.
+    pub(crate) fn get_text(url: &str) -> (u16, String) {
+        runtime().block_on(async {
+            let response = client().get(url).send().await.expect("reachable");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        })
+    }
+
+    /// Runs a future of the tests on the runtime of these helpers.
+    pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        runtime().block_on(future)
+    }
 
     pub(crate) fn call(
         method: Method,
@@ -528,7 +566,7 @@ mod http {
         token: Option<&str>,
     ) -> (u16, serde_json::Value) {
         runtime().block_on(async {
-            let mut request = Client::new().request(method, url);
+            let mut request = client().request(method, url);
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -750,40 +788,34 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
     assert_eq!(status, 404, "the monolith no longer serves fulfillment");
 
     // The extracted service enforces the monolith's access rules from the same settings:
-    // shipments are staff work; another customer's order does not exist for a customer.
+    // the monolith's own table's rows for every route the service serves, on a shipment of
+    // its own, which the table dispatches and delivers.
     {
-        use runtime::auth::Role;
-        let customer = auth::token(&[Role::Customer], "customer-b");
-        let staff = auth::token(&[Role::Staff], "staff-1");
-        let one = service.url(&format!("/api/fulfillment/shipments?order_id={early}"));
-        let dispatch = service.url(&format!("/api/fulfillment/shipments/{early}/dispatch"));
-        let cases: &[(&str, http::Verb, &str, Option<&str>, u16)] = &[
-            ("no token", http::Verb::GET, &one, None, 401),
-            (
-                "a forged token",
-                http::Verb::GET,
-                &one,
-                Some("e30.e30.e30"),
-                401,
-            ),
-            ("a customer", http::Verb::GET, &one, Some(&customer), 403),
-            (
-                "a customer",
-                http::Verb::POST,
-                &dispatch,
-                Some(&customer),
-                403,
-            ),
-            ("staff", http::Verb::GET, &one, Some(&staff), 200),
-        ];
-        for (who, verb, url, token, expected) in cases {
-            let (status, _) = http::call_as(verb.clone(), url, None, *token);
-            assert_eq!(status, *expected, "{who}: {verb} {url}");
-        }
-        let order = monolith.url(&format!("/api/checkout/orders/{early}"));
-        let (status, _) = http::call_as(http::Verb::GET, &order, None, Some(&customer));
+        use testkit::access::{
+            Tokens, Who, check_every_caller, every_process_rows, fulfillment_rows, routes_of, tried,
+        };
+        let tokens = Tokens::new(&auth::settings());
+        let order = place(&monolith, "TEA-1", 1, "tok_visa");
+        let shipment = shipment_of(&service, &order, "ready");
+        let mut rows = every_process_rows();
+        rows.extend(fulfillment_rows(
+            shipment["id"].as_str().expect("id"),
+            &order,
+        ));
+        assert_eq!(
+            tried(&rows),
+            routes_of("fulfillment"),
+            "the service's table tries every route the service serves"
+        );
+        http::block_on(check_every_caller(&service.url(""), &rows, &tokens));
+        order_becomes(&monolith, &order, "delivered");
+
+        // Checkout stayed in the monolith: another customer's order does not exist for a
+        // customer; staff read any order.
+        let url = monolith.url(&format!("/api/checkout/orders/{early}"));
+        let (status, _) = http::call_as(http::Verb::GET, &url, None, tokens.of(Who::CustomerB));
         assert_eq!(status, 404, "another customer's order is not theirs to see");
-        let (status, _) = http::call_as(http::Verb::GET, &order, None, Some(&staff));
+        let (status, _) = http::call_as(http::Verb::GET, &url, None, tokens.of(Who::Staff));
         assert_eq!(status, 200, "staff read any order");
     }
 
@@ -851,7 +883,12 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         (409, Some("order_already_shipped"))
     );
 
+    service_metrics_show_the_journey(&service);
+
     // 4. Load, and the service killed with SIGKILL in the middle of it.
+    // Before it: the shipment made before the move, the access table's, the cancelled
+    // order's and the dispatched one's.
+    const SHIPMENTS_BEFORE_LOAD: i64 = 4;
     let orders = 150;
     let placer = {
         let url = monolith.url("/api/checkout/orders");
@@ -877,7 +914,7 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         let shipments: i64 = psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.shipments")
             .parse()
             .ok()?;
-        (shipments == 3 + orders).then_some(())
+        (shipments == SHIPMENTS_BEFORE_LOAD + orders).then_some(())
     });
     assert_eq!(
         psql(
@@ -924,7 +961,7 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
     );
     assert_eq!(
         psql(&mono_db, "SELECT COUNT(*) FROM fulfillment.shipments"),
-        (3 + orders).to_string()
+        (SHIPMENTS_BEFORE_LOAD + orders).to_string()
     );
     drop(monolith);
     assert!(
@@ -932,6 +969,122 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         "{}",
         scratch.status()
     );
+}
+
+/// The service's `/metrics`, scraped on its admin port after the journey above, shows what
+/// an operator watches it by, with fulfillment's labels and the values that journey moved:
+/// HTTP by route template, events handled, the outbox drained, the subscription's backlog
+/// on the Redis bus drained, no dead letter, no failed Redis round trip, the pool; and
+/// nothing of the modules it does not run.
+fn service_metrics_show_the_journey(service: &Proc) {
+    use testkit::metrics::{at_least, value};
+    let module = [("module", "fulfillment")];
+    // The sampler (outbox, pool) and the watchdog (backlog) report on timers: wait until
+    // their figures are in and show everything delivered and published.
+    let samples = eventually("the service's outbox and backlog to read empty", || {
+        let samples = service.scrape();
+        let drained = ["outbox_unpublished_events", "consumer_backlog"]
+            .iter()
+            .all(|family| value(&samples, family, &module) == Some(0.0));
+        drained.then_some(samples)
+    });
+    assert_eq!(
+        value(&samples, "outbox_oldest_unpublished_age_seconds", &module),
+        Some(0.0)
+    );
+
+    // HTTP, by route template and status class: the access table's calls and the journey's.
+    // Dispatch: the table's shipment, the one made before the move, the dispatched order's;
+    // each refused twice with 401 and twice with 403 by the table.
+    let dispatch = "/api/fulfillment/shipments/{id}/dispatch";
+    for (route, method, ok, refused) in [
+        (dispatch, "POST", 3.0, 4.0),
+        ("/api/fulfillment/shipments/{id}/deliver", "POST", 2.0, 4.0),
+        ("/api/fulfillment/shipments/{id}", "GET", 1.0, 4.0),
+        ("/api/fulfillment/shipments", "GET", 7.0, 8.0),
+    ] {
+        let labels = |status| [("method", method), ("route", route), ("status", status)];
+        at_least(&samples, "http_requests_total", &labels("2xx"), ok);
+        at_least(&samples, "http_requests_total", &labels("4xx"), refused);
+        at_least(
+            &samples,
+            "http_request_duration_seconds_count",
+            &labels("2xx"),
+            ok,
+        );
+        let [m, r, s] = labels("2xx");
+        at_least(
+            &samples,
+            "http_request_duration_seconds_bucket",
+            &[m, r, s, ("le", "+Inf")],
+            ok,
+        );
+    }
+
+    // Events: order_confirmed of three orders and order_cancelled of one handled;
+    // shipment_created three times, dispatched three times, delivered twice published.
+    at_least(&samples, "events_handled_total", &module, 4.0);
+    at_least(
+        &samples,
+        "consumer_batch_duration_seconds_count",
+        &[("module", "fulfillment"), ("outcome", "ok")],
+        1.0,
+    );
+    at_least(&samples, "outbox_published_total", &module, 8.0);
+    at_least(&samples, "fulfillment_shipments_dispatched_total", &[], 3.0);
+    for family in [
+        "dead_letters_total",
+        "event_retries_total",
+        "relay_failures_total",
+        "consumer_stalled",
+        "bus_duplicate_instance",
+    ] {
+        assert_eq!(value(&samples, family, &module), Some(0.0), "{family}");
+    }
+    // The Redis bus: the partitions this instance consumes, no failed round trip.
+    at_least(&samples, "bus_partitions_held", &module, 1.0);
+    let redis_errors: Vec<_> = samples
+        .iter()
+        .filter(|s| s.name == "redis_errors_total")
+        .collect();
+    assert!(
+        redis_errors.len() >= 10 && redis_errors.iter().all(|s| s.value == 0.0),
+        "every op of redis_errors_total, at zero: {redis_errors:?}"
+    );
+
+    // The pool.
+    at_least(&samples, "db_pool_max_connections", &module, 1.0);
+    at_least(&samples, "db_begin_duration_seconds_count", &module, 1.0);
+    for state in ["idle", "in_use"] {
+        at_least(
+            &samples,
+            "db_pool_connections",
+            &[("module", "fulfillment"), ("state", state)],
+            0.0,
+        );
+    }
+
+    // Only fulfillment, and no id in any label.
+    for sample in &samples {
+        assert!(
+            !sample.name.starts_with("checkout_")
+                && !sample.name.starts_with("catalog_")
+                && sample
+                    .labels
+                    .get("module")
+                    .is_none_or(|m| m == "fulfillment"),
+            "the service shows only its module: {sample:?}"
+        );
+        for value in sample.labels.values() {
+            assert!(
+                !value
+                    .split('/')
+                    .chain([value.as_str()])
+                    .any(|part| uuid::Uuid::parse_str(part).is_ok()),
+                "a label holds an id: {sample:?}"
+            );
+        }
+    }
 }
 
 // ------------------------------------------------------------------ deploy files

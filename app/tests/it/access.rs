@@ -1,99 +1,17 @@
 //! Who may call what: every route of the monolith, called by nobody, by two customers, by
-//! staff and with a forged token, against the rule written for it here. A customer's
-//! orders are theirs alone: another customer gets 404, as if the order did not exist.
+//! staff and with a forged token, against its rule. The rows of the routes every process
+//! serves and of fulfillment's are `testkit::access`'s, which the extracted service's test
+//! runs too. A customer's orders are theirs alone: another customer gets 404, as if the
+//! order did not exist.
 
 use reqwest::Method;
 use serde_json::Value;
+use testkit::access::{PUBLIC, Row, Tokens, Who, check_every_caller, staff, tried};
 use testkit::{Backend, Role, json, on_both_backends};
 
 use crate::shop::Shop;
 
-/// Every route the monolith serves, as (method, path template). The access table below
-/// must try each; the OpenAPI document must describe each (`openapi.rs`).
-pub(crate) const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/api/openapi.json"),
-    ("GET", "/docs"),
-    ("GET", "/api/catalog/products"),
-    ("POST", "/api/catalog/products"),
-    ("GET", "/api/catalog/products/{sku}"),
-    ("PATCH", "/api/catalog/products/{sku}"),
-    ("POST", "/api/catalog/products/{sku}/restock"),
-    ("GET", "/api/checkout/prices/{sku}"),
-    ("POST", "/api/checkout/orders"),
-    ("GET", "/api/checkout/orders"),
-    ("GET", "/api/checkout/orders/{id}"),
-    ("POST", "/api/checkout/orders/{id}/cancel"),
-    ("GET", "/api/fulfillment/shipments"),
-    ("GET", "/api/fulfillment/shipments/{id}"),
-    ("POST", "/api/fulfillment/shipments/{id}/dispatch"),
-    ("POST", "/api/fulfillment/shipments/{id}/deliver"),
-];
-
-/// The template a concrete path matches (ids and skus in place of `{...}`).
-pub(crate) fn template_of(method: &str, path: &str) -> Option<&'static str> {
-    let path = path.split('?').next().unwrap_or(path);
-    let parts: Vec<&str> = path.split('/').collect();
-    ROUTES.iter().find_map(|(m, template)| {
-        let t: Vec<&str> = template.split('/').collect();
-        let matches = *m == method
-            && t.len() == parts.len()
-            && t.iter()
-                .zip(&parts)
-                .all(|(t, p)| t.starts_with('{') || t == p);
-        matches.then_some(*template)
-    })
-}
-
-/// The callers every route is tried with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Who {
-    Nobody,
-    /// A token signed with another key.
-    Forged,
-    CustomerA,
-    CustomerB,
-    Staff,
-}
-
-const EVERYONE: [Who; 5] = [
-    Who::Nobody,
-    Who::Forged,
-    Who::CustomerA,
-    Who::CustomerB,
-    Who::Staff,
-];
-
-/// A route's rule: the status each caller gets, in the order of [`EVERYONE`].
-type Expected = [u16; 5];
-
-/// Anyone, token or not (a public route does not read the token).
-const PUBLIC: Expected = [200, 200, 200, 200, 200];
-
-/// Staff only; `ok` is what staff get.
-const fn staff(ok: u16) -> Expected {
-    [401, 401, 403, 403, ok]
-}
-
-struct Tokens {
-    a: String,
-    b: String,
-    staff: String,
-    forged: String,
-}
-
-impl Tokens {
-    fn of(&self, who: Who) -> Option<&str> {
-        match who {
-            Who::Nobody => None,
-            Who::Forged => Some(&self.forged),
-            Who::CustomerA => Some(&self.a),
-            Who::CustomerB => Some(&self.b),
-            Who::Staff => Some(&self.staff),
-        }
-    }
-}
+pub(crate) use testkit::access::{ROUTES, template_of};
 
 fn order_body(sku: &str) -> Value {
     Shop::order_body(&[(sku, 1)], "tok_visa")
@@ -103,17 +21,7 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
     let shop = Shop::open(backend).await;
     let app = &shop.app;
     shop.product("TEA-1", 450, 100).await;
-    let forged = {
-        let mut other = app.settings.clone();
-        other.auth.hs256_secret = Some("another-secret-that-is-at-least-32-bytes".into());
-        testkit::token(&other, &[Role::Customer, Role::Staff], "customer-a")
-    };
-    let tokens = Tokens {
-        a: app.token(&[Role::Customer], "customer-a"),
-        b: app.token(&[Role::Customer], "customer-b"),
-        staff: app.token(&[Role::Staff], "staff-1"),
-        forged,
-    };
+    let tokens = Tokens::new(&app.settings);
     // Customer A's orders: one to ship, one to cancel.
     let place_as_a = |sku: &'static str| {
         let tokens = &tokens;
@@ -122,7 +30,7 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
                 .send(
                     Method::POST,
                     "/api/checkout/orders",
-                    Some(&tokens.a),
+                    tokens.of(Who::CustomerA),
                     Some(&order_body(sku)),
                 )
                 .await;
@@ -138,154 +46,58 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
 
     let product = json!({"sku": "NEW-1", "name": "New", "price_minor": 100, "currency": "EUR",
                          "initial_stock": 1});
-    // Each row: method, path, body, the status each caller gets. Rows run in order, so a
-    // row that changes state comes after the rows that read it.
-    let rows: Vec<(Method, String, Option<Value>, Expected)> = vec![
-        (Method::GET, "/healthz".into(), None, PUBLIC),
-        (Method::GET, "/readyz".into(), None, PUBLIC),
-        (Method::GET, "/api/openapi.json".into(), None, PUBLIC),
-        (Method::GET, "/docs".into(), None, PUBLIC),
-        (Method::GET, "/api/catalog/products".into(), None, PUBLIC),
-        (
-            Method::GET,
-            "/api/catalog/products/TEA-1".into(),
-            None,
-            PUBLIC,
-        ),
-        (
-            Method::GET,
-            "/api/checkout/prices/TEA-1".into(),
-            None,
-            PUBLIC,
-        ),
-        (
+    // Rows run in order, so a row that changes state comes after the rows that read it.
+    // The rows every process shares and fulfillment's are testkit's, which the extracted
+    // service's test runs too.
+    let mut rows = testkit::access::every_process_rows();
+    rows.extend([
+        Row::new(Method::GET, "/api/catalog/products", PUBLIC),
+        Row::new(Method::GET, "/api/catalog/products/TEA-1", PUBLIC),
+        Row::new(Method::GET, "/api/checkout/prices/TEA-1", PUBLIC),
+        Row::new(Method::POST, "/api/catalog/products", staff(201)).with_body(product),
+        Row::new(Method::PATCH, "/api/catalog/products/TEA-1", staff(200))
+            .with_body(json!({"name": "Green tea"})),
+        Row::new(
             Method::POST,
-            "/api/catalog/products".into(),
-            Some(product),
-            staff(201),
-        ),
-        (
-            Method::PATCH,
-            "/api/catalog/products/TEA-1".into(),
-            Some(json!({"name": "Green tea"})),
+            "/api/catalog/products/TEA-1/restock",
             staff(200),
-        ),
-        (
+        )
+        .with_body(json!({"quantity": 5})),
+        Row::new(
             Method::POST,
-            "/api/catalog/products/TEA-1/restock".into(),
-            Some(json!({"quantity": 5})),
-            staff(200),
-        ),
-        (
-            Method::POST,
-            "/api/checkout/orders".into(),
-            Some(order_body("TEA-1")),
+            "/api/checkout/orders",
             [401, 401, 201, 201, 403],
-        ),
-        (
+        )
+        .with_body(order_body("TEA-1")),
+        Row::new(
             Method::GET,
-            "/api/checkout/orders".into(),
-            None,
+            "/api/checkout/orders",
             [401, 401, 200, 200, 200],
         ),
-        (
+        Row::new(
             Method::GET,
             format!("/api/checkout/orders/{shipped}"),
-            None,
             [401, 401, 200, 404, 200],
         ),
-        (
-            Method::GET,
-            "/api/fulfillment/shipments".into(),
-            None,
-            staff(200),
-        ),
-        (
-            Method::GET,
-            format!("/api/fulfillment/shipments?order_id={shipped}"),
-            None,
-            staff(200),
-        ),
-        (
-            Method::GET,
-            format!("/api/fulfillment/shipments/{shipment}"),
-            None,
-            staff(200),
-        ),
-        (
-            Method::POST,
-            format!("/api/fulfillment/shipments/{shipment}/dispatch"),
-            None,
-            staff(200),
-        ),
-        (
-            Method::POST,
-            format!("/api/fulfillment/shipments/{shipment}/deliver"),
-            None,
-            staff(200),
-        ),
-        // B first: B's attempt must leave A's order as it was, for A to cancel it.
-        (
-            Method::POST,
-            format!("/api/checkout/orders/{kept}/cancel"),
-            None,
-            [401, 401, 200, 404, 403],
-        ),
-    ];
-    let tried: std::collections::BTreeSet<(&str, &str)> = rows
-        .iter()
-        .map(|(method, path, _, _)| {
-            let template = template_of(method.as_str(), path)
-                .unwrap_or_else(|| panic!("{method} {path} is in no route of ROUTES"));
-            (
-                ROUTES
-                    .iter()
-                    .find(|(m, t)| *m == method.as_str() && *t == template)
-                    .map(|(m, _)| *m)
-                    .expect("listed"),
-                template,
-            )
-        })
-        .collect();
+    ]);
+    rows.extend(testkit::access::fulfillment_rows(&shipment, &shipped));
+    // B before A: B's attempt must leave A's order as it was, for A to cancel it.
+    rows.push(Row::new(
+        Method::POST,
+        format!("/api/checkout/orders/{kept}/cancel"),
+        [401, 401, 200, 404, 403],
+    ));
     let all: std::collections::BTreeSet<(&str, &str)> = ROUTES.iter().copied().collect();
-    assert_eq!(tried, all, "the table tries every route");
-    for (method, path, body, expected) in &rows {
-        // Customer B before customer A, staff last: a refused call must change nothing
-        // for the allowed one after it.
-        for who in [
-            Who::Nobody,
-            Who::Forged,
-            Who::CustomerB,
-            Who::Staff,
-            Who::CustomerA,
-        ] {
-            let want = expected[EVERYONE.iter().position(|w| *w == who).expect("listed")];
-            let reply = app
-                .send(method.clone(), path, tokens.of(who), body.as_ref())
-                .await;
-            assert_eq!(
-                reply.status, want,
-                "{method} {path} as {who:?}: expected {want}, got {}: {}",
-                reply.status, reply.text
-            );
-            match want {
-                401 => assert!(
-                    reply
-                        .header("www-authenticate")
-                        .is_some_and(|c| c.starts_with("Bearer")),
-                    "{method} {path} as {who:?}: a 401 names the scheme"
-                ),
-                403 => assert_eq!(reply.error_code(), "forbidden"),
-                404 => assert_eq!(reply.error_code(), "order_not_found"),
-                _ => {}
-            }
-        }
-    }
+    assert_eq!(tried(&rows), all, "the table tries every route");
+    check_every_caller(&app.url(""), &rows, &tokens).await;
 
     // What each customer's list holds: their own orders only.
-    for (token, owner) in [(&tokens.a, "customer-a"), (&tokens.b, "customer-b")] {
+    for (who, owner) in [
+        (Who::CustomerA, "customer-a"),
+        (Who::CustomerB, "customer-b"),
+    ] {
         let page = app
-            .send(Method::GET, "/api/checkout/orders", Some(token), None)
+            .send(Method::GET, "/api/checkout/orders", tokens.of(who), None)
             .await;
         let items = page.body["items"].as_array().expect("items");
         assert!(!items.is_empty(), "{owner} placed orders");
@@ -299,7 +111,7 @@ async fn every_route_admits_exactly_the_roles_its_rule_names(backend: Backend) {
         .send(
             Method::GET,
             "/api/checkout/orders",
-            Some(&tokens.staff),
+            tokens.of(Who::Staff),
             None,
         )
         .await;

@@ -306,17 +306,23 @@ fn bad_settings_stop_the_binary_with_the_key_named() {
             &["payments", "modules.enabled"],
         ),
         (&[("APP_CONFIG_DIR", "/nonexistent")], &["APP_CONFIG_DIR"]),
-        // TLS to the payment provider is not built in: an https:// URL is refused at
-        // start-up, saying what to do instead, rather than failing on the first payment.
+        // Production sends card tokens over https:// only: an http:// provider URL is
+        // refused at start-up, naming the setting that says the network is trusted.
         (
             &[
+                ("APP_ENVIRONMENT", "production"),
+                ("APP__AUTH__JWKS_FILE", "/etc/shop/jwks.json"),
                 ("APP__MODULES__CHECKOUT__PAYMENT__PROVIDER", "http"),
                 (
                     "APP__MODULES__CHECKOUT__PAYMENT__URL",
-                    "https://pay.example",
+                    "http://pay.internal/v1",
                 ),
             ],
-            &["payment.url", "http://", "proxy"],
+            &[
+                "modules.checkout.payment.url",
+                "https://",
+                "APP__MODULES__CHECKOUT__PAYMENT__ALLOW_HTTP",
+            ],
         ),
     ];
     for (vars, needles) in cases {
@@ -433,7 +439,10 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let status = runtime.block_on(async {
-        reqwest::Client::new()
+        runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client")
             .get(format!("http://127.0.0.1:{port}/api/catalog/products/NOPE"))
             .header("x-request-id", "log-me-7")
             .send()

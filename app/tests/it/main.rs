@@ -7,6 +7,7 @@ mod delivery;
 mod fuzz;
 mod hardening;
 mod journey;
+mod jwks;
 mod metrics;
 mod openapi;
 mod pg_passwords;

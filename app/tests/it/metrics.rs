@@ -4,72 +4,16 @@
 //! The recorder is one per process and the tests of this binary run side by side, so
 //! counters hold the sum of every app here: the checks are lower bounds.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::metrics::{Sample, at_least, parse, value};
 use testkit::{Backend, eventually, on_both_backends};
 
 use crate::shop::{Shop, WAIT};
 
 on_both_backends!(a_journey_shows_in_every_metric_family);
-
-/// One line of the text format: `name{label="value",...} value`.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("a value");
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .map(|pair| {
-                    let (key, value) = pair.split_once('=').expect("key=value");
-                    (key.to_owned(), value.trim_matches('"').to_owned())
-                })
-                .collect();
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().unwrap_or_else(|_| panic!("a number: {line}")),
-            }
-        })
-        .collect()
-}
-
-/// The value of the one series of `name` whose labels include `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-}
-
-#[track_caller]
-fn at_least(samples: &[Sample], name: &str, labels: &[(&str, &str)], min: f64) {
-    let found = value(samples, name, labels);
-    assert!(
-        found.is_some_and(|v| v >= min),
-        "{name}{labels:?} should be at least {min}, is {found:?}"
-    );
-}
 
 async fn a_journey_shows_in_every_metric_family(backend: Backend) {
     let shop = Shop::open(backend).await;
@@ -280,7 +224,10 @@ fn a_process_running_one_module_serves_that_modules_families() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = runtime.block_on(async {
-        let client = testkit::reqwest::Client::new();
+        let client = runtime::tls::client_builder(None)
+            .expect("a client builder")
+            .build()
+            .expect("a client");
         let staff = testkit::token(
             &testkit::test_settings(),
             &[testkit::Role::Staff],

@@ -13,7 +13,7 @@
 //! - **Owns**: schema `checkout` (`prices`, `orders`, `order_lines`, `payment_attempts`,
 //!   `idempotency_keys`, and the messaging tables).
 //! - **Settings**: `[modules.checkout.payment]`: `provider` (`simulated` or `http`),
-//!   `url`, `api_key` (the HTTP provider), `latency_ms`, `failure_rate` (the simulated
+//!   `url`, `ca_file`, `allow_http`, `api_key` (the HTTP provider), `latency_ms`, `failure_rate` (the simulated
 //!   provider), `max_concurrent` (the bulkhead), `timeout_ms`, `retry_base_ms`,
 //!   `retry_max_ms`; `[modules.checkout.payment.breaker]`: `failures`, `open_ms`,
 //!   `probes`;
@@ -77,13 +77,13 @@ impl Default for Settings {
     }
 }
 
-fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
+fn settings(raw: &serde_json::Value, environment: &str) -> Result<Settings, FieldErrors> {
     let settings: Settings = parse_settings(raw)?;
     let mut errors = match settings.validate() {
         Ok(()) => FieldErrors::new(),
         Err(e) => runtime::flatten_validation_errors(&e),
     };
-    settings.payment.check(&mut errors);
+    settings.payment.check(&mut errors, environment);
     errors.into_result()?;
     Ok(settings)
 }
@@ -98,8 +98,12 @@ impl Module for Checkout {
         NAME
     }
 
-    fn check_settings(&self, raw: &serde_json::Value) -> Result<(), FieldErrors> {
-        settings(raw).map(|_| ())
+    fn check_settings(
+        &self,
+        raw: &serde_json::Value,
+        environment: &str,
+    ) -> Result<(), FieldErrors> {
+        settings(raw, environment).map(|_| ())
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
@@ -120,8 +124,8 @@ impl Module for Checkout {
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {
-        let settings =
-            settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
+        let settings = settings(&ctx.settings, &ctx.environment)
+            .map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
         counters::describe();
         let state = State {
             db: ctx.db,

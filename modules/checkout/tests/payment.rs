@@ -1,10 +1,11 @@
 //! Checkout paying through the HTTP provider adapter, against a fake provider served by
-//! the test on 127.0.0.1:0 that can be slow, fail, refuse, rate-limit, flap and recover.
+//! the test on 127.0.0.1:0 that can be slow, fail, refuse, rate-limit, flap and recover,
+//! over plain HTTP or over HTTPS with a certificate of a CA made by the test.
 //! Stock is held by feeding checkout catalog's events through a recording bus; what the
 //! provider saw and what the orders became are the assertions. Timings are scaled down.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use contracts::catalog::{ProductPublishedV1, StockLineV1, StockReservedV1};
 use contracts::{Cause, Envelope, Event};
 use runtime::Hooks;
 use serde_json::Value;
+use testkit::tls::{HttpsFront, TestCa};
 use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
 use uuid::Uuid;
 
@@ -51,12 +53,14 @@ struct Provider {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     address: String,
+    socket: SocketAddr,
 }
 
 impl Provider {
     fn start(mode: Mode) -> Arc<Provider> {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let address = format!("http://{}", listener.local_addr().expect("an address"));
+        let socket = listener.local_addr().expect("an address");
+        let address = format!("http://{socket}");
         let provider = Arc::new(Provider {
             mode: Mutex::new(mode),
             calls: Mutex::default(),
@@ -64,6 +68,7 @@ impl Provider {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             address,
+            socket,
         });
         let data = web::Data::from(provider.clone());
         let server = HttpServer::new(move || {
@@ -433,4 +438,67 @@ async fn an_outage_under_load_rejects_no_order_and_pays_each_once() {
         provider.calls().len() > orders.len(),
         "the outage made calls fail (else this test shows nothing)"
     );
+}
+
+/// The provider over HTTPS, its certificate signed by a private CA whose file
+/// `payment.ca_file` names: orders are paid as over HTTP, under the same key and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_provider_behind_a_private_ca_is_paid_through() {
+    let provider = Provider::start(Mode::Up);
+    let ca = TestCa::new("the provider's CA");
+    let dir = tempfile::tempdir().expect("a directory");
+    let url = HttpsFront::start(&ca, provider.socket).await.url;
+    let c = Checkout::start(
+        Backend::Sqlite,
+        &provider,
+        json!({"url": format!("{url}/v1"), "ca_file": ca.write_pem(dir.path(), "ca.pem")}),
+    )
+    .await;
+    let approved = c.order("tok_visa").await;
+    let declined = c.order("tok_decline").await;
+    c.becomes(approved, "confirmed", 10).await;
+    c.becomes(declined, "rejected", 10).await;
+    let calls = provider.calls_for(approved);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].bearer.as_deref(), Some("Bearer sk_test_1"));
+}
+
+/// A provider whose certificate no trusted CA signed (none of the system's, not the one
+/// `ca_file` names) gets no request: the handshake fails, which is a connection failure
+/// like any other. It is retried, the order waits, pending, and the attempt says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_whose_certificate_no_trusted_ca_signed_gets_no_call_and_the_order_waits() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let another = TestCa::new("another CA").write_pem(dir.path(), "another.pem");
+    for ca_file in [None, Some(another)] {
+        let provider = Provider::start(Mode::Up);
+        let url = HttpsFront::start(&TestCa::new("the provider's CA"), provider.socket)
+            .await
+            .url;
+        let c = Checkout::start(
+            Backend::Sqlite,
+            &provider,
+            json!({"url": format!("{url}/v1"), "ca_file": ca_file, "breaker": {"failures": 100}}),
+        )
+        .await;
+        let order = c.order("tok_visa").await;
+        eventually(10, "the attempt to record why it failed", || async {
+            let failed = c
+                .app
+                .count(
+                    "checkout",
+                    "SELECT COUNT(*) FROM payment_attempts \
+                     WHERE attempts >= 2 AND last_error LIKE '%invalid peer certificate%'",
+                )
+                .await;
+            (failed == 1).then_some(())
+        })
+        .await;
+        assert_eq!(c.status(order).await, "pending", "ca_file {ca_file:?}");
+        assert!(
+            provider.calls().is_empty(),
+            "ca_file {ca_file:?}: the provider was called"
+        );
+        c.app.stop().await;
+    }
 }

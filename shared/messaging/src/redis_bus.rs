@@ -125,6 +125,11 @@ impl RedisBus {
     }
 
     pub async fn connect(config: RedisConfig, settings: MessagingSettings) -> anyhow::Result<Self> {
+        // Present at zero from the start, so an increase over it reads 0 rather than
+        // nothing, and the first failure shows as one.
+        for op in ERROR_OPS {
+            metrics::counter!("redis_errors_total", "op" => *op).increment(0);
+        }
         let client = client(&config)?;
         let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
             .await
@@ -318,9 +323,15 @@ fn unavailable(op: &'static str) -> impl Fn(redis::RedisError) -> BusError {
     }
 }
 
-/// `redis_errors_total{op}`: failed round trips to Redis, by what they were for (a fixed
-/// set of names).
+/// Every `op` of `redis_errors_total`: what a failed round trip was for.
+const ERROR_OPS: &[&str] = &[
+    "publish", "ack", "read", "claim", "retry", "leases", "groups", "trim", "check", "backlog",
+    "connect",
+];
+
+/// `redis_errors_total{op}`: failed round trips to Redis, by what they were for.
 fn count_error(op: &'static str) {
+    debug_assert!(ERROR_OPS.contains(&op), "{op} is missing from ERROR_OPS");
     metrics::counter!("redis_errors_total", "op" => op).increment(1);
 }
 

@@ -5,10 +5,13 @@
 //! all checked. Production verifies RS256 or EdDSA signatures with the public keys of a
 //! JWKS file (`auth.jwks_file`); local development and tests may verify HS256 with a shared
 //! secret (`auth.hs256_secret`, or a fixed development secret when unset), which production
-//! refuses. The keys are decoded once, at start-up; a request costs one signature check.
+//! refuses. The keys are read once, at start-up; a request costs one signature check (about
+//! 2 µs of CPU for HS256, 40 µs for EdDSA, 64 µs for RS256: `benches/token_verification.rs`).
 //! Instead of a file, the key set may come from the identity provider's URL
-//! (`auth.jwks_url`): fetched at start-up, used for `auth.jwks_max_age_secs`, then fetched
-//! again; a token naming a key id the set lacks (the provider rotated its keys) fetches it
+//! (`auth.jwks_url`; its certificate checked against the system's roots and the CA of
+//! `auth.jwks_ca_file`): fetched at start-up (without usable keys, an untrusted
+//! certificate say, the process does not start), used for `auth.jwks_max_age_secs`, then
+//! fetched again; a token naming a key id the set lacks (the provider rotated its keys) fetches it
 //! again at once, but no fetch follows another within `auth.jwks_refetch_secs`, so tokens
 //! with made-up key ids cannot make this process hammer the provider.
 //!
@@ -293,7 +296,8 @@ impl Authenticator {
                 url: url.clone(),
                 max_age: Duration::from_secs(auth.jwks_max_age_secs),
                 refetch: Duration::from_secs(auth.jwks_refetch_secs),
-                client: reqwest::Client::builder()
+                client: crate::tls::client_builder(auth.jwks_ca_file.as_deref())
+                    .context("auth.jwks_ca_file")?
                     .timeout(Duration::from_secs(5))
                     .build()
                     .context("auth.jwks_url: no HTTP client")?,
@@ -775,6 +779,8 @@ mod tests {
             "production",
             &[
                 ("APP__AUTH__JWKS_URL", server.url.as_str()),
+                // The test's server speaks plain HTTP on loopback, as a sidecar would.
+                ("APP__AUTH__JWKS_ALLOW_HTTP", "true"),
                 ("APP__AUTH__JWKS_MAX_AGE_SECS", "3"),
                 ("APP__AUTH__JWKS_REFETCH_SECS", "1"),
             ],
@@ -829,7 +835,10 @@ mod tests {
         let server = JwksServer::start(&[]);
         let s = settings(
             "production",
-            &[("APP__AUTH__JWKS_URL", server.url.as_str())],
+            &[
+                ("APP__AUTH__JWKS_URL", server.url.as_str()),
+                ("APP__AUTH__JWKS_ALLOW_HTTP", "true"),
+            ],
         )
         .expect("loads");
         let auth = Authenticator::from_settings(&s).expect("verifier");

@@ -115,10 +115,11 @@ pub fn main(
         &settings.telemetry.level,
         std::io::stdout,
         &settings.telemetry.otlp_endpoint,
+        settings.telemetry.otlp_ca_file.as_deref(),
     ) {
         Ok(subscriber) => subscriber,
         Err(e) => {
-            eprintln!("error: telemetry.otlp_endpoint: {e}");
+            eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };

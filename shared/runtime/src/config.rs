@@ -213,9 +213,12 @@ pub struct TelemetrySettings {
     #[validate(custom(function = "crate::validation::log_filter"))]
     pub level: String,
     /// Where spans are exported over OTLP (HTTP/protobuf), the full URL such as
-    /// `http://collector:4318/v1/traces`; empty: nothing is exported.
+    /// `http://collector:4318/v1/traces` (or `https://`); empty: nothing is exported.
     #[validate(custom(function = "crate::validation::otlp_endpoint"))]
     pub otlp_endpoint: String,
+    /// A CA certificate file (PEM) trusted for an `https://` collector besides the system's
+    /// roots: a private CA.
+    pub otlp_ca_file: Option<PathBuf>,
 }
 
 word_enum!(BusKind {
@@ -281,11 +284,17 @@ pub struct AuthSettings {
     /// A JWK set file with the identity provider's public keys (RS256, Ed25519).
     /// Production needs this or `jwks_url`.
     pub jwks_file: Option<PathBuf>,
-    /// The identity provider's JWK set URL (`http://…/.well-known/jwks.json`; this build's
-    /// HTTP client has no TLS), fetched at start-up and cached: the alternative to
-    /// `jwks_file`.
+    /// The identity provider's JWK set URL (`https://…/.well-known/jwks.json`), fetched at
+    /// start-up and cached: the alternative to `jwks_file`. Production refuses `http://`
+    /// unless `jwks_allow_http` says the network is trusted.
     #[validate(custom(function = "crate::validation::jwks_url"))]
     pub jwks_url: Option<String>,
+    /// A CA certificate file (PEM) trusted for an `https://` `jwks_url` besides the system's
+    /// roots: the identity provider's private CA.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Production only: accept an `http://` `jwks_url`, for a TLS sidecar on localhost or a
+    /// network trusted not to alter the keys. Elsewhere `http://` is always accepted.
+    pub jwks_allow_http: bool,
     /// How long the keys fetched from `jwks_url` are used before they are fetched again.
     #[validate(range(min = 1, max = 86400))]
     pub jwks_max_age_secs: u64,
@@ -495,6 +504,18 @@ impl Settings {
             }
         }
         self.check_auth(&mut errors);
+        if let Some(file) = &self.telemetry.otlp_ca_file
+            && !self.telemetry.otlp_endpoint.starts_with("https://")
+        {
+            errors.add(
+                "telemetry.otlp_ca_file",
+                "conflict",
+                format!(
+                    "{} is used with an https:// telemetry.otlp_endpoint only",
+                    file.display()
+                ),
+            );
+        }
         let pg = &self.database.postgres;
         if let Some(cert) = &pg.ssl_root_cert
             && !matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull)
@@ -534,6 +555,38 @@ impl Settings {
                 "auth.jwks_url",
                 "conflict",
                 "set auth.jwks_file or auth.jwks_url, not both",
+            );
+        }
+        let https = auth
+            .jwks_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        if let Some(file) = &auth.jwks_ca_file
+            && !https
+        {
+            errors.add(
+                "auth.jwks_ca_file",
+                "conflict",
+                format!(
+                    "{} is used with an https:// auth.jwks_url only",
+                    file.display()
+                ),
+            );
+        }
+        if self.environment == "production"
+            && !auth.jwks_allow_http
+            && auth
+                .jwks_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("http://"))
+        {
+            errors.add(
+                "auth.jwks_url",
+                "insecure",
+                "production fetches the keys every token is checked with over https:// only: \
+                 use the provider's https:// URL (its CA in auth.jwks_ca_file if it is a \
+                 private one), or set auth.jwks_allow_http = true (APP__AUTH__JWKS_ALLOW_HTTP) \
+                 if this http:// URL is a TLS sidecar on localhost or a trusted network",
             );
         }
         if auth.jwks_refetch_secs > auth.jwks_max_age_secs {
@@ -914,10 +967,26 @@ mod tests {
                 &["database.postgres.ssl_root_cert", "verify-full"],
             ),
             ("APP__AUTH__JWKS_URL", "ftp://idp/jwks", &["auth.jwks_url"]),
+            ("APP__AUTH__JWKS_URL", "https://", &["auth.jwks_url"]),
             (
                 "APP__AUTH__JWKS_URL",
-                "https://idp.example.com/jwks.json",
-                &["auth.jwks_url", "https://", "auth.jwks_file"],
+                "https://user:pw@idp.example.com/jwks.json",
+                &["auth.jwks_url", "without credentials"],
+            ),
+            (
+                "APP__AUTH__JWKS_CA_FILE",
+                "/etc/shop/idp-ca.pem",
+                &["auth.jwks_ca_file", "https:// auth.jwks_url"],
+            ),
+            (
+                "APP__TELEMETRY__OTLP_ENDPOINT",
+                "grpc://collector:4317",
+                &["telemetry.otlp_endpoint", "https://"],
+            ),
+            (
+                "APP__TELEMETRY__OTLP_CA_FILE",
+                "/etc/shop/collector-ca.pem",
+                &["telemetry.otlp_ca_file", "https:// telemetry.otlp_endpoint"],
             ),
             ("APP__MODULES__ENABLED", "Catalog", &["modules.enabled[0]"]),
             ("APP__SERVER__NO_SUCH_KEY", "1", &["no_such_key"]),
@@ -931,6 +1000,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An `http://` key set URL lets anyone on the path swap the keys every token is checked
+    /// with: production takes one only when a named setting says the network is trusted.
+    #[test]
+    fn production_takes_an_http_jwks_url_only_when_told_the_network_is_trusted() {
+        let http = ("APP__AUTH__JWKS_URL", "http://idp.internal/jwks.json");
+        let https = ("APP__AUTH__JWKS_URL", "https://idp.example.com/jwks.json");
+        let trusted = ("APP__AUTH__JWKS_ALLOW_HTTP", "true");
+        let ca = ("APP__AUTH__JWKS_CA_FILE", "/etc/shop/idp-ca.pem");
+        for environment in ["local", "test"] {
+            load(environment, &[http]).unwrap_or_else(|e| panic!("{environment}: {e}"));
+        }
+        let refused = message(load("production", &[http]));
+        for needle in ["auth.jwks_url", "https://", "APP__AUTH__JWKS_ALLOW_HTTP"] {
+            assert!(refused.contains(needle), "{refused:?} should name {needle}");
+        }
+        for accepted in [&[http, trusted][..], &[https], &[https, ca]] {
+            let settings = load("production", accepted)
+                .unwrap_or_else(|e| panic!("{accepted:?} is refused: {e}"));
+            assert!(settings.auth.jwks_url.is_some());
+        }
+    }
+
+    #[test]
+    fn an_https_trace_collector_is_accepted_with_its_ca() {
+        let settings = load(
+            "local",
+            &[
+                (
+                    "APP__TELEMETRY__OTLP_ENDPOINT",
+                    "https://collector.internal:4318/v1/traces",
+                ),
+                ("APP__TELEMETRY__OTLP_CA_FILE", "/etc/shop/collector-ca.pem"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(
+            settings.telemetry.otlp_ca_file.as_deref(),
+            Some(Path::new("/etc/shop/collector-ca.pem"))
+        );
     }
 
     #[test]

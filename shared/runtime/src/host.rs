@@ -62,7 +62,9 @@ pub fn select_modules(
     for name in &settings.modules.enabled {
         match available.iter().find(|m| m.name() == name) {
             Some(module) => {
-                if let Err(errors) = module.check_settings(&settings.modules.section(name)) {
+                if let Err(errors) =
+                    module.check_settings(&settings.modules.section(name), &settings.environment)
+                {
                     for (path, error) in errors.iter() {
                         problems.push(format!("modules.{name}.{path}: {}", error.message));
                     }
@@ -262,6 +264,7 @@ impl Application {
             let ctx = ModuleContext {
                 db: db.clone(),
                 settings: settings.modules.section(name),
+                environment: settings.environment.clone(),
                 outbox: outbox.clone(),
             };
             let mut parts = module

@@ -16,6 +16,7 @@ pub mod probes;
 pub mod prometheus;
 pub mod scram;
 pub mod telemetry;
+pub mod tls;
 mod validation;
 
 /// Every binary built on the runtime (the monolith, an extracted service) and every test

@@ -23,7 +23,12 @@ pub trait Module: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Checks the module's own settings table (`[modules.<name>]`); paths are relative to it.
-    fn check_settings(&self, _settings: &serde_json::Value) -> Result<(), FieldErrors> {
+    /// `environment` is the one the settings were loaded for: `production` may be stricter.
+    fn check_settings(
+        &self,
+        _settings: &serde_json::Value,
+        _environment: &str,
+    ) -> Result<(), FieldErrors> {
         Ok(())
     }
 
@@ -50,6 +55,8 @@ pub struct ModuleContext {
     pub db: ModuleDb,
     /// The module's settings table, already checked by [`Module::check_settings`].
     pub settings: serde_json::Value,
+    /// The environment the settings were loaded for (`local`, `test`, `production`).
+    pub environment: String,
     /// Where the module writes the events it publishes, in its own transactions.
     pub outbox: Outbox,
 }

@@ -5,12 +5,17 @@
 //! `elapsed_milliseconds`), not also when it opens: one line per request, not two.
 //!
 //! Traces: with `telemetry.otlp_endpoint` set, spans are also exported over OTLP
-//! (HTTP/protobuf) in batches; without it nothing is exported and nothing is tried.
+//! (HTTP/protobuf, `http://` or `https://`) in batches; without it nothing is exported and
+//! nothing is tried.
 
+use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::span::{Attributes, Id};
@@ -75,13 +80,15 @@ where
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// [`subscriber`], and spans exported over OTLP to `otlp_endpoint` (the full URL, such as
-/// `http://collector:4318/v1/traces`) unless it is empty. Installs the exporter for the
-/// whole process: call once.
+/// `http://collector:4318/v1/traces`) unless it is empty; an `https://` collector is
+/// checked against the system's roots and the CA of `otlp_ca_file`. Installs the exporter
+/// for the whole process: call once.
 pub fn subscriber_with_traces<Sink>(
     name: String,
     default_filter: &str,
     sink: Sink,
     otlp_endpoint: &str,
+    otlp_ca_file: Option<&Path>,
 ) -> anyhow::Result<impl Subscriber + Send + Sync>
 where
     Sink: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -91,9 +98,11 @@ where
     } else {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(exporter_client(otlp_ca_file)?)
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(otlp_endpoint)
-            .build()?;
+            .build()
+            .context("telemetry.otlp_endpoint: no exporter")?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(Resource::builder().with_service_name(name.clone()).build())
@@ -110,6 +119,23 @@ where
         .with(traces)
         .with(JsonStorageLayer)
         .with(ClosedSpans::new(name, sink)))
+}
+
+/// The exporter's HTTP client: blocking, as the batch processor runs on a thread of its own,
+/// and built on a thread of its own too, as a blocking client must not be built (or
+/// dropped) on an async runtime's thread.
+fn exporter_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::blocking::Client> {
+    let ca_file = ca_file.map(Path::to_path_buf);
+    std::thread::spawn(move || {
+        crate::tls::blocking_client_builder(ca_file.as_deref())
+            .context("telemetry.otlp_ca_file")?
+            // The OTLP exporters' default timeout.
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("telemetry.otlp_endpoint: no HTTP client")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("telemetry.otlp_endpoint: building the HTTP client panicked"))?
 }
 
 /// Sends the spans still waiting in the exporter's batch; nothing without an exporter.

@@ -100,37 +100,35 @@ pub(crate) fn log_filter(filter: &str) -> Result<(), ValidationError> {
 }
 
 pub(crate) fn otlp_endpoint(url: &str) -> Result<(), ValidationError> {
-    if url.is_empty() || (url.starts_with("http://") && url.len() > "http://".len()) {
+    if url.is_empty() || has_host("http://", url) || has_host("https://", url) {
         Ok(())
     } else {
         Err(invalid(
             "invalid_format",
-            "must be empty (no export) or an http:// URL such as http://collector:4318/v1/traces",
+            "must be empty (no export) or an http:// or https:// URL such as \
+             http://collector:4318/v1/traces",
         ))
     }
 }
 
-/// The HTTP client of this build speaks plain HTTP only (as the payment provider's adapter
-/// does), so an `https://` key set URL is refused here rather than failing at its first
-/// fetch.
+/// The key set URL: `http://` or `https://` (whether production takes `http://` is a rule
+/// across keys, see `Settings::check_auth`), without credentials.
 pub(crate) fn jwks_url(url: &str) -> Result<(), ValidationError> {
-    if url.starts_with("https://") {
-        return Err(invalid(
-            "unsupported",
-            "https:// is not supported by this build's HTTP client: serve the JWK set over \
-             http:// on a trusted network (a sidecar or an in-cluster mirror), or mount it as \
-             a file (auth.jwks_file)",
-        ));
-    }
-    let rest = url.strip_prefix("http://");
-    if rest.is_some_and(|r| !r.is_empty() && !r.contains('@')) {
+    if (has_host("http://", url) || has_host("https://", url)) && !url.contains('@') {
         Ok(())
     } else {
         Err(invalid(
             "invalid_format",
-            "must be the identity provider's JWK set URL, http://host/path, without credentials",
+            "must be the identity provider's JWK set URL, https://host/path (or http://), \
+             without credentials",
         ))
     }
+}
+
+/// Whether `url` is `scheme` followed by something.
+fn has_host(scheme: &str, url: &str) -> bool {
+    url.strip_prefix(scheme)
+        .is_some_and(|rest| !rest.is_empty())
 }
 
 pub(crate) fn redis_url(url: &str) -> Result<(), ValidationError> {

@@ -18,7 +18,10 @@ use runtime::config::{Settings, Sources};
 use runtime::{Application, Hooks, Module};
 use serde_json::Value;
 
+pub mod access;
 mod buses;
+pub mod metrics;
+pub mod tls;
 
 pub use buses::{DuplicatingBus, RecordingBus};
 pub use runtime::auth::Role;
@@ -45,7 +48,8 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
         .expect("a token is a valid header value");
     value.set_sensitive(true);
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
+    runtime::tls::client_builder(None)
+        .expect("a client builder")
         .redirect(reqwest::redirect::Policy::none())
         .default_headers(headers)
         .build()
@@ -310,7 +314,7 @@ impl TestApp {
         let handle = app.handle();
         let bus = app.bus();
         let served = tokio::spawn(app.run_until_stopped());
-        let anonymous = reqwest::Client::builder()
+        let anonymous = runtime::tls::client_builder(None)?
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let client = client_with_token(&token(&settings, &[Role::Customer, Role::Staff], TESTER));

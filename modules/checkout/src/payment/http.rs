@@ -42,13 +42,15 @@ enum Answer {
 }
 
 impl HttpGateway {
+    /// `client` is the runtime's (`runtime::tls`), which speaks `https://`.
     pub(crate) fn new(
+        client: reqwest::ClientBuilder,
         url: &str,
         api_key: Option<SecretString>,
         connect_timeout: Duration,
         max_idle: usize,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = client
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(max_idle)
             .build()?;
@@ -110,7 +112,6 @@ impl PaymentGateway for HttpGateway {
 }
 
 fn unreachable(e: reqwest::Error) -> GatewayError {
-    // Only the kind of failure: the URL (and anything in it) stays out of the logs.
     let kind = if e.is_connect() {
         "no connection"
     } else if e.is_timeout() {
@@ -118,8 +119,20 @@ fn unreachable(e: reqwest::Error) -> GatewayError {
     } else {
         "the request failed"
     };
+    // The error and its causes (refused, reset, a certificate nobody vouches for), without
+    // the URL: it stays out of the logs, with anything in it.
+    let e = e.without_url();
+    let mut reason = format!("{kind}: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !reason.ends_with(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        cause = c.source();
+    }
     GatewayError::Unavailable {
-        reason: format!("{kind}: {}", e.without_url()),
+        reason,
         retry_after: None,
     }
 }

@@ -7,9 +7,11 @@
 pub(crate) mod breaker;
 mod http;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use kernel::FieldErrors;
 use secrecy::SecretString;
@@ -74,8 +76,15 @@ pub(crate) enum Provider {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PaymentSettings {
     pub(crate) provider: Provider,
-    /// HTTP provider: its base URL (`http://...`); required when `provider = "http"`.
+    /// HTTP provider: its base URL (`https://...`); required when `provider = "http"`.
+    /// Production refuses `http://` unless `allow_http` says the network is trusted.
     pub(crate) url: Option<String>,
+    /// HTTP provider: a CA certificate file (PEM) trusted for an `https://` URL besides the
+    /// system's roots (a provider behind a private CA).
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Production only: accept an `http://` URL, for a TLS sidecar on localhost or a
+    /// network trusted with card tokens in plain text. Elsewhere `http://` is accepted.
+    pub(crate) allow_http: bool,
     /// HTTP provider: the bearer token it expects, from the environment only
     /// (`APP__MODULES__CHECKOUT__PAYMENT__API_KEY`).
     pub(crate) api_key: Option<SecretString>,
@@ -112,24 +121,53 @@ impl PaymentSettings {
         (self.timeout_ms as i64 * 2).max(10_000)
     }
 
-    /// What serde and the ranges cannot say: the HTTP provider needs a URL.
-    pub(crate) fn check(&self, errors: &mut FieldErrors) {
+    /// What serde and the ranges cannot say: the HTTP provider needs an `https://` URL, or
+    /// an `http://` one outside production or where `allow_http` says the network is
+    /// trusted; a CA file goes with an `https://` URL.
+    pub(crate) fn check(&self, errors: &mut FieldErrors, environment: &str) {
         if self.provider != Provider::Http {
             return;
         }
-        match self.url.as_deref() {
-            None => errors.add(
+        let url = self.url.as_deref();
+        let scheme = url.and_then(|url| {
+            ["https://", "http://"]
+                .into_iter()
+                .find(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+        });
+        match (url, scheme) {
+            (None, _) => errors.add(
                 "payment.url",
                 "required",
                 "the HTTP payment provider needs its base URL",
             ),
-            Some(url) if !(url.starts_with("http://") && url.len() > "http://".len()) => errors
+            (Some(_), None) => errors.add(
+                "payment.url",
+                "invalid",
+                "must be the provider's https:// base URL (or http://)",
+            ),
+            (Some(_), Some("http://")) if environment == "production" && !self.allow_http => errors
                 .add(
                     "payment.url",
-                    "invalid",
-                    "must be an http:// URL (TLS to the provider is not built in: use a proxy)",
+                    "insecure",
+                    "production sends card tokens and the API key over https:// only: use the \
+                     provider's https:// URL (its CA in payment.ca_file if it is a private \
+                     one), or set payment.allow_http = true \
+                     (APP__MODULES__CHECKOUT__PAYMENT__ALLOW_HTTP) if this http:// URL is a \
+                     TLS sidecar on localhost or a trusted network",
                 ),
-            Some(_) => {}
+            (Some(_), _) => {}
+        }
+        if let Some(file) = &self.ca_file
+            && scheme != Some("https://")
+        {
+            errors.add(
+                "payment.ca_file",
+                "conflict",
+                format!(
+                    "{} is used with an https:// payment.url only",
+                    file.display()
+                ),
+            );
         }
     }
 
@@ -142,7 +180,14 @@ impl PaymentSettings {
                     .url
                     .as_deref()
                     .ok_or_else(|| anyhow::anyhow!("modules.checkout.payment.url is required"))?;
+                let client = runtime::tls::client_builder(self.ca_file.as_deref()).context(
+                    match self.ca_file {
+                        Some(_) => "modules.checkout.payment.ca_file",
+                        None => "modules.checkout.payment: no HTTPS client",
+                    },
+                )?;
                 Arc::new(http::HttpGateway::new(
+                    client,
                     url,
                     self.api_key.clone(),
                     Duration::from_millis(self.timeout_ms),
@@ -166,6 +211,8 @@ impl Default for PaymentSettings {
         Self {
             provider: Provider::Simulated,
             url: None,
+            ca_file: None,
+            allow_http: false,
             api_key: None,
             latency_ms: 0,
             failure_rate: 0.0,
@@ -259,26 +306,111 @@ mod tests {
         assert!(gateway.authorize(&request("tok_visa")).await.is_err());
     }
 
+    /// The environment, the URL, whether `allow_http` is set, whether a CA file is named,
+    /// and the field refused (none: accepted).
+    type UrlCase = (
+        &'static str,
+        Option<&'static str>,
+        bool,
+        bool,
+        Option<&'static str>,
+    );
+
     #[test]
-    fn the_http_provider_needs_an_http_url() {
-        for (url, valid) in [
-            (None, false),
-            (Some("https://pay.example"), false),
-            (Some("http://"), false),
-            (Some("http://pay.internal:8080/v1"), true),
-        ] {
+    fn the_http_provider_needs_https_in_production_unless_told_the_network_is_trusted() {
+        let cases: &[UrlCase] = &[
+            ("local", None, false, false, Some("payment.url")),
+            (
+                "local",
+                Some("ftp://pay.example"),
+                false,
+                false,
+                Some("payment.url"),
+            ),
+            ("local", Some("http://"), false, false, Some("payment.url")),
+            ("local", Some("https://"), false, false, Some("payment.url")),
+            ("local", Some("https://pay.example/v1"), false, false, None),
+            ("local", Some("https://pay.example/v1"), false, true, None),
+            (
+                "local",
+                Some("http://pay.internal:8080/v1"),
+                false,
+                false,
+                None,
+            ),
+            ("test", Some("http://127.0.0.1:9/v1"), false, false, None),
+            (
+                "local",
+                Some("http://pay.internal/v1"),
+                false,
+                true,
+                Some("payment.ca_file"),
+            ),
+            (
+                "production",
+                Some("https://pay.example/v1"),
+                false,
+                false,
+                None,
+            ),
+            (
+                "production",
+                Some("https://pay.example/v1"),
+                false,
+                true,
+                None,
+            ),
+            (
+                "production",
+                Some("http://pay.internal/v1"),
+                false,
+                false,
+                Some("payment.url"),
+            ),
+            (
+                "production",
+                Some("http://127.0.0.1:8443/v1"),
+                true,
+                false,
+                None,
+            ),
+        ];
+        for &(environment, url, allow_http, ca_file, refused) in cases {
             let settings = PaymentSettings {
                 provider: Provider::Http,
                 url: url.map(str::to_owned),
+                allow_http,
+                ca_file: ca_file.then(|| PathBuf::from("/etc/shop/pay-ca.pem")),
                 ..Default::default()
             };
             let mut errors = FieldErrors::new();
-            settings.check(&mut errors);
-            assert_eq!(errors.is_empty(), valid, "{url:?}");
-            assert_eq!(errors.contains("payment.url"), !valid, "{url:?}");
+            settings.check(&mut errors, environment);
+            let row = format!("{environment} {url:?} allow_http={allow_http} ca_file={ca_file}");
+            match refused {
+                None => assert!(errors.is_empty(), "{row}: {errors}"),
+                Some(field) => {
+                    assert!(errors.contains(field), "{row}: {errors}");
+                    assert_eq!(errors.iter().count(), 1, "{row}: {errors}");
+                }
+            }
         }
         let mut errors = FieldErrors::new();
-        PaymentSettings::default().check(&mut errors);
+        PaymentSettings {
+            provider: Provider::Http,
+            url: Some("http://pay.internal/v1".into()),
+            ..Default::default()
+        }
+        .check(&mut errors, "production");
+        let message = errors.to_string();
+        for needle in [
+            "https://",
+            "APP__MODULES__CHECKOUT__PAYMENT__ALLOW_HTTP",
+            "payment.ca_file",
+        ] {
+            assert!(message.contains(needle), "{message:?} should name {needle}");
+        }
+        let mut errors = FieldErrors::new();
+        PaymentSettings::default().check(&mut errors, "production");
         assert!(errors.is_empty(), "the simulator needs no URL");
     }
 
