@@ -262,17 +262,8 @@ async fn an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attem
     backend: Backend,
 ) {
     let dbs = open(backend).await;
-    let outbox = Outbox::new(PRODUCER);
-    // Published once, straight to the bus: a relay killed between publishing and marking
-    // its row would publish a second copy, and each copy counts its own attempts.
-    let poison: Vec<Outgoing> = events(1, 1).iter().map(outgoing).collect();
-    bus(transport, &dbs, "publisher")
-        .await
-        .publish(&poison)
-        .await
-        .expect("publish");
-    let max = settings().max_attempts;
-    for crash in 1..=max {
+    publish_one_event(transport, &dbs).await;
+    for crash in 1..=settings().max_attempts {
         let faults = Faults::for_tests();
         let reached = faults.arm("consumer.before_commit");
         let running = start(transport, &dbs, "instance-a", faults, false).await;
@@ -282,20 +273,46 @@ async fn an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attem
             .expect("reported");
         running.kill().await;
     }
-    assert_eq!(applied(&dbs).await, 0);
-    // The next delivery is number max + 1: it is parked before it is handled.
-    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
+    the_next_delivery_is_parked_while_other_keys_flow(transport, &dbs).await;
+}
+
+/// Publishes the one event a crash test kills its consumer with, once, straight to the
+/// bus: a relay killed between publishing and marking its row would publish a second
+/// copy, and each copy counts its own attempts.
+pub(crate) async fn publish_one_event(transport: Transport, dbs: &Dbs) {
+    let event: Vec<Outgoing> = events(1, 1).iter().map(outgoing).collect();
+    bus(transport, dbs, "publisher")
+        .await
+        .publish(&event)
+        .await
+        .expect("publish");
+}
+
+/// After `max_attempts` crashes on the event of [`publish_one_event`]: nothing of it was
+/// applied; the next delivery (number `max_attempts + 1`) is parked before it is handled,
+/// while events of other keys, committed meanwhile, are applied.
+pub(crate) async fn the_next_delivery_is_parked_while_other_keys_flow(
+    transport: Transport,
+    dbs: &Dbs,
+) {
+    assert_eq!(
+        applied(dbs).await,
+        0,
+        "a crashed consumer committed nothing"
+    );
+    let running = start(transport, dbs, "instance-a", Faults::default(), true).await;
     let others = events(3, 2);
-    commit(&dbs, &outbox, &others).await;
-    wait_applied(&dbs, others.len() as i64).await;
+    commit(dbs, &Outbox::new(PRODUCER), &others).await;
+    wait_applied(dbs, others.len() as i64).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while dead_letters(&dbs).await == 0 {
+    while dead_letters(dbs).await == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the crashing event was not parked"
+            "the event that crashed its consumer was not parked"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    running.stop().await;
     let attempts = scalar(
         &dbs.consumer,
         "SELECT CAST(attempts AS BIGINT) FROM dead_letters",
@@ -303,20 +320,15 @@ async fn an_event_that_crashes_its_consumer_every_time_is_parked_after_max_attem
     .await;
     assert_eq!(
         attempts,
-        i64::from(max) + 1,
+        i64::from(settings().max_attempts) + 1,
         "parked on the delivery after the last crash"
     );
+    assert_eq!(dead_letters(dbs).await, 1, "only that event is parked");
     assert_eq!(
-        dead_letters(&dbs).await,
-        1,
-        "only the crashing event is parked"
-    );
-    assert_eq!(
-        applied(&dbs).await,
+        applied(dbs).await,
         others.len() as i64,
-        "the poison never applied"
+        "the event that crashed its consumer was never applied"
     );
-    running.stop().await;
 }
 
 mod an_event_that_crashes_its_consumer_every_time {

@@ -7,8 +7,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
-use messaging::Outbox;
-
+use crate::local_only::{publish_one_event, the_next_delivery_is_parked_while_other_keys_flow};
 use crate::*;
 
 /// Names the databases a child process attaches to: `transport;kind;where;namespace`.
@@ -113,56 +112,11 @@ async fn an_event_that_kills_its_consumer_process_every_time_is_parked_after_max
     backend: Backend,
 ) {
     let dbs = open(backend).await;
-    let outbox = Outbox::new(PRODUCER);
-    // Published once, straight to the bus: a relay killed between publishing and marking
-    // its row would publish a second copy, and each copy counts its own attempts.
-    let poison: Vec<Outgoing> = events(1, 1).iter().map(outgoing).collect();
-    bus(transport, &dbs, "publisher")
-        .await
-        .publish(&poison)
-        .await
-        .expect("publish");
-    let max = settings().max_attempts;
-    for _ in 1..=max {
-        let child = start_child(transport, &dbs);
-        kill(child);
+    publish_one_event(transport, &dbs).await;
+    for _ in 1..=settings().max_attempts {
+        kill(start_child(transport, &dbs));
     }
-    assert_eq!(
-        applied(&dbs).await,
-        0,
-        "a killed consumer committed nothing"
-    );
-    // The next delivery is number max + 1: it is parked before it is handled, and the
-    // events of other keys committed meanwhile are applied.
-    let running = start(transport, &dbs, "instance-a", Faults::default(), true).await;
-    let others = events(3, 2);
-    commit(&dbs, &outbox, &others).await;
-    wait_applied(&dbs, others.len() as i64).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while dead_letters(&dbs).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event that killed its consumer was not parked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running.stop().await;
-    let attempts = scalar(
-        &dbs.consumer,
-        "SELECT CAST(attempts AS BIGINT) FROM dead_letters",
-    )
-    .await;
-    assert_eq!(
-        attempts,
-        i64::from(max) + 1,
-        "parked on the delivery after the last kill"
-    );
-    assert_eq!(dead_letters(&dbs).await, 1, "only that event is parked");
-    assert_eq!(
-        applied(&dbs).await,
-        others.len() as i64,
-        "the event that killed its consumer was never applied"
-    );
+    the_next_delivery_is_parked_while_other_keys_flow(transport, &dbs).await;
 }
 
 mod an_event_that_kills_its_consumer_process_every_time {
