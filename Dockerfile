@@ -8,6 +8,11 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+# make: the allocator's build (jemalloc, through tikv-jemalloc-sys) runs configure and
+# make, and the slim image has gcc only.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 \
+ && rm -rf /var/lib/apt/lists/*
 # A fixed cargo-chef, so that the same sources always plan the same recipe.
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
