@@ -52,8 +52,10 @@ async fn child() {
     writeln!(stdout, "{REACHED}").expect("stdout");
     stdout.flush().expect("stdout");
     drop(stdout);
-    // Held here, inside the handling, until SIGKILL.
-    std::future::pending::<()>().await;
+    // Held here, inside the handling, until SIGKILL; a parent that died without killing
+    // it does not leave it behind for long.
+    tokio::time::sleep(WAIT * 4).await;
+    panic!("not killed within {:?}", WAIT * 4);
 }
 
 /// Starts the child on `dbs` and returns it once it stands inside a delivery's handling.
