@@ -14,7 +14,21 @@ use rustls::pki_types::pem::PemObject;
 
 /// The TLS configuration of a client: servers are trusted when the system's roots, or the
 /// CA certificates (PEM) of `ca_file`, vouch for them and their certificate names the host.
+/// Without a CA file the configuration is the same for every client: built once per
+/// process (the platform verifier reads the system's CA bundle) and cloned.
 pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    static SYSTEM_ONLY: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    if ca_file.is_some() {
+        return build_config(ca_file);
+    }
+    if let Some(config) = SYSTEM_ONLY.get() {
+        return Ok(config.clone());
+    }
+    let config = build_config(None)?;
+    Ok(SYSTEM_ONLY.get_or_init(|| config).clone())
+}
+
+fn build_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra = match ca_file {
         Some(file) => read_ca_file(file)?,
