@@ -48,6 +48,13 @@ fn lease_key(dbs: &Dbs, key: Uuid) -> String {
     )
 }
 
+/// A key whose events go to `partition`.
+fn key_in(partition: u32) -> Uuid {
+    std::iter::repeat_with(Uuid::now_v7)
+        .find(|key| partition_of(&key.to_string(), PARTITIONS) == partition)
+        .expect("an endless supply of keys")
+}
+
 async fn publish(bus: &RedisBus, sent: &[Envelope]) {
     bus.publish(&sent.iter().map(outgoing).collect::<Vec<_>>())
         .await
@@ -700,7 +707,11 @@ async fn a_second_process_with_the_same_instance_name_stays_idle_while_the_first
 async fn a_crashed_instance_s_partition_is_taken_over_only_after_its_lease_expired() {
     let dbs = open(Backend::Sqlite).await;
     let publisher = redis_bus(&dbs, REDIS, "publisher").await;
-    let key = Uuid::now_v7();
+    // The event's partition is the first one instance-b tries to take, so a take that
+    // ignored a live lease would happen at once, not by chance (with a random key, b's
+    // first share of partitions missed it half the time, until the crashed instance's
+    // membership lapsed along with its lease).
+    let key = key_in(partition_of("instance-b", PARTITIONS));
     publish(&publisher, &[event(key, 1)]).await;
     let a = redis_bus(&dbs, REDIS, "instance-a").await;
     let mut subscription = subscribe(&a, 10).await;
