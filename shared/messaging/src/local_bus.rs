@@ -159,17 +159,6 @@ impl EventBus for LocalBus {
             every.min(Duration::from_millis(500)),
         )
         .await?;
-        if name.state.owned() {
-            // Take back what this instance held before a restart: those deliveries were
-            // cut short and come back now, not when their lease runs out. (Only once the
-            // name is ours: under a live duplicate they are that process's claims.)
-            execute(
-                queue.db.conn(),
-                "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
-                vec![self.instance.clone().into()],
-            )
-            .await?;
-        }
         lock(&self.names).push((spec.module, name.state.clone()));
         let state = Arc::new(State {
             name,
@@ -283,6 +272,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// capacity it cannot get. Every pass also renews the claims of what is in flight, settles
 /// again the rows whose acknowledgement or hand-back failed, and frees the rows of claims
 /// that lapsed.
+/// Frees every claim made under this instance's name.
+async fn take_back(state: &State) -> Result<(), sea_orm::DbErr> {
+    execute(
+        state.db.conn(),
+        "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
+        vec![state.instance.clone().into()],
+    )
+    .await
+    .map(|_| ())
+}
+
 async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     let module = state.db.module();
     let poll = Duration::from_millis(state.settings.poll_interval_ms);
@@ -290,6 +290,7 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     let mut last_renewal = tokio::time::Instant::now();
     let mut last_reclaim = tokio::time::Instant::now() - renew_every;
     let mut failures = 0_u32;
+    let mut taken_back = false;
     loop {
         if tx.is_closed() {
             break;
@@ -302,6 +303,25 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                 _ = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
             }
             continue;
+        }
+        if !taken_back {
+            // The name is ours, and this subscription has claimed nothing yet: whatever is
+            // claimed under the name was claimed by a process before this one, whose
+            // deliveries were cut short. They come back now, not when their lease runs
+            // out. This waits for the name, not for the subscription's start: a crashed
+            // predecessor's name is freed only once the server or the kernel saw it die,
+            // which may be after this process started.
+            match take_back(&state).await {
+                Ok(()) => taken_back = true,
+                Err(e) => {
+                    tracing::warn!(module, error = %format!("{e:#}"), "taking back this instance's earlier claims failed; retrying");
+                    tokio::select! {
+                        _ = tx.closed() => break,
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
+                }
+            }
         }
         if last_renewal.elapsed() >= renew_every {
             match renew(&state).await {

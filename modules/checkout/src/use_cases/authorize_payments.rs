@@ -831,12 +831,11 @@ mod tests {
                 watch: Some(alone.state.db.clone()),
                 ..Provider::default()
             });
-            run_until(
-                &alone,
-                alone.worker(provider.clone(), 10_000),
-                OrderStatus::Confirmed,
-            )
-            .await;
+            // A bulkhead of one: while the call is out, the worker claims nothing, so no
+            // claim's transaction can be caught open beside it (under load one was).
+            let mut worker = alone.worker(provider.clone(), 10_000);
+            worker.settings.max_concurrent = 1;
+            run_until(&alone, worker, OrderStatus::Confirmed).await;
             let seen = provider
                 .open_transactions
                 .lock()

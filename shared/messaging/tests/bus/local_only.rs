@@ -498,6 +498,67 @@ mod a_restarted_instance_takes_back_its_claims_before_they_lapse {
     }
 }
 
+/// A process may start before its crashed predecessor's name is freed (the server or the
+/// kernel has not seen the old one die yet). It claims nothing while the name is held, and
+/// once the name is its own, it takes back the claims made under it, instead of waiting
+/// for them to lapse. Here the predecessor still lives when the new process starts, and is
+/// killed after.
+async fn a_process_that_gets_its_name_after_it_started_takes_back_the_claims_made_under_it(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let mut long_claims = settings();
+    long_claims.lease_ms = 60_000;
+    let faults = Faults::for_tests();
+    let reached = faults.arm("consumer.before_commit");
+    let old = start_configured(
+        local_bus(&dbs, "instance-a", long_claims.clone()),
+        &dbs,
+        "instance-a",
+        faults,
+        true,
+        long_claims.clone(),
+    )
+    .await;
+    let sent = events(3, 2);
+    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("a delivery reaches the commit")
+        .expect("reported");
+    let started = std::time::Instant::now();
+    let new = start_configured(
+        local_bus(&dbs, "instance-a", long_claims.clone()),
+        &dbs,
+        "instance-a",
+        Faults::default(),
+        true,
+        long_claims.clone(),
+    )
+    .await;
+    old.kill().await;
+    // WAIT (30 s) is half the claims' lease: only a take-back delivers in time.
+    assert_exactly_once_in_order(&dbs, &sent).await;
+    assert!(started.elapsed() < Duration::from_millis(long_claims.lease_ms));
+    new.stop().await;
+}
+
+/// PostgreSQL only: there the name is a session's lock, freed when the server notices the
+/// session ended, which can be after the next process started. On SQLite it is a file
+/// lock the kernel drops with the process; and two instances in one test process share
+/// one SQLite pool, which the blocked predecessor's open transaction holds.
+mod a_process_that_gets_its_name_after_it_started_takes_back_the_claims_made_under_it {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        super::a_process_that_gets_its_name_after_it_started_takes_back_the_claims_made_under_it(
+            Backend::Postgres,
+        )
+        .await
+    }
+}
+
 /// A row whose transaction took its id first but committed after a later row was
 /// published is published too: the relay reads the lowest unpublished ids, not after the
 /// last id it saw. (PostgreSQL: SQLite runs one writer at a time, so it cannot happen.)
