@@ -40,7 +40,8 @@ use crate::State;
 use crate::db::payments::{self, Finished};
 use crate::db::queries;
 use crate::domain::{
-    Order, OrderStatus, PaymentAnswer, PaymentStatus, Settlement, StatusReason, settle,
+    Order, OrderStatus, PaymentAnswer, PaymentStatus, Resolution, Settlement, StatusReason, Target,
+    resolve,
 };
 use crate::payment::breaker::Breaker;
 use crate::payment::{
@@ -93,6 +94,21 @@ enum Called {
     /// The circuit breaker opened between the claim and the call: nothing was asked, and
     /// the attempt is released as it was.
     Held,
+}
+
+impl Called {
+    /// The answer as the payment's rules know it.
+    fn answer(&self) -> PaymentAnswer {
+        match self {
+            Called::Answered(Authorization::Approved { .. }) => PaymentAnswer::Approved,
+            Called::Answered(Authorization::Declined { .. }) | Called::Refused(_) => {
+                PaymentAnswer::Declined
+            }
+            Called::Failed { .. } => PaymentAnswer::Unavailable,
+            Called::NotNeeded => PaymentAnswer::NotAsked,
+            Called::Held => PaymentAnswer::Held,
+        }
+    }
 }
 
 const RECORD_BATCH: usize = 200;
@@ -228,7 +244,7 @@ impl PaymentWorker {
         for attempt in &mut claimed {
             attempt.charge = orders
                 .get(&attempt.order_id)
-                .filter(|o| o.status == OrderStatus::Pending)
+                .filter(|o| o.status.awaits_payment())
                 .map(|o| Charge {
                     amount_minor: o.total.minor(),
                     currency: o.total.currency().to_string(),
@@ -345,61 +361,52 @@ impl PaymentWorker {
             let order = orders
                 .get(&attempt.order_id)
                 .with_context(|| format!("order {} is missing", attempt.order_id))?;
-            let answer = match called {
-                Called::NotNeeded => PaymentAnswer::NotAsked,
-                Called::Answered(Authorization::Approved { .. }) => PaymentAnswer::Approved,
-                Called::Answered(Authorization::Declined { .. }) => PaymentAnswer::Declined,
-                Called::Refused(reason) => {
-                    tracing::error!(module = "checkout", order_id = %order.id, reason, "the payment provider refused the request; the payment counts as declined");
-                    PaymentAnswer::Declined
-                }
-                Called::Failed { error, retry_after } => {
+            match resolve(order.status, called.answer()) {
+                Resolution::Retry => {
+                    let Called::Failed { error, retry_after } = called else {
+                        anyhow::bail!("only a call that failed is asked again");
+                    };
                     let attempts = attempt.attempts + 1;
                     let delay = self.settings.retry_delay(attempts, *retry_after);
                     tracing::warn!(module = "checkout", order_id = %order.id, attempts, error, delay_ms = delay.as_millis() as u64, "the payment call failed; retrying");
                     outcome
                         .retries
                         .push((attempt.id, attempts, delay, error.clone()));
-                    continue;
                 }
-                Called::Held => {
-                    outcome.held.push(attempt.id);
-                    continue;
+                Resolution::Release => outcome.held.push(attempt.id),
+                Resolution::Settle(settled) => {
+                    let (reference, reason) = match called {
+                        Called::Answered(Authorization::Approved { reference }) => {
+                            (Some(reference), None)
+                        }
+                        Called::Answered(Authorization::Declined { reason }) => {
+                            (None, Some(reason.as_str()))
+                        }
+                        Called::Refused(reason) => {
+                            tracing::error!(module = "checkout", order_id = %order.id, reason, "the payment provider refused the request; the payment counts as declined");
+                            (None, Some(reason.as_str()))
+                        }
+                        _ => (None, None),
+                    };
+                    outcome.settle(order, attempt, settled, reference, reason)?;
                 }
-            };
-            let (reference, reason) = match called {
-                Called::Answered(Authorization::Approved { reference }) => (Some(reference), None),
-                Called::Answered(Authorization::Declined { reason }) | Called::Refused(reason) => {
-                    (None, Some(reason.as_str()))
-                }
-                _ => (None, None),
-            };
-            outcome.settle(
-                order,
-                attempt,
-                settle(order.status, answer),
-                reference,
-                reason,
-            )?;
+            }
         }
-        queries::set_statuses(&tx, &outcome.confirmed, OrderStatus::Confirmed, None).await?;
-        queries::set_statuses(
-            &tx,
-            &outcome.declined,
-            OrderStatus::Rejected,
-            Some(StatusReason::PaymentDeclined),
-        )
-        .await?;
+        for ((status, reason), ids) in &outcome.moved {
+            queries::set_statuses(&tx, ids, *status, *reason).await?;
+        }
         payments::finish_many(&tx, &outcome.finished, Utc::now()).await?;
         payments::release(&tx, &outcome.held).await?;
-        for (id, attempts, delay, error) in outcome.retries {
+        for (id, attempts, delay, error) in &outcome.retries {
             let due = now_ms() + delay.as_millis() as i64;
-            payments::retry(&tx, id, attempts, due, &error, Utc::now()).await?;
+            payments::retry(&tx, *id, *attempts, due, error, Utc::now()).await?;
         }
-        if !outcome.confirmed.is_empty() {
+        let confirmed = outcome.count(OrderStatus::Confirmed, None);
+        let declined = outcome.count(OrderStatus::Rejected, Some(StatusReason::PaymentDeclined));
+        if confirmed > 0 {
             tracing::info!(
                 module = "checkout",
-                orders = outcome.confirmed.len(),
+                orders = confirmed,
                 "payments approved; orders confirmed"
             );
         }
@@ -409,11 +416,8 @@ impl PaymentWorker {
             .commit(tx)
             .await
             .context("failed to commit payment outcomes")?;
-        crate::counters::orders_confirmed(outcome.confirmed.len() as u64);
-        crate::counters::orders_rejected(
-            StatusReason::PaymentDeclined,
-            outcome.declined.len() as u64,
-        );
+        crate::counters::orders_confirmed(confirmed);
+        crate::counters::orders_rejected(StatusReason::PaymentDeclined, declined);
         Ok(outcome.voids)
     }
 }
@@ -444,8 +448,8 @@ fn payment_span(attempt: &mut Claimed) -> tracing::Span {
 /// What a batch of payment outcomes changes.
 #[derive(Default)]
 struct Outcome {
-    confirmed: Vec<Uuid>,
-    declined: Vec<Uuid>,
+    /// The orders moved, by where they went: one statement each.
+    moved: Vec<(Target, Vec<Uuid>)>,
     finished: Vec<Finished>,
     retries: Vec<(Uuid, i32, Duration, String)>,
     /// Attempts released untouched: claimable again at once.
@@ -477,6 +481,22 @@ impl Outcome {
         Ok(())
     }
 
+    /// Orders moved to `status` for `reason` in this batch.
+    fn count(&self, status: OrderStatus, reason: Option<StatusReason>) -> u64 {
+        self.moved
+            .iter()
+            .filter(|(to, _)| *to == (status, reason))
+            .map(|(_, ids)| ids.len() as u64)
+            .sum()
+    }
+
+    fn moves(&mut self, to: Target, order: Uuid) {
+        match self.moved.iter_mut().find(|(t, _)| *t == to) {
+            Some((_, ids)) => ids.push(order),
+            None => self.moved.push((to, vec![order])),
+        }
+    }
+
     /// Applies how an answer settled an attempt: a confirmed order is announced; a
     /// declined one is rejected and its stock released (`order_cancelled`); an approval
     /// the order no longer needs (cancelled while the provider was answering) is voided.
@@ -489,12 +509,12 @@ impl Outcome {
         reason: Option<&str>,
     ) -> anyhow::Result<()> {
         match settled.order {
-            Some((OrderStatus::Confirmed, _)) => {
-                self.confirmed.push(order.id.as_uuid());
+            Some(to @ (OrderStatus::Confirmed, _)) => {
+                self.moves(to, order.id.as_uuid());
                 self.events.push(confirmed(order, &attempt.cause)?);
             }
-            Some((OrderStatus::Rejected, _)) => {
-                self.declined.push(order.id.as_uuid());
+            Some(to @ (OrderStatus::Rejected, _)) => {
+                self.moves(to, order.id.as_uuid());
                 self.events.push(Envelope::new(
                     &OrderCancelledV1 {
                         order_id: order.id.as_uuid(),
