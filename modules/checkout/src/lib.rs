@@ -28,7 +28,7 @@ mod db;
 mod domain;
 mod events;
 mod http;
-mod payment;
+mod payments;
 mod use_cases;
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use validator::Validate;
 
-pub use payment::DECLINED_TOKEN;
+pub use payments::DECLINED_TOKEN;
 
 /// What checkout's use cases work with.
 #[derive(Clone)]
@@ -58,7 +58,7 @@ pub(crate) struct State {
 #[serde(deny_unknown_fields, default)]
 struct Settings {
     #[validate(nested)]
-    payment: payment::PaymentSettings,
+    payment: payments::PaymentSettings,
     #[validate(nested)]
     watchdog: use_cases::watch_orders::WatchdogSettings,
     /// How long a customer's `Idempotency-Key` answers with the order it placed; the cleaner
@@ -132,10 +132,10 @@ impl Module for Checkout {
             outbox: ctx.outbox,
         };
         let payments = Arc::new(Notify::new());
-        let worker = use_cases::authorize_payments::PaymentWorker {
+        let worker = payments::PaymentWorker {
             state: state.clone(),
             gateway: settings.payment.gateway()?,
-            breaker: Arc::new(payment::breaker::Breaker::new(
+            breaker: Arc::new(payments::breaker::Breaker::new(
                 settings.payment.breaker.clone(),
             )),
             settings: settings.payment.clone(),

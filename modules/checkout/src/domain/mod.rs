@@ -1,11 +1,12 @@
-//! Checkout's rules, with no IO: how an order is placed and priced (`order.rs`), and the
-//! state machines of an order's status and of a payment attempt (`status.rs`). Every rule
-//! here is a pure function, table-tested without a database.
+//! Checkout's rules, with no IO: how an order is placed and priced (`order.rs`), the
+//! order's state machine as one table (`status.rs`), and a payment attempt's, with what
+//! an answer of the provider does to its order (`payment.rs`). Every rule here is a pure
+//! function, table-tested without a database.
 
 mod order;
+mod payment;
 mod status;
 
 pub(crate) use order::{Address, Line, NewOrder, Order, PlaceError, PriceList};
-pub(crate) use status::{
-    Cancel, Dispatch, OrderStatus, PaymentAnswer, PaymentStatus, Settlement, StatusReason, settle,
-};
+pub(crate) use payment::{PaymentAnswer, PaymentStatus, Resolution, Settlement, resolve};
+pub(crate) use status::{OrderEvent, OrderStatus, Refusal, StatusReason, Step, Target, transition};

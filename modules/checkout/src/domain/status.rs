@@ -1,7 +1,15 @@
-//! The two state machines of checkout: an order's status and which event or request may
-//! move it where (every transition the order journey allows is in [`OrderStatus`];
-//! anything else is refused or ignored, so duplicates and late events change nothing),
-//! and a payment attempt's status and how an answer of the provider settles it.
+//! An order's state machine, as one table: [`transition`] says, for an order's status and
+//! what happens to it (an answer of catalog or of the provider, a customer's cancel,
+//! fulfillment's news), where the order goes. Every move the order journey allows is a
+//! row; anything else is ignored (duplicates and late events change nothing) or, for a
+//! customer's request, refused.
+//!
+//! ```text
+//! pending ─stock held─▶ pending, payment due ─approved─▶ confirmed ─dispatched─▶ shipped ─delivered─▶ delivered
+//! pending ─stock refused, or payment declined─▶ rejected
+//! pending, confirmed ─cancel─▶ cancelled ─dispatched─▶ shipped, its stock held again
+//! confirmed ─delivered─▶ delivered (delivered before the dispatch was heard of)
+//! ```
 
 use std::fmt;
 
@@ -27,27 +35,89 @@ pub(crate) enum StatusReason {
     CancelledByCustomer,
 }
 
-/// What a customer's cancel does.
+/// What happens to an order: the events and the request its status answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cancel {
-    /// The order becomes cancelled and `order_cancelled` is published.
-    Proceed,
-    /// It already was: nothing changes, the request still succeeds.
-    AlreadyCancelled,
-    /// The goods left: 409.
+pub(crate) enum OrderEvent {
+    /// Catalog held the order's stock (`stock_reserved`): its payment becomes due.
+    StockHeld,
+    /// Catalog refused the stock (`stock_rejected`).
+    StockRefused,
+    /// The provider authorized the payment.
+    PaymentApproved,
+    /// The provider declined the payment, or refused the request itself.
+    PaymentDeclined,
+    /// The customer asks to cancel.
+    Cancel,
+    /// Fulfillment dispatched the shipment (`shipment_dispatched`).
+    Dispatched,
+    /// Fulfillment delivered it (`shipment_delivered`).
+    Delivered,
+}
+
+/// What an order is stored with: its status, and the reason for it.
+pub(crate) type Target = (OrderStatus, Option<StatusReason>);
+
+/// Where an event takes an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The order becomes `to`, with `reason` as its status reason (none clears it), and
+    /// the caller does the event's work (announces the change, opens the payment). `to`
+    /// may be the status the order has: stock held leaves an order pending, its payment
+    /// now due.
+    Move {
+        to: OrderStatus,
+        reason: Option<StatusReason>,
+    },
+    /// A cancel crossed the dispatch: the goods left anyway, so the order becomes
+    /// shipped and its stock must be held again (`order_reinstated`).
+    ShipAndReinstate,
+    /// Nothing changes: a late or repeated event, or a cancel of an order already
+    /// cancelled (the request still succeeds).
+    Ignore,
+    /// A customer's request the order's status refuses (409).
+    Refuse(Refusal),
+}
+
+/// Why a cancel is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The goods left.
     AlreadyShipped,
-    /// It was refused before: 409.
+    /// The order was refused before (stock or payment).
     NotCancellable,
 }
 
-/// What `shipment_dispatched` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dispatch {
-    Ship,
-    /// A cancel crossed the dispatch: the goods left anyway, so the order ships and its
-    /// stock must be held again (`order_reinstated`).
-    ShipAndReinstate,
-    Ignore,
+/// The order's state machine: where `event` takes an order in `from`.
+pub(crate) fn transition(from: OrderStatus, event: OrderEvent) -> Step {
+    use OrderEvent as E;
+    use OrderStatus::*;
+    use StatusReason as R;
+    let to = |to: OrderStatus, reason: Option<StatusReason>| Step::Move { to, reason };
+    match (from, event) {
+        (Pending, E::StockHeld) => to(Pending, None),
+        (Pending, E::StockRefused) => to(Rejected, Some(R::OutOfStock)),
+        (Pending, E::PaymentApproved) => to(Confirmed, None),
+        (Pending, E::PaymentDeclined) => to(Rejected, Some(R::PaymentDeclined)),
+        (Pending | Confirmed, E::Cancel) => to(Cancelled, Some(R::CancelledByCustomer)),
+        (Confirmed, E::Dispatched) => to(Shipped, None),
+        (Cancelled, E::Dispatched) => Step::ShipAndReinstate,
+        (Confirmed | Shipped, E::Delivered) => to(Delivered, None),
+        (Shipped | Delivered, E::Cancel) => Step::Refuse(Refusal::AlreadyShipped),
+        (Rejected, E::Cancel) => Step::Refuse(Refusal::NotCancellable),
+        // Cancelling a cancelled order, and every event the order no longer waits for.
+        _ => Step::Ignore,
+    }
+}
+
+impl Step {
+    /// The status and reason the order is stored with after this step, if it moves.
+    pub(crate) fn target(self) -> Option<Target> {
+        match self {
+            Step::Move { to, reason } => Some((to, reason)),
+            Step::ShipAndReinstate => Some((OrderStatus::Shipped, None)),
+            Step::Ignore | Step::Refuse(_) => None,
+        }
+    }
 }
 
 impl OrderStatus {
@@ -75,49 +145,9 @@ impl OrderStatus {
         .find(|s| s.as_str() == raw)
     }
 
-    pub(crate) fn cancel(self) -> Cancel {
-        match self {
-            OrderStatus::Pending | OrderStatus::Confirmed => Cancel::Proceed,
-            OrderStatus::Cancelled => Cancel::AlreadyCancelled,
-            OrderStatus::Shipped | OrderStatus::Delivered => Cancel::AlreadyShipped,
-            OrderStatus::Rejected => Cancel::NotCancellable,
-        }
-    }
-
-    /// Stock was held: a pending order goes on to payment; any other ignores it (a
-    /// cancelled order's stock is released by catalog on `order_cancelled`).
-    pub(crate) fn takes_payment(self) -> bool {
-        self == OrderStatus::Pending
-    }
-
-    /// Stock was refused: only a pending order is rejected by it.
-    pub(crate) fn on_stock_rejected(self) -> Option<(OrderStatus, StatusReason)> {
-        (self == OrderStatus::Pending).then_some((OrderStatus::Rejected, StatusReason::OutOfStock))
-    }
-
-    /// A payment outcome only settles a pending order; a cancelled one keeps its status
-    /// (and an approved payment is voided).
-    pub(crate) fn on_payment(self, approved: bool) -> Option<(OrderStatus, Option<StatusReason>)> {
-        match (self, approved) {
-            (OrderStatus::Pending, true) => Some((OrderStatus::Confirmed, None)),
-            (OrderStatus::Pending, false) => {
-                Some((OrderStatus::Rejected, Some(StatusReason::PaymentDeclined)))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn on_dispatched(self) -> Dispatch {
-        match self {
-            OrderStatus::Confirmed => Dispatch::Ship,
-            OrderStatus::Cancelled => Dispatch::ShipAndReinstate,
-            _ => Dispatch::Ignore,
-        }
-    }
-
-    pub(crate) fn on_delivered(self) -> Option<OrderStatus> {
-        matches!(self, OrderStatus::Shipped | OrderStatus::Confirmed)
-            .then_some(OrderStatus::Delivered)
+    /// Whether the order still waits for its payment: an approval would move it.
+    pub(crate) fn awaits_payment(self) -> bool {
+        transition(self, OrderEvent::PaymentApproved) != Step::Ignore
     }
 }
 
@@ -147,91 +177,112 @@ impl StatusReason {
     }
 }
 
-/// A payment attempt's status: pending until one answer settles it, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PaymentStatus {
-    /// Due, or claimed by a worker and being asked.
-    Pending,
-    /// Authorized, and the order confirmed by it.
-    Approved,
-    /// Refused by the provider; the order is rejected if it still waited.
-    Declined,
-    /// Not needed (the order stopped waiting); an authorization it got is released.
-    Voided,
-}
-
-/// What the provider answered for an attempt, or that it was not asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PaymentAnswer {
-    Approved,
-    /// Declined, or the request itself refused: the payment counts as declined.
-    Declined,
-    /// The order no longer waited when the attempt was claimed: nothing was asked.
-    NotAsked,
-}
-
-/// How one answer settles a pending attempt and its order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Settlement {
-    pub(crate) payment: PaymentStatus,
-    /// The order's new status and reason, when the answer moves it.
-    pub(crate) order: Option<(OrderStatus, Option<StatusReason>)>,
-    /// An authorization the order no longer needs: the money is released.
-    pub(crate) void: bool,
-}
-
-impl PaymentStatus {
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Pending => "pending",
-            PaymentStatus::Approved => "approved",
-            PaymentStatus::Declined => "declined",
-            PaymentStatus::Voided => "voided",
-        }
-    }
-
-    /// Only a pending attempt settles, and into a final status: an attempt settles once.
-    pub(crate) fn may_become(self, to: PaymentStatus) -> bool {
-        self == PaymentStatus::Pending && to != PaymentStatus::Pending
-    }
-}
-
-/// How `answer` settles a pending attempt of an order now in `order`. An approval for an
-/// order that stopped waiting (cancelled meanwhile) is voided and leaves the order as it
-/// is; a refusal rejects the order only if it still waits.
-pub(crate) fn settle(order: OrderStatus, answer: PaymentAnswer) -> Settlement {
-    match answer {
-        PaymentAnswer::Approved => match order.on_payment(true) {
-            Some(moved) => Settlement {
-                payment: PaymentStatus::Approved,
-                order: Some((moved.0, moved.1)),
-                void: false,
-            },
-            None => Settlement {
-                payment: PaymentStatus::Voided,
-                order: None,
-                void: true,
-            },
-        },
-        PaymentAnswer::Declined => Settlement {
-            payment: PaymentStatus::Declined,
-            order: order.on_payment(false),
-            void: false,
-        },
-        PaymentAnswer::NotAsked => Settlement {
-            payment: PaymentStatus::Voided,
-            order: None,
-            void: false,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::OrderEvent as E;
     use super::OrderStatus::*;
+    use super::StatusReason as R;
     use super::*;
 
     const ALL: [OrderStatus; 6] = [Pending, Confirmed, Rejected, Cancelled, Shipped, Delivered];
+    const EVENTS: [OrderEvent; 7] = [
+        E::StockHeld,
+        E::StockRefused,
+        E::PaymentApproved,
+        E::PaymentDeclined,
+        E::Cancel,
+        E::Dispatched,
+        E::Delivered,
+    ];
+
+    fn to(to: OrderStatus, reason: Option<StatusReason>) -> Step {
+        Step::Move { to, reason }
+    }
+
+    /// Every move and refusal the state machine has; every other pair is ignored.
+    #[rustfmt::skip]
+    const MACHINE: &[(OrderStatus, OrderEvent, Step)] = &[
+        (Pending, E::StockHeld, Step::Move { to: Pending, reason: None }),
+        (Pending, E::StockRefused, Step::Move { to: Rejected, reason: Some(R::OutOfStock) }),
+        (Pending, E::PaymentApproved, Step::Move { to: Confirmed, reason: None }),
+        (Pending, E::PaymentDeclined, Step::Move { to: Rejected, reason: Some(R::PaymentDeclined) }),
+        (Pending, E::Cancel, Step::Move { to: Cancelled, reason: Some(R::CancelledByCustomer) }),
+        (Confirmed, E::Cancel, Step::Move { to: Cancelled, reason: Some(R::CancelledByCustomer) }),
+        (Confirmed, E::Dispatched, Step::Move { to: Shipped, reason: None }),
+        (Confirmed, E::Delivered, Step::Move { to: Delivered, reason: None }),
+        (Cancelled, E::Dispatched, Step::ShipAndReinstate),
+        (Shipped, E::Delivered, Step::Move { to: Delivered, reason: None }),
+        (Rejected, E::Cancel, Step::Refuse(Refusal::NotCancellable)),
+        (Shipped, E::Cancel, Step::Refuse(Refusal::AlreadyShipped)),
+        (Delivered, E::Cancel, Step::Refuse(Refusal::AlreadyShipped)),
+    ];
+
+    #[test]
+    fn every_status_and_event_goes_where_the_table_says_and_nowhere_else() {
+        for from in ALL {
+            for event in EVENTS {
+                let expected = MACHINE
+                    .iter()
+                    .find(|(f, e, _)| *f == from && *e == event)
+                    .map_or(Step::Ignore, |(_, _, step)| *step);
+                assert_eq!(transition(from, event), expected, "{from} on {event:?}");
+            }
+        }
+    }
+
+    /// A sample of what the machine ignores, written out: late, repeated and crossed
+    /// events change nothing.
+    #[test]
+    fn late_and_repeated_events_change_nothing() {
+        let ignored = [
+            (Cancelled, E::Cancel),
+            (Cancelled, E::StockHeld),
+            (Cancelled, E::PaymentApproved),
+            (Cancelled, E::PaymentDeclined),
+            (Cancelled, E::Delivered),
+            (Confirmed, E::StockHeld),
+            (Confirmed, E::StockRefused),
+            (Confirmed, E::PaymentApproved),
+            (Rejected, E::PaymentApproved),
+            (Rejected, E::Dispatched),
+            (Pending, E::Dispatched),
+            (Pending, E::Delivered),
+            (Shipped, E::Dispatched),
+            (Delivered, E::Delivered),
+        ];
+        for (from, event) in ignored {
+            assert_eq!(transition(from, event), Step::Ignore, "{from} on {event:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_customer_s_cancel_is_refused() {
+        for from in ALL {
+            for event in EVENTS {
+                if let Step::Refuse(_) = transition(from, event) {
+                    assert_eq!(event, E::Cancel, "{from} refuses {event:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_move_is_stored_as_its_target() {
+        assert_eq!(
+            to(Rejected, Some(R::OutOfStock)).target(),
+            Some((Rejected, Some(R::OutOfStock)))
+        );
+        assert_eq!(Step::ShipAndReinstate.target(), Some((Shipped, None)));
+        assert_eq!(Step::Ignore.target(), None);
+        assert_eq!(Step::Refuse(Refusal::AlreadyShipped).target(), None);
+    }
+
+    #[test]
+    fn only_a_pending_order_awaits_its_payment() {
+        for s in ALL {
+            assert_eq!(s.awaits_payment(), s == Pending, "{s}");
+        }
+    }
 
     #[test]
     fn statuses_round_trip_through_their_names() {
@@ -242,130 +293,10 @@ mod tests {
     }
 
     #[test]
-    fn cancelling() {
-        let expected = [
-            (Pending, Cancel::Proceed),
-            (Confirmed, Cancel::Proceed),
-            (Rejected, Cancel::NotCancellable),
-            (Cancelled, Cancel::AlreadyCancelled),
-            (Shipped, Cancel::AlreadyShipped),
-            (Delivered, Cancel::AlreadyShipped),
-        ];
-        for (from, outcome) in expected {
-            assert_eq!(from.cancel(), outcome, "{from}");
-        }
-    }
-
-    #[test]
-    fn stock_and_payment_settle_only_pending_orders() {
-        for s in ALL {
-            assert_eq!(s.takes_payment(), s == Pending, "{s}");
-            let rejected = s.on_stock_rejected();
-            assert_eq!(rejected.is_some(), s == Pending, "{s}");
-            assert_eq!(s.on_payment(true).is_some(), s == Pending, "{s}");
-            assert_eq!(s.on_payment(false).is_some(), s == Pending, "{s}");
-        }
-        assert_eq!(Pending.on_payment(true), Some((Confirmed, None)));
-        assert_eq!(
-            Pending.on_payment(false),
-            Some((Rejected, Some(StatusReason::PaymentDeclined)))
-        );
-    }
-
-    #[test]
     fn reasons_round_trip_through_their_names() {
-        for r in [
-            StatusReason::OutOfStock,
-            StatusReason::PaymentDeclined,
-            StatusReason::CancelledByCustomer,
-        ] {
+        for r in [R::OutOfStock, R::PaymentDeclined, R::CancelledByCustomer] {
             assert_eq!(StatusReason::parse(r.as_str()), Some(r));
         }
         assert_eq!(StatusReason::parse("bored"), None);
-    }
-
-    #[test]
-    fn a_payment_attempt_settles_once_into_a_final_status() {
-        use PaymentStatus as P;
-        let all = [P::Pending, P::Approved, P::Declined, P::Voided];
-        for from in all {
-            for to in all {
-                let allowed = from == P::Pending && to != P::Pending;
-                assert_eq!(from.may_become(to), allowed, "{from:?} -> {to:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn an_answer_settles_the_attempt_and_moves_only_a_waiting_order() {
-        use PaymentAnswer::*;
-        use PaymentStatus as P;
-        for order in ALL {
-            let waiting = order == Pending;
-            let approved = settle(order, Approved);
-            if waiting {
-                assert_eq!(
-                    approved,
-                    Settlement {
-                        payment: P::Approved,
-                        order: Some((Confirmed, None)),
-                        void: false
-                    }
-                );
-            } else {
-                assert_eq!(
-                    approved,
-                    Settlement {
-                        payment: P::Voided,
-                        order: None,
-                        void: true
-                    },
-                    "an approval for a {order} order is released"
-                );
-            }
-            let declined = settle(order, Declined);
-            assert_eq!(declined.payment, P::Declined, "{order}");
-            assert!(!declined.void, "{order}");
-            assert_eq!(
-                declined.order,
-                waiting.then_some((Rejected, Some(StatusReason::PaymentDeclined))),
-                "{order}"
-            );
-            assert_eq!(
-                settle(order, NotAsked),
-                Settlement {
-                    payment: P::Voided,
-                    order: None,
-                    void: false
-                },
-                "{order}"
-            );
-            for answer in [Approved, Declined, NotAsked] {
-                let s = settle(order, answer);
-                assert!(P::Pending.may_become(s.payment), "{order} {answer:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn dispatch_and_delivery() {
-        let dispatch = [
-            (Pending, Dispatch::Ignore),
-            (Confirmed, Dispatch::Ship),
-            (Rejected, Dispatch::Ignore),
-            (Cancelled, Dispatch::ShipAndReinstate),
-            (Shipped, Dispatch::Ignore),
-            (Delivered, Dispatch::Ignore),
-        ];
-        for (from, outcome) in dispatch {
-            assert_eq!(from.on_dispatched(), outcome, "{from}");
-        }
-        for s in ALL {
-            assert_eq!(
-                s.on_delivered().is_some(),
-                matches!(s, Shipped | Confirmed),
-                "{s}"
-            );
-        }
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::State;
 use crate::db::queries;
-use crate::domain::{Cancel, Order, OrderStatus, StatusReason};
+use crate::domain::{Order, OrderEvent, OrderStatus, Refusal, Step, transition};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CancelOrderError {
@@ -42,12 +42,20 @@ pub(crate) async fn cancel_order(
     let Some(order) = owned else {
         return Err(CancelOrderError::NotFound(id));
     };
-    match order.status.cancel() {
-        Cancel::Proceed => {}
-        Cancel::AlreadyCancelled => return Ok(order),
-        Cancel::AlreadyShipped => return Err(CancelOrderError::AlreadyShipped(id)),
-        Cancel::NotCancellable => return Err(CancelOrderError::NotCancellable(id, order.status)),
-    }
+    let (status, reason) = match transition(order.status, OrderEvent::Cancel) {
+        Step::Move { to, reason } => (to, reason),
+        // Already cancelled: the request succeeds and changes nothing.
+        Step::Ignore => return Ok(order),
+        Step::ShipAndReinstate => {
+            return Err(anyhow::anyhow!("a cancel cannot ship order {id}").into());
+        }
+        Step::Refuse(Refusal::AlreadyShipped) => {
+            return Err(CancelOrderError::AlreadyShipped(id));
+        }
+        Step::Refuse(Refusal::NotCancellable) => {
+            return Err(CancelOrderError::NotCancellable(id, order.status));
+        }
+    };
     let event = Envelope::new(
         &OrderCancelledV1 {
             order_id: id,
@@ -56,13 +64,7 @@ pub(crate) async fn cancel_order(
         cause,
     )
     .context("the cancellation does not fit its event")?;
-    queries::set_status(
-        &tx,
-        id,
-        OrderStatus::Cancelled,
-        Some(StatusReason::CancelledByCustomer),
-    )
-    .await?;
+    queries::set_status(&tx, id, status, reason).await?;
     state
         .outbox
         .append(&tx, &[event])

@@ -1,6 +1,5 @@
 //! Checkout's use cases, one per file, each with its own error type.
 
-pub(crate) mod authorize_payments;
 pub(crate) mod cancel_order;
 pub(crate) mod get_order;
 pub(crate) mod place_order;
@@ -10,7 +9,7 @@ pub(crate) mod stock_outcome;
 pub(crate) mod watch_orders;
 
 /// An order's lines as its events carry them (`order_placed`, `order_confirmed`).
-fn event_lines(order: &crate::domain::Order) -> Vec<contracts::checkout::OrderLineV1> {
+pub(crate) fn event_lines(order: &crate::domain::Order) -> Vec<contracts::checkout::OrderLineV1> {
     order
         .lines
         .iter()

@@ -8,7 +8,7 @@ use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use messaging::{Emitter, HandlerError};
 
 use crate::db::queries;
-use crate::domain::{Dispatch, OrderStatus};
+use crate::domain::{OrderEvent, Step, transition};
 
 pub(crate) async fn on_dispatched(
     tx: &DatabaseTransaction,
@@ -19,29 +19,26 @@ pub(crate) async fn on_dispatched(
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
-    match order.status.on_dispatched() {
-        Dispatch::Ship => {
-            queries::set_status(tx, order.id.as_uuid(), OrderStatus::Shipped, None).await?
-        }
-        Dispatch::ShipAndReinstate => {
-            tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
-            queries::set_status(tx, order.id.as_uuid(), OrderStatus::Shipped, None).await?;
-            out.emit(
-                cause,
-                &OrderReinstatedV1 {
-                    order_id: order.id.as_uuid(),
-                    lines: order
-                        .lines
-                        .iter()
-                        .map(|l| StockLineV1 {
-                            sku: l.sku.to_string(),
-                            quantity: l.quantity.get(),
-                        })
-                        .collect(),
-                },
-            )?;
-        }
-        Dispatch::Ignore => {}
+    let step = transition(order.status, OrderEvent::Dispatched);
+    if let Some((status, reason)) = step.target() {
+        queries::set_status(tx, order.id.as_uuid(), status, reason).await?;
+    }
+    if step == Step::ShipAndReinstate {
+        tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
+        out.emit(
+            cause,
+            &OrderReinstatedV1 {
+                order_id: order.id.as_uuid(),
+                lines: order
+                    .lines
+                    .iter()
+                    .map(|l| StockLineV1 {
+                        sku: l.sku.to_string(),
+                        quantity: l.quantity.get(),
+                    })
+                    .collect(),
+            },
+        )?;
     }
     Ok(())
 }
@@ -53,8 +50,8 @@ pub(crate) async fn on_delivered(
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
-    if let Some(status) = order.status.on_delivered() {
-        queries::set_status(tx, order.id.as_uuid(), status, None).await?;
+    if let Some((status, reason)) = transition(order.status, OrderEvent::Delivered).target() {
+        queries::set_status(tx, order.id.as_uuid(), status, reason).await?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::db::payments::{self as attempts, NewAttempt};
 use crate::db::{DatabaseTransaction, queries};
-use crate::domain::OrderStatus;
+use crate::domain::{OrderEvent, OrderStatus, StatusReason, Step, transition};
 
 /// Starts a payment for every held order that still waits for one.
 pub(crate) async fn on_reserved(
@@ -31,10 +31,12 @@ pub(crate) async fn on_reserved(
                 reserved.order_id
             )));
         };
-        if !order.status.takes_payment() {
+        // A pending order stays pending, its payment now due; any other ignores the news
+        // (a cancelled order's stock is released by catalog on `order_cancelled`).
+        let Step::Move { .. } = transition(order.status, OrderEvent::StockHeld) else {
             tracing::info!(module = "checkout", order_id = %order.id, status = %order.status, "stock held for an order that no longer waits for it");
             continue;
-        }
+        };
         // The payment's outcome will be announced as caused by this reservation.
         let cause = Cause::following(event);
         due.push(NewAttempt {
@@ -67,22 +69,27 @@ pub(crate) async fn on_rejected(
         let order = orders
             .get(id)
             .ok_or_else(|| HandlerError::Reject(format!("no order {id}")))?;
-        if let Some((OrderStatus::Rejected, _)) = order.status.on_stock_rejected() {
-            rejected.push(*id);
+        match transition(order.status, OrderEvent::StockRefused).target() {
+            Some((OrderStatus::Rejected, Some(StatusReason::OutOfStock))) => rejected.push(*id),
+            // Not a row of the table: the batch's one statement could not store it.
+            Some((status, _)) => {
+                return Err(HandlerError::Reject(format!(
+                    "refused stock cannot make order {id} {status}"
+                )));
+            }
+            None => {}
         }
     }
     queries::set_statuses(
         tx,
         &rejected,
         OrderStatus::Rejected,
-        Some(crate::domain::StatusReason::OutOfStock),
+        Some(StatusReason::OutOfStock),
     )
     .await?;
     if !rejected.is_empty() {
         let n = rejected.len() as u64;
-        out.after_commit(move || {
-            crate::counters::orders_rejected(crate::domain::StatusReason::OutOfStock, n)
-        });
+        out.after_commit(move || crate::counters::orders_rejected(StatusReason::OutOfStock, n));
         tracing::info!(
             module = "checkout",
             orders = rejected.len(),

@@ -1,0 +1,76 @@
+//! Claiming due payment attempts under a lease, with what the provider needs to know of
+//! each one's order. Only attempts whose lease ended are claimed, and each claim writes a
+//! lease end of its own, its fence: the attempt stays this claim's while it carries it.
+
+use anyhow::Context;
+use contracts::{Cause, Traceparent};
+use uuid::Uuid;
+
+use super::worker::{PaymentWorker, now_ms};
+use crate::db::{payments, queries};
+
+/// An attempt this worker holds, with what the provider needs to know of its order.
+#[derive(Debug, Clone)]
+pub(super) struct Claimed {
+    pub(super) id: Uuid,
+    pub(super) order_id: Uuid,
+    pub(super) attempts: i32,
+    /// The lease end this claim wrote: the attempt is still this claim's while its
+    /// `locked_until` holds this value (every claim writes a later one).
+    pub(super) fence: i64,
+    pub(super) cause: Cause,
+    /// `None` when the order no longer waits for its payment.
+    pub(super) charge: Option<Charge>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Charge {
+    pub(super) amount_minor: i64,
+    pub(super) currency: String,
+    pub(super) token: String,
+}
+
+impl PaymentWorker {
+    /// Claims up to `limit` due attempts, in a transaction of its own.
+    pub(super) async fn claim(&self, limit: usize) -> anyhow::Result<Vec<Claimed>> {
+        let now = now_ms();
+        // Only attempts whose lease ended before `now` are claimed, and this lease ends
+        // after it: each claim of an attempt writes a lease end of its own, its fence.
+        let fence = now + self.lease_ms.max(1);
+        let tx = self.state.db.begin().await.context("failed to begin")?;
+        let rows = payments::claim(&tx, fence, now, limit).await?;
+        tx.commit().await.context("failed to commit the claim")?;
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|r| Claimed {
+                id: r.id,
+                order_id: r.order_id,
+                attempts: r.attempts,
+                fence,
+                cause: Cause {
+                    correlation_id: r.correlation_id.unwrap_or_else(Uuid::now_v7),
+                    causation_id: None,
+                    traceparent: r
+                        .traceparent
+                        .as_deref()
+                        .and_then(Traceparent::parse)
+                        .unwrap_or_else(Traceparent::new_root),
+                },
+                charge: None,
+            })
+            .collect();
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.order_id).collect();
+        let orders = queries::load_orders(self.state.db.conn(), &ids, false).await?;
+        for attempt in &mut claimed {
+            attempt.charge = orders
+                .get(&attempt.order_id)
+                .filter(|o| o.status.awaits_payment())
+                .map(|o| Charge {
+                    amount_minor: o.total.minor(),
+                    currency: o.total.currency().to_string(),
+                    token: o.payment_token.clone(),
+                });
+        }
+        Ok(claimed)
+    }
+}

@@ -1,0 +1,453 @@
+//! Two claims of one attempt, played out step by step: the checkout app places the
+//! orders and stops, then payment workers sharing its database claim, call and record
+//! in the order a test chooses, against a provider that keeps what it was asked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use contracts::catalog::ProductPublishedV1;
+use messaging::{ModuleDb, Outbox};
+use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::{Cause, Envelope};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::breaker::Breaker;
+use super::claim::Claimed;
+use super::{
+    Authorization, AuthorizeRequest, GatewayError, PaymentGateway, PaymentSettings, PaymentWorker,
+};
+use crate::State;
+use crate::db::{fixtures, queries};
+use crate::domain::OrderStatus;
+
+/// A provider that honours idempotency keys: one authorization per key, whatever the
+/// number of calls. Voids are kept, or never answered. It can take its time, never
+/// answer the first calls, count the calls in flight at once, and look at checkout's
+/// database while it is asked.
+#[derive(Default)]
+struct Provider {
+    authorized: Mutex<HashMap<Uuid, String>>,
+    voided: Mutex<Vec<String>>,
+    voids_hang: bool,
+    /// How long each authorization takes.
+    latency: Duration,
+    /// How many first calls never answer.
+    hang_first: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most_in_flight: std::sync::atomic::AtomicUsize,
+    /// When set (PostgreSQL), each call counts checkout's sessions inside a
+    /// transaction, into `open_transactions`.
+    watch: Option<ModuleDb>,
+    open_transactions: Mutex<Vec<i64>>,
+}
+
+impl Provider {
+    fn authorizations(&self) -> usize {
+        self.authorized.lock().expect("not poisoned").len()
+    }
+
+    fn voided(&self) -> Vec<String> {
+        self.voided.lock().expect("not poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl PaymentGateway for Provider {
+    async fn authorize(&self, request: &AuthorizeRequest) -> Result<Authorization, GatewayError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let call = self.calls.fetch_add(1, SeqCst);
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, SeqCst);
+        if let Some(db) = &self.watch {
+            let n = fixtures::open_transactions(db).await;
+            self.open_transactions.lock().expect("not poisoned").push(n);
+        }
+        if call < self.hang_first.load(SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.latency).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        let mut authorized = self.authorized.lock().expect("not poisoned");
+        let next = authorized.len() + 1;
+        let reference = authorized
+            .entry(request.idempotency_key)
+            .or_insert_with(|| format!("auth_{next}"))
+            .clone();
+        Ok(Authorization::Approved { reference })
+    }
+
+    async fn void(&self, reference: &str) -> Result<(), GatewayError> {
+        if self.voids_hang {
+            std::future::pending::<()>().await;
+        }
+        self.voided
+            .lock()
+            .expect("not poisoned")
+            .push(reference.to_owned());
+        Ok(())
+    }
+}
+
+/// Checkout's database with `orders` pending orders, and nothing running on it.
+struct Stage {
+    state: State,
+    orders: Vec<Uuid>,
+    _db: TestDatabase,
+}
+
+impl Stage {
+    async fn new(backend: Backend, orders: usize) -> Stage {
+        let bus = RecordingBus::new();
+        let app = Spawn::new(backend, vec![Arc::new(crate::Checkout)])
+            .hooks(runtime::Hooks {
+                bus: Some(bus.clone()),
+                ..runtime::Hooks::default()
+            })
+            .start()
+            .await;
+        let price = Envelope::new(
+            &ProductPublishedV1 {
+                sku: "TEA-1".into(),
+                name: "Tea".into(),
+                price_minor: 450,
+                currency: "EUR".into(),
+                version: 1,
+            },
+            &Cause::fresh(),
+        )
+        .expect("a valid event");
+        let tag = bus.inject("checkout", &price);
+        eventually(20, "checkout to learn the price", || async {
+            bus.acked(&tag).then_some(())
+        })
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..orders {
+            let reply = app
+                .post(
+                    "/api/checkout/orders",
+                    &json!({"customer_email": "ada@example.com", "items": [{"sku": "TEA-1", "quantity": 1}],
+                            "shipping_address": {"name": "Ada", "line1": "1 Road", "city": "London", "postal_code": "N1", "country": "GB"},
+                            "payment_token": "tok_visa"}),
+                )
+                .await;
+            reply.expect_status(201);
+            ids.push(
+                reply.body["id"]
+                    .as_str()
+                    .expect("an id")
+                    .parse()
+                    .expect("a uuid"),
+            );
+        }
+        let settings = app.settings.clone();
+        let db = app.stop().await;
+        let module = runtime::db::connect_module(&settings.database, crate::NAME)
+            .await
+            .expect("connect to checkout's database");
+        Stage {
+            state: State {
+                db: module,
+                outbox: Outbox::new(crate::NAME),
+            },
+            orders: ids,
+            _db: db,
+        }
+    }
+
+    /// What catalog's reservation does to an order: its payment becomes due.
+    async fn hold_stock(&self, order_id: Uuid) {
+        fixtures::insert_due_attempt(&self.state.db, order_id).await;
+    }
+
+    fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
+        PaymentWorker {
+            state: self.state.clone(),
+            gateway,
+            breaker: Arc::new(Breaker::new(Default::default())),
+            settings: PaymentSettings {
+                timeout_ms: 200,
+                ..PaymentSettings::default()
+            },
+            wake: Arc::new(Notify::new()),
+            poll: Duration::from_millis(20),
+            lease_ms,
+        }
+    }
+
+    async fn attempt(&self, order_id: Uuid) -> (String, Option<String>) {
+        fixtures::attempt_of(&self.state.db, order_id).await
+    }
+
+    async fn order_status(&self, order_id: Uuid) -> OrderStatus {
+        queries::load_order(self.state.db.conn(), order_id, false)
+            .await
+            .expect("read the order")
+            .expect("the order")
+            .status
+    }
+
+    async fn confirmations(&self, order_id: Uuid) -> usize {
+        fixtures::confirmations(&self.state.db, order_id).await
+    }
+}
+
+/// A worker's claim of exactly the attempt of `order_id`, waiting until one is free.
+async fn claim_of(worker: &PaymentWorker, order_id: Uuid) -> Claimed {
+    eventually(20, "the attempt to be free to claim", || async {
+        let claimed = worker.claim(10).await.expect("claim");
+        assert!(
+            claimed.iter().all(|c| c.order_id == order_id),
+            "only one attempt is due at a time here"
+        );
+        claimed.into_iter().next()
+    })
+    .await
+}
+
+testkit::on_both_backends!(
+    an_outcome_recorded_after_its_lease_was_taken_over_pays_once_and_voids_nothing,
+    a_void_the_provider_never_answers_does_not_hold_up_the_worker,
+    a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_order_stays_cancelled,
+    no_more_provider_calls_run_at_once_than_max_concurrent,
+    a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key,
+    a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once,
+);
+
+/// Runs `worker`'s loop until every order of `stage` is `status`, then stops it.
+async fn run_until(stage: &Stage, worker: PaymentWorker, status: OrderStatus) {
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.child_token()));
+    for order in &stage.orders {
+        eventually(30, &format!("order {order} to be {status:?}"), || async {
+            (stage.order_status(*order).await == status).then_some(())
+        })
+        .await;
+    }
+    cancel.cancel();
+    running.await.expect("the worker stops");
+}
+
+async fn a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_order_stays_cancelled(
+    backend: Backend,
+) {
+    let stage = Stage::new(backend, 1).await;
+    let order = stage.orders[0];
+    stage.hold_stock(order).await;
+    let provider = Arc::new(Provider::default());
+    let worker = stage.worker(provider.clone(), 10_000);
+    let claimed = claim_of(&worker, order).await;
+    let called = worker.call(&claimed).await;
+    // The customer cancels while the provider approves.
+    // (The stage placed its orders as the test kit's caller.)
+    crate::use_cases::cancel_order::cancel_order(
+        &stage.state,
+        &Cause::fresh(),
+        testkit::TESTER,
+        order,
+    )
+    .await
+    .expect("cancel");
+    worker.record(vec![(claimed, called)]).await;
+    assert_eq!(stage.attempt(order).await.0, "voided");
+    assert_eq!(
+        provider.voided(),
+        vec!["auth_1".to_owned()],
+        "the approval was voided"
+    );
+    assert_eq!(stage.order_status(order).await, OrderStatus::Cancelled);
+    assert_eq!(stage.confirmations(order).await, 0, "nothing confirmed");
+}
+
+/// Six payments due, calls that take 300 ms, and a bulkhead of two: never more than
+/// two calls at once, and two at once at some point. On PostgreSQL the provider also
+/// looks at checkout's sessions while it is asked (one order, so nothing else runs
+/// then): none is inside a transaction.
+async fn no_more_provider_calls_run_at_once_than_max_concurrent(backend: Backend) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let stage = Stage::new(backend, 6).await;
+    for order in &stage.orders {
+        stage.hold_stock(*order).await;
+    }
+    let provider = Arc::new(Provider {
+        latency: Duration::from_millis(300),
+        ..Provider::default()
+    });
+    let mut worker = stage.worker(provider.clone(), 10_000);
+    worker.settings.max_concurrent = 2;
+    worker.settings.timeout_ms = 5_000;
+    run_until(&stage, worker, OrderStatus::Confirmed).await;
+    assert_eq!(
+        provider.most_in_flight.load(SeqCst),
+        2,
+        "the bulkhead holds"
+    );
+    assert_eq!(provider.authorizations(), 6);
+
+    if matches!(backend, Backend::Postgres) {
+        let alone = Stage::new(backend, 1).await;
+        alone.hold_stock(alone.orders[0]).await;
+        let provider = Arc::new(Provider {
+            watch: Some(alone.state.db.clone()),
+            ..Provider::default()
+        });
+        // A bulkhead of one: while the call is out, the worker claims nothing, so no
+        // claim's transaction can be caught open beside it (under load one was).
+        let mut worker = alone.worker(provider.clone(), 10_000);
+        worker.settings.max_concurrent = 1;
+        run_until(&alone, worker, OrderStatus::Confirmed).await;
+        let seen = provider
+            .open_transactions
+            .lock()
+            .expect("not poisoned")
+            .clone();
+        assert_eq!(
+            seen,
+            vec![0],
+            "no transaction is held across the provider call"
+        );
+    }
+}
+
+async fn a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key(
+    backend: Backend,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let stage = Stage::new(backend, 1).await;
+    stage.hold_stock(stage.orders[0]).await;
+    let provider = Arc::new(Provider {
+        hang_first: 1.into(),
+        ..Provider::default()
+    });
+    // The stage's worker times calls out after 200 ms.
+    let worker = stage.worker(provider.clone(), 10_000);
+    run_until(&stage, worker, OrderStatus::Confirmed).await;
+    assert_eq!(
+        provider.calls.load(SeqCst),
+        2,
+        "asked again after the timeout"
+    );
+    assert_eq!(provider.authorizations(), 1, "under the same key");
+    assert_eq!(stage.confirmations(stage.orders[0]).await, 1);
+}
+
+/// A worker calls the provider and dies before recording the answer: once its claim
+/// lapses, another worker asks again under the same idempotency key, so the provider
+/// authorizes once and the order is confirmed once.
+async fn a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once(
+    backend: Backend,
+) {
+    let stage = Stage::new(backend, 1).await;
+    let order = stage.orders[0];
+    stage.hold_stock(order).await;
+    let provider = Arc::new(Provider::default());
+    let dying = stage.worker(provider.clone(), 100);
+    let claimed = claim_of(&dying, order).await;
+    let _answer_lost = dying.call(&claimed).await;
+    drop(dying);
+    let survivor = stage.worker(provider.clone(), 10_000);
+    run_until(&stage, survivor, OrderStatus::Confirmed).await;
+    assert_eq!(provider.authorizations(), 1, "one authorization");
+    assert_eq!(stage.confirmations(order).await, 1, "confirmed once");
+    assert_eq!(stage.attempt(order).await.0, "approved");
+    assert_eq!(provider.voided(), Vec::<String>::new());
+}
+
+/// How the outcome of a stalled claim meets the outcome of the claim that took over.
+#[derive(Debug, Clone, Copy)]
+enum Meeting {
+    LateRecordedLast,
+    LateRecordedFirst,
+    /// One worker claimed the attempt twice and holds both outcomes.
+    InOneBatch,
+}
+
+async fn an_outcome_recorded_after_its_lease_was_taken_over_pays_once_and_voids_nothing(
+    backend: Backend,
+) {
+    let meetings = [
+        Meeting::LateRecordedLast,
+        Meeting::LateRecordedFirst,
+        Meeting::InOneBatch,
+    ];
+    let stage = Stage::new(backend, meetings.len()).await;
+    let provider = Arc::new(Provider::default());
+    let late = stage.worker(provider.clone(), 100);
+    let fresh = stage.worker(provider.clone(), 100);
+    for (meeting, order) in meetings.into_iter().zip(stage.orders.clone()) {
+        stage.hold_stock(order).await;
+        let first = claim_of(&late, order).await;
+        let first_called = late.call(&first).await;
+        // `late` stalls (a database outage, say) past its lease; the attempt is
+        // claimed again and the provider asked again, under the same key.
+        let taker = match meeting {
+            Meeting::InOneBatch => &late,
+            _ => &fresh,
+        };
+        let second = claim_of(taker, order).await;
+        let second_called = taker.call(&second).await;
+        match meeting {
+            Meeting::LateRecordedLast => {
+                fresh.record(vec![(second, second_called)]).await;
+                late.record(vec![(first, first_called)]).await;
+            }
+            Meeting::LateRecordedFirst => {
+                late.record(vec![(first, first_called)]).await;
+                fresh.record(vec![(second, second_called)]).await;
+            }
+            Meeting::InOneBatch => {
+                late.record(vec![(first, first_called), (second, second_called)])
+                    .await;
+            }
+        }
+        assert_eq!(
+            stage.order_status(order).await,
+            OrderStatus::Confirmed,
+            "{meeting:?}"
+        );
+        let (status, reference) = stage.attempt(order).await;
+        assert_eq!(status, "approved", "{meeting:?}");
+        assert!(reference.is_some(), "{meeting:?}");
+        assert_eq!(stage.confirmations(order).await, 1, "{meeting:?}");
+    }
+    assert_eq!(provider.authorizations(), meetings.len(), "one per order");
+    assert_eq!(provider.voided(), Vec::<String>::new(), "nothing voided");
+}
+
+async fn a_void_the_provider_never_answers_does_not_hold_up_the_worker(backend: Backend) {
+    let stage = Stage::new(backend, 1).await;
+    let order = stage.orders[0];
+    stage.hold_stock(order).await;
+    let provider = Arc::new(Provider {
+        voids_hang: true,
+        ..Provider::default()
+    });
+    let worker = stage.worker(provider, 10_000);
+    let claimed = claim_of(&worker, order).await;
+    let called = worker.call(&claimed).await;
+    // The customer cancels while the provider is answering: the money must be released.
+    crate::use_cases::cancel_order::cancel_order(
+        &stage.state,
+        &Cause::fresh(),
+        testkit::TESTER,
+        order,
+    )
+    .await
+    .expect("cancel");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        worker.record(vec![(claimed, called)]),
+    )
+    .await
+    .expect("recording ends although the void never does");
+    assert_eq!(stage.attempt(order).await.0, "voided");
+    assert_eq!(stage.order_status(order).await, OrderStatus::Cancelled);
+}

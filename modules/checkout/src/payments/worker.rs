@@ -1,0 +1,158 @@
+//! The payment worker's loop: claims as many due attempts as the bulkhead and the breaker
+//! let through (`claim.rs`), asks the provider for each in a task of its own, outside any
+//! transaction (`call.rs`), and hands the answers to a recorder of their own, which
+//! records them in batches (`record.rs`) and releases authorizations no order needs
+//! (`void.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::breaker::Breaker;
+use super::call::Called;
+use super::claim::Claimed;
+use super::{PaymentGateway, PaymentSettings};
+use crate::State;
+
+pub(crate) struct PaymentWorker {
+    pub(crate) state: State,
+    pub(crate) gateway: Arc<dyn PaymentGateway>,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) settings: PaymentSettings,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) poll: Duration,
+    /// How long a claim lasts (see [`PaymentSettings::lease_ms`]).
+    pub(crate) lease_ms: i64,
+}
+
+/// The most attempts claimed at once, and the most outcomes recorded in one transaction.
+pub(super) const RECORD_BATCH: usize = 200;
+
+/// Milliseconds since the epoch: how attempts store their times.
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl PaymentWorker {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.settings.max_concurrent));
+        let (results_tx, results_rx) =
+            mpsc::channel::<(Claimed, Called)>(this.settings.max_concurrent * 2);
+        // Outcomes are recorded by a task of their own, while this loop claims and calls:
+        // claiming and recording each cost a few round trips, and done one after the other
+        // they bounded the worker to one batch per round, which a busy machine (every
+        // await queued behind the HTTP requests) slowed below the rate orders arrive at.
+        // An outcome waits for its record at most the channel's length; while the channel
+        // is full, calls cannot hand theirs over and keep their permit, so nothing more is
+        // claimed: outcomes never pile up until their lease runs out.
+        let recorder = tokio::spawn(this.clone().record_all(results_rx));
+        let mut calls = JoinSet::new();
+        loop {
+            // The bulkhead's free places, and no more calls than the breaker lets through.
+            let free = permits
+                .available_permits()
+                .min(this.breaker.admits())
+                .min(RECORD_BATCH);
+            let mut full = false;
+            if free > 0 {
+                match this.claim(free).await {
+                    Ok(claimed) => {
+                        full = claimed.len() == free;
+                        for attempt in claimed {
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let worker = this.clone();
+                            let results = results_tx.clone();
+                            calls.spawn(async move {
+                                let mut attempt = attempt;
+                                let span = payment_span(&mut attempt);
+                                let called = worker.call(&attempt).instrument(span).await;
+                                let _ = results.send((attempt, called)).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(module = "checkout", error = %format!("{e:#}"), "claiming payments failed")
+                    }
+                }
+            }
+            while calls.try_join_next().is_some() {}
+            if full || permits.available_permits() == 0 {
+                // More may be due: claim again as soon as a place in the bulkhead is free.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    place = permits.acquire() => {
+                        drop(place);
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = this.wake.notified() => {}
+                _ = tokio::time::sleep(this.poll) => {}
+            }
+        }
+        // Shutdown: let calls in flight finish (bounded by their timeout) and record them;
+        // anything left is claimed again after a restart.
+        drop(results_tx);
+        let drain = async {
+            while calls.join_next().await.is_some() {}
+            let _ = recorder.await;
+        };
+        let timeout = Duration::from_millis(this.settings.timeout_ms + 1000);
+        if tokio::time::timeout(timeout, drain).await.is_err() {
+            tracing::warn!(
+                module = "checkout",
+                "payments in flight did not finish before shutdown; they will run again"
+            );
+        }
+    }
+
+    /// Records outcomes as they come back, as many per transaction as are waiting (up to
+    /// [`RECORD_BATCH`]), until every call has handed its outcome over.
+    async fn record_all(self: Arc<Self>, mut results: mpsc::Receiver<(Claimed, Called)>) {
+        while let Some(first) = results.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match results.recv().now_or_never() {
+                    Some(Some(r)) => batch.push(r),
+                    _ => break,
+                }
+            }
+            self.record(batch).await;
+        }
+    }
+}
+
+/// The span one payment attempt runs under: a child of the span that published the
+/// reservation it follows (stored with the attempt), and the span its outcome's events are
+/// published under, so the trace goes on through the payment to fulfillment. The worker's
+/// own task span lives as long as the process and is never exported; nothing of an order's
+/// trace may hang under it.
+fn payment_span(attempt: &mut Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "payment authorize",
+        module = "checkout",
+        otel.kind = "client",
+        order_id = %attempt.order_id,
+        attempt = attempt.attempts + 1,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    messaging::trace::adopt(&span, &attempt.cause.traceparent);
+    if let Some(own) = messaging::trace::traceparent_of(&span) {
+        attempt.cause.traceparent = own;
+    }
+    span
+}
