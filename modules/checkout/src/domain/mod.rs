@@ -5,7 +5,10 @@
 mod order;
 mod status;
 
-pub(crate) use order::{Address, Line, NewOrder, Order, PlaceError, PriceList};
+pub(crate) use order::{
+    Address, Line, NewOrder, Order, PlaceError, PriceList, add_item, address_line2, address_text,
+    country, email, item_count, payment_token,
+};
 pub(crate) use status::{
     Cancel, Dispatch, OrderStatus, PaymentAnswer, PaymentStatus, Settlement, StatusReason, settle,
 };
