@@ -99,13 +99,19 @@ impl Money {
     pub const MAX_MINOR: i64 = 100_000_000_000_000;
 
     pub fn new(minor: i64, currency: Currency) -> Result<Self, MoneyError> {
+        Self::check_minor(minor).map(|minor| Self { minor, currency })
+    }
+
+    /// An amount in minor units, checked as [`Money::new`] checks it, before its currency
+    /// is known (the bounds do not depend on it).
+    pub fn check_minor(minor: i64) -> Result<i64, MoneyError> {
         if minor < 0 {
             return Err(MoneyError::Negative);
         }
         if minor > Self::MAX_MINOR {
             return Err(MoneyError::TooLarge);
         }
-        Ok(Self { minor, currency })
+        Ok(minor)
     }
 
     pub fn zero(currency: Currency) -> Self {

@@ -7,7 +7,7 @@ mod product;
 mod stock;
 
 pub(crate) use product::{
-    DESCRIPTION_MAX_CHARS, NewProduct, Product, ProductChanges, ProductName, reprice, stored_price,
+    NewProduct, Product, ProductChanges, ProductName, description, reprice, stored_price,
 };
 pub(crate) use stock::{
     Decision, Hold, Lines, OnCancel, decide, merged, on_cancelled, on_reinstated, rehold,

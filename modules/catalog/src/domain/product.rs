@@ -57,6 +57,26 @@ impl ProductName {
 /// The longest description kept, in characters.
 pub(crate) const DESCRIPTION_MAX_CHARS: usize = 2000;
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DescriptionError {
+    #[error("must be at most {DESCRIPTION_MAX_CHARS} characters")]
+    TooLong,
+}
+
+impl kernel::ErrorCode for DescriptionError {
+    fn code(&self) -> &'static str {
+        "too_long"
+    }
+}
+
+/// A description as given, if it fits.
+pub(crate) fn description(raw: String) -> Result<String, DescriptionError> {
+    if raw.chars().count() > DESCRIPTION_MAX_CHARS {
+        return Err(DescriptionError::TooLong);
+    }
+    Ok(raw)
+}
+
 /// A product to add to the catalog.
 #[derive(Debug, Clone)]
 pub(crate) struct NewProduct {
@@ -114,6 +134,16 @@ mod tests {
             ProductName::parse(&"é".repeat(201)),
             Err(NameError::TooLong)
         );
+    }
+
+    #[test]
+    fn descriptions_are_bounded_in_characters() {
+        assert_eq!(description("é".repeat(2000)).map(|d| d.len()), Ok(4000));
+        assert_eq!(
+            description("é".repeat(2001)),
+            Err(DescriptionError::TooLong)
+        );
+        assert_eq!(description(String::new()), Ok(String::new()));
     }
 
     #[test]

@@ -1,48 +1,36 @@
 //! Catalog's request and response bodies: the shapes its routes accept and answer. Every
 //! field of a request is optional at the type level so that a missing field is reported
-//! with the others.
+//! with the others; each body becomes its domain value in one step ([`FromBody`]), through
+//! the kernel's and the domain's constructors, with every broken rule named.
 
 use kernel::{Currency, FieldErrors, Money, Quantity, Sku, StockLevel};
-use runtime::http::{ApiError, checks};
+use runtime::http::{ApiError, FromBody, checks};
 use serde::{Deserialize, Deserializer, Serialize};
-use validator::{Validate, ValidationError};
+use validator::Validate;
 
-use crate::domain::{DESCRIPTION_MAX_CHARS, NewProduct, Product, ProductChanges, ProductName};
+use crate::domain::{NewProduct, Product, ProductChanges, ProductName, description};
 
-fn product_name(raw: &str) -> Result<(), ValidationError> {
-    ProductName::parse(raw).map(|_| ()).map_err(|e| {
-        ValidationError::new(kernel::ErrorCode::code(&e)).with_message(e.to_string().into())
-    })
-}
-
-#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CreateProductBody {
     /// Upper-case letters, digits and dashes, such as `TEA-1`.
     #[schema(required = true, example = "TEA-1")]
-    #[validate(required, custom(function = "checks::sku"))]
     sku: Option<String>,
+    /// 1 to 200 characters, not only spaces.
     #[schema(required = true, example = "Green tea")]
-    #[validate(required, custom(function = "product_name"))]
     name: Option<String>,
-    #[validate(length(max = 2000, message = "must be at most 2000 characters"))]
+    /// At most 2,000 characters.
     description: Option<String>,
     /// Minor units of `currency` (cents).
     #[schema(required = true, example = 450)]
-    #[validate(required, custom(function = "checks::amount_minor"))]
     price_minor: Option<i64>,
     /// ISO 4217.
     #[schema(required = true, example = "EUR")]
-    #[validate(required, custom(function = "checks::currency"))]
     currency: Option<String>,
     #[schema(required = true, example = 10)]
-    #[validate(required, custom(function = "checks::stock_level"))]
     initial_stock: Option<i64>,
 }
 
-const _: () = assert!(DESCRIPTION_MAX_CHARS == 2000);
-
-/// Builds the domain value again from checked fields; the rules live in the kernel and the
-/// domain, the checks above only call them, so this cannot fail where they passed.
+/// Names a field that was left out (one refused for its type is already named).
 fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
     if value.is_none() {
         errors.add(path, "required", "is required");
@@ -50,27 +38,35 @@ fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option
     value
 }
 
-impl CreateProductBody {
-    pub(crate) fn into_new_product(self) -> Result<NewProduct, ApiError> {
-        let mut e = FieldErrors::new();
-        let sku = required(&mut e, "sku", self.sku).and_then(|s| e.check("sku", Sku::parse(&s)));
-        let name = required(&mut e, "name", self.name)
+impl FromBody for NewProduct {
+    type Body = CreateProductBody;
+
+    fn from_body(body: CreateProductBody, mut e: FieldErrors) -> Result<Self, ApiError> {
+        let sku = required(&mut e, "sku", body.sku).and_then(|s| e.check("sku", Sku::parse(&s)));
+        let name = required(&mut e, "name", body.name)
             .and_then(|n| e.check("name", ProductName::parse(&n)));
-        let currency = required(&mut e, "currency", self.currency)
+        let description = match body.description {
+            Some(d) => e.check("description", description(d)).map(Some),
+            None => Some(None),
+        };
+        let currency = required(&mut e, "currency", body.currency)
             .and_then(|c| e.check("currency", Currency::parse(&c)));
-        let minor = required(&mut e, "price_minor", self.price_minor);
+        let minor = required(&mut e, "price_minor", body.price_minor)
+            .and_then(|m| e.check("price_minor", Money::check_minor(m)));
         let price = match (minor, currency) {
             (Some(m), Some(c)) => e.check("price_minor", Money::new(m, c)),
             _ => None,
         };
-        let stock = required(&mut e, "initial_stock", self.initial_stock)
+        let stock = required(&mut e, "initial_stock", body.initial_stock)
             .and_then(|s| e.check("initial_stock", StockLevel::new(s)));
-        match (sku, name, price, stock) {
-            (Some(sku), Some(name), Some(price), Some(initial_stock)) if e.is_empty() => {
+        match (sku, name, description, price, stock) {
+            (Some(sku), Some(name), Some(description), Some(price), Some(initial_stock))
+                if e.is_empty() =>
+            {
                 Ok(NewProduct {
                     sku,
                     name,
-                    description: self.description,
+                    description,
                     price,
                     initial_stock,
                 })
@@ -89,39 +85,43 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-fn unchangeable(_: &serde_json::Value) -> Result<(), ValidationError> {
-    Err(ValidationError::new("read_only").with_message("cannot be changed".into()))
-}
-
 /// The fields to change; at least one. `sku` and `currency` cannot change.
-#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct PatchProductBody {
-    #[validate(custom(function = "product_name"))]
     name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[validate(length(max = 2000, message = "must be at most 2000 characters"))]
     description: Option<Option<String>>,
-    #[validate(custom(function = "checks::amount_minor"))]
     price_minor: Option<i64>,
     #[schema(value_type = Option<String>)]
-    #[validate(custom(function = "unchangeable"))]
     sku: Option<serde_json::Value>,
     #[schema(value_type = Option<String>)]
-    #[validate(custom(function = "unchangeable"))]
     currency: Option<serde_json::Value>,
 }
 
-impl PatchProductBody {
-    pub(crate) fn into_changes(self) -> Result<ProductChanges, ApiError> {
-        let mut e = FieldErrors::new();
-        let name = self
+impl FromBody for ProductChanges {
+    type Body = PatchProductBody;
+
+    fn from_body(body: PatchProductBody, mut e: FieldErrors) -> Result<Self, ApiError> {
+        for (path, sent) in [("sku", &body.sku), ("currency", &body.currency)] {
+            if sent.is_some() {
+                e.add(path, "read_only", "cannot be changed");
+            }
+        }
+        let name = body
             .name
             .and_then(|n| e.check("name", ProductName::parse(&n)));
+        let description = body
+            .description
+            .map(|d| d.map(|d| e.check("description", description(d))));
+        let price_minor = body
+            .price_minor
+            .and_then(|m| e.check("price_minor", Money::check_minor(m)));
         e.into_result().map_err(ApiError::invalid)?;
         let changes = ProductChanges {
             name,
-            description: self.description,
-            price_minor: self.price_minor,
+            // Checked above: a description that broke a rule was named, and `e` is empty.
+            description: description.map(Option::flatten),
+            price_minor,
         };
         if changes.is_empty() {
             return Err(ApiError::bad_request(
@@ -133,19 +133,26 @@ impl PatchProductBody {
     }
 }
 
-#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct RestockBody {
     #[schema(required = true, example = 5)]
-    #[validate(required, custom(function = "checks::quantity"))]
     quantity: Option<i64>,
 }
 
-impl RestockBody {
-    pub(crate) fn into_quantity(self) -> Result<Quantity, ApiError> {
-        let mut e = FieldErrors::new();
-        let quantity = required(&mut e, "quantity", self.quantity)
+/// Units to add to a product's stock.
+#[derive(Debug)]
+pub(crate) struct Restock(pub(crate) Quantity);
+
+impl FromBody for Restock {
+    type Body = RestockBody;
+
+    fn from_body(body: RestockBody, mut e: FieldErrors) -> Result<Self, ApiError> {
+        let quantity = required(&mut e, "quantity", body.quantity)
             .and_then(|q| e.check("quantity", Quantity::new(q)));
-        quantity.ok_or_else(|| ApiError::invalid(e))
+        match quantity {
+            Some(q) if e.is_empty() => Ok(Restock(q)),
+            _ => Err(ApiError::invalid(e)),
+        }
     }
 }
 

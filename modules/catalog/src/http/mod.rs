@@ -5,13 +5,15 @@ mod error;
 
 use actix_web::{HttpResponse, web};
 use runtime::auth::{Access, RouteAccess};
-use runtime::http::{ApiError, Origin, ValidJson, ValidQuery};
+use runtime::http::{ApiError, Origin, Parsed, ValidQuery};
 use runtime::openapi::ErrorBody;
 
 use crate::State;
+use crate::domain::{NewProduct, ProductChanges};
 use crate::use_cases::{create_product, get_product, list_products, restock, update_product};
 use dto::{
-    CreateProductBody, ListQuery, PageView, PatchProductBody, ProductView, RestockBody, sku_param,
+    CreateProductBody, ListQuery, PageView, PatchProductBody, ProductView, Restock, RestockBody,
+    sku_param,
 };
 
 const DEFAULT_PAGE: u64 = 20;
@@ -60,9 +62,8 @@ pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + 
 async fn create(
     state: web::Data<State>,
     origin: Origin,
-    body: ValidJson<CreateProductBody>,
+    Parsed(new): Parsed<NewProduct>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body.0.into_new_product()?;
     let product = create_product::create_product(&state, &origin.0, new).await?;
     let location = format!("/api/catalog/products/{}", product.sku);
     Ok(HttpResponse::Created()
@@ -119,10 +120,9 @@ async fn patch(
     state: web::Data<State>,
     origin: Origin,
     sku: web::Path<String>,
-    body: ValidJson<PatchProductBody>,
+    Parsed(changes): Parsed<ProductChanges>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let changes = body.0.into_changes()?;
     let product = update_product::update_product(&state, &origin.0, sku, changes).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
@@ -141,10 +141,9 @@ async fn patch(
 async fn restock_product(
     state: web::Data<State>,
     sku: web::Path<String>,
-    body: ValidJson<RestockBody>,
+    Parsed(Restock(quantity)): Parsed<Restock>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let quantity = body.0.into_quantity()?;
     let product = restock::restock(&state.db, sku, quantity).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }

@@ -7,6 +7,9 @@ mod order;
 mod payment;
 mod status;
 
-pub(crate) use order::{Address, Line, NewOrder, Order, PlaceError, PriceList};
+pub(crate) use order::{
+    Address, Line, NewOrder, Order, PlaceError, PriceList, add_item, address_line2, address_text,
+    country, email, item_count, payment_token,
+};
 pub(crate) use payment::{PaymentAnswer, PaymentStatus, Resolution, Settlement, resolve};
 pub(crate) use status::{OrderEvent, OrderStatus, Refusal, StatusReason, Step, Target, transition};

@@ -58,6 +58,108 @@ pub(crate) struct NewOrder {
     pub(crate) payment_token: String,
 }
 
+/// The most items one order may hold.
+pub(crate) const MAX_ITEMS: usize = 100;
+
+/// Why one field of an order request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("must not be blank")]
+    Blank,
+    #[error("must be at most {0} characters")]
+    TooLong(usize),
+    #[error("must be an email address")]
+    NotAnEmail,
+    #[error("must be an ISO 3166-1 alpha-2 code such as GB")]
+    NotACountry,
+    #[error("must hold 1 to {MAX_ITEMS} items")]
+    ItemCount,
+    #[error("appears more than once")]
+    Duplicate,
+}
+
+impl kernel::ErrorCode for RequestError {
+    fn code(&self) -> &'static str {
+        match self {
+            RequestError::Blank => "required",
+            RequestError::TooLong(_) | RequestError::ItemCount => "length",
+            RequestError::NotAnEmail => "email",
+            RequestError::NotACountry => "invalid_format",
+            RequestError::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A line of text of an address: trimmed, not blank, at most `max` characters.
+pub(crate) fn address_text(raw: &str, max: usize) -> Result<String, RequestError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(RequestError::Blank);
+    }
+    if trimmed.chars().count() > max {
+        return Err(RequestError::TooLong(max));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The optional second line of an address: blank is no line.
+pub(crate) fn address_line2(raw: &str) -> Result<Option<String>, RequestError> {
+    match address_text(raw, 200) {
+        Ok(line) => Ok(Some(line)),
+        Err(RequestError::Blank) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// ISO 3166-1 alpha-2, upper case, such as `GB`.
+pub(crate) fn country(raw: &str) -> Result<String, RequestError> {
+    if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(RequestError::NotACountry)
+    }
+}
+
+/// An email address as the HTML standard and the `validator` crate define one, at most
+/// 254 characters.
+pub(crate) fn email(raw: &str) -> Result<String, RequestError> {
+    use validator::ValidateEmail;
+    if raw.chars().count() > 254 {
+        return Err(RequestError::TooLong(254));
+    }
+    if !raw.validate_email() {
+        return Err(RequestError::NotAnEmail);
+    }
+    Ok(raw.to_owned())
+}
+
+/// The payment provider's token, as given: not blank, at most 200 characters.
+pub(crate) fn payment_token(raw: &str) -> Result<String, RequestError> {
+    address_text(raw, 200).map(|_| raw.to_owned())
+}
+
+/// How many items an order may hold.
+pub(crate) fn item_count(n: usize) -> Result<usize, RequestError> {
+    if (1..=MAX_ITEMS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(RequestError::ItemCount)
+    }
+}
+
+/// Adds an item unless its sku is already asked for: one line per sku.
+pub(crate) fn add_item(
+    items: &mut Vec<(Sku, Quantity)>,
+    sku: Sku,
+    quantity: Quantity,
+) -> Result<(), RequestError> {
+    if items.iter().any(|(s, _)| *s == sku) {
+        return Err(RequestError::Duplicate);
+    }
+    items.push((sku, quantity));
+    Ok(())
+}
+
 /// The prices an order is placed with: checkout's price list, for the skus it asks for.
 pub(crate) type PriceList = HashMap<Sku, Money>;
 
@@ -267,6 +369,80 @@ mod tests {
         for (what, items, prices, refused) in table {
             assert_eq!(place(items, prices).as_ref(), Err(refused), "{what}");
         }
+    }
+
+    #[test]
+    fn the_fields_of_a_request() {
+        use RequestError::*;
+        let long = "x".repeat(201);
+        let cases: Vec<(
+            &str,
+            Result<String, RequestError>,
+            Result<String, RequestError>,
+        )> = vec![
+            (
+                "address text trimmed",
+                address_text("  Ada ", 200),
+                Ok("Ada".into()),
+            ),
+            ("address text blank", address_text(" \t ", 200), Err(Blank)),
+            (
+                "address text 200 chars",
+                address_text(&"é".repeat(200), 200),
+                Ok("é".repeat(200)),
+            ),
+            (
+                "address text too long",
+                address_text(&long, 200),
+                Err(TooLong(200)),
+            ),
+            ("country", country("GB"), Ok("GB".into())),
+            ("country lower case", country("gb"), Err(NotACountry)),
+            ("country three letters", country("GBR"), Err(NotACountry)),
+            ("country non-ascii", country("Éx"), Err(NotACountry)),
+            (
+                "email",
+                email("ada@example.com"),
+                Ok("ada@example.com".into()),
+            ),
+            (
+                "email without at",
+                email("ada.example.com"),
+                Err(NotAnEmail),
+            ),
+            ("email empty", email(""), Err(NotAnEmail)),
+            (
+                "email too long",
+                email(&format!("{}@example.com", "a".repeat(243))),
+                Err(TooLong(254)),
+            ),
+            (
+                "token kept as given",
+                payment_token(" tok_visa"),
+                Ok(" tok_visa".into()),
+            ),
+            ("token blank", payment_token("  "), Err(Blank)),
+            ("token too long", payment_token(&long), Err(TooLong(200))),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(address_line2("   "), Ok(None));
+        assert_eq!(address_line2(" Flat 2 "), Ok(Some("Flat 2".into())));
+        assert_eq!(address_line2(&long), Err(TooLong(200)));
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_ITEMS, true),
+            (MAX_ITEMS + 1, false),
+        ] {
+            assert_eq!(item_count(n).is_ok(), ok, "{n} items");
+        }
+        let mut items = Vec::new();
+        assert_eq!(add_item(&mut items, sku("TEA-1"), qty(1)), Ok(()));
+        assert_eq!(add_item(&mut items, sku("TEA-2"), qty(1)), Ok(()));
+        assert_eq!(add_item(&mut items, sku("TEA-1"), qty(3)), Err(Duplicate));
+        assert_eq!(items, [(sku("TEA-1"), qty(1)), (sku("TEA-2"), qty(1))]);
     }
 
     #[test]

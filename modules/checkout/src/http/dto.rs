@@ -1,83 +1,58 @@
-//! Checkout's request and response bodies: the shapes its routes accept and answer.
+//! Checkout's request and response bodies: the shapes its routes accept and answer. A
+//! body becomes its domain value in one step ([`FromBody`]), through the kernel's and the
+//! domain's constructors, with every broken rule named.
 
 use kernel::{FieldErrors, Quantity, Sku};
-use runtime::http::{ApiError, checks};
+use runtime::http::{ApiError, FromBody, checks};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use validator::{Validate, ValidationError};
+use validator::Validate;
 
-use crate::domain::{Address, NewOrder, Order};
+use crate::domain::{
+    self, Address, NewOrder, Order, add_item, address_line2, address_text, item_count,
+};
 
-fn country_code(raw: &str) -> Result<(), ValidationError> {
-    if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(ValidationError::new("invalid_format")
-            .with_message("must be an ISO 3166-1 alpha-2 code such as GB".into()))
-    }
-}
-
-fn not_blank(raw: &str) -> Result<(), ValidationError> {
-    if raw.trim().is_empty() {
-        Err(ValidationError::new("required").with_message("must not be blank".into()))
-    } else {
-        Ok(())
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub(crate) struct ItemBody {
     #[schema(required = true, example = "TEA-1")]
-    #[validate(required, custom(function = "checks::sku"))]
     sku: Option<String>,
     #[schema(required = true, example = 2)]
-    #[validate(required, custom(function = "checks::quantity"))]
     quantity: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
+/// Each line 1 to 200 characters, not blank (the city 100, the postal code 20).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub(crate) struct AddressBody {
     #[schema(required = true)]
-    #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     name: Option<String>,
     #[schema(required = true)]
-    #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     line1: Option<String>,
-    #[validate(length(max = 200))]
     line2: Option<String>,
     #[schema(required = true)]
-    #[validate(required, length(min = 1, max = 100), custom(function = "not_blank"))]
     city: Option<String>,
     #[schema(required = true)]
-    #[validate(required, length(min = 1, max = 20), custom(function = "not_blank"))]
     postal_code: Option<String>,
     /// ISO 3166-1 alpha-2, upper case.
     #[schema(required = true, example = "GB")]
-    #[validate(required, custom(function = "country_code"))]
     country: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub(crate) struct PlaceOrderBody {
+    /// At most 254 characters.
     #[schema(required = true, example = "ada@example.com")]
-    #[validate(required, email, length(max = 254))]
     customer_email: Option<String>,
+    /// 1 to 100 items, one per sku.
     #[schema(required = true)]
-    #[validate(
-        required,
-        length(min = 1, max = 100, message = "must hold 1 to 100 items"),
-        nested
-    )]
     items: Option<Vec<ItemBody>>,
     #[schema(required = true)]
-    #[validate(required, nested)]
     shipping_address: Option<AddressBody>,
     /// The payment provider's token; the simulator declines `tok_decline`.
     #[schema(required = true, example = "tok_visa")]
-    #[validate(required, length(min = 1, max = 200), custom(function = "not_blank"))]
     payment_token: Option<String>,
 }
 
+/// Names a field that was left out (one refused for its type is already named).
 fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
     if value.is_none() {
         errors.add(path, "required", "is required");
@@ -85,68 +60,94 @@ fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option
     value
 }
 
-impl PlaceOrderBody {
+/// An order as a body asks for it, before it is known whose it is.
+#[derive(Debug)]
+pub(crate) struct OrderRequest {
     /// SHA-256 of the body's canonical JSON: what an `Idempotency-Key` is bound to.
-    pub(crate) fn fingerprint(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(&canonical)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
+    pub(crate) fingerprint: String,
+    customer_email: String,
+    items: Vec<(Sku, Quantity)>,
+    shipping_address: Address,
+    payment_token: String,
+}
 
-    pub(crate) fn into_command(self, customer_id: String) -> Result<NewOrder, ApiError> {
-        let mut e = FieldErrors::new();
-        let email = required(&mut e, "customer_email", self.customer_email);
-        let token = required(&mut e, "payment_token", self.payment_token);
-        let mut items = Vec::new();
-        for (i, item) in required(&mut e, "items", self.items)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            let sku = required(&mut e, &format!("items[{i}].sku"), item.sku)
-                .and_then(|s| e.check(format!("items[{i}].sku"), Sku::parse(&s)));
-            let quantity = required(&mut e, &format!("items[{i}].quantity"), item.quantity)
-                .and_then(|q| e.check(format!("items[{i}].quantity"), Quantity::new(q)));
-            if let (Some(sku), Some(quantity)) = (sku, quantity) {
-                if items.iter().any(|(s, _): &(Sku, Quantity)| *s == sku) {
-                    e.add(
-                        format!("items[{i}].sku"),
-                        "duplicate",
-                        format!("{sku} appears more than once"),
-                    );
-                } else {
-                    items.push((sku, quantity));
+impl OrderRequest {
+    /// The order, placed by the customer the token names.
+    pub(crate) fn for_customer(self, customer_id: String) -> NewOrder {
+        NewOrder {
+            customer_id,
+            customer_email: self.customer_email,
+            items: self.items,
+            shipping_address: self.shipping_address,
+            payment_token: self.payment_token,
+        }
+    }
+}
+
+fn fingerprint(body: &PlaceOrderBody) -> String {
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn address(e: &mut FieldErrors, a: AddressBody) -> Option<Address> {
+    let p = "shipping_address";
+    let mut text = |field: &str, value: Option<String>, max: usize| {
+        let path = format!("{p}.{field}");
+        required(e, &path, value).and_then(|v| e.check(path, address_text(&v, max)))
+    };
+    let name = text("name", a.name, 200);
+    let line1 = text("line1", a.line1, 200);
+    let city = text("city", a.city, 100);
+    let postal_code = text("postal_code", a.postal_code, 20);
+    // Outer: sent; inner: the check passed (a blank line is no line).
+    let line2 = a
+        .line2
+        .map(|l| e.check(format!("{p}.line2"), address_line2(&l)));
+    let country = required(e, &format!("{p}.country"), a.country)
+        .and_then(|c| e.check(format!("{p}.country"), domain::country(&c)));
+    Some(Address {
+        name: name?,
+        line1: line1?,
+        line2: line2.unwrap_or(Some(None))?,
+        city: city?,
+        postal_code: postal_code?,
+        country: country?,
+    })
+}
+
+impl FromBody for OrderRequest {
+    type Body = PlaceOrderBody;
+
+    fn from_body(body: PlaceOrderBody, mut e: FieldErrors) -> Result<Self, ApiError> {
+        let fingerprint = fingerprint(&body);
+        let email = required(&mut e, "customer_email", body.customer_email)
+            .and_then(|m| e.check("customer_email", domain::email(&m)));
+        let token = required(&mut e, "payment_token", body.payment_token)
+            .and_then(|t| e.check("payment_token", domain::payment_token(&t)));
+        let asked = required(&mut e, "items", body.items).unwrap_or_default();
+        let mut items = Vec::with_capacity(asked.len());
+        if let Some(n) = e.check("items", item_count(asked.len())) {
+            for (i, item) in asked.into_iter().enumerate().take(n) {
+                let path = format!("items[{i}].sku");
+                let sku = required(&mut e, &path, item.sku)
+                    .and_then(|s| e.check(path.clone(), Sku::parse(&s)));
+                let quantity_path = format!("items[{i}].quantity");
+                let quantity = required(&mut e, &quantity_path, item.quantity)
+                    .and_then(|q| e.check(quantity_path, Quantity::new(q)));
+                if let (Some(sku), Some(quantity)) = (sku, quantity) {
+                    e.check(path, add_item(&mut items, sku, quantity));
                 }
             }
         }
-        let address = required(&mut e, "shipping_address", self.shipping_address).and_then(|a| {
-            let p = "shipping_address";
-            Some(Address {
-                name: required(&mut e, &format!("{p}.name"), a.name)?
-                    .trim()
-                    .to_owned(),
-                line1: required(&mut e, &format!("{p}.line1"), a.line1)?
-                    .trim()
-                    .to_owned(),
-                line2: a
-                    .line2
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty()),
-                city: required(&mut e, &format!("{p}.city"), a.city)?
-                    .trim()
-                    .to_owned(),
-                postal_code: required(&mut e, &format!("{p}.postal_code"), a.postal_code)?
-                    .trim()
-                    .to_owned(),
-                country: required(&mut e, &format!("{p}.country"), a.country)?,
-            })
-        });
-        match (email, token, address) {
+        let shipping_address = required(&mut e, "shipping_address", body.shipping_address)
+            .and_then(|a| address(&mut e, a));
+        match (email, token, shipping_address) {
             (Some(customer_email), Some(payment_token), Some(shipping_address)) if e.is_empty() => {
-                Ok(NewOrder {
-                    customer_id,
+                Ok(OrderRequest {
+                    fingerprint,
                     customer_email,
                     items,
                     shipping_address,

@@ -5,14 +5,14 @@ mod error;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use runtime::auth::{Access, Caller, RouteAccess};
-use runtime::http::{ApiError, Origin, ValidJson, ValidQuery, uuid_param};
+use runtime::http::{ApiError, Origin, Parsed, ValidQuery, uuid_param};
 use runtime::openapi::ErrorBody;
 
 use crate::State;
 use crate::use_cases::get_order::Viewer;
 use crate::use_cases::place_order::{IdempotencyKey, Placed};
 use crate::use_cases::{cancel_order, get_order, place_order, price_list};
-use dto::{ListQuery, OrderView, PageView, PlaceOrderBody, idempotency_key};
+use dto::{ListQuery, OrderRequest, OrderView, PageView, PlaceOrderBody, idempotency_key};
 
 const DEFAULT_PAGE: u64 = 20;
 
@@ -76,14 +76,14 @@ async fn place(
     caller: Caller,
     origin: Origin,
     req: HttpRequest,
-    body: ValidJson<PlaceOrderBody>,
+    Parsed(request): Parsed<OrderRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(req.headers().get("idempotency-key"))?;
     let key = key.map(|key| IdempotencyKey {
         key,
-        request_hash: body.0.fingerprint(),
+        request_hash: request.fingerprint.clone(),
     });
-    let command = body.0.into_command(caller.subject)?;
+    let command = request.for_customer(caller.subject);
     let (order, replayed) = match place_order::place_order(&state, &origin.0, command, key).await? {
         Placed::New(order) => (order, false),
         Placed::Replayed(order) => (order, true),

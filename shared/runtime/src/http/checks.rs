@@ -1,5 +1,6 @@
-//! `validator` custom checks that delegate to the kernel's value types, so a rule such as
-//! "what is a valid sku" is written once, in the kernel, and named in request errors.
+//! `validator` custom checks of query parameters that delegate to the kernel's value types,
+//! so a rule such as "what is a valid sku" is written once, in the kernel. (Bodies do not
+//! use these: they are built with the constructors themselves, see `FromBody`.)
 
 use std::borrow::Cow;
 
@@ -16,24 +17,6 @@ fn refuse<E: ErrorCode + std::fmt::Display>(error: E) -> ValidationError {
 
 pub fn sku(raw: &str) -> Result<(), ValidationError> {
     kernel::Sku::parse(raw).map(|_| ()).map_err(refuse)
-}
-
-pub fn currency(raw: &str) -> Result<(), ValidationError> {
-    kernel::Currency::parse(raw).map(|_| ()).map_err(refuse)
-}
-
-pub fn quantity(raw: i64) -> Result<(), ValidationError> {
-    kernel::Quantity::new(raw).map(|_| ()).map_err(refuse)
-}
-
-pub fn stock_level(raw: i64) -> Result<(), ValidationError> {
-    kernel::StockLevel::new(raw).map(|_| ()).map_err(refuse)
-}
-
-pub fn amount_minor(raw: i64) -> Result<(), ValidationError> {
-    // Any currency will do: the amount's own bounds do not depend on it.
-    let any = kernel::Currency::parse("EUR").map_err(refuse)?;
-    kernel::Money::new(raw, any).map(|_| ()).map_err(refuse)
 }
 
 pub fn uuid_text(raw: &str) -> Result<(), ValidationError> {

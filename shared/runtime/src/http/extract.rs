@@ -1,6 +1,8 @@
-//! Extractors that check a request's JSON body or query string and, when it is refused,
-//! name every field at fault in one 400 answer: type errors from deserializing and rule
-//! errors from `validator` (which delegates value types to the kernel's constructors).
+//! Extractors that turn a request's JSON body or query string into what a use case takes
+//! and, when it is refused, name every field at fault in one 400 answer. A body takes one
+//! step: it is deserialized with every type error collected, then [`FromBody`] builds the
+//! domain command with the domain's own constructors, gathering every rule error. A query
+//! string's few rules are `validator` attributes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,13 +34,26 @@ pub struct BodyDeadline(pub std::time::Duration);
 const PARSE_BUDGET_BYTES: usize = 256 * 1024;
 const MAX_PASSES: usize = 64;
 
-/// A JSON body that deserialized and passed its checks.
-#[derive(Debug)]
-pub struct ValidJson<T>(pub T);
+/// What a route takes from a JSON body, built in one step from the body's wire shape.
+pub trait FromBody: Sized {
+    /// The wire shape: every field optional, so that a missing one is named with the rest.
+    type Body: DeserializeOwned;
 
-impl<T> FromRequest for ValidJson<T>
+    /// Builds the value, recording every broken rule in `errors` under its field's path.
+    /// `errors` arrives holding the body's type errors, whose fields read as absent here;
+    /// the first error recorded for a path is the one kept, so a field refused for its type
+    /// is not also called missing. Answers `ApiError::invalid(errors)` unless `errors` is
+    /// empty at the end; an error that names no field (nothing to change, say) only then.
+    fn from_body(body: Self::Body, errors: FieldErrors) -> Result<Self, ApiError>;
+}
+
+/// A JSON body turned into `T` by [`FromBody`], or refused with every field at fault.
+#[derive(Debug)]
+pub struct Parsed<T>(pub T);
+
+impl<T> FromRequest for Parsed<T>
 where
-    T: DeserializeOwned + Validate + 'static,
+    T: FromBody + 'static,
 {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
@@ -87,7 +102,7 @@ where
                     format!("the body did not arrive within {} ms", deadline.as_millis()),
                 )
             })??;
-            parse_json(&body).map(ValidJson)
+            parse_json(&body).map(Parsed)
         })
     }
 }
@@ -111,8 +126,8 @@ fn is_json_media_type(value: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Parses and checks a JSON document, naming every field at fault.
-pub fn parse_json<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON document into `T`, naming every field at fault.
+pub fn parse_json<T: FromBody>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "missing_body",
@@ -138,8 +153,8 @@ pub fn parse_json<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiE
     // the next one. Each pass re-reads the whole document: a large one gets fewer passes.
     let passes = (PARSE_BUDGET_BYTES / body.len().max(1)).clamp(1, MAX_PASSES);
     for _ in 0..passes {
-        match serde_path_to_error::deserialize::<_, T>(&value) {
-            Ok(parsed) => return finish(parsed, errors),
+        match serde_path_to_error::deserialize::<_, T::Body>(&value) {
+            Ok(parsed) => return T::from_body(parsed, errors),
             Err(e) => {
                 let path = e.path().to_string();
                 let message = describe_serde_error(&e.inner().to_string());
@@ -189,7 +204,7 @@ fn nul_strings(value: &Value, path: &str, errors: &mut FieldErrors) {
     }
 }
 
-fn finish<T: Validate>(parsed: T, mut errors: FieldErrors) -> Result<T, ApiError> {
+fn validate<T: Validate>(parsed: T, mut errors: FieldErrors) -> Result<T, ApiError> {
     if let Err(e) = parsed.validate() {
         for (path, error) in flatten_validation_errors(&e).iter() {
             // A field already refused for its type was dropped, and would now read as
@@ -311,7 +326,7 @@ pub fn parse_query<T: DeserializeOwned + Validate>(query: &str) -> Result<T, Api
         errors.add(path, "invalid_type", message);
         ApiError::invalid(errors)
     })?;
-    finish(parsed, FieldErrors::new())
+    validate(parsed, FieldErrors::new())
 }
 
 /// Parses a UUID path segment, naming the parameter when it is not one.
@@ -326,22 +341,58 @@ pub fn uuid_param(name: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::{Deserialize, Serialize};
+    use serde::Deserialize;
 
-    #[derive(Debug, Deserialize, Serialize, Validate)]
-    struct Line {
-        #[validate(required, range(min = 1))]
+    #[derive(Debug, Deserialize)]
+    struct LineBody {
         quantity: Option<i64>,
     }
 
-    #[derive(Debug, Deserialize, Validate)]
-    struct Order {
-        #[validate(required, length(min = 1))]
+    #[derive(Debug, Deserialize)]
+    struct OrderBody {
         name: Option<String>,
-        #[validate(required, range(min = 0))]
         price: Option<i64>,
-        #[validate(required, nested)]
-        lines: Option<Vec<Line>>,
+        lines: Option<Vec<LineBody>>,
+    }
+
+    #[derive(Debug)]
+    struct Order {
+        lines: Vec<i64>,
+    }
+
+    fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            errors.add(path, "required", "is required");
+        }
+        value
+    }
+
+    impl FromBody for Order {
+        type Body = OrderBody;
+
+        fn from_body(body: OrderBody, mut e: FieldErrors) -> Result<Self, ApiError> {
+            if required(&mut e, "name", body.name).is_some_and(|n| n.is_empty()) {
+                e.add("name", "length", "must not be empty");
+            }
+            if required(&mut e, "price", body.price).is_some_and(|p| p < 0) {
+                e.add("price", "range", "must not be negative");
+            }
+            let mut lines = Vec::new();
+            for (i, line) in required(&mut e, "lines", body.lines)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let path = format!("lines[{i}].quantity");
+                match required(&mut e, &path, line.quantity) {
+                    Some(q) if q < 1 => e.add(path, "range", "must be at least 1"),
+                    Some(q) => lines.push(q),
+                    None => {}
+                }
+            }
+            e.into_result().map_err(ApiError::invalid)?;
+            Ok(Order { lines })
+        }
     }
 
     fn fields(body: &str) -> Vec<(String, String)> {
@@ -398,7 +449,7 @@ mod tests {
     fn a_valid_body_parses() {
         let order: Order =
             parse_json(br#"{"name": "a", "price": 0, "lines": [{"quantity": 1}]}"#).expect("valid");
-        assert_eq!(order.lines.map(|l| l.len()), Some(1));
+        assert_eq!(order.lines, [1]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod request_id;
 
 pub use error::ApiError;
 pub use extract::{
-    BodyDeadline, BodyLimit, ValidJson, ValidQuery, parse_json, parse_query, uuid_param,
+    BodyDeadline, BodyLimit, FromBody, Parsed, ValidQuery, parse_json, parse_query, uuid_param,
 };
 pub(crate) use request_id::Route;
 pub use request_id::{Origin, RequestId, RootSpan, X_REQUEST_ID, request_id_middleware};
