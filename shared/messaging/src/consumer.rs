@@ -591,7 +591,7 @@ impl Consumer {
                         .collect();
                     let item = Ready {
                         delivery: Delivery {
-                            tag: DeliveryTag::Row(id),
+                            tag: DeliveryTag::new(ReplayedLetter(id)),
                             raw: Arc::from(raw.clone()),
                             attempt: 1,
                         },
@@ -629,6 +629,11 @@ impl Consumer {
         Ok(())
     }
 }
+
+/// What the tag of a replayed dead letter holds (its id): the delivery is made up here,
+/// and no bus ever sees its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReplayedLetter(i64);
 
 /// True for an error that says the module's database cannot be reached at all (no
 /// connection to be had), as opposed to an error of this event's work.

@@ -148,6 +148,13 @@ impl RedisBus {
         bus.inner.check_partitions().await?;
         Ok(bus)
     }
+
+    /// The stream and the entry id a delivery of this bus stands for (`None` for a tag of
+    /// another bus), for tests that look at the stream beside the bus.
+    pub fn stream_entry(tag: &DeliveryTag) -> Option<(&str, &str)> {
+        tag.get::<StreamEntry>()
+            .map(|entry| (&*entry.stream, &*entry.id))
+    }
 }
 
 fn client(config: &RedisConfig) -> anyhow::Result<redis::Client> {
@@ -488,6 +495,13 @@ async fn reader_connection(inner: &Inner) -> Result<MultiplexedConnection, redis
         .await
 }
 
+/// What the tags of this bus hold: an entry of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StreamEntry {
+    stream: Arc<str>,
+    id: Arc<str>,
+}
+
 /// One entry on its way to the consumer.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -502,10 +516,10 @@ struct Entry {
 
 impl Entry {
     fn tag(&self) -> DeliveryTag {
-        DeliveryTag::Entry {
+        DeliveryTag::new(StreamEntry {
             stream: self.stream.clone(),
             id: self.id.clone(),
-        }
+        })
     }
 
     fn delivery(&self) -> Delivery {
@@ -1526,7 +1540,7 @@ impl Acker for RedisAcker {
         let state = &self.0;
         let mut by_stream: HashMap<Arc<str>, Vec<String>> = HashMap::new();
         for tag in tags {
-            if let DeliveryTag::Entry { stream, id } = tag {
+            if let Some(StreamEntry { stream, id }) = tag.get::<StreamEntry>() {
                 by_stream
                     .entry(stream.clone())
                     .or_default()
