@@ -4,7 +4,7 @@
 //! by the monolith and every extracted service.
 
 pub mod bus;
-pub mod consumer;
+mod consumer;
 pub mod db;
 pub mod dead_letters;
 pub mod faults;
@@ -19,7 +19,9 @@ pub mod trace;
 pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
-pub use consumer::{Consumer, Emitter, Handler, HandlerError, decode, decode_all};
+pub use consumer::{
+    Consumer, Emitter, Handler, HandlerError, Prune, clean, decode, decode_all, run_cleaner,
+};
 pub use db::ModuleDb;
 pub use faults::Faults;
 pub use local_bus::LocalBus;
