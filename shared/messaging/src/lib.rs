@@ -12,7 +12,7 @@ mod instance_name;
 pub mod local_bus;
 pub mod outbox;
 pub mod progress;
-pub mod redis_bus;
+mod redis_bus;
 pub mod settings;
 pub mod trace;
 
@@ -27,5 +27,5 @@ pub use faults::Faults;
 pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
 pub use progress::Progress;
-pub use redis_bus::{RedisBus, RedisConfig};
+pub use redis_bus::{RedisBus, RedisConfig, partition_of};
 pub use settings::{MessagingSettings, backoff};

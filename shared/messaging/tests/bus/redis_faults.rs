@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use contracts::checkout::OrderPlacedV1;
-use messaging::redis_bus::partition_of;
-use messaging::{Delivery, Subscription};
+use messaging::{Delivery, Subscription, partition_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::redis_only::{PrivateRedis, redis_bus, stream_length};
