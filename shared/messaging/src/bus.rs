@@ -15,6 +15,9 @@
 //!   delivery whose consumer died (its lease or claim ran out), so a message that crashes
 //!   its consumer every time still reaches the dead-letter store.
 
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +37,71 @@ pub struct Outgoing {
     pub envelope: Arc<str>,
 }
 
-/// Which delivery to acknowledge or retry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum DeliveryTag {
-    /// A row of the consumer's local queue.
-    Row(i64),
-    /// An entry of a stream.
-    Entry { stream: Arc<str>, id: Arc<str> },
+/// Which delivery to acknowledge or retry. Opaque: a bus makes its tags from a value of a
+/// type of its own ([`DeliveryTag::new`]) and reads them back by naming that type
+/// ([`DeliveryTag::get`]), so only the bus that made a tag can look inside; everyone else
+/// can only hand it back, compare it, hash it and print it. Tags of different types are
+/// never equal.
+#[derive(Clone)]
+pub struct DeliveryTag(Arc<dyn TagValue>);
+
+impl DeliveryTag {
+    /// A tag holding `value`, a bus's own name for one delivery (its queue row, its stream
+    /// entry): make `T` a type private to the bus.
+    pub fn new<T>(value: T) -> Self
+    where
+        T: Any + fmt::Debug + Eq + Hash + Send + Sync,
+    {
+        Self(Arc::new(value))
+    }
+
+    /// The value the tag was made from, if it was made from a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+}
+
+impl PartialEq for DeliveryTag {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same(&*other.0)
+    }
+}
+
+impl Eq for DeliveryTag {}
+
+impl Hash for DeliveryTag {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash_into(state);
+    }
+}
+
+impl fmt::Debug for DeliveryTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a tag holds, seen without its type: equality and hashing reach the value through
+/// its type, so the tag's traits keep the value's.
+trait TagValue: Any + fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn same(&self, other: &dyn TagValue) -> bool;
+    fn hash_into(&self, state: &mut dyn Hasher);
+}
+
+impl<T: Any + fmt::Debug + Eq + Hash + Send + Sync> TagValue for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same(&self, other: &dyn TagValue) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn hash_into(&self, mut state: &mut dyn Hasher) {
+        TypeId::of::<T>().hash(&mut state);
+        self.hash(&mut state);
+    }
 }
 
 /// One event handed to a consumer.
@@ -140,4 +201,42 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// A round trip to the transport, for readiness.
     async fn check(&self) -> Result<(), BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Row(i64);
+
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct OtherRow(i64);
+
+    #[test]
+    fn a_tag_is_read_back_only_as_the_type_it_was_made_from() {
+        let tag = DeliveryTag::new(Row(7));
+        assert_eq!(tag.get::<Row>(), Some(&Row(7)));
+        assert_eq!(tag.get::<OtherRow>(), None);
+        assert_eq!(tag.get::<i64>(), None);
+        assert_eq!(format!("{tag:?}"), "Row(7)");
+    }
+
+    #[test]
+    fn tags_are_equal_when_their_types_and_values_are() {
+        let tags: HashSet<DeliveryTag> = [
+            DeliveryTag::new(Row(7)),
+            DeliveryTag::new(Row(7)),
+            DeliveryTag::new(Row(8)),
+            DeliveryTag::new(OtherRow(7)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(tags.len(), 3);
+        assert!(tags.contains(&DeliveryTag::new(Row(7))));
+        assert!(!tags.contains(&DeliveryTag::new(OtherRow(8))));
+        assert_ne!(DeliveryTag::new(Row(7)), DeliveryTag::new(OtherRow(7)));
+    }
 }

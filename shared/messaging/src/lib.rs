@@ -4,7 +4,7 @@
 //! by the monolith and every extracted service.
 
 pub mod bus;
-pub mod consumer;
+mod consumer;
 pub mod db;
 pub mod dead_letters;
 pub mod faults;
@@ -12,18 +12,20 @@ mod instance_name;
 pub mod local_bus;
 pub mod outbox;
 pub mod progress;
-pub mod redis_bus;
+mod redis_bus;
 pub mod settings;
 pub mod trace;
 
 pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
-pub use consumer::{Consumer, Emitter, Handler, HandlerError, decode, decode_all};
+pub use consumer::{
+    Consumer, Emitter, Handler, HandlerError, Prune, clean, decode, decode_all, run_cleaner,
+};
 pub use db::ModuleDb;
 pub use faults::Faults;
 pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
 pub use progress::Progress;
-pub use redis_bus::{RedisBus, RedisConfig};
+pub use redis_bus::{RedisBus, RedisConfig, partition_of};
 pub use settings::{MessagingSettings, backoff};

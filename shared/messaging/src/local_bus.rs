@@ -362,10 +362,7 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
             Ok(rows) if !rows.is_empty() => {
                 failures = 0;
                 state.permits.add_permits(reserved - rows.len());
-                lock(&state.in_flight).extend(rows.iter().filter_map(|d| match d.tag {
-                    DeliveryTag::Row(id) => Some(id),
-                    DeliveryTag::Entry { .. } => None,
-                }));
+                lock(&state.in_flight).extend(rows.iter().filter_map(|d| row_id(&d.tag)));
                 // The channel holds `max_in_flight` and no more than that is in flight:
                 // these sends never wait for the consumer.
                 for delivery in rows {
@@ -474,7 +471,7 @@ async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
         deliveries.push((
             id,
             Delivery {
-                tag: DeliveryTag::Row(id),
+                tag: DeliveryTag::new(QueueRow(id)),
                 raw: Arc::from(envelope.into_bytes()),
                 attempt: deliveries_so_far.max(1) as u32,
             },
@@ -622,13 +619,17 @@ async fn delete_rows(db: &ModuleDb, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
 
 struct LocalAcker(Arc<State>);
 
+/// What this bus's tags hold: the id of a `bus_queue` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct QueueRow(i64);
+
+/// The row a tag of this bus names; `None` for a tag of another bus.
+fn row_id(tag: &DeliveryTag) -> Option<i64> {
+    tag.get::<QueueRow>().map(|row| row.0)
+}
+
 fn row_ids(tags: &[DeliveryTag]) -> Vec<i64> {
-    tags.iter()
-        .filter_map(|t| match t {
-            DeliveryTag::Row(id) => Some(*id),
-            DeliveryTag::Entry { .. } => None,
-        })
-        .collect()
+    tags.iter().filter_map(row_id).collect()
 }
 
 impl LocalAcker {

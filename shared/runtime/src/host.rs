@@ -155,7 +155,7 @@ enum Worker {
     Cleaner(
         ModuleDb,
         messaging::MessagingSettings,
-        Vec<(&'static str, messaging::consumer::Prune)>,
+        Vec<(&'static str, messaging::Prune)>,
     ),
     Task(&'static str, BackgroundTask),
     Sampler(Vec<ModuleDb>, PrometheusHandle),
@@ -404,9 +404,7 @@ impl Application {
                     tasks.spawn(consumer.run(subscription, token).instrument(span));
                 }
                 Worker::Cleaner(db, settings, prunes) => {
-                    tasks.spawn(messaging::consumer::run_cleaner(
-                        db, settings, prunes, token,
-                    ));
+                    tasks.spawn(messaging::run_cleaner(db, settings, prunes, token));
                 }
                 Worker::Task(module, task) => {
                     let span = tracing::info_span!("task", module);

@@ -8,8 +8,7 @@ use actix_web::web;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use kernel::FieldErrors;
-use messaging::consumer::Prune;
-use messaging::{Handler, Outbox};
+use messaging::{Handler, Outbox, Prune};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 

@@ -48,7 +48,7 @@ impl RecordingBus {
 
     /// Hands `raw` bytes to `module`'s subscription as a new delivery.
     pub fn inject_raw(&self, module: &str, raw: Vec<u8>) -> DeliveryTag {
-        let tag = DeliveryTag::Row(self.next.fetch_add(1, Ordering::SeqCst) + 1);
+        let tag = DeliveryTag::new(Injected(self.next.fetch_add(1, Ordering::SeqCst) + 1));
         let subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         let sender = subscribers
             .get(module)
@@ -74,6 +74,10 @@ impl RecordingBus {
             .contains(tag)
     }
 }
+
+/// What the recording bus's tags hold: the number of an injected delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Injected(i64);
 
 struct RecordingAcker {
     acked: Arc<Mutex<Vec<DeliveryTag>>>,
@@ -196,10 +200,7 @@ impl EventBus for DuplicatingBus {
             .deliveries
             .flat_map(|d| {
                 let copy = Delivery {
-                    tag: DeliveryTag::Entry {
-                        stream: Arc::from("duplicate"),
-                        id: Arc::from(format!("{:?}", d.tag)),
-                    },
+                    tag: DeliveryTag::new(Duplicate(d.tag.clone())),
                     raw: d.raw.clone(),
                     attempt: d.attempt,
                 };
@@ -218,11 +219,15 @@ impl EventBus for DuplicatingBus {
     }
 }
 
+/// What the tag of a copy holds: the tag of its original.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Duplicate(DeliveryTag);
+
 /// Settles originals through the real acker; the copies need no settling.
 struct DuplicateAcker(Arc<dyn Acker>);
 
 fn is_copy(tag: &DeliveryTag) -> bool {
-    matches!(tag, DeliveryTag::Entry { stream, .. } if &**stream == "duplicate")
+    tag.get::<Duplicate>().is_some()
 }
 
 #[async_trait]

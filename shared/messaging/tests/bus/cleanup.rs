@@ -1,7 +1,7 @@
 //! Cleanup: published outbox rows and inbox keys older than their retention are deleted,
 //! a chunk at a time, and nothing else is.
 
-use messaging::consumer::clean;
+use messaging::clean;
 
 use super::*;
 

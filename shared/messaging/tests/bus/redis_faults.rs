@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use contracts::checkout::OrderPlacedV1;
-use messaging::redis_bus::partition_of;
-use messaging::{Delivery, Subscription};
+use messaging::{Delivery, Subscription, partition_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::redis_only::{PrivateRedis, redis_bus, stream_length};
@@ -765,15 +764,13 @@ async fn a_retry_does_not_take_an_entry_back_from_the_partition_s_new_owner() {
         .query_async(&mut conn)
         .await
         .expect("SET");
-    let messaging::DeliveryTag::Entry { stream, id } = &first.tag else {
-        panic!("a stream entry")
-    };
+    let (stream, id) = RedisBus::stream_entry(&first.tag).expect("a stream entry");
     let _: ::redis::Value = ::redis::cmd("XCLAIM")
-        .arg(&**stream)
+        .arg(stream)
         .arg(CONSUMER)
         .arg("instance-b")
         .arg(0)
-        .arg(&**id)
+        .arg(id)
         .query_async(&mut conn)
         .await
         .expect("XCLAIM");
@@ -782,7 +779,7 @@ async fn a_retry_does_not_take_an_entry_back_from_the_partition_s_new_owner() {
         "the old owner hands the entry out no more"
     );
     let rows: Vec<(String, String, u64, usize)> = ::redis::cmd("XPENDING")
-        .arg(&**stream)
+        .arg(stream)
         .arg(CONSUMER)
         .arg("-")
         .arg("+")

@@ -1,138 +1,30 @@
-//! The consumer: takes a module's deliveries from its subscription and runs the module's
-//! handlers, exactly once in effect.
-//!
-//! Each event is recorded in the module's inbox under (event id, handler name) in the same
-//! transaction as the handler's work and the events it publishes, so a redelivered event
-//! finds its key and does nothing. Deliveries are handled in batches: one transaction for
-//! the whole batch; if any handler fails, the batch is rolled back and each event is
-//! handled alone, so one bad event costs its batch a retry but holds up nothing else.
-//! A failing event is retried with backoff and, after `max_attempts` deliveries, parked
-//! in the module's dead-letter store with its raw bytes, attempts and last error; one that
-//! cannot be decoded or breaks its contract is parked at once:
-//! a bad event never stops a subscription, and retrying it does not hold up other keys.
+//! The consumer's engine: the delivery loop of a subscription, in batches, each in one
+//! transaction; attempts and crashes counted against `max_attempts`; each delivery settled
+//! (acknowledged, retried, postponed or parked); and the dead letters an operator asked to
+//! replay.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use async_trait::async_trait;
-use contracts::{Cause, Envelope, Event};
+use contracts::Envelope;
 use futures::{FutureExt, StreamExt};
-use sea_orm::{DatabaseTransaction, DbErr, Value};
+use sea_orm::{DatabaseTransaction, DbErr};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::handler::{Emitter, Handler, HandlerError};
+use super::inbox::{already_processed, claim_inbox_keys};
 use crate::bus::{Acker, Delivery, DeliveryTag, Subscription};
-use crate::db::{ModuleDb, execute, now_ms, query};
+use crate::db::ModuleDb;
 use crate::dead_letters;
 use crate::faults::Faults;
 use crate::outbox::{Outbox, append};
 use crate::progress::{self, Progress};
 use crate::settings::MessagingSettings;
-
-/// Why a handler did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying: the database was busy, a dependency was down, ...
-    #[error("{0:#}")]
-    Retry(anyhow::Error),
-    /// Retrying cannot help (the event contradicts the handler's data): park it now.
-    #[error("{0}")]
-    Reject(String),
-}
-
-impl From<DbErr> for HandlerError {
-    fn from(e: DbErr) -> Self {
-        HandlerError::Retry(anyhow::Error::new(e))
-    }
-}
-
-impl From<anyhow::Error> for HandlerError {
-    fn from(e: anyhow::Error) -> Self {
-        HandlerError::Retry(e)
-    }
-}
-
-/// What a handler publishes, committed with its work.
-pub struct Emitter {
-    events: Vec<Envelope>,
-    wakes: Vec<Arc<Notify>>,
-    after_commit: Vec<Box<dyn FnOnce() + Send>>,
-}
-
-impl Emitter {
-    fn new() -> Self {
-        Self {
-            events: Vec::new(),
-            wakes: Vec::new(),
-            after_commit: Vec::new(),
-        }
-    }
-
-    /// Publishes `event` as a consequence of `cause`, the event being handled: it keeps
-    /// the correlation and the trace, and names `cause` as its causation.
-    pub fn emit<E: Event>(&mut self, cause: &Envelope, event: &E) -> Result<(), HandlerError> {
-        let envelope = Envelope::new(event, &Cause::following(cause))
-            .map_err(|e| HandlerError::Reject(format!("would publish an invalid event: {e}")))?;
-        self.events.push(envelope);
-        Ok(())
-    }
-
-    /// Wakes `notify` once the handler's transaction has committed.
-    pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
-        self.wakes.push(notify);
-    }
-
-    /// Runs `f` once the handler's transaction has committed, and never if it rolls back
-    /// (a business counter, say: a batch that is rolled back and handled again one event
-    /// at a time must not count twice).
-    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.after_commit.push(Box::new(f));
-    }
-}
-
-/// Reads an event's payload as `E`; one that does not fit is refused for good (the
-/// consumer already checked the contract, so this means the handler was given the wrong
-/// type).
-pub fn decode<E: Event>(event: &Envelope) -> Result<E, HandlerError> {
-    event
-        .decode()
-        .map_err(|err| HandlerError::Reject(err.to_string()))
-}
-
-/// [`decode`] for a batch, keeping each event beside its payload.
-pub fn decode_all<'a, E: Event>(
-    events: &[&'a Envelope],
-) -> Result<Vec<(&'a Envelope, E)>, HandlerError> {
-    events.iter().map(|e| Ok((*e, decode(e)?))).collect()
-}
-
-/// One of a module's event handlers.
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// A stable name, recorded in the inbox. Never derive it from a Rust path: renaming
-    /// code must not make old events look new, nor orphan the ones already handled.
-    fn name(&self) -> &'static str;
-
-    /// The wire names of the events it handles.
-    fn event_types(&self) -> &'static [&'static str];
-
-    /// Does the work for `events`, in the order given, inside the consumer's transaction,
-    /// which also holds their inbox keys and the outbox rows of what it emits. The events
-    /// have distinct ordering keys (a subscription never hands out two of one key at
-    /// once), so a handler may apply them in one set-based pass: many events per round
-    /// trip. It must tolerate events of other keys and topics arriving in any order.
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError>;
-}
 
 /// Runs a module's handlers on its subscription.
 pub struct Consumer {
@@ -147,10 +39,11 @@ pub struct Consumer {
     pub progress: Arc<Progress>,
 }
 
-struct Ready {
-    delivery: Delivery,
-    envelope: Envelope,
-    handlers: Vec<Arc<dyn Handler>>,
+/// A delivery whose envelope was read, with the handlers that take it.
+pub(super) struct Ready {
+    pub(super) delivery: Delivery,
+    pub(super) envelope: Envelope,
+    pub(super) handlers: Vec<Arc<dyn Handler>>,
 }
 
 enum Outcome {
@@ -161,7 +54,7 @@ enum Outcome {
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 
 /// A consumer with work that settles nothing for this many leases is reported stalled.
-pub const STALL_AFTER_LEASES: u32 = 3;
+const STALL_AFTER_LEASES: u32 = 3;
 
 impl Consumer {
     pub async fn run(self, subscription: Subscription, cancel: CancellationToken) {
@@ -281,7 +174,7 @@ impl Consumer {
                     envelope,
                     handlers,
                 };
-                match self.already_processed(&item).await {
+                match already_processed(&self.db, &item).await {
                     Ok(true) => done.push(item.delivery.tag),
                     Ok(false) => {
                         let error = format!(
@@ -437,23 +330,6 @@ impl Consumer {
         }
     }
 
-    /// True when every handler of `item` already has its inbox key: the event was
-    /// processed and only its acknowledgement was lost.
-    async fn already_processed(&self, item: &Ready) -> anyhow::Result<bool> {
-        let mut values: Vec<Value> = vec![item.envelope.id.into()];
-        values.extend(item.handlers.iter().map(|h| Value::from(h.name())));
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM inbox WHERE event_id = $1 AND handler IN ({})",
-            crate::db::placeholders(2, item.handlers.len())
-        );
-        let rows = query(self.db.conn(), &sql, values).await?;
-        let n: i64 = match rows.first() {
-            Some(row) => row.try_get("", "n")?,
-            None => 0,
-        };
-        Ok(n as usize == item.handlers.len())
-    }
-
     /// Records a dead letter; false if even that failed (the delivery is then scheduled
     /// to come back, and parked on a later delivery).
     async fn park(
@@ -591,7 +467,7 @@ impl Consumer {
                         .collect();
                     let item = Ready {
                         delivery: Delivery {
-                            tag: DeliveryTag::Row(id),
+                            tag: DeliveryTag::new(ReplayedLetter(id)),
                             raw: Arc::from(raw.clone()),
                             attempt: 1,
                         },
@@ -630,6 +506,11 @@ impl Consumer {
     }
 }
 
+/// What the tag of a replayed dead letter holds (its id): the delivery is made up here,
+/// and no bus ever sees its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReplayedLetter(i64);
+
 /// True for an error that says the module's database cannot be reached at all (no
 /// connection to be had), as opposed to an error of this event's work.
 fn is_unavailable(error: &HandlerError) -> bool {
@@ -642,129 +523,4 @@ fn is_unavailable(error: &HandlerError) -> bool {
             Some(DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
         )
     })
-}
-
-/// Inserts the inbox keys of `items`; returns those that were new (the others were
-/// processed before and are skipped).
-async fn claim_inbox_keys(
-    tx: &DatabaseTransaction,
-    items: &[Ready],
-) -> Result<HashSet<(Uuid, &'static str)>, HandlerError> {
-    let now = now_ms();
-    let mut values: Vec<Value> = Vec::new();
-    let mut rows = Vec::new();
-    for item in items {
-        for handler in &item.handlers {
-            let n = values.len();
-            rows.push(format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-            values.push(item.envelope.id.into());
-            values.push(handler.name().into());
-            values.push(now.into());
-        }
-    }
-    if rows.is_empty() {
-        // No handler takes these events (a replayed letter whose handler is gone).
-        return Ok(HashSet::new());
-    }
-    let sql = format!(
-        "INSERT INTO inbox (event_id, handler, processed_at) VALUES {} \
-         ON CONFLICT (event_id, handler) DO NOTHING RETURNING event_id, handler",
-        rows.join(", ")
-    );
-    let inserted = query(tx, &sql, values)
-        .await
-        .context("failed to record inbox keys")?;
-    let names: Vec<&'static str> = items
-        .iter()
-        .flat_map(|i| i.handlers.iter().map(|h| h.name()))
-        .collect();
-    let mut fresh = HashSet::with_capacity(inserted.len());
-    for row in inserted {
-        let id: Uuid = row.try_get("", "event_id")?;
-        let handler: String = row.try_get("", "handler")?;
-        if let Some(name) = names.iter().find(|n| **n == handler) {
-            fresh.insert((id, *name));
-        }
-    }
-    Ok(fresh)
-}
-
-/// Deletes published outbox rows and inbox keys older than their retention, a chunk at a
-/// time, so the tables stay small and their indexes fast.
-pub async fn clean(db: &ModuleDb, settings: &MessagingSettings) -> Result<(u64, u64), DbErr> {
-    let now = now_ms();
-    let outbox = delete_in_chunks(
-        db,
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
-        now - (settings.outbox_retention_secs as i64) * 1000,
-    )
-    .await?;
-    let inbox = delete_in_chunks(
-        db,
-        "DELETE FROM inbox WHERE (event_id, handler) IN (SELECT event_id, handler FROM inbox WHERE processed_at < $1 LIMIT $2)",
-        now - (settings.inbox_retention_secs as i64) * 1000,
-    )
-    .await?;
-    Ok((outbox, inbox))
-}
-
-/// Runs `sql` (which deletes at most `$2` rows older than `$1`) until it deletes fewer.
-async fn delete_in_chunks(db: &ModuleDb, sql: &str, before: i64) -> Result<u64, DbErr> {
-    const CHUNK: i64 = 5000;
-    let mut total = 0;
-    loop {
-        let n = execute(db.conn(), sql, vec![before.into(), CHUNK.into()]).await?;
-        total += n;
-        if n < CHUNK as u64 {
-            return Ok(total);
-        }
-    }
-}
-
-/// A module's own table that its cleaner prunes on every pass, beside the outbox and the
-/// inbox (checkout's idempotency keys): deletes what outlived its retention, returning how
-/// many rows went.
-pub type Prune =
-    Arc<dyn Fn(ModuleDb) -> futures::future::BoxFuture<'static, Result<u64, DbErr>> + Send + Sync>;
-
-/// Cleans a module's tables every `cleanup_interval_secs` until cancelled: the outbox and
-/// inbox, then each of the module's own `prunes` (named by their table).
-pub async fn run_cleaner(
-    db: ModuleDb,
-    settings: MessagingSettings,
-    prunes: Vec<(&'static str, Prune)>,
-    cancel: CancellationToken,
-) {
-    let every = Duration::from_secs(settings.cleanup_interval_secs);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        for (table, prune) in &prunes {
-            match prune(db.clone()).await {
-                Ok(0) => {}
-                Ok(rows) => {
-                    tracing::info!(module = db.module(), table, rows, "expired rows deleted");
-                }
-                Err(e) => {
-                    tracing::warn!(module = db.module(), table, error = %e, "deleting expired rows failed")
-                }
-            }
-        }
-        match clean(&db, &settings).await {
-            Ok((outbox, inbox)) if outbox + inbox > 0 => {
-                tracing::info!(
-                    module = db.module(),
-                    outbox,
-                    inbox,
-                    "old outbox rows and inbox keys deleted"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(module = db.module(), error = %e, "cleaning the outbox and inbox failed")
-            }
-        }
-    }
 }
