@@ -375,11 +375,12 @@ mod tests {
     fn the_fields_of_a_request() {
         use RequestError::*;
         let long = "x".repeat(201);
-        let cases: Vec<(
-            &str,
+        type Case<'a> = (
+            &'a str,
             Result<String, RequestError>,
             Result<String, RequestError>,
-        )> = vec![
+        );
+        let cases: Vec<Case<'_>> = vec![
             (
                 "address text trimmed",
                 address_text("  Ada ", 200),
