@@ -49,6 +49,15 @@ impl FieldErrors {
         }
     }
 
+    /// Keeps a value that was sent, or records `required` under `path` when it was not. A
+    /// field already refused for its type (and so dropped) keeps that error instead.
+    pub fn required<T>(&mut self, path: impl Into<String>, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.add(path, "required", "is required");
+        }
+        value
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.0.contains_key(path)
     }

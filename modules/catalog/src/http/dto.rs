@@ -30,34 +30,32 @@ pub(crate) struct CreateProductBody {
     initial_stock: Option<i64>,
 }
 
-/// Names a field that was left out (one refused for its type is already named).
-fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
-    if value.is_none() {
-        errors.add(path, "required", "is required");
-    }
-    value
-}
-
 impl FromBody for NewProduct {
     type Body = CreateProductBody;
 
     fn from_body(body: CreateProductBody, mut e: FieldErrors) -> Result<Self, ApiError> {
-        let sku = required(&mut e, "sku", body.sku).and_then(|s| e.check("sku", Sku::parse(&s)));
-        let name = required(&mut e, "name", body.name)
+        let sku = e
+            .required("sku", body.sku)
+            .and_then(|s| e.check("sku", Sku::parse(&s)));
+        let name = e
+            .required("name", body.name)
             .and_then(|n| e.check("name", ProductName::parse(&n)));
         let description = match body.description {
             Some(d) => e.check("description", description(d)).map(Some),
             None => Some(None),
         };
-        let currency = required(&mut e, "currency", body.currency)
+        let currency = e
+            .required("currency", body.currency)
             .and_then(|c| e.check("currency", Currency::parse(&c)));
-        let minor = required(&mut e, "price_minor", body.price_minor)
+        let minor = e
+            .required("price_minor", body.price_minor)
             .and_then(|m| e.check("price_minor", Money::check_minor(m)));
         let price = match (minor, currency) {
             (Some(m), Some(c)) => e.check("price_minor", Money::new(m, c)),
             _ => None,
         };
-        let stock = required(&mut e, "initial_stock", body.initial_stock)
+        let stock = e
+            .required("initial_stock", body.initial_stock)
             .and_then(|s| e.check("initial_stock", StockLevel::new(s)));
         match (sku, name, description, price, stock) {
             (Some(sku), Some(name), Some(description), Some(price), Some(initial_stock))
@@ -147,7 +145,8 @@ impl FromBody for Restock {
     type Body = RestockBody;
 
     fn from_body(body: RestockBody, mut e: FieldErrors) -> Result<Self, ApiError> {
-        let quantity = required(&mut e, "quantity", body.quantity)
+        let quantity = e
+            .required("quantity", body.quantity)
             .and_then(|q| e.check("quantity", Quantity::new(q)));
         match quantity {
             Some(q) if e.is_empty() => Ok(Restock(q)),

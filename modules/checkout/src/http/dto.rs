@@ -52,14 +52,6 @@ pub(crate) struct PlaceOrderBody {
     payment_token: Option<String>,
 }
 
-/// Names a field that was left out (one refused for its type is already named).
-fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
-    if value.is_none() {
-        errors.add(path, "required", "is required");
-    }
-    value
-}
-
 /// An order as a body asks for it, before it is known whose it is.
 #[derive(Debug)]
 pub(crate) struct OrderRequest {
@@ -96,7 +88,8 @@ fn address(e: &mut FieldErrors, a: AddressBody) -> Option<Address> {
     let p = "shipping_address";
     let mut text = |field: &str, value: Option<String>, max: usize| {
         let path = format!("{p}.{field}");
-        required(e, &path, value).and_then(|v| e.check(path, address_text(&v, max)))
+        e.required(&path, value)
+            .and_then(|v| e.check(path, address_text(&v, max)))
     };
     let name = text("name", a.name, 200);
     let line1 = text("line1", a.line1, 200);
@@ -106,7 +99,8 @@ fn address(e: &mut FieldErrors, a: AddressBody) -> Option<Address> {
     let line2 = a
         .line2
         .map(|l| e.check(format!("{p}.line2"), address_line2(&l)));
-    let country = required(e, &format!("{p}.country"), a.country)
+    let country = e
+        .required(format!("{p}.country"), a.country)
         .and_then(|c| e.check(format!("{p}.country"), domain::country(&c)));
     Some(Address {
         name: name?,
@@ -123,26 +117,31 @@ impl FromBody for OrderRequest {
 
     fn from_body(body: PlaceOrderBody, mut e: FieldErrors) -> Result<Self, ApiError> {
         let fingerprint = fingerprint(&body);
-        let email = required(&mut e, "customer_email", body.customer_email)
+        let email = e
+            .required("customer_email", body.customer_email)
             .and_then(|m| e.check("customer_email", domain::email(&m)));
-        let token = required(&mut e, "payment_token", body.payment_token)
+        let token = e
+            .required("payment_token", body.payment_token)
             .and_then(|t| e.check("payment_token", domain::payment_token(&t)));
-        let asked = required(&mut e, "items", body.items).unwrap_or_default();
+        let asked = e.required("items", body.items).unwrap_or_default();
         let mut items = Vec::with_capacity(asked.len());
         if let Some(n) = e.check("items", item_count(asked.len())) {
             for (i, item) in asked.into_iter().enumerate().take(n) {
                 let path = format!("items[{i}].sku");
-                let sku = required(&mut e, &path, item.sku)
+                let sku = e
+                    .required(&path, item.sku)
                     .and_then(|s| e.check(path.clone(), Sku::parse(&s)));
                 let quantity_path = format!("items[{i}].quantity");
-                let quantity = required(&mut e, &quantity_path, item.quantity)
+                let quantity = e
+                    .required(&quantity_path, item.quantity)
                     .and_then(|q| e.check(quantity_path, Quantity::new(q)));
                 if let (Some(sku), Some(quantity)) = (sku, quantity) {
                     e.check(path, add_item(&mut items, sku, quantity));
                 }
             }
         }
-        let shipping_address = required(&mut e, "shipping_address", body.shipping_address)
+        let shipping_address = e
+            .required("shipping_address", body.shipping_address)
             .and_then(|a| address(&mut e, a));
         match (email, token, shipping_address) {
             (Some(customer_email), Some(payment_token), Some(shipping_address)) if e.is_empty() => {

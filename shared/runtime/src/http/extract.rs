@@ -359,32 +359,25 @@ mod tests {
     struct Order {
         lines: Vec<i64>,
     }
-
-    fn required<T>(errors: &mut FieldErrors, path: &str, value: Option<T>) -> Option<T> {
-        if value.is_none() {
-            errors.add(path, "required", "is required");
-        }
-        value
-    }
-
     impl FromBody for Order {
         type Body = OrderBody;
 
         fn from_body(body: OrderBody, mut e: FieldErrors) -> Result<Self, ApiError> {
-            if required(&mut e, "name", body.name).is_some_and(|n| n.is_empty()) {
+            if e.required("name", body.name).is_some_and(|n| n.is_empty()) {
                 e.add("name", "length", "must not be empty");
             }
-            if required(&mut e, "price", body.price).is_some_and(|p| p < 0) {
+            if e.required("price", body.price).is_some_and(|p| p < 0) {
                 e.add("price", "range", "must not be negative");
             }
             let mut lines = Vec::new();
-            for (i, line) in required(&mut e, "lines", body.lines)
+            for (i, line) in e
+                .required("lines", body.lines)
                 .unwrap_or_default()
                 .into_iter()
                 .enumerate()
             {
                 let path = format!("lines[{i}].quantity");
-                match required(&mut e, &path, line.quantity) {
+                match e.required(&path, line.quantity) {
                     Some(q) if q < 1 => e.add(path, "range", "must be at least 1"),
                     Some(q) => lines.push(q),
                     None => {}
