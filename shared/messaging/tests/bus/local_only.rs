@@ -437,30 +437,46 @@ fn local_bus(dbs: &Dbs, instance: &str, settings: MessagingSettings) -> Arc<dyn 
     Arc::new(bus)
 }
 
+/// The claims' lease of the take-back tests: a minute, twice [`WAIT`], so that only a
+/// take-back delivers in time.
+const LONG_CLAIMS_MS: u64 = 60_000;
+
+/// A process named `instance-a` with the take-back tests' minute-long claims.
+async fn start_instance_a(dbs: &Dbs, faults: Faults) -> Running {
+    let mut long_claims = settings();
+    long_claims.lease_ms = LONG_CLAIMS_MS;
+    start_configured(
+        local_bus(dbs, "instance-a", long_claims.clone()),
+        dbs,
+        "instance-a",
+        faults,
+        true,
+        long_claims,
+    )
+    .await
+}
+
+/// `instance-a` holding claims on six events (three keys, two each), stopped inside the
+/// handling of a delivery, before its commit; and the events.
+async fn instance_a_inside_a_delivery(dbs: &Dbs) -> (Running, Vec<Envelope>) {
+    let faults = Faults::for_tests();
+    let reached = faults.arm("consumer.before_commit");
+    let a = start_instance_a(dbs, faults).await;
+    let sent = events(3, 2);
+    commit(dbs, &Outbox::new(PRODUCER), &sent).await;
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .expect("a delivery reaches the commit")
+        .expect("reported");
+    (a, sent)
+}
+
 /// An instance killed while it held deliveries, restarted under the same name, takes its
 /// claims back at once: everything is applied, once, long before the claims (a minute)
 /// would have lapsed.
 async fn a_restarted_instance_takes_back_its_claims_before_they_lapse(backend: Backend) {
     let dbs = open(backend).await;
-    let mut long_claims = settings();
-    long_claims.lease_ms = 60_000;
-    let faults = Faults::for_tests();
-    let reached = faults.arm("consumer.before_commit");
-    let a = start_configured(
-        local_bus(&dbs, "instance-a", long_claims.clone()),
-        &dbs,
-        "instance-a",
-        faults,
-        true,
-        long_claims.clone(),
-    )
-    .await;
-    let sent = events(3, 2);
-    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
-    tokio::time::timeout(WAIT, reached)
-        .await
-        .expect("a delivery reaches the commit")
-        .expect("reported");
+    let (a, sent) = instance_a_inside_a_delivery(&dbs).await;
     a.kill().await;
     let held = scalar(
         &dbs.consumer,
@@ -469,18 +485,10 @@ async fn a_restarted_instance_takes_back_its_claims_before_they_lapse(backend: B
     .await;
     assert!(held > 0, "the killed instance held claims");
     let started = std::time::Instant::now();
-    let a = start_configured(
-        local_bus(&dbs, "instance-a", long_claims.clone()),
-        &dbs,
-        "instance-a",
-        Faults::default(),
-        true,
-        long_claims.clone(),
-    )
-    .await;
+    let a = start_instance_a(&dbs, Faults::default()).await;
     // WAIT (30 s) is half the claims' lease: only a take-back delivers in time.
     assert_exactly_once_in_order(&dbs, &sent).await;
-    assert!(started.elapsed() < Duration::from_millis(long_claims.lease_ms));
+    assert!(started.elapsed() < Duration::from_millis(LONG_CLAIMS_MS));
     a.stop().await;
 }
 
@@ -507,39 +515,13 @@ async fn a_process_that_gets_its_name_after_it_started_takes_back_the_claims_mad
     backend: Backend,
 ) {
     let dbs = open(backend).await;
-    let mut long_claims = settings();
-    long_claims.lease_ms = 60_000;
-    let faults = Faults::for_tests();
-    let reached = faults.arm("consumer.before_commit");
-    let old = start_configured(
-        local_bus(&dbs, "instance-a", long_claims.clone()),
-        &dbs,
-        "instance-a",
-        faults,
-        true,
-        long_claims.clone(),
-    )
-    .await;
-    let sent = events(3, 2);
-    commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
-    tokio::time::timeout(WAIT, reached)
-        .await
-        .expect("a delivery reaches the commit")
-        .expect("reported");
+    let (old, sent) = instance_a_inside_a_delivery(&dbs).await;
     let started = std::time::Instant::now();
-    let new = start_configured(
-        local_bus(&dbs, "instance-a", long_claims.clone()),
-        &dbs,
-        "instance-a",
-        Faults::default(),
-        true,
-        long_claims.clone(),
-    )
-    .await;
+    let new = start_instance_a(&dbs, Faults::default()).await;
     old.kill().await;
     // WAIT (30 s) is half the claims' lease: only a take-back delivers in time.
     assert_exactly_once_in_order(&dbs, &sent).await;
-    assert!(started.elapsed() < Duration::from_millis(long_claims.lease_ms));
+    assert!(started.elapsed() < Duration::from_millis(LONG_CLAIMS_MS));
     new.stop().await;
 }
 
