@@ -12,9 +12,11 @@ use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use contracts::{Envelope, Event};
 use messaging::{Emitter, Handler, HandlerError, decode_all};
 
+use crate::db::product_cache::ProductCache;
 use crate::use_cases::hold_stock;
 
-pub(crate) struct ReserveStock;
+/// Holds stock for placed orders; forgets the cached products it changed.
+pub(crate) struct ReserveStock(pub(crate) ProductCache);
 
 #[async_trait]
 impl Handler for ReserveStock {
@@ -32,11 +34,12 @@ impl Handler for ReserveStock {
         events: &[&Envelope],
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
-        hold_stock::reserve(tx, &decode_all(events)?, out).await
+        hold_stock::reserve(tx, &decode_all(events)?, out, &self.0).await
     }
 }
 
-pub(crate) struct ReleaseStock;
+/// Releases a cancelled order's stock; forgets the cached products it changed.
+pub(crate) struct ReleaseStock(pub(crate) ProductCache);
 
 #[async_trait]
 impl Handler for ReleaseStock {
@@ -55,13 +58,14 @@ impl Handler for ReleaseStock {
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         for (event, cancelled) in decode_all(events)? {
-            hold_stock::release(tx, event, cancelled, out).await?;
+            hold_stock::release(tx, event, cancelled, out, &self.0).await?;
         }
         Ok(())
     }
 }
 
-pub(crate) struct ReholdStock;
+/// Holds a reinstated order's stock again; forgets the cached products it changed.
+pub(crate) struct ReholdStock(pub(crate) ProductCache);
 
 #[async_trait]
 impl Handler for ReholdStock {
@@ -77,10 +81,10 @@ impl Handler for ReholdStock {
         &self,
         tx: &DatabaseTransaction,
         events: &[&Envelope],
-        _: &mut Emitter,
+        out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         for (_, reinstated) in decode_all::<OrderReinstatedV1>(events)? {
-            hold_stock::rehold_stock(tx, reinstated).await?;
+            hold_stock::rehold_stock(tx, reinstated, out, &self.0).await?;
         }
         Ok(())
     }

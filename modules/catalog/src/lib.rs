@@ -11,7 +11,9 @@
 //!   again after a cancel lost to a dispatch).
 //! - **Owns**: schema `catalog` (tables `products`, `stock_levels`, `order_holds`,
 //!   `stock_reservations`, and the messaging tables).
-//! - **Settings**: none.
+//! - **Settings**: `[modules.catalog]`: `product_cache_ms` (1000), how long a product read
+//!   may be served from memory; this process's own changes show at once, another
+//!   replica's within that time; 0 turns the cache off.
 //!
 //! Everything else is private: the app knows this crate only through [`Catalog`].
 
@@ -21,16 +23,51 @@ mod events;
 mod http;
 mod use_cases;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use db::product_cache::ProductCache;
 use db::{DatabaseConnection, DbErr};
+use kernel::FieldErrors;
 use messaging::Outbox;
+use runtime::module::parse_settings;
 use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
+use serde::Deserialize;
+use validator::Validate;
 
 /// What catalog's use cases work with.
 #[derive(Clone)]
 pub(crate) struct State {
     pub(crate) db: ModuleDb,
     pub(crate) outbox: Outbox,
+    /// Products read recently; whatever changes a product forgets it after commit.
+    pub(crate) products: ProductCache,
+}
+
+#[derive(Debug, Clone, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    /// How long a product read may be served from memory (0: never). Bounds how old a read
+    /// can be when another replica changed the product; this process's own changes show at
+    /// once.
+    #[validate(range(max = 60000))]
+    product_cache_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            product_cache_ms: 1000,
+        }
+    }
+}
+
+fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
+    let settings: Settings = parse_settings(raw)?;
+    settings
+        .validate()
+        .map_err(|e| runtime::flatten_validation_errors(&e))?;
+    Ok(settings)
 }
 
 /// The catalog module, as the host sees it.
@@ -42,6 +79,10 @@ pub const NAME: &str = "catalog";
 impl Module for Catalog {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check_settings(&self, raw: &serde_json::Value, _: &str) -> Result<(), FieldErrors> {
+        settings(raw).map(|_| ())
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
@@ -68,13 +109,50 @@ impl Module for Catalog {
             "Units a dispatched order needed that were no longer free to hold"
         );
         metrics::counter!("catalog_oversold_units_total").increment(0);
+        let settings =
+            settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.catalog: {e}"))?;
+        let products = ProductCache::new(Duration::from_millis(settings.product_cache_ms));
         let state = State {
             db: ctx.db,
             outbox: ctx.outbox,
+            products: products.clone(),
         };
         Ok(StartedModule::with_routes(http::routes(state))
-            .handler(events::ReserveStock)
-            .handler(events::ReleaseStock)
-            .handler(events::ReholdStock))
+            .handler(events::ReserveStock(products.clone()))
+            .handler(events::ReleaseStock(products.clone()))
+            .handler(events::ReholdStock(products)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn product_reads_are_remembered_for_a_second_unless_told_otherwise() {
+        assert_eq!(settings(&json!({})).expect("valid").product_cache_ms, 1000);
+        assert_eq!(
+            settings(&json!({"product_cache_ms": 0}))
+                .expect("valid")
+                .product_cache_ms,
+            0
+        );
+    }
+
+    #[test]
+    fn a_cache_time_over_a_minute_or_not_a_number_is_refused_by_name() {
+        for bad in [
+            json!({"product_cache_ms": 60001}),
+            json!({"product_cache_ms": "1s"}),
+            json!({"product_cache_ms": -1}),
+        ] {
+            let errors = settings(&bad).expect_err("refused").to_string();
+            assert!(errors.contains("product_cache_ms"), "{bad}: {errors}");
+        }
+        let unknown = settings(&json!({"cache": 5}))
+            .expect_err("refused")
+            .to_string();
+        assert!(unknown.contains("cache"), "{unknown}");
     }
 }

@@ -342,6 +342,23 @@ impl TestApp {
         (self.db, self.settings, self.modules)
     }
 
+    /// Another process of this app on the same database, as a second replica behind a
+    /// load balancer would be: its own port, instance name and `settings` changed by
+    /// `configure`; the database stays this app's (stopping the replica leaves it).
+    pub async fn replica(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
+        settings.bus.instance = format!("{}-replica", settings.bus.instance);
+        configure(&mut settings);
+        let db = TestDatabase {
+            backend: self.db.backend,
+            _dir: None,
+            pg: None,
+        };
+        TestApp::start_on(settings, self.modules.clone(), self.hooks.clone(), db)
+            .await
+            .unwrap_or_else(|e| panic!("the replica does not start: {e:#}"))
+    }
+
     /// Starts the app again on the same database and instance name, with `hooks`.
     pub async fn restart(self, hooks: Hooks) -> TestApp {
         let (db, settings, modules) = self.crash().await;

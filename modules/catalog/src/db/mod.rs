@@ -1,7 +1,9 @@
 //! The only place in catalog that touches sea-orm: its tables, named without a schema so
-//! they resolve to catalog's own schema (or file) through the module's connection.
+//! they resolve to catalog's own schema (or file) through the module's connection; and
+//! `product_cache`, the products read lately, kept in memory in front of them.
 
 pub(crate) mod order_holds;
+pub(crate) mod product_cache;
 pub(crate) mod products;
 pub(crate) mod queries;
 pub(crate) mod stock;

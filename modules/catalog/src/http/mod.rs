@@ -71,7 +71,9 @@ async fn create(
         .json(ProductView::from(product)))
 }
 
-/// One product, with what is available.
+/// One product, with what is available. The answer may come from memory: it shows every
+/// change this process made, and a change another replica made once
+/// `modules.catalog.product_cache_ms` (a second by default) has passed.
 #[utoipa::path(get, path = "/api/catalog/products/{sku}", tag = "catalog",
     params(("sku" = String, Path, description = "the product's sku")),
     responses(
@@ -81,7 +83,7 @@ async fn create(
     ))]
 async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = get_product::get_product(&state.db, sku).await?;
+    let product = get_product::get_product(&state.db, &state.products, sku).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
@@ -144,6 +146,6 @@ async fn restock_product(
     Parsed(Restock(quantity)): Parsed<Restock>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = restock::restock(&state.db, sku, quantity).await?;
+    let product = restock::restock(&state.db, &state.products, sku, quantity).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }

@@ -1,7 +1,10 @@
-//! Reads one product with its available stock.
+//! Reads one product with its available stock, from memory when it was read lately
+//! (`db::product_cache` says how old that can be).
 
 use kernel::Sku;
 use runtime::ModuleDb;
+
+use crate::db::product_cache::ProductCache;
 
 use crate::db::queries;
 use crate::domain::Product;
@@ -15,8 +18,13 @@ pub(crate) enum GetProductError {
 }
 
 #[tracing::instrument(name = "catalog.get_product", level = "debug", skip_all, fields(sku = %sku))]
-pub(crate) async fn get_product(db: &ModuleDb, sku: Sku) -> Result<Product, GetProductError> {
-    queries::find_product(db.conn(), &sku)
+pub(crate) async fn get_product(
+    db: &ModuleDb,
+    products: &ProductCache,
+    sku: Sku,
+) -> Result<Product, GetProductError> {
+    products
+        .get_or_load(&sku, queries::find_product(db.conn(), &sku))
         .await?
         .ok_or(GetProductError::NotFound(sku))
 }

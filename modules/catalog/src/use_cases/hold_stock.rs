@@ -13,6 +13,7 @@ use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use messaging::{Emitter, HandlerError};
 use uuid::Uuid;
 
+use crate::db::product_cache::ProductCache;
 use crate::db::{DatabaseTransaction, stock};
 use crate::domain::{
     Decision, Hold, Lines, OnCancel, decide, merged, on_cancelled, on_reinstated, rehold,
@@ -35,6 +36,7 @@ pub(crate) async fn reserve(
     tx: &DatabaseTransaction,
     orders: &[(&Envelope, OrderPlacedV1)],
     out: &mut Emitter,
+    products: &ProductCache,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
     let decided = stock::hold_statuses(tx, &ids).await?;
@@ -95,10 +97,21 @@ pub(crate) async fn reserve(
             }
         }
     }
-    stock::hold_many(tx, &held.into_iter().collect::<Vec<_>>()).await?;
+    let held: Vec<(String, i64)> = held.into_iter().collect();
+    stock::hold_many(tx, &held).await?;
     stock::record_many_reservations(tx, &reservations).await?;
     stock::set_holds(tx, &decisions).await?;
+    forget_after_commit(out, products, held);
     Ok(())
+}
+
+/// Forgets the cached products whose stock `lines` changed, once the change committed.
+fn forget_after_commit(out: &mut Emitter, products: &ProductCache, lines: Vec<(String, i64)>) {
+    if lines.is_empty() {
+        return;
+    }
+    let products = products.clone();
+    out.after_commit(move || products.forget(lines.iter().map(|(sku, _)| sku.as_str())));
 }
 
 pub(crate) async fn release(
@@ -106,6 +119,7 @@ pub(crate) async fn release(
     cause: &Envelope,
     event: OrderCancelledV1,
     out: &mut Emitter,
+    products: &ProductCache,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
     match on_cancelled(stock::hold_status(tx, order_id).await?) {
@@ -125,6 +139,7 @@ pub(crate) async fn release(
                     },
                 )?;
             }
+            forget_after_commit(out, products, lines);
         }
         OnCancel::Remember => stock::set_hold(tx, order_id, Hold::Released).await?,
         OnCancel::Nothing => {}
@@ -137,6 +152,8 @@ pub(crate) async fn release(
 pub(crate) async fn rehold_stock(
     tx: &DatabaseTransaction,
     event: OrderReinstatedV1,
+    out: &mut Emitter,
+    products: &ProductCache,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
     if !on_reinstated(stock::hold_status(tx, order_id).await?) {
@@ -158,5 +175,6 @@ pub(crate) async fn rehold_stock(
     stock::hold_many(tx, &held).await?;
     stock::record_reservations(tx, order_id, &held).await?;
     stock::set_hold(tx, order_id, Hold::Reserved).await?;
+    forget_after_commit(out, products, held);
     Ok(())
 }

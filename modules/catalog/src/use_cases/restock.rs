@@ -4,6 +4,8 @@ use anyhow::Context;
 use kernel::{Quantity, Sku, StockLevel};
 use runtime::ModuleDb;
 
+use crate::db::product_cache::ProductCache;
+
 use crate::db::queries;
 use crate::domain::Product;
 
@@ -20,6 +22,7 @@ pub(crate) enum RestockError {
 #[tracing::instrument(name = "catalog.restock", skip_all, fields(sku = %sku, quantity = %quantity))]
 pub(crate) async fn restock(
     db: &ModuleDb,
+    products: &ProductCache,
     sku: Sku,
     quantity: Quantity,
 ) -> Result<Product, RestockError> {
@@ -35,6 +38,7 @@ pub(crate) async fn restock(
         .await?
         .context("the product vanished inside its own transaction")?;
     tx.commit().await.context("failed to commit restock")?;
+    products.forget([sku.as_str()]);
     tracing::info!(available = product.available, "restocked");
     Ok(product)
 }

@@ -77,6 +77,7 @@ pub(crate) async fn update_product(
         .commit(tx)
         .await
         .context("failed to commit product change")?;
+    state.products.forget([sku.as_str()]);
     tracing::info!(version = product.version, "product updated");
     Ok(product)
 }

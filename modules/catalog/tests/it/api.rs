@@ -1,20 +1,12 @@
 //! Catalog's HTTP API, on SQLite and on PostgreSQL.
 
-use std::sync::Arc;
-
 use serde_json::Value;
-use testkit::{Backend, Spawn, TestApp, json, on_both_backends};
+use testkit::{Backend, TestApp, json, on_both_backends};
 
-/// Catalog alone: what it publishes goes to a recording bus, since no consumer runs.
+/// Catalog alone, remembering product reads for a minute: a read after a change shows it
+/// only because the change forgot the product.
 async fn catalog(backend: Backend) -> TestApp {
-    let hooks = runtime::Hooks {
-        bus: Some(testkit::RecordingBus::new()),
-        ..Default::default()
-    };
-    Spawn::new(backend, vec![Arc::new(catalog::Catalog)])
-        .hooks(hooks)
-        .start()
-        .await
+    crate::catalog_alone(backend, crate::LONG_CACHE_MS).await.0
 }
 
 fn tea(sku: &str) -> Value {
