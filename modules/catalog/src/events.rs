@@ -6,11 +6,10 @@
 //! Consumes: `checkout.order_placed.v1`, `checkout.order_cancelled.v1`,
 //! `checkout.order_reinstated.v1`.
 
-use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode_all};
+use messaging::{Handler, HandlerError, Tx, decode_all};
 
 use crate::use_cases::hold_stock;
 
@@ -26,13 +25,8 @@ impl Handler for ReserveStock {
         &[OrderPlacedV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        hold_stock::reserve(tx, &decode_all(events)?, out).await
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
+        hold_stock::reserve(tx, &decode_all(events)?).await
     }
 }
 
@@ -48,14 +42,9 @@ impl Handler for ReleaseStock {
         &[OrderCancelledV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for (event, cancelled) in decode_all(events)? {
-            hold_stock::release(tx, event, cancelled, out).await?;
+            hold_stock::release(tx, event, cancelled).await?;
         }
         Ok(())
     }
@@ -73,12 +62,7 @@ impl Handler for ReholdStock {
         &[OrderReinstatedV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for (_, reinstated) in decode_all::<OrderReinstatedV1>(events)? {
             hold_stock::rehold_stock(tx, reinstated).await?;
         }

@@ -23,15 +23,7 @@ mod use_cases;
 
 use async_trait::async_trait;
 use db::{DatabaseConnection, DbErr};
-use messaging::Outbox;
-use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
-
-/// What catalog's use cases work with.
-#[derive(Clone)]
-pub(crate) struct State {
-    pub(crate) db: ModuleDb,
-    pub(crate) outbox: Outbox,
-}
+use runtime::{Module, ModuleContext, StartedModule};
 
 /// The catalog module, as the host sees it.
 pub struct Catalog;
@@ -68,11 +60,7 @@ impl Module for Catalog {
             "Units a dispatched order needed that were no longer free to hold"
         );
         metrics::counter!("catalog_oversold_units_total").increment(0);
-        let state = State {
-            db: ctx.db,
-            outbox: ctx.outbox,
-        };
-        Ok(StartedModule::with_routes(http::routes(state))
+        Ok(StartedModule::with_routes(http::routes(ctx.store))
             .handler(events::ReserveStock)
             .handler(events::ReleaseStock)
             .handler(events::ReholdStock))

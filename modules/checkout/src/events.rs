@@ -8,12 +8,11 @@
 
 use std::sync::Arc;
 
-use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
+use messaging::{Handler, HandlerError, Tx, decode, decode_all};
 use tokio::sync::Notify;
 
 use crate::use_cases::{price_list, shipment_progress, stock_outcome};
@@ -30,12 +29,7 @@ impl Handler for PriceList {
         &[ProductPublishedV1::TYPE, ProductRepricedV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for event in events {
             if event.event_type == ProductPublishedV1::TYPE {
                 price_list::on_published(tx, decode(event)?).await?;
@@ -62,15 +56,10 @@ impl Handler for StockOutcome {
         &[StockReservedV1::TYPE, StockRejectedV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         let (reserved, rejected) = by_type(events, StockReservedV1::TYPE);
-        stock_outcome::on_reserved(tx, &decode_all(&reserved)?, out, &self.payments).await?;
-        stock_outcome::on_rejected(tx, &decode_all(&rejected)?, out).await
+        stock_outcome::on_reserved(tx, &decode_all(&reserved)?, &self.payments).await?;
+        stock_outcome::on_rejected(tx, &decode_all(&rejected)?).await
     }
 }
 
@@ -86,15 +75,10 @@ impl Handler for ShipmentProgress {
         &[ShipmentDispatchedV1::TYPE, ShipmentDeliveredV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for event in events {
             if event.event_type == ShipmentDispatchedV1::TYPE {
-                shipment_progress::on_dispatched(tx, event, decode(event)?, out).await?;
+                shipment_progress::on_dispatched(tx, event, decode(event)?).await?;
             } else {
                 shipment_progress::on_delivered(tx, decode(event)?).await?;
             }

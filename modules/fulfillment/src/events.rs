@@ -5,11 +5,10 @@
 //! Consumes: `checkout.order_confirmed.v1` (create a shipment),
 //! `checkout.order_cancelled.v1` (cancel it unless it has left).
 
-use crate::db::DatabaseTransaction;
 use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
 use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
+use messaging::{Handler, HandlerError, Tx, decode, decode_all};
 
 use crate::use_cases::{cancel_shipment, create_shipments};
 
@@ -25,13 +24,8 @@ impl Handler for CreateShipment {
         &[OrderConfirmedV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        create_shipments::on_confirmed(tx, &decode_all(events)?, out).await
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
+        create_shipments::on_confirmed(tx, &decode_all(events)?).await
     }
 }
 
@@ -47,12 +41,7 @@ impl Handler for CancelShipment {
         &[OrderCancelledV1::TYPE]
     }
 
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for event in events {
             cancel_shipment::on_cancelled(tx, decode(event)?).await?;
         }

@@ -16,8 +16,8 @@ use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use messaging::{
-    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, SubscriberSpec,
-    Subscription,
+    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, Store,
+    SubscriberSpec, Subscription,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -262,10 +262,9 @@ impl Application {
             probes.push(Arc::new(probes::DatabaseProbe(db.clone())));
             let outbox = Outbox::new(name);
             let ctx = ModuleContext {
-                db: db.clone(),
+                store: Store::new(db.clone(), outbox.clone()),
                 settings: settings.modules.section(name),
                 environment: settings.environment.clone(),
-                outbox: outbox.clone(),
             };
             let mut parts = module
                 .start(ctx)

@@ -8,11 +8,9 @@ use actix_web::web;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use kernel::FieldErrors;
-use messaging::{Handler, Outbox, Prune};
+use messaging::{Handler, Prune, Store};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
-
-use crate::db::ModuleDb;
 
 /// A module of the system. The app lists the modules it knows; configuration says which of
 /// them run in this process.
@@ -51,13 +49,12 @@ pub trait Module: Send + Sync + 'static {
 
 /// What the host hands a module when starting it.
 pub struct ModuleContext {
-    pub db: ModuleDb,
+    /// The module's database and outbox: where its transactions begin and publish.
+    pub store: Store,
     /// The module's settings table, already checked by [`Module::check_settings`].
     pub settings: serde_json::Value,
     /// The environment the settings were loaded for (`local`, `test`, `production`).
     pub environment: String,
-    /// Where the module writes the events it publishes, in its own transactions.
-    pub outbox: Outbox,
 }
 
 /// Work a module runs in the background until the token is cancelled (at shutdown, after

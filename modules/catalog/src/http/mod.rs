@@ -8,13 +8,13 @@ use runtime::auth::{Access, RouteAccess};
 use runtime::http::{ApiError, Origin, Parsed, ValidQuery};
 use runtime::openapi::ErrorBody;
 
-use crate::State;
 use crate::domain::{NewProduct, ProductChanges};
 use crate::use_cases::{create_product, get_product, list_products, restock, update_product};
 use dto::{
     CreateProductBody, ListQuery, PageView, PatchProductBody, ProductView, Restock, RestockBody,
     sku_param,
 };
+use messaging::Store;
 
 const DEFAULT_PAGE: u64 = 20;
 
@@ -28,10 +28,10 @@ const DEFAULT_PAGE: u64 = 20;
 pub(crate) struct ApiDoc;
 
 /// Every route with who may call it: anyone reads products; staff change them.
-pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
-    let state = web::Data::new(state);
+pub(crate) fn routes(store: Store) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    let store = web::Data::new(store);
     move |cfg| {
-        cfg.app_data(state.clone())
+        cfg.app_data(store.clone())
             .service(
                 web::resource("/products")
                     .route(web::post().to(create).allow(Access::Staff))
@@ -60,11 +60,11 @@ pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + 
         (status = 409, description = "the sku exists", body = ErrorBody),
     ))]
 async fn create(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     origin: Origin,
     Parsed(new): Parsed<NewProduct>,
 ) -> Result<HttpResponse, ApiError> {
-    let product = create_product::create_product(&state, &origin.0, new).await?;
+    let product = create_product::create_product(&store, &origin.0, new).await?;
     let location = format!("/api/catalog/products/{}", product.sku);
     Ok(HttpResponse::Created()
         .insert_header(("Location", location))
@@ -79,9 +79,9 @@ async fn create(
         (status = 400, description = "not a sku", body = ErrorBody),
         (status = 404, description = "no such product", body = ErrorBody),
     ))]
-async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(store: web::Data<Store>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = get_product::get_product(&state.db, sku).await?;
+    let product = get_product::get_product(store.db(), sku).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
@@ -92,13 +92,13 @@ async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResp
         (status = 400, description = "a bad limit or after", body = ErrorBody),
     ))]
 async fn list(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     query: ValidQuery<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.0;
     let after = query.after.as_deref().map(sku_param).transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    let page = list_products::list_products(&state.db, after, limit).await?;
+    let page = list_products::list_products(store.db(), after, limit).await?;
     Ok(HttpResponse::Ok().json(PageView {
         items: page.items.into_iter().map(ProductView::from).collect(),
         next_after: page.next_after.map(|s| s.to_string()),
@@ -117,13 +117,13 @@ async fn list(
         (status = 404, description = "no such product", body = ErrorBody),
     ))]
 async fn patch(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     origin: Origin,
     sku: web::Path<String>,
     Parsed(changes): Parsed<ProductChanges>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = update_product::update_product(&state, &origin.0, sku, changes).await?;
+    let product = update_product::update_product(&store, &origin.0, sku, changes).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
@@ -139,11 +139,11 @@ async fn patch(
         (status = 404, description = "no such product", body = ErrorBody),
     ))]
 async fn restock_product(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     sku: web::Path<String>,
     Parsed(Restock(quantity)): Parsed<Restock>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = restock::restock(&state.db, sku, quantity).await?;
+    let product = restock::restock(store.db(), sku, quantity).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }

@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use contracts::Envelope;
 use contracts::catalog::{
     ShortageV1, StockLineV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use messaging::{Emitter, HandlerError};
+use contracts::{Cause, Envelope};
+use messaging::{HandlerError, Tx};
 use uuid::Uuid;
 
 use crate::db::{DatabaseTransaction, stock};
@@ -32,9 +32,8 @@ fn stock_lines(lines: &[(String, i64)]) -> Vec<StockLineV1> {
 /// none, in batch order, against the stock left by the orders before it. A handful of
 /// statements serve the whole batch.
 pub(crate) async fn reserve(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     orders: &[(&Envelope, OrderPlacedV1)],
-    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
     let decided = stock::hold_statuses(tx, &ids).await?;
@@ -67,8 +66,8 @@ pub(crate) async fn reserve(
                     reservations.push((order.order_id, sku.clone(), *quantity));
                 }
                 decisions.push((order.order_id, Hold::Reserved));
-                out.emit(
-                    event,
+                tx.publish_with(
+                    &Cause::following(event),
                     &StockReservedV1 {
                         order_id: order.order_id,
                         lines: stock_lines(&lines),
@@ -78,8 +77,8 @@ pub(crate) async fn reserve(
             Decision::Rejected(shortages) => {
                 tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
                 decisions.push((order.order_id, Hold::Rejected));
-                out.emit(
-                    event,
+                tx.publish_with(
+                    &Cause::following(event),
                     &StockRejectedV1 {
                         order_id: order.order_id,
                         shortages: shortages
@@ -102,10 +101,9 @@ pub(crate) async fn reserve(
 }
 
 pub(crate) async fn release(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     cause: &Envelope,
     event: OrderCancelledV1,
-    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
     match on_cancelled(stock::hold_status(tx, order_id).await?) {
@@ -117,8 +115,8 @@ pub(crate) async fn release(
             stock::forget_reservations(tx, order_id).await?;
             stock::set_hold(tx, order_id, Hold::Released).await?;
             if !lines.is_empty() {
-                out.emit(
-                    cause,
+                tx.publish_with(
+                    &Cause::following(cause),
                     &StockReleasedV1 {
                         order_id,
                         lines: stock_lines(&lines),

@@ -1,20 +1,19 @@
 //! Fulfillment's news about an order's shipment: dispatched, then delivered.
 
 use crate::db::DatabaseTransaction;
-use contracts::Envelope;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use messaging::{Emitter, HandlerError};
+use contracts::{Cause, Envelope};
+use messaging::{HandlerError, Tx};
 
 use crate::db::queries;
 use crate::domain::{OrderEvent, Step, transition};
 
 pub(crate) async fn on_dispatched(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     cause: &Envelope,
     event: ShipmentDispatchedV1,
-    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
@@ -25,8 +24,8 @@ pub(crate) async fn on_dispatched(
     }
     if step == Step::ShipAndReinstate {
         tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
-        out.emit(
-            cause,
+        tx.publish_with(
+            &Cause::following(cause),
             &OrderReinstatedV1 {
                 order_id: order.id.as_uuid(),
                 lines: order

@@ -6,19 +6,18 @@ use std::sync::Arc;
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
 use contracts::{Cause, Envelope};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Tx};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::payments::{self as attempts, NewAttempt};
-use crate::db::{DatabaseTransaction, queries};
+use crate::db::queries;
 use crate::domain::{OrderEvent, OrderStatus, StatusReason, Step, transition};
 
 /// Starts a payment for every held order that still waits for one.
 pub(crate) async fn on_reserved(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     events: &[(&Envelope, StockReservedV1)],
-    out: &mut Emitter,
     payments: &Arc<Notify>,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
@@ -52,15 +51,15 @@ pub(crate) async fn on_reserved(
     }
     let now = Utc::now();
     attempts::open(tx, due, now.timestamp_millis(), now).await?;
-    out.wake_after_commit(payments.clone());
+    let payments = payments.clone();
+    tx.after_commit(move || payments.notify_one());
     Ok(())
 }
 
 /// Rejects every refused order that still waits for its stock.
 pub(crate) async fn on_rejected(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     events: &[(&Envelope, StockRejectedV1)],
-    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
@@ -89,7 +88,7 @@ pub(crate) async fn on_rejected(
     .await?;
     if !rejected.is_empty() {
         let n = rejected.len() as u64;
-        out.after_commit(move || crate::counters::orders_rejected(StatusReason::OutOfStock, n));
+        tx.after_commit(move || crate::counters::orders_rejected(StatusReason::OutOfStock, n));
         tracing::info!(
             module = "checkout",
             orders = rejected.len(),

@@ -4,20 +4,18 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use contracts::Envelope;
 use contracts::checkout::OrderConfirmedV1;
 use contracts::fulfillment::ShipmentCreatedV1;
+use contracts::{Cause, Envelope};
 use kernel::{OrderId, ShipmentId};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Tx};
 
-use crate::db::DatabaseTransaction;
 use crate::db::queries::{self, NewShipment};
 use crate::domain::Shipment;
 
 pub(crate) async fn on_confirmed(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     events: &[(&Envelope, OrderConfirmedV1)],
-    out: &mut Emitter,
 ) -> Result<(), HandlerError> {
     let ids: Vec<OrderId> = events
         .iter()
@@ -34,8 +32,8 @@ pub(crate) async fn on_confirmed(
             continue;
         }
         let shipment = Shipment::ready(ShipmentId::new(), order_id, now);
-        out.emit(
-            event,
+        tx.publish_with(
+            &Cause::following(event),
             &ShipmentCreatedV1 {
                 shipment_id: shipment.id.as_uuid(),
                 order_id: order.order_id,

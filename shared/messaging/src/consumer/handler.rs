@@ -1,13 +1,12 @@
 //! What a module's handlers are written against: the [`Handler`] trait, the errors a
-//! handler returns, the [`Emitter`] that collects what it publishes, and the helpers that
-//! decode an event's payload.
-
-use std::sync::Arc;
+//! handler returns, and the helpers that decode an event's payload. A handler writes and
+//! publishes through the consumer's [`Tx`].
 
 use async_trait::async_trait;
-use contracts::{Cause, Envelope, Event};
-use sea_orm::{DatabaseTransaction, DbErr};
-use tokio::sync::Notify;
+use contracts::{Envelope, Event};
+use sea_orm::DbErr;
+
+use crate::publish::{PublishError, Tx};
 
 /// Why a handler did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -32,41 +31,11 @@ impl From<anyhow::Error> for HandlerError {
     }
 }
 
-/// What a handler publishes, committed with its work.
-pub struct Emitter {
-    pub(super) events: Vec<Envelope>,
-    pub(super) wakes: Vec<Arc<Notify>>,
-    pub(super) after_commit: Vec<Box<dyn FnOnce() + Send>>,
-}
-
-impl Emitter {
-    pub(super) fn new() -> Self {
-        Self {
-            events: Vec::new(),
-            wakes: Vec::new(),
-            after_commit: Vec::new(),
-        }
-    }
-
-    /// Publishes `event` as a consequence of `cause`, the event being handled: it keeps
-    /// the correlation and the trace, and names `cause` as its causation.
-    pub fn emit<E: Event>(&mut self, cause: &Envelope, event: &E) -> Result<(), HandlerError> {
-        let envelope = Envelope::new(event, &Cause::following(cause))
-            .map_err(|e| HandlerError::Reject(format!("would publish an invalid event: {e}")))?;
-        self.events.push(envelope);
-        Ok(())
-    }
-
-    /// Wakes `notify` once the handler's transaction has committed.
-    pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
-        self.wakes.push(notify);
-    }
-
-    /// Runs `f` once the handler's transaction has committed, and never if it rolls back
-    /// (a business counter, say: a batch that is rolled back and handled again one event
-    /// at a time must not count twice).
-    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.after_commit.push(Box::new(f));
+/// An event a handler would publish does not fit its contract (or names no cause):
+/// retrying cannot help, so the event being handled is parked.
+impl From<PublishError> for HandlerError {
+    fn from(e: PublishError) -> Self {
+        HandlerError::Reject(e.to_string())
     }
 }
 
@@ -97,14 +66,11 @@ pub trait Handler: Send + Sync + 'static {
     fn event_types(&self) -> &'static [&'static str];
 
     /// Does the work for `events`, in the order given, inside the consumer's transaction,
-    /// which also holds their inbox keys and the outbox rows of what it emits. The events
+    /// which also holds their inbox keys and the outbox rows of what it publishes (each
+    /// with the cause of the event it follows: `tx.publish_with(&Cause::following(event),
+    /// ..)`). The events
     /// have distinct ordering keys (a subscription never hands out two of one key at
     /// once), so a handler may apply them in one set-based pass: many events per round
     /// trip. It must tolerate events of other keys and topics arriving in any order.
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError>;
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError>;
 }

@@ -12,9 +12,10 @@
 //! a bad event never stops a subscription, and retrying it does not hold up other keys.
 //!
 //! Files: `handler.rs` is what a module writes against (the [`Handler`] trait, its
-//! errors, the [`Emitter`], the decode helpers); `engine.rs` the delivery loop (batches,
-//! attempts, crash counting, settling, replays); `inbox.rs` the idempotency records;
-//! `cleaner.rs` the retention of the outbox, the inbox and a module's own tables.
+//! errors, the decode helpers; a handler publishes through the batch's [`crate::Tx`]);
+//! `engine.rs` the delivery loop (batches, attempts, crash counting, settling, replays);
+//! `inbox.rs` the idempotency records; `cleaner.rs` the retention of the outbox, the
+//! inbox and a module's own tables.
 
 mod cleaner;
 mod engine;
@@ -23,4 +24,4 @@ mod inbox;
 
 pub use cleaner::{Prune, clean, run_cleaner};
 pub use engine::Consumer;
-pub use handler::{Emitter, Handler, HandlerError, decode, decode_all};
+pub use handler::{Handler, HandlerError, decode, decode_all};

@@ -16,10 +16,10 @@ use contracts::{Cause, Envelope, Event};
 use futures::StreamExt;
 use messaging::db::{execute, query};
 use messaging::{
-    Consumer, Emitter, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings,
-    ModuleDb, Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec,
+    Consumer, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings, ModuleDb,
+    Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec, Tx,
 };
-use sea_orm::{ConnectionTrait, Database, DatabaseTransaction, DbBackend};
+use sea_orm::{ConnectionTrait, Database, DbBackend};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -286,12 +286,7 @@ impl Handler for Recorder {
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderConfirmedV1::TYPE]
     }
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for (event, payload) in messaging::decode_all::<OrderConfirmedV1>(events)? {
             execute(
                 tx,
@@ -314,31 +309,32 @@ impl Handler for Recorder {
     }
 }
 
+/// The payload of an event of `key` carrying sequence number `seq`.
+pub(crate) fn payload(key: Uuid, seq: i64) -> OrderConfirmedV1 {
+    OrderConfirmedV1 {
+        order_id: key,
+        lines: vec![OrderLineV1 {
+            sku: "A".into(),
+            quantity: 1,
+            unit_price_minor: 0,
+        }],
+        currency: "EUR".into(),
+        total_minor: seq,
+        customer_email: "a@b.co".into(),
+        shipping_address: AddressV1 {
+            name: "n".into(),
+            line1: "l".into(),
+            line2: None,
+            city: "c".into(),
+            postal_code: "p".into(),
+            country: "GB".into(),
+        },
+    }
+}
+
 /// An event of `key` carrying sequence number `seq`.
 pub(crate) fn event(key: Uuid, seq: i64) -> Envelope {
-    Envelope::new(
-        &OrderConfirmedV1 {
-            order_id: key,
-            lines: vec![OrderLineV1 {
-                sku: "A".into(),
-                quantity: 1,
-                unit_price_minor: 0,
-            }],
-            currency: "EUR".into(),
-            total_minor: seq,
-            customer_email: "a@b.co".into(),
-            shipping_address: AddressV1 {
-                name: "n".into(),
-                line1: "l".into(),
-                line2: None,
-                city: "c".into(),
-                postal_code: "p".into(),
-                country: "GB".into(),
-            },
-        },
-        &Cause::fresh(),
-    )
-    .expect("valid event")
+    Envelope::new(&payload(key, seq), &Cause::fresh()).expect("valid event")
 }
 
 pub(crate) fn outgoing(e: &Envelope) -> Outgoing {
@@ -359,11 +355,15 @@ pub(crate) fn events(keys: usize, per_key: i64) -> Vec<Envelope> {
         .collect()
 }
 
-/// Commits events to the producer's outbox, as a use case would.
+/// Commits events made by the test to the producer's outbox, and wakes its relay, as a
+/// use case's transaction would.
 pub(crate) async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
     let tx = dbs.producer.begin().await.expect("begin");
-    outbox.append(&tx, events).await.expect("append");
-    outbox.commit(tx).await.expect("commit");
+    messaging::outbox::append(&tx, events)
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    outbox.wake();
 }
 
 pub(crate) struct Running {
@@ -778,6 +778,7 @@ mod cleanup;
 mod conformance;
 mod local_only;
 mod process_kill;
+mod publishing;
 mod redis_faults;
 mod redis_only;
 mod replays;
