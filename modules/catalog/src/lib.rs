@@ -60,9 +60,8 @@ impl Module for Catalog {
             "Units a dispatched order needed that were no longer free to hold"
         );
         metrics::counter!("catalog_oversold_units_total").increment(0);
-        Ok(StartedModule::with_routes(http::routes(ctx.store))
-            .handler(events::ReserveStock)
-            .handler(events::ReleaseStock)
-            .handler(events::ReholdStock))
+        Ok(events::handlers(StartedModule::with_routes(http::routes(
+            ctx.store,
+        ))))
     }
 }

@@ -137,16 +137,15 @@ impl Module for Checkout {
             db: store.db().clone(),
             settings: settings.watchdog.clone(),
         };
-        Ok(StartedModule::with_routes(http::routes(store))
-            .handler(events::PriceList)
-            .handler(events::StockOutcome { payments })
-            .handler(events::ShipmentProgress)
-            .task(move |cancel| worker.run(cancel).boxed())
-            .task(move |cancel| watchdog.run(cancel).boxed())
-            .prune(
-                "idempotency_keys",
-                Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
-            ))
+        Ok(
+            events::handlers(StartedModule::with_routes(http::routes(store)), payments)
+                .task(move |cancel| worker.run(cancel).boxed())
+                .task(move |cancel| watchdog.run(cancel).boxed())
+                .prune(
+                    "idempotency_keys",
+                    Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
+                ),
+        )
     }
 }
 

@@ -54,8 +54,8 @@ impl Module for Fulfillment {
             "Shipments dispatched"
         );
         metrics::counter!("fulfillment_shipments_dispatched_total").increment(0);
-        Ok(StartedModule::with_routes(http::routes(ctx.store))
-            .handler(events::CreateShipment)
-            .handler(events::CancelShipment))
+        Ok(events::handlers(StartedModule::with_routes(http::routes(
+            ctx.store,
+        ))))
     }
 }

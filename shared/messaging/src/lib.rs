@@ -21,7 +21,8 @@ pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
 pub use consumer::{
-    Consumer, Handler, HandlerError, Prune, clean, decode, decode_all, run_cleaner,
+    Consumer, Handler, HandlerError, Handling, Incoming, Prune, clean, decode, decode_all, on,
+    on_each, run_cleaner,
 };
 pub use db::ModuleDb;
 pub use faults::Faults;

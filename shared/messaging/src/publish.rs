@@ -12,7 +12,7 @@
 //! A transaction begun for a request has one cause, the request's, and `publish` uses it.
 //! One that holds a batch (a consumer's, the payment recorder's) has none: each of its
 //! events follows its own cause, given with [`Tx::publish_with`] (for a handler, the
-//! event it handles: `Cause::following(incoming)`).
+//! event it handles: `incoming.cause`, see `on`).
 //!
 //! Self-contained on purpose: it needs only a module's database, its outbox and the
 //! contracts.

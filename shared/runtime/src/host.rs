@@ -208,13 +208,15 @@ fn check_handlers(name: &str, parts: &StartedModule) -> anyhow::Result<()> {
         handled == declared,
         "module {name} handles {handled:?} but contracts::SUBSCRIPTIONS says it consumes {declared:?}"
     );
-    let mut names = BTreeSet::new();
+    let mut registered = BTreeSet::new();
     for handler in &parts.handlers {
-        anyhow::ensure!(
-            names.insert(handler.name()),
-            "module {name} has two handlers named {}",
-            handler.name()
-        );
+        for event_type in handler.event_types() {
+            anyhow::ensure!(
+                registered.insert((handler.name(), *event_type)),
+                "module {name} has two handlers named {} for {event_type}",
+                handler.name()
+            );
+        }
     }
     Ok(())
 }

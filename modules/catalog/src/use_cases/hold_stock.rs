@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use contracts::Cause;
 use contracts::catalog::{
     ShortageV1, StockLineV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use contracts::{Cause, Envelope};
-use messaging::{HandlerError, Tx};
+use messaging::{HandlerError, Incoming, Tx};
 use uuid::Uuid;
 
 use crate::db::{DatabaseTransaction, stock};
@@ -33,18 +33,22 @@ fn stock_lines(lines: &[(String, i64)]) -> Vec<StockLineV1> {
 /// statements serve the whole batch.
 pub(crate) async fn reserve(
     tx: &mut Tx,
-    orders: &[(&Envelope, OrderPlacedV1)],
+    orders: Vec<Incoming<OrderPlacedV1>>,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.event.order_id).collect();
     let decided = stock::hold_statuses(tx, &ids).await?;
-    let mut pending: Vec<(&Envelope, &OrderPlacedV1, Lines)> = Vec::new();
+    let mut pending: Vec<(&Cause, &OrderPlacedV1, Lines)> = Vec::new();
     let mut seen = HashSet::new();
-    for (event, order) in orders {
+    for Incoming {
+        event: order,
+        cause,
+    } in &orders
+    {
         if let Some(status) = decided.get(&order.order_id) {
             tracing::info!(module = "catalog", order_id = %order.order_id, status = status.as_str(), "order already decided; nothing to hold");
         } else if seen.insert(order.order_id) {
             pending.push((
-                *event,
+                cause,
                 order,
                 merged(order.lines.iter().map(|l| (l.sku.as_str(), l.quantity))),
             ));
@@ -58,7 +62,7 @@ pub(crate) async fn reserve(
     let mut held: BTreeMap<String, i64> = BTreeMap::new();
     let mut reservations = Vec::new();
     let mut decisions = Vec::with_capacity(pending.len());
-    for (event, order, lines) in pending {
+    for (cause, order, lines) in pending {
         match decide(&mut free, &lines) {
             Decision::Reserved(lines) => {
                 for (sku, quantity) in &lines {
@@ -67,7 +71,7 @@ pub(crate) async fn reserve(
                 }
                 decisions.push((order.order_id, Hold::Reserved));
                 tx.publish_with(
-                    &Cause::following(event),
+                    cause,
                     &StockReservedV1 {
                         order_id: order.order_id,
                         lines: stock_lines(&lines),
@@ -78,7 +82,7 @@ pub(crate) async fn reserve(
                 tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
                 decisions.push((order.order_id, Hold::Rejected));
                 tx.publish_with(
-                    &Cause::following(event),
+                    cause,
                     &StockRejectedV1 {
                         order_id: order.order_id,
                         shortages: shortages
@@ -100,11 +104,12 @@ pub(crate) async fn reserve(
     Ok(())
 }
 
+/// Releases what a cancelled order holds.
 pub(crate) async fn release(
     tx: &mut Tx,
-    cause: &Envelope,
-    event: OrderCancelledV1,
+    cancelled: Incoming<OrderCancelledV1>,
 ) -> Result<(), HandlerError> {
+    let Incoming { event, cause } = cancelled;
     let order_id = event.order_id;
     match on_cancelled(stock::hold_status(tx, order_id).await?) {
         OnCancel::Release => {
@@ -116,7 +121,7 @@ pub(crate) async fn release(
             stock::set_hold(tx, order_id, Hold::Released).await?;
             if !lines.is_empty() {
                 tx.publish_with(
-                    &Cause::following(cause),
+                    &cause,
                     &StockReleasedV1 {
                         order_id,
                         lines: stock_lines(&lines),

@@ -4,17 +4,16 @@ use crate::db::DatabaseTransaction;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use contracts::{Cause, Envelope};
-use messaging::{HandlerError, Tx};
+use messaging::{HandlerError, Incoming, Tx};
 
 use crate::db::queries;
 use crate::domain::{OrderEvent, Step, transition};
 
 pub(crate) async fn on_dispatched(
     tx: &mut Tx,
-    cause: &Envelope,
-    event: ShipmentDispatchedV1,
+    dispatched: Incoming<ShipmentDispatchedV1>,
 ) -> Result<(), HandlerError> {
+    let Incoming { event, cause } = dispatched;
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
@@ -25,7 +24,7 @@ pub(crate) async fn on_dispatched(
     if step == Step::ShipAndReinstate {
         tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
         tx.publish_with(
-            &Cause::following(cause),
+            &cause,
             &OrderReinstatedV1 {
                 order_id: order.id.as_uuid(),
                 lines: order

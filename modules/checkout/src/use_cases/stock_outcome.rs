@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
-use contracts::{Cause, Envelope};
-use messaging::{HandlerError, Tx};
+use messaging::{HandlerError, Incoming, Tx};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -17,13 +16,17 @@ use crate::domain::{OrderEvent, OrderStatus, StatusReason, Step, transition};
 /// Starts a payment for every held order that still waits for one.
 pub(crate) async fn on_reserved(
     tx: &mut Tx,
-    events: &[(&Envelope, StockReservedV1)],
-    payments: &Arc<Notify>,
+    events: Vec<Incoming<StockReservedV1>>,
+    payments: Arc<Notify>,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
     let mut due = Vec::new();
-    for (event, reserved) in events {
+    for Incoming {
+        event: reserved,
+        cause,
+    } in &events
+    {
         let Some(order) = orders.get(&reserved.order_id) else {
             return Err(HandlerError::Reject(format!(
                 "no order {}",
@@ -37,7 +40,6 @@ pub(crate) async fn on_reserved(
             continue;
         };
         // The payment's outcome will be announced as caused by this reservation.
-        let cause = Cause::following(event);
         due.push(NewAttempt {
             id: Uuid::now_v7(),
             order_id: order.id.as_uuid(),
@@ -51,7 +53,6 @@ pub(crate) async fn on_reserved(
     }
     let now = Utc::now();
     attempts::open(tx, due, now.timestamp_millis(), now).await?;
-    let payments = payments.clone();
     tx.after_commit(move || payments.notify_one());
     Ok(())
 }
@@ -59,9 +60,9 @@ pub(crate) async fn on_reserved(
 /// Rejects every refused order that still waits for its stock.
 pub(crate) async fn on_rejected(
     tx: &mut Tx,
-    events: &[(&Envelope, StockRejectedV1)],
+    events: Vec<Incoming<StockRejectedV1>>,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
     let mut rejected = Vec::new();
     for id in &ids {

@@ -402,8 +402,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Runs each handler once, on the events of this batch it has not processed before,
-    /// in batch order. A copy of an event within the batch runs once.
+    /// Runs each handler once (each registration: a name that serves two event types has
+    /// one for each), on the events of this batch it has not processed before, in batch
+    /// order. A copy of an event within the batch runs once.
     async fn run_handlers(
         &self,
         tx: &mut Tx,
@@ -413,7 +414,7 @@ impl Consumer {
         for handler in &self.handlers {
             let events: Vec<&Envelope> = items
                 .iter()
-                .filter(|item| item.handlers.iter().any(|h| h.name() == handler.name()))
+                .filter(|item| item.handlers.iter().any(|h| Arc::ptr_eq(h, handler)))
                 .filter(|item| fresh.remove(&(item.envelope.id, handler.name())))
                 .map(|item| &item.envelope)
                 .collect();

@@ -288,25 +288,33 @@ impl Handler for Recorder {
     }
     async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for (event, payload) in messaging::decode_all::<OrderConfirmedV1>(events)? {
-            execute(
-                tx,
-                "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
-                vec![
-                    event.id.to_string().into(),
-                    event.key.clone().into(),
-                    payload.total_minor.into(),
-                ],
-            )
-            .await?;
-            execute(
-                tx,
-                "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
-                vec![],
-            )
-            .await?;
+            apply_effects(tx, event.id, &event.key, payload.total_minor).await?;
         }
         Ok(())
     }
+}
+
+/// The effects of applying one event: a row naming it and the applied counter, both
+/// wrong if done twice.
+pub(crate) async fn apply_effects(
+    tx: &impl ConnectionTrait,
+    event_id: Uuid,
+    key: &str,
+    seq: i64,
+) -> Result<(), HandlerError> {
+    execute(
+        tx,
+        "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
+        vec![event_id.to_string().into(), key.into(), seq.into()],
+    )
+    .await?;
+    execute(
+        tx,
+        "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
+        vec![],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The payload of an event of `key` carrying sequence number `seq`.
@@ -427,6 +435,36 @@ pub(crate) async fn start_configured(
     relay: bool,
     settings: MessagingSettings,
 ) -> Running {
+    run(
+        bus,
+        dbs,
+        instance,
+        faults,
+        relay,
+        settings,
+        vec![Arc::new(Recorder)],
+    )
+    .await
+}
+
+/// A relay and a consumer running `handlers`, as one process named "instance-a" on the
+/// in-process bus.
+pub(crate) async fn start_handling(dbs: &Dbs, handlers: Vec<Arc<dyn Handler>>) -> Running {
+    let bus = bus(Transport::Local, dbs, "instance-a").await;
+    let faults = Faults::default();
+    run(bus, dbs, "instance-a", faults, true, settings(), handlers).await
+}
+
+/// Starts the relay (if `relay`) and a consumer running `handlers`.
+async fn run(
+    bus: Arc<dyn EventBus>,
+    dbs: &Dbs,
+    instance: &str,
+    faults: Faults,
+    relay: bool,
+    settings: MessagingSettings,
+    handlers: Vec<Arc<dyn Handler>>,
+) -> Running {
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if relay {
@@ -451,7 +489,7 @@ pub(crate) async fn start_configured(
     let consumer = Consumer {
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
-        handlers: vec![Arc::new(Recorder)],
+        handlers,
         settings,
         faults,
         replays: Arc::new(tokio::sync::Notify::new()),
@@ -774,6 +812,28 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
     .await
 }
 
+/// One test per backend for each scenario named (the scenarios are functions of the
+/// backend).
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$test(Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$test(Backend::Postgres).await
+                }
+            }
+        )+
+    };
+}
+
 mod cleanup;
 mod conformance;
 mod local_only;
@@ -782,3 +842,4 @@ mod publishing;
 mod redis_faults;
 mod redis_only;
 mod replays;
+mod typed;

@@ -145,27 +145,6 @@ async fn a_batch_publishes_each_event_under_its_own_cause_and_refuses_what_break
     assert!(woken(&outbox));
 }
 
-/// One test per backend for each of the scenarios above.
-macro_rules! on_both_backends {
-    ($($test:ident),+ $(,)?) => {
-        $(
-            mod $test {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$test(Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$test(Backend::Postgres).await
-                }
-            }
-        )+
-    };
-}
-
 on_both_backends!(
     events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order,
     a_transaction_dropped_without_commit_publishes_nothing_and_runs_no_hook,
