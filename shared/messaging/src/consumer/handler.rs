@@ -86,9 +86,9 @@ pub type Handling<'a> = BoxFuture<'a, Result<(), HandlerError>>;
 /// of the module's use cases (`async fn reserve(tx: &mut Tx, orders:
 /// Vec<Incoming<OrderPlacedV1>>)`) and pins its future, so a registration reads as one line
 /// naming the event type, the inbox name and the use case; a handler that needs state of
-/// its own captures it and passes a clone to each call. A payload that does not decode as `E` rejects the batch for good, so its
-/// event is parked (the consumer already checked the contract, so this means the handler
-/// was registered for the wrong type).
+/// its own captures it and passes a clone to each call. A payload that does not decode as
+/// `E` rejects the batch for good, so its event is parked (the consumer already checked
+/// the contract, so this means the handler was registered for the wrong type).
 pub fn on<E>(
     name: &'static str,
     handler: impl for<'a> Fn(&'a mut Tx, Vec<Incoming<E>>) -> Handling<'a> + Send + Sync + 'static,
