@@ -31,7 +31,8 @@ pub(crate) struct LayerRule {
 /// storage, no network, no clock, no randomness (the caller passes what it needs), so
 /// every rule is table-tested without a database. HTTP is the only layer that knows
 /// actix-web. `db/` is the only layer that builds statements: use cases and handlers call
-/// its functions and hold its transaction handle (re-exported from `db/`), nothing more.
+/// its functions and hold a transaction (messaging's publishing `Tx`, or the handle `db/`
+/// re-exports), nothing more.
 pub(crate) const LAYER_RULES: &[LayerRule] = &[
     LayerRule {
         name: "the domain does no IO, reads no clock and draws no random number",

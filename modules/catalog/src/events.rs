@@ -4,88 +4,31 @@
 //! `catalog.product_repriced.v1` (its price changes), `catalog.stock_reserved.v1`,
 //! `catalog.stock_rejected.v1`, `catalog.stock_released.v1`.
 //! Consumes: `checkout.order_placed.v1`, `checkout.order_cancelled.v1`,
-//! `checkout.order_reinstated.v1`.
+//! `checkout.order_reinstated.v1`, each handed to a use case of `hold_stock` under the
+//! handler's inbox name: a placed batch at once (set-based), a cancel or a reinstatement
+//! one event at a time.
 
-use crate::db::DatabaseTransaction;
-use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode_all};
+use runtime::StartedModule;
 
 use crate::db::product_cache::ProductCache;
 use crate::use_cases::hold_stock;
 
-/// Holds stock for placed orders; forgets the cached products it changed.
-pub(crate) struct ReserveStock(pub(crate) ProductCache);
-
-#[async_trait]
-impl Handler for ReserveStock {
-    fn name(&self) -> &'static str {
-        "catalog.reserve_stock"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[OrderPlacedV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        hold_stock::reserve(tx, &decode_all(events)?, out, &self.0).await
-    }
-}
-
-/// Releases a cancelled order's stock; forgets the cached products it changed.
-pub(crate) struct ReleaseStock(pub(crate) ProductCache);
-
-#[async_trait]
-impl Handler for ReleaseStock {
-    fn name(&self) -> &'static str {
-        "catalog.release_stock"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[OrderCancelledV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        for (event, cancelled) in decode_all(events)? {
-            hold_stock::release(tx, event, cancelled, out, &self.0).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Holds a reinstated order's stock again; forgets the cached products it changed.
-pub(crate) struct ReholdStock(pub(crate) ProductCache);
-
-#[async_trait]
-impl Handler for ReholdStock {
-    fn name(&self) -> &'static str {
-        "catalog.rehold_stock"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[OrderReinstatedV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        for (_, reinstated) in decode_all::<OrderReinstatedV1>(events)? {
-            hold_stock::rehold_stock(tx, reinstated, out, &self.0).await?;
-        }
-        Ok(())
-    }
+/// Registers catalog's handlers; each forgets the cached `products` whose stock it changed.
+pub(crate) fn handlers(module: StartedModule, products: ProductCache) -> StartedModule {
+    let (reserve, release, rehold) = (products.clone(), products.clone(), products);
+    module
+        .on::<OrderPlacedV1>("catalog.reserve_stock", move |tx, orders| {
+            Box::pin(hold_stock::reserve(tx, orders, reserve.clone()))
+        })
+        .on_each::<OrderCancelledV1>("catalog.release_stock", move |tx, cancelled| {
+            Box::pin(hold_stock::release(tx, cancelled, release.clone()))
+        })
+        .on_each::<OrderReinstatedV1>("catalog.rehold_stock", move |tx, reinstated| {
+            Box::pin(hold_stock::rehold_stock(
+                tx,
+                reinstated.event,
+                rehold.clone(),
+            ))
+        })
 }

@@ -29,17 +29,16 @@ use async_trait::async_trait;
 use db::product_cache::ProductCache;
 use db::{DatabaseConnection, DbErr};
 use kernel::FieldErrors;
-use messaging::Outbox;
+use messaging::Store;
 use runtime::module::parse_settings;
-use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
+use runtime::{Module, ModuleContext, StartedModule};
 use serde::Deserialize;
 use validator::Validate;
 
-/// What catalog's use cases work with.
+/// What catalog's routes work with: the module's store, and the products read lately.
 #[derive(Clone)]
 pub(crate) struct State {
-    pub(crate) db: ModuleDb,
-    pub(crate) outbox: Outbox,
+    pub(crate) store: Store,
     /// Products read recently; whatever changes a product forgets it after commit.
     pub(crate) products: ProductCache,
 }
@@ -113,17 +112,15 @@ impl Module for Catalog {
             settings(&ctx.settings).map_err(|e| anyhow::anyhow!("modules.catalog: {e}"))?;
         let products = ProductCache::new(Duration::from_millis(settings.product_cache_ms));
         let state = State {
-            db: ctx.db,
-            outbox: ctx.outbox,
+            store: ctx.store,
             products: products.clone(),
         };
-        Ok(StartedModule::with_routes(http::routes(state))
-            .handler(events::ReserveStock(products.clone()))
-            .handler(events::ReleaseStock(products.clone()))
-            .handler(events::ReholdStock(products)))
+        Ok(events::handlers(
+            StartedModule::with_routes(http::routes(state)),
+            products,
+        ))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

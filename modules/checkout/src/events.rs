@@ -4,109 +4,38 @@
 //! `checkout.order_cancelled.v1`, `checkout.order_reinstated.v1`.
 //! Consumes: catalog's `product_published` and `product_repriced` (its price list),
 //! `stock_reserved` and `stock_rejected` (the order's fate), fulfillment's
-//! `shipment_dispatched` and `shipment_delivered`.
+//! `shipment_dispatched` and `shipment_delivered`. A handler that takes two event types
+//! is registered once for each, under one inbox name.
 
 use std::sync::Arc;
 
-use crate::db::DatabaseTransaction;
-use async_trait::async_trait;
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
+use runtime::StartedModule;
 use tokio::sync::Notify;
 
 use crate::use_cases::{price_list, shipment_progress, stock_outcome};
 
-pub(crate) struct PriceList;
-
-#[async_trait]
-impl Handler for PriceList {
-    fn name(&self) -> &'static str {
-        "checkout.price_list"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[ProductPublishedV1::TYPE, ProductRepricedV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        for event in events {
-            if event.event_type == ProductPublishedV1::TYPE {
-                price_list::on_published(tx, decode(event)?).await?;
-            } else {
-                price_list::on_repriced(tx, decode(event)?).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-pub(crate) struct StockOutcome {
-    /// Wakes the payment worker once a held order is committed.
-    pub(crate) payments: Arc<Notify>,
-}
-
-#[async_trait]
-impl Handler for StockOutcome {
-    fn name(&self) -> &'static str {
-        "checkout.stock_outcome"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[StockReservedV1::TYPE, StockRejectedV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        let (reserved, rejected) = by_type(events, StockReservedV1::TYPE);
-        stock_outcome::on_reserved(tx, &decode_all(&reserved)?, out, &self.payments).await?;
-        stock_outcome::on_rejected(tx, &decode_all(&rejected)?, out).await
-    }
-}
-
-pub(crate) struct ShipmentProgress;
-
-#[async_trait]
-impl Handler for ShipmentProgress {
-    fn name(&self) -> &'static str {
-        "checkout.shipment_progress"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[ShipmentDispatchedV1::TYPE, ShipmentDeliveredV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        for event in events {
-            if event.event_type == ShipmentDispatchedV1::TYPE {
-                shipment_progress::on_dispatched(tx, event, decode(event)?, out).await?;
-            } else {
-                shipment_progress::on_delivered(tx, decode(event)?).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Splits a batch into the events of `event_type` and the others, keeping their order.
-fn by_type<'a>(
-    events: &[&'a Envelope],
-    event_type: &str,
-) -> (Vec<&'a Envelope>, Vec<&'a Envelope>) {
-    events.iter().partition(|e| e.event_type == event_type)
+/// Registers checkout's handlers; `payments` wakes the payment worker once a held order
+/// is committed.
+pub(crate) fn handlers(module: StartedModule, payments: Arc<Notify>) -> StartedModule {
+    module
+        .on_each::<ProductPublishedV1>("checkout.price_list", |tx, published| {
+            Box::pin(price_list::on_published(tx, published.event))
+        })
+        .on_each::<ProductRepricedV1>("checkout.price_list", |tx, repriced| {
+            Box::pin(price_list::on_repriced(tx, repriced.event))
+        })
+        .on::<StockReservedV1>("checkout.stock_outcome", move |tx, reserved| {
+            Box::pin(stock_outcome::on_reserved(tx, reserved, payments.clone()))
+        })
+        .on::<StockRejectedV1>("checkout.stock_outcome", |tx, rejected| {
+            Box::pin(stock_outcome::on_rejected(tx, rejected))
+        })
+        .on_each::<ShipmentDispatchedV1>("checkout.shipment_progress", |tx, dispatched| {
+            Box::pin(shipment_progress::on_dispatched(tx, dispatched))
+        })
+        .on_each::<ShipmentDeliveredV1>("checkout.shipment_progress", |tx, delivered| {
+            Box::pin(shipment_progress::on_delivered(tx, delivered.event))
+        })
 }

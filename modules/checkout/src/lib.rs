@@ -38,21 +38,13 @@ use async_trait::async_trait;
 use db::{DatabaseConnection, DbErr};
 use futures::FutureExt;
 use kernel::FieldErrors;
-use messaging::Outbox;
 use runtime::module::parse_settings;
-use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
+use runtime::{Module, ModuleContext, StartedModule};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use validator::Validate;
 
 pub use payments::DECLINED_TOKEN;
-
-/// What checkout's use cases work with.
-#[derive(Clone)]
-pub(crate) struct State {
-    pub(crate) db: ModuleDb,
-    pub(crate) outbox: Outbox,
-}
 
 #[derive(Debug, Clone, Deserialize, Validate)]
 #[serde(deny_unknown_fields, default)]
@@ -127,13 +119,10 @@ impl Module for Checkout {
         let settings = settings(&ctx.settings, &ctx.environment)
             .map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
         counters::describe();
-        let state = State {
-            db: ctx.db,
-            outbox: ctx.outbox,
-        };
+        let store = ctx.store;
         let payments = Arc::new(Notify::new());
         let worker = payments::PaymentWorker {
-            state: state.clone(),
+            store: store.clone(),
             gateway: settings.payment.gateway()?,
             breaker: Arc::new(payments::breaker::Breaker::new(
                 settings.payment.breaker.clone(),
@@ -145,19 +134,18 @@ impl Module for Checkout {
         };
         let retention = Duration::from_secs(settings.idempotency_retention_secs);
         let watchdog = use_cases::watch_orders::OrderWatchdog {
-            db: state.db.clone(),
+            db: store.db().clone(),
             settings: settings.watchdog.clone(),
         };
-        Ok(StartedModule::with_routes(http::routes(state))
-            .handler(events::PriceList)
-            .handler(events::StockOutcome { payments })
-            .handler(events::ShipmentProgress)
-            .task(move |cancel| worker.run(cancel).boxed())
-            .task(move |cancel| watchdog.run(cancel).boxed())
-            .prune(
-                "idempotency_keys",
-                Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
-            ))
+        Ok(
+            events::handlers(StartedModule::with_routes(http::routes(store)), payments)
+                .task(move |cancel| worker.run(cancel).boxed())
+                .task(move |cancel| watchdog.run(cancel).boxed())
+                .prune(
+                    "idempotency_keys",
+                    Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
+                ),
+        )
     }
 }
 

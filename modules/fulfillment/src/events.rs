@@ -5,57 +5,18 @@
 //! Consumes: `checkout.order_confirmed.v1` (create a shipment),
 //! `checkout.order_cancelled.v1` (cancel it unless it has left).
 
-use crate::db::DatabaseTransaction;
-use async_trait::async_trait;
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
-use contracts::{Envelope, Event};
-use messaging::{Emitter, Handler, HandlerError, decode, decode_all};
+use runtime::StartedModule;
 
 use crate::use_cases::{cancel_shipment, create_shipments};
 
-pub(crate) struct CreateShipment;
-
-#[async_trait]
-impl Handler for CreateShipment {
-    fn name(&self) -> &'static str {
-        "fulfillment.create_shipment"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[OrderConfirmedV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        create_shipments::on_confirmed(tx, &decode_all(events)?, out).await
-    }
-}
-
-pub(crate) struct CancelShipment;
-
-#[async_trait]
-impl Handler for CancelShipment {
-    fn name(&self) -> &'static str {
-        "fulfillment.cancel_shipment"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &[OrderCancelledV1::TYPE]
-    }
-
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        for event in events {
-            cancel_shipment::on_cancelled(tx, decode(event)?).await?;
-        }
-        Ok(())
-    }
+/// Registers fulfillment's handlers.
+pub(crate) fn handlers(module: StartedModule) -> StartedModule {
+    module
+        .on::<OrderConfirmedV1>("fulfillment.create_shipment", |tx, confirmed| {
+            Box::pin(create_shipments::on_confirmed(tx, confirmed))
+        })
+        .on_each::<OrderCancelledV1>("fulfillment.cancel_shipment", |tx, cancelled| {
+            Box::pin(cancel_shipment::on_cancelled(tx, cancelled.event))
+        })
 }

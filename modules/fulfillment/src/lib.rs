@@ -18,15 +18,7 @@ mod use_cases;
 
 use async_trait::async_trait;
 use db::{DatabaseConnection, DbErr};
-use messaging::Outbox;
-use runtime::{Module, ModuleContext, ModuleDb, StartedModule};
-
-/// What fulfillment's use cases work with.
-#[derive(Clone)]
-pub(crate) struct State {
-    pub(crate) db: ModuleDb,
-    pub(crate) outbox: Outbox,
-}
+use runtime::{Module, ModuleContext, StartedModule};
 
 pub struct Fulfillment;
 
@@ -62,12 +54,8 @@ impl Module for Fulfillment {
             "Shipments dispatched"
         );
         metrics::counter!("fulfillment_shipments_dispatched_total").increment(0);
-        let state = State {
-            db: ctx.db,
-            outbox: ctx.outbox,
-        };
-        Ok(StartedModule::with_routes(http::routes(state))
-            .handler(events::CreateShipment)
-            .handler(events::CancelShipment))
+        Ok(events::handlers(StartedModule::with_routes(http::routes(
+            ctx.store,
+        ))))
     }
 }

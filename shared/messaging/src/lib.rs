@@ -12,6 +12,7 @@ mod instance_name;
 pub mod local_bus;
 pub mod outbox;
 pub mod progress;
+mod publish;
 mod redis_bus;
 pub mod settings;
 pub mod trace;
@@ -20,12 +21,14 @@ pub use bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
 pub use consumer::{
-    Consumer, Emitter, Handler, HandlerError, Prune, clean, decode, decode_all, run_cleaner,
+    Consumer, Handler, HandlerError, Handling, Incoming, Prune, clean, decode, decode_all, on,
+    on_each, run_cleaner,
 };
 pub use db::ModuleDb;
 pub use faults::Faults;
 pub use local_bus::LocalBus;
 pub use outbox::{Outbox, Relay};
 pub use progress::Progress;
+pub use publish::{PublishError, Store, Tx};
 pub use redis_bus::{RedisBus, RedisConfig, partition_of};
 pub use settings::{MessagingSettings, backoff};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use contracts::Envelope;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Value};
+use sea_orm::{ConnectionTrait, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,9 @@ use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
 use crate::faults::Faults;
 use crate::settings::MessagingSettings;
 
-/// A module's handle on its own outbox.
+/// A module's outbox, as its relay and its publishing transactions share it: the relay
+/// sleeps on it between polls, and a transaction that committed events wakes it (see
+/// [`crate::Tx::commit`]).
 #[derive(Clone, Debug)]
 pub struct Outbox {
     module: &'static str,
@@ -45,26 +47,15 @@ impl Outbox {
         self.module
     }
 
-    /// Adds events to the outbox inside the caller's transaction.
-    pub async fn append(
-        &self,
-        tx: &impl ConnectionTrait,
-        events: &[Envelope],
-    ) -> Result<(), DbErr> {
-        append(tx, events).await
-    }
-
-    /// Commits `tx` and wakes the relay, so the events leave now rather than at the next
-    /// poll.
-    pub async fn commit(&self, tx: DatabaseTransaction) -> Result<(), DbErr> {
-        tx.commit().await?;
-        self.wake();
-        Ok(())
-    }
-
     /// Tells the relay that new events were committed.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Returns once events were committed (or [`Outbox::wake`] was called) since the
+    /// last time it returned: what the relay waits for between polls.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     pub(crate) fn waker(&self) -> Arc<Notify> {
@@ -72,9 +63,20 @@ impl Outbox {
     }
 }
 
-pub(crate) async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
+/// Writes envelopes made elsewhere to the outbox, in the caller's transaction, starting
+/// each one's `publish` span. Modules never call it: they publish through their
+/// transaction ([`crate::Tx::publish`]), which writes its events on commit; this is for
+/// the tests of the relay and the buses, which need rows of their own making.
+pub async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
+    let mut events = events.to_vec();
+    crate::trace::published(&mut events);
+    insert(tx, &events).await
+}
+
+/// The outbox rows of `events`, in one multi-row `INSERT` per chunk of [`INSERT_CHUNK`]
+/// (one for every transaction of the hot path).
+pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
     let now = now_ms();
-    let events = crate::trace::published(events);
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         let mut rows = Vec::with_capacity(chunk.len());
@@ -165,7 +167,6 @@ const LEASE_NAME: &str = "relay";
 impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let module = self.db.module();
-        let wake = self.outbox.waker();
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         let mut lease_until = 0_i64;
         let mut failures = 0_u32;
@@ -202,7 +203,7 @@ impl Relay {
             if idle {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = wake.notified() => {}
+                    _ = self.outbox.woken() => {}
                     _ = tokio::time::sleep(poll) => {}
                 }
             }

@@ -75,50 +75,45 @@ pub fn within(traceparent: Traceparent) -> Traceparent {
 }
 
 /// Starts and ends the `publish` span of each event and points the event's `traceparent`
-/// at it. Leaves events as they are when no tracer is installed.
-pub(crate) fn published(events: &[Envelope]) -> Vec<Envelope> {
+/// at it, in place. Leaves events as they are when no tracer is installed.
+pub(crate) fn published(events: &mut [Envelope]) {
     let tracer = opentelemetry::global::tracer("messaging");
     let current = tracing::Span::current().context();
-    events
-        .iter()
-        .map(|event| {
-            let Some(tp) = event.traceparent.as_deref().and_then(Traceparent::parse) else {
-                return event.clone();
-            };
-            // Under the span that wrote the event when it is of the same trace; else under
-            // the context the event already names: its cause's span (see `Cause`), which
-            // the trace shows.
-            let parent = if current.span().span_context().trace_id() == TraceId::from(tp.trace_id) {
-                current.clone()
-            } else {
-                remote_context(&tp)
-            };
-            let mut span = tracer
-                .span_builder(format!("publish {}", event.event_type))
-                .with_kind(SpanKind::Producer)
-                .with_attributes(vec![
-                    KeyValue::new("messaging.destination.name", event.event_type.clone()),
-                    KeyValue::new("messaging.message.id", event.id.to_string()),
-                    KeyValue::new("module", event.source.clone()),
-                ])
-                .start_with_context(&tracer, &parent);
-            let own = span.span_context().clone();
-            span.end();
-            if !own.is_valid() {
-                return event.clone();
+    for event in events {
+        let Some(tp) = event.traceparent.as_deref().and_then(Traceparent::parse) else {
+            continue;
+        };
+        // Under the span that wrote the event when it is of the same trace; else under
+        // the context the event already names: its cause's span (see `Cause`), which
+        // the trace shows.
+        let parent = if current.span().span_context().trace_id() == TraceId::from(tp.trace_id) {
+            current.clone()
+        } else {
+            remote_context(&tp)
+        };
+        let mut span = tracer
+            .span_builder(format!("publish {}", event.event_type))
+            .with_kind(SpanKind::Producer)
+            .with_attributes(vec![
+                KeyValue::new("messaging.destination.name", event.event_type.clone()),
+                KeyValue::new("messaging.message.id", event.id.to_string()),
+                KeyValue::new("module", event.source.clone()),
+            ])
+            .start_with_context(&tracer, &parent);
+        let own = span.span_context().clone();
+        span.end();
+        if !own.is_valid() {
+            continue;
+        }
+        event.traceparent = Some(
+            Traceparent {
+                trace_id: tp.trace_id,
+                span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+                sampled: tp.sampled,
             }
-            let mut event = event.clone();
-            event.traceparent = Some(
-                Traceparent {
-                    trace_id: tp.trace_id,
-                    span_id: u64::from_be_bytes(own.span_id().to_bytes()),
-                    sampled: tp.sampled,
-                }
-                .to_string(),
-            );
-            event
-        })
-        .collect()
+            .to_string(),
+        );
+    }
 }
 
 /// The span a consumer handles a batch under (see the module's documentation).

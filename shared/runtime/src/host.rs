@@ -16,8 +16,8 @@ use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use messaging::{
-    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, SubscriberSpec,
-    Subscription,
+    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, Store,
+    SubscriberSpec, Subscription,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -208,13 +208,15 @@ fn check_handlers(name: &str, parts: &StartedModule) -> anyhow::Result<()> {
         handled == declared,
         "module {name} handles {handled:?} but contracts::SUBSCRIPTIONS says it consumes {declared:?}"
     );
-    let mut names = BTreeSet::new();
+    let mut registered = BTreeSet::new();
     for handler in &parts.handlers {
-        anyhow::ensure!(
-            names.insert(handler.name()),
-            "module {name} has two handlers named {}",
-            handler.name()
-        );
+        for event_type in handler.event_types() {
+            anyhow::ensure!(
+                registered.insert((handler.name(), *event_type)),
+                "module {name} has two handlers named {} for {event_type}",
+                handler.name()
+            );
+        }
     }
     Ok(())
 }
@@ -262,10 +264,9 @@ impl Application {
             probes.push(Arc::new(probes::DatabaseProbe(db.clone())));
             let outbox = Outbox::new(name);
             let ctx = ModuleContext {
-                db: db.clone(),
+                store: Store::new(db.clone(), outbox.clone()),
                 settings: settings.modules.section(name),
                 environment: settings.environment.clone(),
-                outbox: outbox.clone(),
             };
             let mut parts = module
                 .start(ctx)

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use actix_web::web;
 use async_trait::async_trait;
+use contracts::Event;
 use futures::future::BoxFuture;
 use kernel::FieldErrors;
-use messaging::{Handler, Outbox, Prune};
+use messaging::{Handler, Handling, Incoming, Prune, Store, Tx};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
-
-use crate::db::ModuleDb;
 
 /// A module of the system. The app lists the modules it knows; configuration says which of
 /// them run in this process.
@@ -51,13 +50,12 @@ pub trait Module: Send + Sync + 'static {
 
 /// What the host hands a module when starting it.
 pub struct ModuleContext {
-    pub db: ModuleDb,
+    /// The module's database and outbox: where its transactions begin and publish.
+    pub store: Store,
     /// The module's settings table, already checked by [`Module::check_settings`].
     pub settings: serde_json::Value,
     /// The environment the settings were loaded for (`local`, `test`, `production`).
     pub environment: String,
-    /// Where the module writes the events it publishes, in its own transactions.
-    pub outbox: Outbox,
 }
 
 /// Work a module runs in the background until the token is cancelled (at shutdown, after
@@ -68,8 +66,8 @@ pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static
 pub struct StartedModule {
     /// Mounted under `/api/<name>`.
     pub routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
-    /// The handlers of the events it consumes; together they must cover exactly the
-    /// module's rows of `contracts::SUBSCRIPTIONS`.
+    /// The handlers of the events it consumes, registered with [`StartedModule::on`];
+    /// together they must cover exactly the module's rows of `contracts::SUBSCRIPTIONS`.
     pub handlers: Vec<Arc<dyn Handler>>,
     pub tasks: Vec<BackgroundTask>,
     /// The module's own tables its cleaner prunes beside the outbox and inbox, every
@@ -87,8 +85,35 @@ impl StartedModule {
         }
     }
 
-    pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.handlers.push(Arc::new(handler));
+    /// Handles the events of type `E` with `handler`, under `name`, the handler's inbox
+    /// key (`catalog.reserve_stock`): a stable, declared string, never a Rust path. The
+    /// handler gets the consumer's transaction and the batch's events of type `E`,
+    /// decoded, each with its cause; see [`messaging::on`] for why it is written as a
+    /// closure that boxes the future of a use case:
+    /// `.on::<OrderPlacedV1>("catalog.reserve_stock", |tx, orders| Box::pin(reserve(tx, orders)))`.
+    pub fn on<E>(
+        mut self,
+        name: &'static str,
+        handler: impl for<'a> Fn(&'a mut Tx, Vec<Incoming<E>>) -> Handling<'a> + Send + Sync + 'static,
+    ) -> Self
+    where
+        E: Event + Send + Sync + 'static,
+    {
+        self.handlers.push(messaging::on(name, handler));
+        self
+    }
+
+    /// [`StartedModule::on`] for a handler that takes the batch's events one at a time,
+    /// in batch order, in the same transaction (see [`messaging::on_each`]).
+    pub fn on_each<E>(
+        mut self,
+        name: &'static str,
+        handler: impl for<'a> Fn(&'a mut Tx, Incoming<E>) -> Handling<'a> + Send + Sync + 'static,
+    ) -> Self
+    where
+        E: Event + Send + Sync + 'static,
+    {
+        self.handlers.push(messaging::on_each(name, handler));
         self
     }
 

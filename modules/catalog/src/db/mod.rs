@@ -10,10 +10,10 @@ pub(crate) mod stock;
 pub(crate) mod stock_levels;
 pub(crate) mod stock_reservations;
 
-/// The handles the rest of the module holds without looking inside: a connection, a
-/// transaction (a handler's, or a use case's unit of work), and their error. Statements
-/// are built only here.
-pub(crate) use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+/// The handles the rest of the module holds without looking inside: a connection and its
+/// error (every transaction is messaging's publishing `Tx`, which `db/` functions take as
+/// a connection). Statements are built only here.
+pub(crate) use sea_orm::{DatabaseConnection, DbErr};
 
 /// True when `error` is a unique-key violation (a duplicate insert).
 pub(crate) fn is_unique_violation(error: &DbErr) -> bool {

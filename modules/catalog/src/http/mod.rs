@@ -64,7 +64,7 @@ async fn create(
     origin: Origin,
     Parsed(new): Parsed<NewProduct>,
 ) -> Result<HttpResponse, ApiError> {
-    let product = create_product::create_product(&state, &origin.0, new).await?;
+    let product = create_product::create_product(&state.store, &origin.0, new).await?;
     let location = format!("/api/catalog/products/{}", product.sku);
     Ok(HttpResponse::Created()
         .insert_header(("Location", location))
@@ -83,7 +83,7 @@ async fn create(
     ))]
 async fn get(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = get_product::get_product(&state.db, &state.products, sku).await?;
+    let product = get_product::get_product(state.store.db(), &state.products, sku).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
@@ -100,7 +100,7 @@ async fn list(
     let query = query.0;
     let after = query.after.as_deref().map(sku_param).transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    let page = list_products::list_products(&state.db, after, limit).await?;
+    let page = list_products::list_products(state.store.db(), after, limit).await?;
     Ok(HttpResponse::Ok().json(PageView {
         items: page.items.into_iter().map(ProductView::from).collect(),
         next_after: page.next_after.map(|s| s.to_string()),
@@ -125,7 +125,9 @@ async fn patch(
     Parsed(changes): Parsed<ProductChanges>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = update_product::update_product(&state, &origin.0, sku, changes).await?;
+    let product =
+        update_product::update_product(&state.store, &state.products, &origin.0, sku, changes)
+            .await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }
 
@@ -146,6 +148,6 @@ async fn restock_product(
     Parsed(Restock(quantity)): Parsed<Restock>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = sku_param(&sku)?;
-    let product = restock::restock(&state.db, &state.products, sku, quantity).await?;
+    let product = restock::restock(state.store.db(), &state.products, sku, quantity).await?;
     Ok(HttpResponse::Ok().json(ProductView::from(product)))
 }

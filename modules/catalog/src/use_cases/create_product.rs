@@ -2,13 +2,13 @@
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::Cause;
 use contracts::catalog::ProductPublishedV1;
-use contracts::{Cause, Envelope};
 use kernel::Sku;
 
-use crate::State;
 use crate::db::queries;
 use crate::domain::{NewProduct, Product};
+use messaging::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CreateProductError {
@@ -20,40 +20,27 @@ pub(crate) enum CreateProductError {
 
 #[tracing::instrument(name = "catalog.create_product", skip_all, fields(sku = %new.sku))]
 pub(crate) async fn create_product(
-    state: &State,
+    store: &Store,
     cause: &Cause,
     new: NewProduct,
 ) -> Result<Product, CreateProductError> {
     let now = Utc::now();
-    let published = Envelope::new(
-        &ProductPublishedV1 {
-            sku: new.sku.to_string(),
-            name: new.name.as_str().to_owned(),
-            price_minor: new.price.minor(),
-            currency: new.price.currency().to_string(),
-            version: 1,
-        },
-        cause,
-    )
-    .context("the product does not fit its event")?;
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     if !queries::insert_product(&tx, &new, now).await? {
         return Err(CreateProductError::DuplicateSku(new.sku));
     }
-    state
-        .outbox
-        .append(&tx, &[published])
-        .await
-        .context("failed to append product_published")?;
-    state
-        .outbox
-        .commit(tx)
-        .await
-        .context("failed to commit new product")?;
+    tx.publish(&ProductPublishedV1 {
+        sku: new.sku.to_string(),
+        name: new.name.as_str().to_owned(),
+        price_minor: new.price.minor(),
+        currency: new.price.currency().to_string(),
+        version: 1,
+    })
+    .context("the product does not fit its event")?;
+    tx.commit().await.context("failed to commit new product")?;
     tracing::info!("product created");
     Ok(Product {
         sku: new.sku,

@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use contracts::Envelope;
+use contracts::Cause;
 use contracts::catalog::{
     ShortageV1, StockLineV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Incoming, Tx};
 use uuid::Uuid;
 
 use crate::db::product_cache::ProductCache;
-use crate::db::{DatabaseTransaction, stock};
+use crate::db::stock;
 use crate::domain::{
     Decision, Hold, Lines, OnCancel, decide, merged, on_cancelled, on_reinstated, rehold,
 };
@@ -33,21 +33,24 @@ fn stock_lines(lines: &[(String, i64)]) -> Vec<StockLineV1> {
 /// none, in batch order, against the stock left by the orders before it. A handful of
 /// statements serve the whole batch.
 pub(crate) async fn reserve(
-    tx: &DatabaseTransaction,
-    orders: &[(&Envelope, OrderPlacedV1)],
-    out: &mut Emitter,
-    products: &ProductCache,
+    tx: &mut Tx,
+    orders: Vec<Incoming<OrderPlacedV1>>,
+    products: ProductCache,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = orders.iter().map(|(_, o)| o.order_id).collect();
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.event.order_id).collect();
     let decided = stock::hold_statuses(tx, &ids).await?;
-    let mut pending: Vec<(&Envelope, &OrderPlacedV1, Lines)> = Vec::new();
+    let mut pending: Vec<(&Cause, &OrderPlacedV1, Lines)> = Vec::new();
     let mut seen = HashSet::new();
-    for (event, order) in orders {
+    for Incoming {
+        event: order,
+        cause,
+    } in &orders
+    {
         if let Some(status) = decided.get(&order.order_id) {
             tracing::info!(module = "catalog", order_id = %order.order_id, status = status.as_str(), "order already decided; nothing to hold");
         } else if seen.insert(order.order_id) {
             pending.push((
-                *event,
+                cause,
                 order,
                 merged(order.lines.iter().map(|l| (l.sku.as_str(), l.quantity))),
             ));
@@ -61,7 +64,7 @@ pub(crate) async fn reserve(
     let mut held: BTreeMap<String, i64> = BTreeMap::new();
     let mut reservations = Vec::new();
     let mut decisions = Vec::with_capacity(pending.len());
-    for (event, order, lines) in pending {
+    for (cause, order, lines) in pending {
         match decide(&mut free, &lines) {
             Decision::Reserved(lines) => {
                 for (sku, quantity) in &lines {
@@ -69,8 +72,8 @@ pub(crate) async fn reserve(
                     reservations.push((order.order_id, sku.clone(), *quantity));
                 }
                 decisions.push((order.order_id, Hold::Reserved));
-                out.emit(
-                    event,
+                tx.publish_with(
+                    cause,
                     &StockReservedV1 {
                         order_id: order.order_id,
                         lines: stock_lines(&lines),
@@ -80,8 +83,8 @@ pub(crate) async fn reserve(
             Decision::Rejected(shortages) => {
                 tracing::info!(module = "catalog", order_id = %order.order_id, shortages = shortages.len(), "not enough stock; order refused");
                 decisions.push((order.order_id, Hold::Rejected));
-                out.emit(
-                    event,
+                tx.publish_with(
+                    cause,
                     &StockRejectedV1 {
                         order_id: order.order_id,
                         shortages: shortages
@@ -101,26 +104,24 @@ pub(crate) async fn reserve(
     stock::hold_many(tx, &held).await?;
     stock::record_many_reservations(tx, &reservations).await?;
     stock::set_holds(tx, &decisions).await?;
-    forget_after_commit(out, products, held);
+    forget_after_commit(tx, products, held);
     Ok(())
 }
 
 /// Forgets the cached products whose stock `lines` changed, once the change committed.
-fn forget_after_commit(out: &mut Emitter, products: &ProductCache, lines: Vec<(String, i64)>) {
-    if lines.is_empty() {
-        return;
+fn forget_after_commit(tx: &mut Tx, products: ProductCache, lines: Vec<(String, i64)>) {
+    if !lines.is_empty() {
+        tx.after_commit(move || products.forget(lines.iter().map(|(sku, _)| sku.as_str())));
     }
-    let products = products.clone();
-    out.after_commit(move || products.forget(lines.iter().map(|(sku, _)| sku.as_str())));
 }
 
+/// Releases what a cancelled order holds.
 pub(crate) async fn release(
-    tx: &DatabaseTransaction,
-    cause: &Envelope,
-    event: OrderCancelledV1,
-    out: &mut Emitter,
-    products: &ProductCache,
+    tx: &mut Tx,
+    cancelled: Incoming<OrderCancelledV1>,
+    products: ProductCache,
 ) -> Result<(), HandlerError> {
+    let Incoming { event, cause } = cancelled;
     let order_id = event.order_id;
     match on_cancelled(stock::hold_status(tx, order_id).await?) {
         OnCancel::Release => {
@@ -131,15 +132,15 @@ pub(crate) async fn release(
             stock::forget_reservations(tx, order_id).await?;
             stock::set_hold(tx, order_id, Hold::Released).await?;
             if !lines.is_empty() {
-                out.emit(
-                    cause,
+                tx.publish_with(
+                    &cause,
                     &StockReleasedV1 {
                         order_id,
                         lines: stock_lines(&lines),
                     },
                 )?;
             }
-            forget_after_commit(out, products, lines);
+            forget_after_commit(tx, products, lines);
         }
         OnCancel::Remember => stock::set_hold(tx, order_id, Hold::Released).await?,
         OnCancel::Nothing => {}
@@ -150,10 +151,9 @@ pub(crate) async fn release(
 /// A cancellation lost to a dispatch: the goods left, so hold their stock again. What is
 /// no longer free cannot be held; that shortfall is logged as an oversell, not retried.
 pub(crate) async fn rehold_stock(
-    tx: &DatabaseTransaction,
+    tx: &mut Tx,
     event: OrderReinstatedV1,
-    out: &mut Emitter,
-    products: &ProductCache,
+    products: ProductCache,
 ) -> Result<(), HandlerError> {
     let order_id = event.order_id;
     if !on_reinstated(stock::hold_status(tx, order_id).await?) {
@@ -175,6 +175,6 @@ pub(crate) async fn rehold_stock(
     stock::hold_many(tx, &held).await?;
     stock::record_reservations(tx, order_id, &held).await?;
     stock::set_hold(tx, order_id, Hold::Reserved).await?;
-    forget_after_commit(out, products, held);
+    forget_after_commit(tx, products, held);
     Ok(())
 }

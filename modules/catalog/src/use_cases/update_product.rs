@@ -2,13 +2,14 @@
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::Cause;
 use contracts::catalog::ProductRepricedV1;
-use contracts::{Cause, Envelope};
 use kernel::Sku;
 
-use crate::State;
+use crate::db::product_cache::ProductCache;
 use crate::db::queries::{self, ProductUpdate};
 use crate::domain::{Product, ProductChanges, reprice};
+use messaging::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpdateProductError {
@@ -20,14 +21,14 @@ pub(crate) enum UpdateProductError {
 
 #[tracing::instrument(name = "catalog.update_product", skip_all, fields(sku = %sku))]
 pub(crate) async fn update_product(
-    state: &State,
+    store: &Store,
+    products: &ProductCache,
     cause: &Cause,
     sku: Sku,
     changes: ProductChanges,
 ) -> Result<Product, UpdateProductError> {
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     let Some((current_price, version)) = queries::lock_product(&tx, &sku).await? else {
@@ -56,28 +57,18 @@ pub(crate) async fn update_product(
         .await?
         .context("the product vanished inside its own transaction")?;
     if let Some(price) = repriced {
-        let event = Envelope::new(
-            &ProductRepricedV1 {
-                sku: sku.to_string(),
-                price_minor: price.minor(),
-                currency: price.currency().to_string(),
-                version: product.version,
-            },
-            cause,
-        )
+        tx.publish(&ProductRepricedV1 {
+            sku: sku.to_string(),
+            price_minor: price.minor(),
+            currency: price.currency().to_string(),
+            version: product.version,
+        })
         .context("the price does not fit its event")?;
-        state
-            .outbox
-            .append(&tx, &[event])
-            .await
-            .context("failed to append product_repriced")?;
     }
-    state
-        .outbox
-        .commit(tx)
+    tx.commit()
         .await
         .context("failed to commit product change")?;
-    state.products.forget([sku.as_str()]);
+    products.forget([sku.as_str()]);
     tracing::info!(version = product.version, "product updated");
     Ok(product)
 }

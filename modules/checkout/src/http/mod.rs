@@ -8,11 +8,11 @@ use runtime::auth::{Access, Caller, RouteAccess};
 use runtime::http::{ApiError, Origin, Parsed, ValidQuery, uuid_param};
 use runtime::openapi::ErrorBody;
 
-use crate::State;
 use crate::use_cases::get_order::Viewer;
 use crate::use_cases::place_order::{IdempotencyKey, Placed};
 use crate::use_cases::{cancel_order, get_order, place_order, price_list};
 use dto::{ListQuery, OrderRequest, OrderView, PageView, PlaceOrderBody, idempotency_key};
+use messaging::Store;
 
 const DEFAULT_PAGE: u64 = 20;
 
@@ -28,10 +28,10 @@ pub(crate) struct ApiDoc;
 /// Every route with who may call it. A customer's orders are theirs alone: another
 /// customer's order answers 404, as if it did not exist. Staff read any order but place
 /// and cancel none. The price list mirrors catalog's public prices.
-pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
-    let state = web::Data::new(state);
+pub(crate) fn routes(store: Store) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    let store = web::Data::new(store);
     move |cfg| {
-        cfg.app_data(state.clone())
+        cfg.app_data(store.clone())
             .service(
                 web::resource("/orders")
                     .route(web::post().to(place).allow(Access::Customer))
@@ -72,7 +72,7 @@ fn viewer(caller: &Caller) -> Viewer<'_> {
         (status = 422, description = "an unknown sku, mixed currencies, or a key reused with another body", body = ErrorBody),
     ))]
 async fn place(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     caller: Caller,
     origin: Origin,
     req: HttpRequest,
@@ -84,7 +84,7 @@ async fn place(
         request_hash: request.fingerprint.clone(),
     });
     let command = request.for_customer(caller.subject);
-    let (order, replayed) = match place_order::place_order(&state, &origin.0, command, key).await? {
+    let (order, replayed) = match place_order::place_order(&store, &origin.0, command, key).await? {
         Placed::New(order) => (order, false),
         Placed::Replayed(order) => (order, true),
     };
@@ -106,12 +106,12 @@ async fn place(
         (status = 404, description = "no such order for this caller", body = ErrorBody),
     ))]
 async fn get(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    let order = get_order::get_order(&state.db, viewer(&caller), id).await?;
+    let order = get_order::get_order(store.db(), viewer(&caller), id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
 }
 
@@ -124,7 +124,7 @@ async fn get(
         (status = 401, description = "no valid bearer token", body = ErrorBody),
     ))]
 async fn list(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     caller: Caller,
     query: ValidQuery<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -136,7 +136,7 @@ async fn list(
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     let (orders, next_after) =
-        get_order::list_orders(&state.db, viewer(&caller), after, limit).await?;
+        get_order::list_orders(store.db(), viewer(&caller), after, limit).await?;
     Ok(HttpResponse::Ok().json(PageView {
         items: orders.into_iter().map(OrderView::from).collect(),
         next_after,
@@ -155,13 +155,13 @@ async fn list(
         (status = 409, description = "shipped, or refused before", body = ErrorBody),
     ))]
 async fn cancel(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     caller: Caller,
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    let order = cancel_order::cancel_order(&state, &origin.0, &caller.subject, id).await?;
+    let order = cancel_order::cancel_order(&store, &origin.0, &caller.subject, id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(order)))
 }
 
@@ -173,14 +173,14 @@ async fn cancel(
         (status = 400, description = "not a sku", body = ErrorBody),
         (status = 404, description = "no price for this sku (yet)", body = ErrorBody),
     ))]
-async fn price(state: web::Data<State>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn price(store: web::Data<Store>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
     // Only a sku can have a price; anything else (a NUL byte, say) is the caller's mistake.
     let sku = kernel::Sku::parse(&sku).map_err(|err| {
         let mut e = kernel::FieldErrors::new();
         e.check::<(), _>("sku", Err(err));
         ApiError::invalid(e)
     })?;
-    match price_list::get_price(&state.db, sku.as_str()).await? {
+    match price_list::get_price(store.db(), sku.as_str()).await? {
         Some(price) => Ok(HttpResponse::Ok().json(price)),
         None => Err(ApiError::not_found(
             "price_not_found",

@@ -37,7 +37,7 @@ impl PaymentWorker {
         // Only attempts whose lease ended before `now` are claimed, and this lease ends
         // after it: each claim of an attempt writes a lease end of its own, its fence.
         let fence = now + self.lease_ms.max(1);
-        let tx = self.state.db.begin().await.context("failed to begin")?;
+        let tx = self.store.db().begin().await.context("failed to begin")?;
         let rows = payments::claim(&tx, fence, now, limit).await?;
         tx.commit().await.context("failed to commit the claim")?;
         let mut claimed: Vec<Claimed> = rows
@@ -60,7 +60,7 @@ impl PaymentWorker {
             })
             .collect();
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.order_id).collect();
-        let orders = queries::load_orders(self.state.db.conn(), &ids, false).await?;
+        let orders = queries::load_orders(self.store.conn(), &ids, false).await?;
         for attempt in &mut claimed {
             attempt.charge = orders
                 .get(&attempt.order_id)

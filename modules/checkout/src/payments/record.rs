@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use contracts::checkout::{AddressV1, CancelReasonV1, OrderCancelledV1, OrderConfirmedV1};
-use contracts::{Cause, Envelope};
+use messaging::Tx;
 use uuid::Uuid;
 
 use super::Authorization;
@@ -53,7 +53,7 @@ impl PaymentWorker {
     /// Records outcomes in one transaction, a few statements for the whole batch; returns
     /// the authorizations to void.
     async fn record_in_one(&self, batch: &[(Claimed, Called)]) -> anyhow::Result<Vec<String>> {
-        let tx = self.state.db.begin().await.context("failed to begin")?;
+        let mut tx = self.store.begin_batch().await.context("failed to begin")?;
         let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.order_id).collect();
         // Orders first, then attempts: the order every writer of both locks them in.
         let orders = queries::load_orders(&tx, &ids, true).await?;
@@ -95,7 +95,7 @@ impl PaymentWorker {
                         }
                         _ => (None, None),
                     };
-                    outcome.settle(order, attempt, settled, reference, reason)?;
+                    outcome.settle(&mut tx, order, attempt, settled, reference, reason)?;
                 }
             }
         }
@@ -117,10 +117,7 @@ impl PaymentWorker {
                 "payments approved; orders confirmed"
             );
         }
-        self.state.outbox.append(&tx, &outcome.events).await?;
-        self.state
-            .outbox
-            .commit(tx)
+        tx.commit()
             .await
             .context("failed to commit payment outcomes")?;
         crate::counters::orders_confirmed(confirmed);
@@ -138,7 +135,6 @@ struct Outcome {
     retries: Vec<(Uuid, i32, Duration, String)>,
     /// Attempts released untouched: claimable again at once.
     held: Vec<Uuid>,
-    events: Vec<Envelope>,
     voids: Vec<String>,
 }
 
@@ -184,8 +180,10 @@ impl Outcome {
     /// Applies how an answer settled an attempt: a confirmed order is announced; a
     /// declined one is rejected and its stock released (`order_cancelled`); an approval
     /// the order no longer needs (cancelled while the provider was answering) is voided.
+    /// Each event follows the cause its attempt stored.
     fn settle(
         &mut self,
+        tx: &mut Tx,
         order: &Order,
         attempt: &Claimed,
         settled: Settlement,
@@ -195,17 +193,17 @@ impl Outcome {
         match settled.order {
             Some(to @ (OrderStatus::Confirmed, _)) => {
                 self.moves(to, order.id.as_uuid());
-                self.events.push(confirmed(order, &attempt.cause)?);
+                tx.publish_with(&attempt.cause, &confirmed(order))?;
             }
             Some(to @ (OrderStatus::Rejected, _)) => {
                 self.moves(to, order.id.as_uuid());
-                self.events.push(Envelope::new(
+                tx.publish_with(
+                    &attempt.cause,
                     &OrderCancelledV1 {
                         order_id: order.id.as_uuid(),
                         reason: CancelReasonV1::PaymentDeclined,
                     },
-                    &attempt.cause,
-                )?);
+                )?;
                 tracing::info!(module = "checkout", order_id = %order.id, reason, "payment declined; order rejected");
             }
             Some((other, _)) => anyhow::bail!("a payment cannot make an order {other}"),
@@ -220,24 +218,21 @@ impl Outcome {
     }
 }
 
-fn confirmed(order: &Order, cause: &Cause) -> anyhow::Result<Envelope> {
+fn confirmed(order: &Order) -> OrderConfirmedV1 {
     let a = &order.shipping_address;
-    Ok(Envelope::new(
-        &OrderConfirmedV1 {
-            order_id: order.id.as_uuid(),
-            lines: crate::use_cases::event_lines(order),
-            currency: order.total.currency().to_string(),
-            total_minor: order.total.minor(),
-            customer_email: order.customer_email.clone(),
-            shipping_address: AddressV1 {
-                name: a.name.clone(),
-                line1: a.line1.clone(),
-                line2: a.line2.clone(),
-                city: a.city.clone(),
-                postal_code: a.postal_code.clone(),
-                country: a.country.clone(),
-            },
+    OrderConfirmedV1 {
+        order_id: order.id.as_uuid(),
+        lines: crate::use_cases::event_lines(order),
+        currency: order.total.currency().to_string(),
+        total_minor: order.total.minor(),
+        customer_email: order.customer_email.clone(),
+        shipping_address: AddressV1 {
+            name: a.name.clone(),
+            line1: a.line1.clone(),
+            line2: a.line2.clone(),
+            city: a.city.clone(),
+            postal_code: a.postal_code.clone(),
+            country: a.country.clone(),
         },
-        cause,
-    )?)
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use contracts::catalog::ProductPublishedV1;
-use messaging::{ModuleDb, Outbox};
+use messaging::{ModuleDb, Outbox, Store};
 use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
 
 use std::sync::Arc;
@@ -23,7 +23,6 @@ use super::claim::Claimed;
 use super::{
     Authorization, AuthorizeRequest, GatewayError, PaymentGateway, PaymentSettings, PaymentWorker,
 };
-use crate::State;
 use crate::db::{fixtures, queries};
 use crate::domain::OrderStatus;
 
@@ -98,7 +97,7 @@ impl PaymentGateway for Provider {
 
 /// Checkout's database with `orders` pending orders, and nothing running on it.
 struct Stage {
-    state: State,
+    store: Store,
     orders: Vec<Uuid>,
     _db: TestDatabase,
 }
@@ -154,10 +153,7 @@ impl Stage {
             .await
             .expect("connect to checkout's database");
         Stage {
-            state: State {
-                db: module,
-                outbox: Outbox::new(crate::NAME),
-            },
+            store: Store::new(module, Outbox::new(crate::NAME)),
             orders: ids,
             _db: db,
         }
@@ -165,12 +161,12 @@ impl Stage {
 
     /// What catalog's reservation does to an order: its payment becomes due.
     async fn hold_stock(&self, order_id: Uuid) {
-        fixtures::insert_due_attempt(&self.state.db, order_id).await;
+        fixtures::insert_due_attempt(self.store.db(), order_id).await;
     }
 
     fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
         PaymentWorker {
-            state: self.state.clone(),
+            store: self.store.clone(),
             gateway,
             breaker: Arc::new(Breaker::new(Default::default())),
             settings: PaymentSettings {
@@ -184,11 +180,11 @@ impl Stage {
     }
 
     async fn attempt(&self, order_id: Uuid) -> (String, Option<String>) {
-        fixtures::attempt_of(&self.state.db, order_id).await
+        fixtures::attempt_of(self.store.db(), order_id).await
     }
 
     async fn order_status(&self, order_id: Uuid) -> OrderStatus {
-        queries::load_order(self.state.db.conn(), order_id, false)
+        queries::load_order(self.store.conn(), order_id, false)
             .await
             .expect("read the order")
             .expect("the order")
@@ -196,7 +192,7 @@ impl Stage {
     }
 
     async fn confirmations(&self, order_id: Uuid) -> usize {
-        fixtures::confirmations(&self.state.db, order_id).await
+        fixtures::confirmations(self.store.db(), order_id).await
     }
 }
 
@@ -249,7 +245,7 @@ async fn a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_o
     // The customer cancels while the provider approves.
     // (The stage placed its orders as the test kit's caller.)
     crate::use_cases::cancel_order::cancel_order(
-        &stage.state,
+        &stage.store,
         &Cause::fresh(),
         testkit::TESTER,
         order,
@@ -296,7 +292,7 @@ async fn no_more_provider_calls_run_at_once_than_max_concurrent(backend: Backend
         let alone = Stage::new(backend, 1).await;
         alone.hold_stock(alone.orders[0]).await;
         let provider = Arc::new(Provider {
-            watch: Some(alone.state.db.clone()),
+            watch: Some(alone.store.db().clone()),
             ..Provider::default()
         });
         // A bulkhead of one: while the call is out, the worker claims nothing, so no
@@ -435,7 +431,7 @@ async fn a_void_the_provider_never_answers_does_not_hold_up_the_worker(backend: 
     let called = worker.call(&claimed).await;
     // The customer cancels while the provider is answering: the money must be released.
     crate::use_cases::cancel_order::cancel_order(
-        &stage.state,
+        &stage.store,
         &Cause::fresh(),
         testkit::TESTER,
         order,

@@ -18,10 +18,10 @@ use super::breaker::Breaker;
 use super::call::Called;
 use super::claim::Claimed;
 use super::{PaymentGateway, PaymentSettings};
-use crate::State;
+use messaging::Store;
 
 pub(crate) struct PaymentWorker {
-    pub(crate) state: State,
+    pub(crate) store: Store,
     pub(crate) gateway: Arc<dyn PaymentGateway>,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) settings: PaymentSettings,

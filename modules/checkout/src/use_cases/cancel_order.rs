@@ -4,13 +4,13 @@
 //! their own orders: another customer's order is not found.
 
 use anyhow::Context;
+use contracts::Cause;
 use contracts::checkout::{CancelReasonV1, OrderCancelledV1};
-use contracts::{Cause, Envelope};
 use uuid::Uuid;
 
-use crate::State;
 use crate::db::queries;
 use crate::domain::{Order, OrderEvent, OrderStatus, Refusal, Step, transition};
+use messaging::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CancelOrderError {
@@ -26,14 +26,13 @@ pub(crate) enum CancelOrderError {
 
 #[tracing::instrument(name = "checkout.cancel_order", skip_all, fields(order_id = %id))]
 pub(crate) async fn cancel_order(
-    state: &State,
+    store: &Store,
     cause: &Cause,
     customer: &str,
     id: Uuid,
 ) -> Result<Order, CancelOrderError> {
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     let owned = queries::load_order(&tx, id, true)
@@ -56,28 +55,18 @@ pub(crate) async fn cancel_order(
             return Err(CancelOrderError::NotCancellable(id, order.status));
         }
     };
-    let event = Envelope::new(
-        &OrderCancelledV1 {
-            order_id: id,
-            reason: CancelReasonV1::CancelledByCustomer,
-        },
-        cause,
-    )
-    .context("the cancellation does not fit its event")?;
     queries::set_status(&tx, id, status, reason).await?;
-    state
-        .outbox
-        .append(&tx, &[event])
-        .await
-        .context("failed to append order_cancelled")?;
-    state
-        .outbox
-        .commit(tx)
+    tx.publish(&OrderCancelledV1 {
+        order_id: id,
+        reason: CancelReasonV1::CancelledByCustomer,
+    })
+    .context("the cancellation does not fit its event")?;
+    tx.commit()
         .await
         .context("failed to commit the cancellation")?;
     crate::counters::orders_cancelled(1);
     tracing::info!("order cancelled by the customer");
-    let order = queries::load_order(state.db.conn(), id, false)
+    let order = queries::load_order(store.conn(), id, false)
         .await?
         .context("the order vanished after its cancellation")?;
     Ok(order)

@@ -7,13 +7,13 @@
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::Cause;
 use contracts::checkout::OrderPlacedV1;
-use contracts::{Cause, Envelope};
 use kernel::{FieldErrors, OrderId};
 
-use crate::State;
 use crate::db::queries;
 use crate::domain::{NewOrder, Order, PlaceError};
+use messaging::Store;
 
 /// An `Idempotency-Key` and the hash of the request it came with.
 pub(crate) struct IdempotencyKey {
@@ -71,19 +71,19 @@ pub(crate) enum Placed {
 }
 
 async fn replay(
-    state: &State,
+    store: &Store,
     customer: &str,
     key: &IdempotencyKey,
 ) -> Result<Option<Placed>, PlaceOrderError> {
     let Some((request_hash, order_id)) =
-        queries::idempotency_key(state.db.conn(), customer, &key.key).await?
+        queries::idempotency_key(store.conn(), customer, &key.key).await?
     else {
         return Ok(None);
     };
     if request_hash != key.request_hash {
         return Err(PlaceOrderError::KeyReused);
     }
-    let order = queries::load_order(state.db.conn(), order_id, false)
+    let order = queries::load_order(store.conn(), order_id, false)
         .await?
         .context("an idempotency key points at a missing order")?;
     Ok(Some(Placed::Replayed(order)))
@@ -100,26 +100,23 @@ fn placed_event(order: &Order) -> OrderPlacedV1 {
 
 #[tracing::instrument(name = "checkout.place_order", skip_all)]
 pub(crate) async fn place_order(
-    state: &State,
+    store: &Store,
     cause: &Cause,
     command: NewOrder,
     key: Option<IdempotencyKey>,
 ) -> Result<Placed, PlaceOrderError> {
     if let Some(key) = &key
-        && let Some(placed) = replay(state, &command.customer_id, key).await?
+        && let Some(placed) = replay(store, &command.customer_id, key).await?
     {
         return Ok(placed);
     }
     let skus: Vec<_> = command.items.iter().map(|(sku, _)| sku).collect();
-    let prices = queries::price_list(state.db.conn(), &skus).await?;
+    let prices = queries::price_list(store.conn(), &skus).await?;
     let now = Utc::now();
     let order = Order::place(OrderId::new(), command, &prices, now)?;
-    let placed =
-        Envelope::new(&placed_event(&order), cause).context("the order does not fit its event")?;
 
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     if let Some(key) = &key
@@ -135,22 +132,15 @@ pub(crate) async fn place_order(
     {
         // Another request with this key won the race: answer as it did.
         drop(tx);
-        return replay(state, &order.customer_id, key)
+        return replay(store, &order.customer_id, key)
             .await?
             .context("an idempotency key vanished")
             .map_err(Into::into);
     }
     queries::insert_order(&tx, &order).await?;
-    state
-        .outbox
-        .append(&tx, &[placed])
-        .await
-        .context("failed to append order_placed")?;
-    state
-        .outbox
-        .commit(tx)
-        .await
-        .context("failed to commit the order")?;
+    tx.publish(&placed_event(&order))
+        .context("the order does not fit its event")?;
+    tx.commit().await.context("failed to commit the order")?;
     crate::counters::orders_placed(1);
     tracing::info!(order_id = %order.id, total_minor = order.total.minor(), "order placed");
     Ok(Placed::New(order))

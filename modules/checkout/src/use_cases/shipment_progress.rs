@@ -1,21 +1,19 @@
 //! Fulfillment's news about an order's shipment: dispatched, then delivered.
 
 use crate::db::DatabaseTransaction;
-use contracts::Envelope;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Incoming, Tx};
 
 use crate::db::queries;
 use crate::domain::{OrderEvent, Step, transition};
 
 pub(crate) async fn on_dispatched(
-    tx: &DatabaseTransaction,
-    cause: &Envelope,
-    event: ShipmentDispatchedV1,
-    out: &mut Emitter,
+    tx: &mut Tx,
+    dispatched: Incoming<ShipmentDispatchedV1>,
 ) -> Result<(), HandlerError> {
+    let Incoming { event, cause } = dispatched;
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };
@@ -25,8 +23,8 @@ pub(crate) async fn on_dispatched(
     }
     if step == Step::ShipAndReinstate {
         tracing::warn!(module = "checkout", order_id = %order.id, "a cancel crossed the dispatch: the order ships and its stock is held again");
-        out.emit(
-            cause,
+        tx.publish_with(
+            &cause,
             &OrderReinstatedV1 {
                 order_id: order.id.as_uuid(),
                 lines: order

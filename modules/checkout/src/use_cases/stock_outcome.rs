@@ -5,26 +5,28 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
-use contracts::{Cause, Envelope};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Incoming, Tx};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::payments::{self as attempts, NewAttempt};
-use crate::db::{DatabaseTransaction, queries};
+use crate::db::queries;
 use crate::domain::{OrderEvent, OrderStatus, StatusReason, Step, transition};
 
 /// Starts a payment for every held order that still waits for one.
 pub(crate) async fn on_reserved(
-    tx: &DatabaseTransaction,
-    events: &[(&Envelope, StockReservedV1)],
-    out: &mut Emitter,
-    payments: &Arc<Notify>,
+    tx: &mut Tx,
+    events: Vec<Incoming<StockReservedV1>>,
+    payments: Arc<Notify>,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
     let mut due = Vec::new();
-    for (event, reserved) in events {
+    for Incoming {
+        event: reserved,
+        cause,
+    } in &events
+    {
         let Some(order) = orders.get(&reserved.order_id) else {
             return Err(HandlerError::Reject(format!(
                 "no order {}",
@@ -38,7 +40,6 @@ pub(crate) async fn on_reserved(
             continue;
         };
         // The payment's outcome will be announced as caused by this reservation.
-        let cause = Cause::following(event);
         due.push(NewAttempt {
             id: Uuid::now_v7(),
             order_id: order.id.as_uuid(),
@@ -52,17 +53,16 @@ pub(crate) async fn on_reserved(
     }
     let now = Utc::now();
     attempts::open(tx, due, now.timestamp_millis(), now).await?;
-    out.wake_after_commit(payments.clone());
+    tx.after_commit(move || payments.notify_one());
     Ok(())
 }
 
 /// Rejects every refused order that still waits for its stock.
 pub(crate) async fn on_rejected(
-    tx: &DatabaseTransaction,
-    events: &[(&Envelope, StockRejectedV1)],
-    out: &mut Emitter,
+    tx: &mut Tx,
+    events: Vec<Incoming<StockRejectedV1>>,
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
     let mut rejected = Vec::new();
     for id in &ids {
@@ -89,7 +89,7 @@ pub(crate) async fn on_rejected(
     .await?;
     if !rejected.is_empty() {
         let n = rejected.len() as u64;
-        out.after_commit(move || crate::counters::orders_rejected(StatusReason::OutOfStock, n));
+        tx.after_commit(move || crate::counters::orders_rejected(StatusReason::OutOfStock, n));
         tracing::info!(
             module = "checkout",
             orders = rejected.len(),

@@ -9,10 +9,10 @@ use validator::Validate;
 mod dto;
 mod error;
 
-use crate::State;
 use crate::use_cases::{deliver_shipment, dispatch_shipment, get_shipment, list_shipments};
 use dto::{Shipment, ShipmentPage};
 use kernel::{OrderId, ShipmentId};
+use messaging::Store;
 use runtime::openapi::ErrorBody;
 
 /// Every route with who may call it: fulfillment is staff work only (shipments reveal
@@ -26,10 +26,10 @@ use runtime::openapi::ErrorBody;
 )]
 pub(crate) struct ApiDoc;
 
-pub(crate) fn routes(state: State) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
-    let state = web::Data::new(state);
+pub(crate) fn routes(store: Store) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    let store = web::Data::new(store);
     move |cfg| {
-        cfg.app_data(state.clone())
+        cfg.app_data(store.clone())
             .route("/shipments", web::get().to(list).allow(Access::Staff))
             .route("/shipments/{id}", web::get().to(get).allow(Access::Staff))
             .route(
@@ -70,7 +70,7 @@ struct ListQuery {
         (status = 403, description = "not staff", body = ErrorBody),
     ))]
 async fn list(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     query: ValidQuery<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.0;
@@ -85,7 +85,7 @@ async fn list(
         .map(|id| uuid_param("after", id))
         .transpose()?;
     let (items, next_after) = list_shipments::list_shipments(
-        &state.db,
+        store.db(),
         order_id.map(OrderId::from_uuid),
         after.map(ShipmentId::from_uuid),
         q.limit.unwrap_or(20),
@@ -104,9 +104,9 @@ async fn list(
         (status = 403, description = "not staff", body = ErrorBody),
         (status = 404, description = "no such shipment", body = ErrorBody),
     ))]
-async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
-    let shipment = get_shipment::get_shipment(&state.db, ShipmentId::from_uuid(id)).await?;
+    let shipment = get_shipment::get_shipment(store.db(), ShipmentId::from_uuid(id)).await?;
     Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }
 
@@ -122,13 +122,13 @@ async fn get(state: web::Data<State>, id: web::Path<String>) -> Result<HttpRespo
         (status = 409, description = "its status does not allow it", body = ErrorBody),
     ))]
 async fn dispatch(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
     let shipment =
-        dispatch_shipment::dispatch_shipment(&state, &origin.0, ShipmentId::from_uuid(id)).await?;
+        dispatch_shipment::dispatch_shipment(&store, &origin.0, ShipmentId::from_uuid(id)).await?;
     Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }
 
@@ -144,12 +144,12 @@ async fn dispatch(
         (status = 409, description = "its status does not allow it", body = ErrorBody),
     ))]
 async fn deliver(
-    state: web::Data<State>,
+    store: web::Data<Store>,
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_param("id", &id)?;
     let shipment =
-        deliver_shipment::deliver_shipment(&state, &origin.0, ShipmentId::from_uuid(id)).await?;
+        deliver_shipment::deliver_shipment(&store, &origin.0, ShipmentId::from_uuid(id)).await?;
     Ok(HttpResponse::Ok().json(Shipment::from(shipment)))
 }

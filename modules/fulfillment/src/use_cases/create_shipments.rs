@@ -4,38 +4,39 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use contracts::Envelope;
 use contracts::checkout::OrderConfirmedV1;
 use contracts::fulfillment::ShipmentCreatedV1;
 use kernel::{OrderId, ShipmentId};
-use messaging::{Emitter, HandlerError};
+use messaging::{HandlerError, Incoming, Tx};
 
-use crate::db::DatabaseTransaction;
 use crate::db::queries::{self, NewShipment};
 use crate::domain::Shipment;
 
 pub(crate) async fn on_confirmed(
-    tx: &DatabaseTransaction,
-    events: &[(&Envelope, OrderConfirmedV1)],
-    out: &mut Emitter,
+    tx: &mut Tx,
+    events: Vec<Incoming<OrderConfirmedV1>>,
 ) -> Result<(), HandlerError> {
     let ids: Vec<OrderId> = events
         .iter()
-        .map(|(_, e)| OrderId::from_uuid(e.order_id))
+        .map(|e| OrderId::from_uuid(e.event.order_id))
         .collect();
     let settled = queries::orders_settled(tx, &ids).await?;
     let now = Utc::now();
     let mut new = Vec::new();
     let mut seen = HashSet::new();
-    for (event, order) in events {
+    for Incoming {
+        event: order,
+        cause,
+    } in &events
+    {
         let order_id = OrderId::from_uuid(order.order_id);
         if settled.contains(&order_id) || !seen.insert(order_id) {
             tracing::info!(module = "fulfillment", %order_id, "order already has a shipment or was cancelled; none created");
             continue;
         }
         let shipment = Shipment::ready(ShipmentId::new(), order_id, now);
-        out.emit(
-            event,
+        tx.publish_with(
+            cause,
             &ShipmentCreatedV1 {
                 shipment_id: shipment.id.as_uuid(),
                 order_id: order.order_id,

@@ -2,13 +2,13 @@
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::Cause;
 use contracts::fulfillment::ShipmentDeliveredV1;
-use contracts::{Cause, Envelope};
 use kernel::ShipmentId;
 
-use crate::State;
 use crate::db::queries;
 use crate::domain::{NotAllowed, Shipment, ShipmentStatus};
+use messaging::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeliverShipmentError {
@@ -25,13 +25,12 @@ pub(crate) enum DeliverShipmentError {
 
 #[tracing::instrument(name = "fulfillment.deliver", skip_all, fields(shipment_id = %id))]
 pub(crate) async fn deliver_shipment(
-    state: &State,
+    store: &Store,
     cause: &Cause,
     id: ShipmentId,
 ) -> Result<Shipment, DeliverShipmentError> {
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     let shipment = queries::shipment(&tx, id, true)
@@ -40,21 +39,13 @@ pub(crate) async fn deliver_shipment(
     let shipment = shipment
         .deliver(Utc::now())
         .map_err(|NotAllowed(status)| DeliverShipmentError::WrongStatus { id, status })?;
-    let event = Envelope::new(
-        &ShipmentDeliveredV1 {
-            shipment_id: id.as_uuid(),
-            order_id: shipment.order_id.as_uuid(),
-        },
-        cause,
-    )
-    .context("the shipment does not fit its event")?;
     queries::update_shipment(&tx, &shipment).await?;
-    state
-        .outbox
-        .append(&tx, &[event])
-        .await
-        .context("failed to append the event")?;
-    state.outbox.commit(tx).await.context("failed to commit")?;
+    tx.publish(&ShipmentDeliveredV1 {
+        shipment_id: id.as_uuid(),
+        order_id: shipment.order_id.as_uuid(),
+    })
+    .context("the shipment does not fit its event")?;
+    tx.commit().await.context("failed to commit")?;
     tracing::info!(module = "fulfillment", order_id = %shipment.order_id, "shipment delivered");
     Ok(shipment)
 }

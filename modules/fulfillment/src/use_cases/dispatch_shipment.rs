@@ -3,13 +3,13 @@
 
 use anyhow::Context;
 use chrono::Utc;
+use contracts::Cause;
 use contracts::fulfillment::ShipmentDispatchedV1;
-use contracts::{Cause, Envelope};
 use kernel::ShipmentId;
 
-use crate::State;
 use crate::db::queries;
 use crate::domain::{NotAllowed, Shipment, ShipmentStatus, tracking_number};
+use messaging::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DispatchShipmentError {
@@ -26,13 +26,12 @@ pub(crate) enum DispatchShipmentError {
 
 #[tracing::instrument(name = "fulfillment.dispatch", skip_all, fields(shipment_id = %id))]
 pub(crate) async fn dispatch_shipment(
-    state: &State,
+    store: &Store,
     cause: &Cause,
     id: ShipmentId,
 ) -> Result<Shipment, DispatchShipmentError> {
-    let tx = state
-        .db
-        .begin()
+    let mut tx = store
+        .begin(cause)
         .await
         .context("failed to begin a transaction")?;
     let shipment = queries::shipment(&tx, id, true)
@@ -41,22 +40,14 @@ pub(crate) async fn dispatch_shipment(
     let shipment = shipment
         .dispatch(|| tracking_number(|n| fastrand::usize(..n)), Utc::now())
         .map_err(|NotAllowed(status)| DispatchShipmentError::WrongStatus { id, status })?;
-    let event = Envelope::new(
-        &ShipmentDispatchedV1 {
-            shipment_id: id.as_uuid(),
-            order_id: shipment.order_id.as_uuid(),
-            tracking_number: shipment.tracking_number.clone().unwrap_or_default(),
-        },
-        cause,
-    )
-    .context("the shipment does not fit its event")?;
     queries::update_shipment(&tx, &shipment).await?;
-    state
-        .outbox
-        .append(&tx, &[event])
-        .await
-        .context("failed to append the event")?;
-    state.outbox.commit(tx).await.context("failed to commit")?;
+    tx.publish(&ShipmentDispatchedV1 {
+        shipment_id: id.as_uuid(),
+        order_id: shipment.order_id.as_uuid(),
+        tracking_number: shipment.tracking_number.clone().unwrap_or_default(),
+    })
+    .context("the shipment does not fit its event")?;
+    tx.commit().await.context("failed to commit")?;
     metrics::counter!("fulfillment_shipments_dispatched_total").increment(1);
     tracing::info!(module = "fulfillment", order_id = %shipment.order_id, "shipment dispatched");
     Ok(shipment)

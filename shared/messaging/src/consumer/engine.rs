@@ -9,21 +9,22 @@ use std::time::{Duration, Instant};
 
 use contracts::Envelope;
 use futures::{FutureExt, StreamExt};
-use sea_orm::{DatabaseTransaction, DbErr};
+use sea_orm::DbErr;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::handler::{Emitter, Handler, HandlerError};
+use super::handler::{Handler, HandlerError};
 use super::inbox::{already_processed, claim_inbox_keys};
 use crate::bus::{Acker, Delivery, DeliveryTag, Subscription};
 use crate::db::ModuleDb;
 use crate::dead_letters;
 use crate::faults::Faults;
-use crate::outbox::{Outbox, append};
+use crate::outbox::Outbox;
 use crate::progress::{self, Progress};
+use crate::publish::Tx;
 use crate::settings::MessagingSettings;
 
 /// Runs a module's handlers on its subscription.
@@ -391,29 +392,29 @@ impl Consumer {
         let tx = self.db.begin().await?;
         let fresh = claim_inbox_keys(&tx, items).await?;
         self.faults.point("consumer.before_handler").await;
-        let mut out = Emitter::new();
-        self.run_handlers(&tx, items, fresh, &mut out).await?;
-        append(&tx, &out.events).await?;
+        let mut tx = Tx::new(tx, None, self.outbox.waker());
+        self.run_handlers(&mut tx, items, fresh).await?;
+        tx.write_outbox().await?;
         self.faults.point("consumer.before_commit").await;
-        tx.commit().await?;
+        let committed = tx.commit_written().await?;
         self.faults.point("consumer.after_commit").await;
-        self.after_commit(out);
+        committed.run();
         Ok(())
     }
 
-    /// Runs each handler once, on the events of this batch it has not processed before,
-    /// in batch order. A copy of an event within the batch runs once.
+    /// Runs each handler once (each registration: a name that serves two event types has
+    /// one for each), on the events of this batch it has not processed before, in batch
+    /// order. A copy of an event within the batch runs once.
     async fn run_handlers(
         &self,
-        tx: &DatabaseTransaction,
+        tx: &mut Tx,
         items: &[Ready],
         mut fresh: HashSet<(Uuid, &'static str)>,
-        out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         for handler in &self.handlers {
             let events: Vec<&Envelope> = items
                 .iter()
-                .filter(|item| item.handlers.iter().any(|h| h.name() == handler.name()))
+                .filter(|item| item.handlers.iter().any(|h| Arc::ptr_eq(h, handler)))
                 .filter(|item| fresh.remove(&(item.envelope.id, handler.name())))
                 .map(|item| &item.envelope)
                 .collect();
@@ -426,21 +427,9 @@ impl Consumer {
             if let Some(delay) = events.iter().filter_map(|e| self.faults.slowness(e)).max() {
                 tokio::time::sleep(delay).await;
             }
-            handler.handle(tx, &events, out).await?;
+            handler.handle(tx, &events).await?;
         }
         Ok(())
-    }
-
-    fn after_commit(&self, out: Emitter) {
-        if !out.events.is_empty() {
-            self.outbox.wake();
-        }
-        for notify in out.wakes {
-            notify.notify_one();
-        }
-        for f in out.after_commit {
-            f();
-        }
     }
 
     /// Handles the dead letters an operator asked to replay. A replayed event runs after
@@ -496,12 +485,10 @@ impl Consumer {
         let items = std::slice::from_ref(item);
         let tx = self.db.begin().await?;
         let fresh = claim_inbox_keys(&tx, items).await?;
-        let mut out = Emitter::new();
-        self.run_handlers(&tx, items, fresh, &mut out).await?;
-        append(&tx, &out.events).await?;
+        let mut tx = Tx::new(tx, None, self.outbox.waker());
+        self.run_handlers(&mut tx, items, fresh).await?;
         dead_letters::mark_replayed(&tx, id).await?;
         tx.commit().await?;
-        self.after_commit(out);
         Ok(())
     }
 }

@@ -11,10 +11,12 @@
 //! cannot be decoded or breaks its contract is parked at once:
 //! a bad event never stops a subscription, and retrying it does not hold up other keys.
 //!
-//! Files: `handler.rs` is what a module writes against (the [`Handler`] trait, its
-//! errors, the [`Emitter`], the decode helpers); `engine.rs` the delivery loop (batches,
-//! attempts, crash counting, settling, replays); `inbox.rs` the idempotency records;
-//! `cleaner.rs` the retention of the outbox, the inbox and a module's own tables.
+//! Files: `handler.rs` is what a module writes against (typed registration, [`on`], of a
+//! function of the batch's [`crate::Tx`] and its decoded events; the errors; the
+//! [`Handler`] trait the engine runs);
+//! `engine.rs` the delivery loop (batches, attempts, crash counting, settling, replays);
+//! `inbox.rs` the idempotency records; `cleaner.rs` the retention of the outbox, the
+//! inbox and a module's own tables.
 
 mod cleaner;
 mod engine;
@@ -23,4 +25,4 @@ mod inbox;
 
 pub use cleaner::{Prune, clean, run_cleaner};
 pub use engine::Consumer;
-pub use handler::{Emitter, Handler, HandlerError, decode, decode_all};
+pub use handler::{Handler, HandlerError, Handling, Incoming, decode, decode_all, on, on_each};

@@ -558,14 +558,14 @@ async fn a_row_that_commits_after_a_later_row_was_published_is_published_too() {
     let outbox = Outbox::new(PRODUCER);
     let late = event(Uuid::now_v7(), 1);
     let slow_tx = dbs.producer.begin().await.expect("begin");
-    outbox
-        .append(&slow_tx, std::slice::from_ref(&late))
+    messaging::outbox::append(&slow_tx, std::slice::from_ref(&late))
         .await
         .expect("append");
     let early = event(Uuid::now_v7(), 1);
     commit(&dbs, &outbox, std::slice::from_ref(&early)).await;
     wait_applied(&dbs, 1).await;
-    outbox.commit(slow_tx).await.expect("commit late");
+    slow_tx.commit().await.expect("commit late");
+    outbox.wake();
     let ids = query(
         dbs.producer.conn(),
         "SELECT event_id FROM outbox ORDER BY id",

@@ -16,10 +16,10 @@ use contracts::{Cause, Envelope, Event};
 use futures::StreamExt;
 use messaging::db::{execute, query};
 use messaging::{
-    Consumer, Emitter, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings,
-    ModuleDb, Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec,
+    Consumer, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings, ModuleDb,
+    Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec, Tx,
 };
-use sea_orm::{ConnectionTrait, Database, DatabaseTransaction, DbBackend};
+use sea_orm::{ConnectionTrait, Database, DbBackend};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -286,59 +286,63 @@ impl Handler for Recorder {
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderConfirmedV1::TYPE]
     }
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        _: &mut Emitter,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
         for (event, payload) in messaging::decode_all::<OrderConfirmedV1>(events)? {
-            execute(
-                tx,
-                "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
-                vec![
-                    event.id.to_string().into(),
-                    event.key.clone().into(),
-                    payload.total_minor.into(),
-                ],
-            )
-            .await?;
-            execute(
-                tx,
-                "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
-                vec![],
-            )
-            .await?;
+            apply_effects(tx, event.id, &event.key, payload.total_minor).await?;
         }
         Ok(())
     }
 }
 
+/// The effects of applying one event: a row naming it and the applied counter, both
+/// wrong if done twice.
+pub(crate) async fn apply_effects(
+    tx: &impl ConnectionTrait,
+    event_id: Uuid,
+    key: &str,
+    seq: i64,
+) -> Result<(), HandlerError> {
+    execute(
+        tx,
+        "INSERT INTO effects (event_id, ordering_key, seq) VALUES ($1, $2, $3)",
+        vec![event_id.to_string().into(), key.into(), seq.into()],
+    )
+    .await?;
+    execute(
+        tx,
+        "UPDATE counters SET n = n + 1 WHERE name = 'applied'",
+        vec![],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The payload of an event of `key` carrying sequence number `seq`.
+pub(crate) fn payload(key: Uuid, seq: i64) -> OrderConfirmedV1 {
+    OrderConfirmedV1 {
+        order_id: key,
+        lines: vec![OrderLineV1 {
+            sku: "A".into(),
+            quantity: 1,
+            unit_price_minor: 0,
+        }],
+        currency: "EUR".into(),
+        total_minor: seq,
+        customer_email: "a@b.co".into(),
+        shipping_address: AddressV1 {
+            name: "n".into(),
+            line1: "l".into(),
+            line2: None,
+            city: "c".into(),
+            postal_code: "p".into(),
+            country: "GB".into(),
+        },
+    }
+}
+
 /// An event of `key` carrying sequence number `seq`.
 pub(crate) fn event(key: Uuid, seq: i64) -> Envelope {
-    Envelope::new(
-        &OrderConfirmedV1 {
-            order_id: key,
-            lines: vec![OrderLineV1 {
-                sku: "A".into(),
-                quantity: 1,
-                unit_price_minor: 0,
-            }],
-            currency: "EUR".into(),
-            total_minor: seq,
-            customer_email: "a@b.co".into(),
-            shipping_address: AddressV1 {
-                name: "n".into(),
-                line1: "l".into(),
-                line2: None,
-                city: "c".into(),
-                postal_code: "p".into(),
-                country: "GB".into(),
-            },
-        },
-        &Cause::fresh(),
-    )
-    .expect("valid event")
+    Envelope::new(&payload(key, seq), &Cause::fresh()).expect("valid event")
 }
 
 pub(crate) fn outgoing(e: &Envelope) -> Outgoing {
@@ -359,11 +363,15 @@ pub(crate) fn events(keys: usize, per_key: i64) -> Vec<Envelope> {
         .collect()
 }
 
-/// Commits events to the producer's outbox, as a use case would.
+/// Commits events made by the test to the producer's outbox, and wakes its relay, as a
+/// use case's transaction would.
 pub(crate) async fn commit(dbs: &Dbs, outbox: &Outbox, events: &[Envelope]) {
     let tx = dbs.producer.begin().await.expect("begin");
-    outbox.append(&tx, events).await.expect("append");
-    outbox.commit(tx).await.expect("commit");
+    messaging::outbox::append(&tx, events)
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    outbox.wake();
 }
 
 pub(crate) struct Running {
@@ -427,6 +435,36 @@ pub(crate) async fn start_configured(
     relay: bool,
     settings: MessagingSettings,
 ) -> Running {
+    run(
+        bus,
+        dbs,
+        instance,
+        faults,
+        relay,
+        settings,
+        vec![Arc::new(Recorder)],
+    )
+    .await
+}
+
+/// A relay and a consumer running `handlers`, as one process named "instance-a" on the
+/// in-process bus.
+pub(crate) async fn start_handling(dbs: &Dbs, handlers: Vec<Arc<dyn Handler>>) -> Running {
+    let bus = bus(Transport::Local, dbs, "instance-a").await;
+    let faults = Faults::default();
+    run(bus, dbs, "instance-a", faults, true, settings(), handlers).await
+}
+
+/// Starts the relay (if `relay`) and a consumer running `handlers`.
+async fn run(
+    bus: Arc<dyn EventBus>,
+    dbs: &Dbs,
+    instance: &str,
+    faults: Faults,
+    relay: bool,
+    settings: MessagingSettings,
+    handlers: Vec<Arc<dyn Handler>>,
+) -> Running {
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if relay {
@@ -451,7 +489,7 @@ pub(crate) async fn start_configured(
     let consumer = Consumer {
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
-        handlers: vec![Arc::new(Recorder)],
+        handlers,
         settings,
         faults,
         replays: Arc::new(tokio::sync::Notify::new()),
@@ -774,10 +812,34 @@ pub(crate) async fn dead_letters(dbs: &Dbs) -> i64 {
     .await
 }
 
+/// One test per backend for each scenario named (the scenarios are functions of the
+/// backend).
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$test(Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$test(Backend::Postgres).await
+                }
+            }
+        )+
+    };
+}
+
 mod cleanup;
 mod conformance;
 mod local_only;
 mod process_kill;
+mod publishing;
 mod redis_faults;
 mod redis_only;
 mod replays;
+mod typed;

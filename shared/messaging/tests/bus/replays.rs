@@ -26,13 +26,8 @@ impl Handler for Gated {
     fn event_types(&self) -> &'static [&'static str] {
         &[OrderConfirmedV1::TYPE]
     }
-    async fn handle(
-        &self,
-        tx: &DatabaseTransaction,
-        events: &[&Envelope],
-        out: &mut Emitter,
-    ) -> Result<(), HandlerError> {
-        Recorder.handle(tx, events, out).await?;
+    async fn handle(&self, tx: &mut Tx, events: &[&Envelope]) -> Result<(), HandlerError> {
+        Recorder.handle(tx, events).await?;
         self.0.entered.notify_one();
         self.0.release.notified().await;
         Ok(())

@@ -1,0 +1,213 @@
+//! One transaction that publishes: what a request's use case, the payment recorder and an
+//! event handler all write and publish through.
+//!
+//! A module holds a [`Store`] (its database and its outbox together). `store.begin(cause)`
+//! opens a [`Tx`]; `db/` functions take it where they take a connection (it is one, and it
+//! derefs to the sea-orm transaction); `tx.publish(&event)` checks the event against its
+//! contract and keeps its envelope; `tx.commit()` writes every kept event to the outbox in
+//! one multi-row `INSERT`, commits, wakes the relay if anything was published, and then
+//! runs the hooks given to `tx.after_commit`. A `Tx` dropped without `commit` rolls back:
+//! nothing is published and no hook runs.
+//!
+//! A transaction begun for a request has one cause, the request's, and `publish` uses it.
+//! One that holds a batch (a consumer's, the payment recorder's) has none: each of its
+//! events follows its own cause, given with [`Tx::publish_with`] (for a handler, the
+//! event it handles: `incoming.cause`, see `on`).
+//!
+//! Self-contained on purpose: it needs only a module's database, its outbox and the
+//! contracts.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use contracts::{Cause, ContractError, Envelope, Event};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, Statement,
+};
+use tokio::sync::Notify;
+
+use crate::db::ModuleDb;
+use crate::outbox::{Outbox, insert};
+
+/// A module's database and its outbox: where its transactions begin.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: ModuleDb,
+    outbox: Outbox,
+}
+
+impl Store {
+    pub fn new(db: ModuleDb, outbox: Outbox) -> Self {
+        Self { db, outbox }
+    }
+
+    /// The module's database, for reads outside any transaction and for transactions
+    /// that publish nothing.
+    pub fn db(&self) -> &ModuleDb {
+        &self.db
+    }
+
+    /// A connection of the module's pool, for reads outside any transaction.
+    pub fn conn(&self) -> &DatabaseConnection {
+        self.db.conn()
+    }
+
+    /// Begins a write transaction whose events are published as consequences of `cause`
+    /// (a request's).
+    pub async fn begin(&self, cause: &Cause) -> Result<Tx, DbErr> {
+        let tx = self.db.begin().await?;
+        Ok(Tx::new(tx, Some(cause.clone()), self.outbox.waker()))
+    }
+
+    /// Begins a write transaction for a batch whose events each follow a cause of their
+    /// own ([`Tx::publish_with`]).
+    pub async fn begin_batch(&self) -> Result<Tx, DbErr> {
+        let tx = self.db.begin().await?;
+        Ok(Tx::new(tx, None, self.outbox.waker()))
+    }
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event does not fit its contract: the code that built it is at fault.
+    #[error("would publish an invalid event: {0}")]
+    Contract(#[from] ContractError),
+    /// [`Tx::publish`] on a batch's transaction, which has no cause of its own.
+    #[error(
+        "this transaction holds a batch and has no cause of its own: publish each event with the cause it follows"
+    )]
+    NoCause,
+}
+
+/// Work run once a transaction has committed.
+type Hook = Box<dyn FnOnce() + Send + Sync>;
+
+/// A module's write transaction, with the events it publishes and what runs once it has
+/// committed. See the module's documentation.
+pub struct Tx {
+    tx: DatabaseTransaction,
+    cause: Option<Cause>,
+    events: Vec<Envelope>,
+    hooks: Vec<Hook>,
+    wake: Arc<Notify>,
+}
+
+impl Tx {
+    /// A transaction of `tx`, which the caller began (the consumer's engine, after the
+    /// inbox keys of its batch).
+    pub(crate) fn new(tx: DatabaseTransaction, cause: Option<Cause>, wake: Arc<Notify>) -> Self {
+        Self {
+            tx,
+            cause,
+            events: Vec::new(),
+            hooks: Vec::new(),
+            wake,
+        }
+    }
+
+    /// Publishes `event` as a consequence of the transaction's cause, once it commits.
+    pub fn publish<E: Event>(&mut self, event: &E) -> Result<(), PublishError> {
+        let cause = self.cause.as_ref().ok_or(PublishError::NoCause)?;
+        let envelope = Envelope::new(event, cause)?;
+        self.events.push(envelope);
+        Ok(())
+    }
+
+    /// Publishes `event` as a consequence of `cause`, once the transaction commits: in a
+    /// batch, the cause of the one item it follows.
+    pub fn publish_with<E: Event>(&mut self, cause: &Cause, event: &E) -> Result<(), PublishError> {
+        self.events.push(Envelope::new(event, cause)?);
+        Ok(())
+    }
+
+    /// Runs `f` once the transaction has committed, after the hooks given before it, and
+    /// never if it rolls back (a business counter: a batch rolled back and handled again
+    /// one event at a time must not count twice; a wake-up of a worker that reads what
+    /// this transaction writes).
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + Sync + 'static) {
+        self.hooks.push(Box::new(f));
+    }
+
+    /// Writes the published events to the outbox, commits, wakes the relay if anything
+    /// was published, then runs the hooks in the order they were given.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        self.write_outbox().await?;
+        self.commit_written().await?.run();
+        Ok(())
+    }
+
+    /// The first half of [`Tx::commit`]: the outbox rows, in this transaction.
+    pub(crate) async fn write_outbox(&mut self) -> Result<(), DbErr> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        crate::trace::published(&mut self.events);
+        insert(&self.tx, &self.events).await
+    }
+
+    /// The second half of [`Tx::commit`]: commits, and hands back what is due once it did
+    /// (the consumer's engine runs its crash points between the halves).
+    pub(crate) async fn commit_written(self) -> Result<Committed, DbErr> {
+        self.tx.commit().await?;
+        Ok(Committed {
+            wake: (!self.events.is_empty()).then_some(self.wake),
+            hooks: self.hooks,
+        })
+    }
+}
+
+/// What is due once a transaction committed: waking the relay, and the hooks.
+pub(crate) struct Committed {
+    wake: Option<Arc<Notify>>,
+    hooks: Vec<Hook>,
+}
+
+impl Committed {
+    pub(crate) fn run(self) {
+        if let Some(wake) = self.wake {
+            wake.notify_one();
+        }
+        for hook in self.hooks {
+            hook();
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+/// A `Tx` is a connection, so `db/` functions that take `&impl ConnectionTrait` take it.
+#[async_trait]
+impl ConnectionTrait for Tx {
+    fn get_database_backend(&self) -> DbBackend {
+        self.tx.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.tx.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.tx.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.tx.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.tx.query_all_raw(stmt).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.tx.support_returning()
+    }
+}

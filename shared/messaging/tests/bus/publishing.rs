@@ -1,0 +1,152 @@
+//! The publishing transaction (`Store::begin` → `Tx::publish` → `Tx::commit`) on both
+//! backends: its events reach the outbox only when it commits, in one go, under its
+//! cause; a transaction dropped without commit leaves nothing and runs no hook; the relay
+//! is woken by a commit that published something and by nothing else; hooks run after
+//! the commit, in the order given.
+
+use std::sync::Mutex;
+
+use futures::FutureExt;
+use messaging::{PublishError, Store};
+
+use super::*;
+
+/// The producer's store, and its outbox to watch the relay's wake-ups on.
+fn store(dbs: &Dbs) -> (Store, Outbox) {
+    let outbox = Outbox::new(PRODUCER);
+    (Store::new(dbs.producer.clone(), outbox.clone()), outbox)
+}
+
+/// The outbox's envelopes, in row order, read on a connection of its own (the pool of a
+/// SQLite database has one, which an open transaction holds).
+async fn outbox_rows(dbs: &Dbs) -> Vec<Envelope> {
+    let (producer, _) = connect(dbs.location()).await;
+    query(&producer, "SELECT envelope FROM outbox ORDER BY id", vec![])
+        .await
+        .expect("read the outbox")
+        .iter()
+        .map(|row| {
+            let text: String = row.try_get("", "envelope").expect("an envelope");
+            Envelope::from_bytes(text.as_bytes()).expect("a valid envelope")
+        })
+        .collect()
+}
+
+/// True if the relay was woken since the last look (and takes the wake-up).
+fn woken(outbox: &Outbox) -> bool {
+    outbox.woken().now_or_never().is_some()
+}
+
+/// Hooks that note their number in `ran` when they run.
+fn noting(ran: &Arc<Mutex<Vec<u32>>>, n: u32) -> impl FnOnce() + Send + Sync + 'static {
+    let ran = ran.clone();
+    move || ran.lock().expect("not poisoned").push(n)
+}
+
+async fn events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let cause = Cause::fresh();
+    let key = Uuid::now_v7();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let mut tx = store.begin(&cause).await.expect("begin");
+    tx.publish(&payload(key, 1)).expect("a valid event");
+    tx.after_commit(noting(&ran, 1));
+    tx.publish(&payload(key, 2)).expect("a valid event");
+    tx.after_commit(noting(&ran, 2));
+    assert!(
+        outbox_rows(&dbs).await.is_empty(),
+        "nothing is in the outbox before the commit"
+    );
+    assert!(ran.lock().expect("not poisoned").is_empty());
+    assert!(!woken(&outbox), "the relay is not woken before the commit");
+    tx.commit().await.expect("commit");
+    let rows = outbox_rows(&dbs).await;
+    let seqs: Vec<i64> = rows
+        .iter()
+        .map(|e| e.decode::<OrderConfirmedV1>().expect("decodes").total_minor)
+        .collect();
+    assert_eq!(seqs, [1, 2], "both events, in the order published");
+    for row in &rows {
+        assert_eq!(row.correlation_id, cause.correlation_id);
+        assert_eq!(row.causation_id, cause.causation_id);
+        assert_eq!(row.key, key.to_string());
+    }
+    assert_eq!(*ran.lock().expect("not poisoned"), [1, 2]);
+    assert!(woken(&outbox), "a commit with events wakes the relay");
+    assert!(!woken(&outbox), "once");
+}
+
+async fn a_transaction_dropped_without_commit_publishes_nothing_and_runs_no_hook(backend: Backend) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.publish(&payload(Uuid::now_v7(), 1))
+        .expect("a valid event");
+    tx.after_commit(noting(&ran, 1));
+    drop(tx);
+    // The rollback also freed the write lock: another transaction commits.
+    let mut next = store.begin(&Cause::fresh()).await.expect("begin again");
+    next.after_commit(noting(&ran, 2));
+    next.commit().await.expect("commit");
+    assert!(outbox_rows(&dbs).await.is_empty());
+    assert_eq!(
+        *ran.lock().expect("not poisoned"),
+        [2],
+        "only the committed hook ran"
+    );
+    assert!(
+        !woken(&outbox),
+        "neither a rollback nor a commit without events wakes the relay"
+    );
+}
+
+async fn a_batch_publishes_each_event_under_its_own_cause_and_refuses_what_breaks_a_contract(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let (first, second) = (event(Uuid::now_v7(), 1), event(Uuid::now_v7(), 2));
+    let mut tx = store.begin_batch().await.expect("begin");
+    assert!(
+        matches!(
+            tx.publish(&payload(Uuid::now_v7(), 3)),
+            Err(PublishError::NoCause)
+        ),
+        "a batch has no cause of its own"
+    );
+    let mut invalid = payload(Uuid::now_v7(), 4);
+    invalid.currency = "euro".into();
+    assert!(matches!(
+        tx.publish_with(&Cause::following(&first), &invalid),
+        Err(PublishError::Contract(_))
+    ));
+    tx.publish_with(&Cause::following(&first), &payload(Uuid::now_v7(), 5))
+        .expect("a valid event");
+    tx.publish_with(&Cause::following(&second), &payload(Uuid::now_v7(), 6))
+        .expect("a valid event");
+    tx.commit().await.expect("commit");
+    let rows = outbox_rows(&dbs).await;
+    let causes: Vec<_> = rows
+        .iter()
+        .map(|e| (e.correlation_id, e.causation_id))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            (first.correlation_id, Some(first.id)),
+            (second.correlation_id, Some(second.id))
+        ],
+        "each event follows its own cause; the refused ones are not published"
+    );
+    assert!(woken(&outbox));
+}
+
+on_both_backends!(
+    events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order,
+    a_transaction_dropped_without_commit_publishes_nothing_and_runs_no_hook,
+    a_batch_publishes_each_event_under_its_own_cause_and_refuses_what_breaks_a_contract,
+);
