@@ -271,6 +271,18 @@ impl Spawn {
         }
     }
 
+    /// One module booted alone, as its own tests boot it: what it publishes goes to the
+    /// returned recording bus (no other module consumes it), and the test feeds it events
+    /// through that bus.
+    pub fn alone(backend: Backend, module: Arc<dyn Module>) -> (Self, Arc<RecordingBus>) {
+        let bus = RecordingBus::new();
+        let spawn = Spawn::new(backend, vec![module]).hooks(Hooks {
+            bus: Some(bus.clone()),
+            ..Hooks::default()
+        });
+        (spawn, bus)
+    }
+
     pub fn configure(mut self, f: impl FnOnce(&mut Settings)) -> Self {
         f(&mut self.settings);
         self

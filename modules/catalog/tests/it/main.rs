@@ -7,7 +7,6 @@ mod reads;
 
 use std::sync::Arc;
 
-use runtime::Hooks;
 use testkit::{Backend, RecordingBus, Spawn, TestApp, json};
 
 /// A minute: long enough that, inside a test, only a change forgetting a product can make
@@ -17,13 +16,8 @@ const LONG_CACHE_MS: u64 = 60_000;
 /// Catalog alone: what it publishes goes to the returned recording bus, since no consumer
 /// runs. Product reads are remembered for `cache_ms`.
 async fn catalog_alone(backend: Backend, cache_ms: u64) -> (TestApp, Arc<RecordingBus>) {
-    let bus = RecordingBus::new();
-    let hooks = Hooks {
-        bus: Some(bus.clone()),
-        ..Hooks::default()
-    };
-    let app = Spawn::new(backend, vec![Arc::new(catalog::Catalog)])
-        .hooks(hooks)
+    let (spawn, bus) = Spawn::alone(backend, Arc::new(catalog::Catalog));
+    let app = spawn
         .configure(|s| {
             s.modules
                 .sections

@@ -13,7 +13,6 @@ use contracts::checkout::{
 };
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Cause, Envelope, Event};
-use runtime::Hooks;
 use serde_json::Value;
 use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
 use uuid::Uuid;
@@ -29,16 +28,11 @@ fn envelope<E: Event>(event: &E) -> Envelope {
 
 impl Checkout {
     async fn start(backend: Backend) -> Self {
-        let bus = RecordingBus::new();
-        let hooks = Hooks {
-            bus: Some(bus.clone()),
-            ..Hooks::default()
-        };
-        let app = Spawn::new(backend, vec![Arc::new(checkout::Checkout)])
-            .hooks(hooks)
-            .start()
-            .await;
-        Self { app, bus }
+        let (spawn, bus) = Spawn::alone(backend, Arc::new(checkout::Checkout));
+        Self {
+            app: spawn.start().await,
+            bus,
+        }
     }
 
     async fn feed(&self, event: &Envelope) {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use contracts::catalog::{ProductPublishedV1, StockLineV1, StockReservedV1};
 use contracts::{Cause, Envelope, Event};
-use runtime::Hooks;
 use serde_json::Value;
 use testkit::tls::{HttpsFront, TestCa};
 use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
@@ -187,16 +186,12 @@ impl Checkout {
         for (k, v) in payment.as_object().expect("an object") {
             settings[k] = v.clone();
         }
-        let bus = RecordingBus::new();
-        let app = Spawn::new(backend, vec![Arc::new(checkout::Checkout)])
+        let (spawn, bus) = Spawn::alone(backend, Arc::new(checkout::Checkout));
+        let app = spawn
             .configure(|s| {
                 s.modules
                     .sections
                     .insert("checkout".into(), json!({ "payment": settings }));
-            })
-            .hooks(Hooks {
-                bus: Some(bus.clone()),
-                ..Hooks::default()
             })
             .start()
             .await;

@@ -8,7 +8,6 @@ use contracts::checkout::{
 };
 use contracts::fulfillment::{ShipmentCreatedV1, ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Cause, Envelope, Event};
-use runtime::Hooks;
 use serde_json::Value;
 use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, on_both_backends};
 use uuid::Uuid;
@@ -53,16 +52,11 @@ fn cancelled(order_id: Uuid) -> Envelope {
 
 impl Fulfillment {
     async fn start(backend: Backend) -> Self {
-        let bus = RecordingBus::new();
-        let hooks = Hooks {
-            bus: Some(bus.clone()),
-            ..Hooks::default()
-        };
-        let app = Spawn::new(backend, vec![Arc::new(fulfillment::Fulfillment)])
-            .hooks(hooks)
-            .start()
-            .await;
-        Self { app, bus }
+        let (spawn, bus) = Spawn::alone(backend, Arc::new(fulfillment::Fulfillment));
+        Self {
+            app: spawn.start().await,
+            bus,
+        }
     }
 
     async fn feed(&self, event: &Envelope) {
