@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use contracts::catalog::ProductPublishedV1;
 use messaging::{ModuleDb, Outbox, Store};
-use testkit::{Backend, RecordingBus, Spawn, TestDatabase, eventually, json};
+use testkit::{Backend, Spawn, TestDatabase, eventually, json};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,14 +104,8 @@ struct Stage {
 
 impl Stage {
     async fn new(backend: Backend, orders: usize) -> Stage {
-        let bus = RecordingBus::new();
-        let app = Spawn::new(backend, vec![Arc::new(crate::Checkout)])
-            .hooks(runtime::Hooks {
-                bus: Some(bus.clone()),
-                ..runtime::Hooks::default()
-            })
-            .start()
-            .await;
+        let (spawn, bus) = Spawn::alone(backend, Arc::new(crate::Checkout));
+        let app = spawn.start().await;
         let price = Envelope::new(
             &ProductPublishedV1 {
                 sku: "TEA-1".into(),
