@@ -73,6 +73,21 @@ impl RecordingBus {
             .unwrap_or_else(|e| e.into_inner())
             .contains(tag)
     }
+
+    /// Hands `envelope` to `module` and waits until its consumer settled it (applied it,
+    /// or parked it): what a test of a module alone does with each event it feeds.
+    pub async fn feed(&self, module: &str, envelope: &Envelope) {
+        let tag = self.inject(module, envelope);
+        crate::eventually(20, &format!("{module} to settle the event"), || async {
+            self.acked(&tag).then_some(())
+        })
+        .await;
+    }
+}
+
+/// `event` in a new envelope, as a test feeds it to a module: a fresh correlation, no cause.
+pub fn envelope<E: contracts::Event>(event: &E) -> Envelope {
+    Envelope::new(event, &contracts::Cause::fresh()).expect("a valid event")
 }
 
 /// What the recording bus's tags hold: the number of an injected delivery.

@@ -23,7 +23,7 @@ mod buses;
 pub mod metrics;
 pub mod tls;
 
-pub use buses::{DuplicatingBus, RecordingBus};
+pub use buses::{DuplicatingBus, RecordingBus, envelope};
 pub use runtime::auth::Role;
 
 /// The subject of the token [`TestApp::client`] sends.

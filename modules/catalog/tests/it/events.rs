@@ -8,8 +8,8 @@ use contracts::catalog::{
 use contracts::checkout::{
     CancelReasonV1, OrderCancelledV1, OrderLineV1, OrderPlacedV1, OrderReinstatedV1,
 };
-use contracts::{Cause, Envelope, Event};
-use testkit::{Backend, RecordingBus, TestApp, eventually, json, on_both_backends};
+use contracts::{Envelope, Event};
+use testkit::{Backend, RecordingBus, TestApp, envelope, eventually, json, on_both_backends};
 use uuid::Uuid;
 
 /// Catalog alone, remembering product reads for a minute: a read after an event shows
@@ -33,10 +33,6 @@ async fn available(app: &TestApp, sku: &str) -> i64 {
         .expect("available")
 }
 
-fn envelope<E: Event>(event: &E) -> Envelope {
-    Envelope::new(event, &Cause::fresh()).expect("a valid event")
-}
-
 fn placed(order_id: Uuid, lines: &[(&str, i64)]) -> Envelope {
     envelope(&OrderPlacedV1 {
         order_id,
@@ -58,15 +54,6 @@ fn cancelled(order_id: Uuid) -> Envelope {
         order_id,
         reason: CancelReasonV1::CancelledByCustomer,
     })
-}
-
-/// Injects an event and waits until the consumer settled it.
-async fn feed(bus: &RecordingBus, event: &Envelope) {
-    let tag = bus.inject("catalog", event);
-    eventually(20, "catalog to settle the event", || async {
-        bus.acked(&tag).then_some(())
-    })
-    .await;
 }
 
 on_both_backends!(
@@ -122,7 +109,8 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
         "read, and remembered, before the order"
     );
     let first = Uuid::now_v7();
-    feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
+    bus.feed("catalog", &placed(first, &[("A", 2), ("B", 1)]))
+        .await;
     let reserved: StockReservedV1 = eventually(20, "StockReservedV1", || async {
         bus.published_of(StockReservedV1::TYPE).into_iter().next()
     })
@@ -136,7 +124,11 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
     );
 
     let second = Uuid::now_v7();
-    feed(&bus, &placed(second, &[("A", 1), ("B", 1), ("UNKNOWN", 1)])).await;
+    bus.feed(
+        "catalog",
+        &placed(second, &[("A", 1), ("B", 1), ("UNKNOWN", 1)]),
+    )
+    .await;
     let rejected: StockRejectedV1 = eventually(20, "StockRejectedV1", || async {
         bus.published_of(StockRejectedV1::TYPE).into_iter().next()
     })
@@ -157,7 +149,8 @@ async fn stock_is_held_for_every_line_or_none(backend: Backend) {
     );
 
     // The same order again decides nothing new.
-    feed(&bus, &placed(first, &[("A", 2), ("B", 1)])).await;
+    bus.feed("catalog", &placed(first, &[("A", 2), ("B", 1)]))
+        .await;
     app.drained(&["catalog"], &[]).await;
     assert_eq!(bus.published_of(StockReservedV1::TYPE).len(), 1);
     assert_eq!(available(&app, "A").await, 3);
@@ -167,16 +160,16 @@ async fn a_cancel_releases_the_stock_once(backend: Backend) {
     let (app, bus) = catalog(backend).await;
     product(&app, "A", 5).await;
     let order = Uuid::now_v7();
-    feed(&bus, &placed(order, &[("A", 2)])).await;
+    bus.feed("catalog", &placed(order, &[("A", 2)])).await;
     assert_eq!(
         available(&app, "A").await,
         3,
         "read, and remembered, before the cancel"
     );
     let cancel = cancelled(order);
-    feed(&bus, &cancel).await;
-    feed(&bus, &cancel).await;
-    feed(&bus, &cancelled(order)).await;
+    bus.feed("catalog", &cancel).await;
+    bus.feed("catalog", &cancel).await;
+    bus.feed("catalog", &cancelled(order)).await;
     assert_eq!(available(&app, "A").await, 5);
     // Published by the relay after the ack: read once everything is.
     app.drained(&["catalog"], &[]).await;
@@ -190,8 +183,8 @@ async fn a_cancel_before_the_order_arrived_means_nothing_is_held(backend: Backen
     let (app, bus) = catalog(backend).await;
     product(&app, "A", 5).await;
     let order = Uuid::now_v7();
-    feed(&bus, &cancelled(order)).await;
-    feed(&bus, &placed(order, &[("A", 2)])).await;
+    bus.feed("catalog", &cancelled(order)).await;
+    bus.feed("catalog", &placed(order, &[("A", 2)])).await;
     assert_eq!(available(&app, "A").await, 5);
     app.drained(&["catalog"], &[]).await;
     assert_eq!(
@@ -222,13 +215,13 @@ async fn a_reinstated_order_whose_stock_was_taken_meanwhile_holds_what_is_free_a
     let (app, bus) = catalog(backend).await;
     product(&app, "A", 5).await;
     let first = Uuid::now_v7();
-    feed(&bus, &placed(first, &[("A", 2)])).await;
-    feed(&bus, &cancelled(first)).await;
+    bus.feed("catalog", &placed(first, &[("A", 2)])).await;
+    bus.feed("catalog", &cancelled(first)).await;
     let second = Uuid::now_v7();
-    feed(&bus, &placed(second, &[("A", 4)])).await;
+    bus.feed("catalog", &placed(second, &[("A", 4)])).await;
     assert_eq!(available(&app, "A").await, 1);
-    feed(
-        &bus,
+    bus.feed(
+        "catalog",
         &envelope(&OrderReinstatedV1 {
             order_id: first,
             lines: vec![contracts::catalog::StockLineV1 {
@@ -252,8 +245,8 @@ async fn a_cancel_lost_to_a_dispatch_holds_the_stock_again(backend: Backend) {
     let (app, bus) = catalog(backend).await;
     product(&app, "A", 5).await;
     let order = Uuid::now_v7();
-    feed(&bus, &placed(order, &[("A", 2)])).await;
-    feed(&bus, &cancelled(order)).await;
+    bus.feed("catalog", &placed(order, &[("A", 2)])).await;
+    bus.feed("catalog", &cancelled(order)).await;
     assert_eq!(available(&app, "A").await, 5);
     let reinstated = envelope(&OrderReinstatedV1 {
         order_id: order,
@@ -262,7 +255,7 @@ async fn a_cancel_lost_to_a_dispatch_holds_the_stock_again(backend: Backend) {
             quantity: 2,
         }],
     });
-    feed(&bus, &reinstated).await;
-    feed(&bus, &reinstated).await;
+    bus.feed("catalog", &reinstated).await;
+    bus.feed("catalog", &reinstated).await;
     assert_eq!(available(&app, "A").await, 3, "held again, once");
 }

@@ -13,7 +13,7 @@ use testkit::{Backend, Spawn, TestDatabase, eventually, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-use contracts::{Cause, Envelope};
+use contracts::Cause;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -106,21 +106,16 @@ impl Stage {
     async fn new(backend: Backend, orders: usize) -> Stage {
         let (spawn, bus) = Spawn::alone(backend, Arc::new(crate::Checkout));
         let app = spawn.start().await;
-        let price = Envelope::new(
-            &ProductPublishedV1 {
+        bus.feed(
+            "checkout",
+            &testkit::envelope(&ProductPublishedV1 {
                 sku: "TEA-1".into(),
                 name: "Tea".into(),
                 price_minor: 450,
                 currency: "EUR".into(),
                 version: 1,
-            },
-            &Cause::fresh(),
+            }),
         )
-        .expect("a valid event");
-        let tag = bus.inject("checkout", &price);
-        eventually(20, "checkout to learn the price", || async {
-            bus.acked(&tag).then_some(())
-        })
         .await;
         let mut ids = Vec::new();
         for _ in 0..orders {
@@ -151,6 +146,19 @@ impl Stage {
             orders: ids,
             _db: db,
         }
+    }
+
+    /// The customer cancels `order_id` (the stage placed its orders as the test kit's
+    /// caller).
+    async fn cancel(&self, order_id: Uuid) {
+        crate::use_cases::cancel_order::cancel_order(
+            &self.store,
+            &Cause::fresh(),
+            testkit::TESTER,
+            order_id,
+        )
+        .await
+        .expect("cancel");
     }
 
     /// What catalog's reservation does to an order: its payment becomes due.
@@ -237,15 +245,7 @@ async fn a_payment_approved_for_an_order_cancelled_meanwhile_is_voided_and_the_o
     let claimed = claim_of(&worker, order).await;
     let called = worker.call(&claimed).await;
     // The customer cancels while the provider approves.
-    // (The stage placed its orders as the test kit's caller.)
-    crate::use_cases::cancel_order::cancel_order(
-        &stage.store,
-        &Cause::fresh(),
-        testkit::TESTER,
-        order,
-    )
-    .await
-    .expect("cancel");
+    stage.cancel(order).await;
     worker.record(vec![(claimed, called)]).await;
     assert_eq!(stage.attempt(order).await.0, "voided");
     assert_eq!(
@@ -424,14 +424,7 @@ async fn a_void_the_provider_never_answers_does_not_hold_up_the_worker(backend: 
     let claimed = claim_of(&worker, order).await;
     let called = worker.call(&claimed).await;
     // The customer cancels while the provider is answering: the money must be released.
-    crate::use_cases::cancel_order::cancel_order(
-        &stage.store,
-        &Cause::fresh(),
-        testkit::TESTER,
-        order,
-    )
-    .await
-    .expect("cancel");
+    stage.cancel(order).await;
     tokio::time::timeout(
         Duration::from_secs(5),
         worker.record(vec![(claimed, called)]),

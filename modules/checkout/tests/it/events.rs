@@ -14,16 +14,14 @@ use contracts::checkout::{
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use contracts::{Cause, Envelope, Event};
 use serde_json::Value;
-use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
+use testkit::{
+    Backend, RecordingBus, Spawn, TestApp, envelope, eventually, json, on_both_backends,
+};
 use uuid::Uuid;
 
 struct Checkout {
     app: TestApp,
     bus: Arc<RecordingBus>,
-}
-
-fn envelope<E: Event>(event: &E) -> Envelope {
-    Envelope::new(event, &Cause::fresh()).expect("a valid event")
 }
 
 impl Checkout {
@@ -36,11 +34,7 @@ impl Checkout {
     }
 
     async fn feed(&self, event: &Envelope) {
-        let tag = self.bus.inject("checkout", event);
-        eventually(20, "checkout to settle the event", || async {
-            self.bus.acked(&tag).then_some(())
-        })
-        .await;
+        self.bus.feed("checkout", event).await;
     }
 
     async fn price(&self, sku: &str, price_minor: i64, version: i64) {

@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use contracts::Envelope;
 use contracts::catalog::{ProductPublishedV1, StockLineV1, StockReservedV1};
-use contracts::{Cause, Envelope, Event};
 use serde_json::Value;
 use testkit::tls::{HttpsFront, TestCa};
-use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, json, on_both_backends};
+use testkit::{
+    Backend, RecordingBus, Spawn, TestApp, envelope, eventually, json, on_both_backends,
+};
 use uuid::Uuid;
 
 /// How the fake provider answers an authorization.
@@ -167,10 +169,6 @@ struct Checkout {
     bus: Arc<RecordingBus>,
 }
 
-fn envelope<E: Event>(event: &E) -> Envelope {
-    Envelope::new(event, &Cause::fresh()).expect("a valid event")
-}
-
 impl Checkout {
     /// Checkout paying through `provider`, with `payment` merged over fast test settings.
     async fn start(backend: Backend, provider: &Provider, payment: Value) -> Self {
@@ -209,11 +207,7 @@ impl Checkout {
     }
 
     async fn feed(&self, event: &Envelope) {
-        let tag = self.bus.inject("checkout", event);
-        eventually(20, "checkout to settle the event", || async {
-            self.bus.acked(&tag).then_some(())
-        })
-        .await;
+        self.bus.feed("checkout", event).await;
     }
 
     /// Places an order and holds its stock: its payment is due.

@@ -7,18 +7,14 @@ use contracts::checkout::{
     AddressV1, CancelReasonV1, OrderCancelledV1, OrderConfirmedV1, OrderLineV1,
 };
 use contracts::fulfillment::{ShipmentCreatedV1, ShipmentDeliveredV1, ShipmentDispatchedV1};
-use contracts::{Cause, Envelope, Event};
+use contracts::{Envelope, Event};
 use serde_json::Value;
-use testkit::{Backend, RecordingBus, Spawn, TestApp, eventually, on_both_backends};
+use testkit::{Backend, RecordingBus, Spawn, TestApp, envelope, eventually, on_both_backends};
 use uuid::Uuid;
 
 struct Fulfillment {
     app: TestApp,
     bus: Arc<RecordingBus>,
-}
-
-fn envelope<E: Event>(event: &E) -> Envelope {
-    Envelope::new(event, &Cause::fresh()).expect("a valid event")
 }
 
 fn confirmed(order_id: Uuid) -> Envelope {
@@ -60,11 +56,15 @@ impl Fulfillment {
     }
 
     async fn feed(&self, event: &Envelope) {
-        let tag = self.bus.inject("fulfillment", event);
-        eventually(20, "fulfillment to settle the event", || async {
-            self.bus.acked(&tag).then_some(())
-        })
-        .await;
+        self.bus.feed("fulfillment", event).await;
+    }
+
+    /// The id of `order_id`'s first shipment.
+    async fn shipment_id(&self, order_id: Uuid) -> String {
+        self.shipments(order_id).await[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
     }
 
     async fn shipments(&self, order_id: Uuid) -> Vec<Value> {
@@ -116,10 +116,7 @@ async fn dispatch_and_delivery_are_announced_in_order(backend: Backend) {
     let f = Fulfillment::start(backend).await;
     let order = Uuid::now_v7();
     f.feed(&confirmed(order)).await;
-    let id = f.shipments(order).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = f.shipment_id(order).await;
     let early = f
         .app
         .post_empty(&format!("/api/fulfillment/shipments/{id}/deliver"))
@@ -190,10 +187,7 @@ async fn a_cancel_after_dispatch_leaves_the_shipment_on_its_way(backend: Backend
     let f = Fulfillment::start(backend).await;
     let order = Uuid::now_v7();
     f.feed(&confirmed(order)).await;
-    let id = f.shipments(order).await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = f.shipment_id(order).await;
     f.app
         .post_empty(&format!("/api/fulfillment/shipments/{id}/dispatch"))
         .await

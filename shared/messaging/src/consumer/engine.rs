@@ -139,12 +139,7 @@ impl Consumer {
                     continue;
                 }
             };
-            let handlers: Vec<Arc<dyn Handler>> = self
-                .handlers
-                .iter()
-                .filter(|h| h.event_types().contains(&envelope.event_type.as_str()))
-                .cloned()
-                .collect();
+            let handlers = self.handlers_of(&envelope);
             if handlers.is_empty() {
                 done.push(delivery.tag);
                 continue;
@@ -432,6 +427,15 @@ impl Consumer {
         Ok(())
     }
 
+    /// The handlers of `envelope`'s event type, in registration order.
+    fn handlers_of(&self, envelope: &Envelope) -> Vec<Arc<dyn Handler>> {
+        self.handlers
+            .iter()
+            .filter(|h| h.event_types().contains(&envelope.event_type.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Handles the dead letters an operator asked to replay. A replayed event runs after
     /// later events of its key already ran; handlers tolerate that. It still goes through
     /// the inbox, so one that had in fact been processed is not processed again.
@@ -448,12 +452,7 @@ impl Consumer {
             let outcome = match Envelope::from_bytes(&raw) {
                 Err(reason) => Err(format!("undecodable envelope: {reason}")),
                 Ok(envelope) => {
-                    let handlers: Vec<Arc<dyn Handler>> = self
-                        .handlers
-                        .iter()
-                        .filter(|h| h.event_types().contains(&envelope.event_type.as_str()))
-                        .cloned()
-                        .collect();
+                    let handlers = self.handlers_of(&envelope);
                     let item = Ready {
                         delivery: Delivery {
                             tag: DeliveryTag::new(ReplayedLetter(id)),
