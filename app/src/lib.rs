@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use runtime::Module;
+use module_api::Module;
 
 /// Every module compiled into the monolith.
 pub fn modules() -> Vec<Arc<dyn Module>> {

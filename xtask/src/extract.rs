@@ -75,7 +75,7 @@ fn module_type(root: &Path, module: &str) -> anyhow::Result<String> {
     let expected = capitalized(module);
     anyhow::ensure!(
         lib.contains(&format!("pub struct {expected};")),
-        "modules/{module}/src/lib.rs should declare `pub struct {expected};` implementing runtime::Module"
+        "modules/{module}/src/lib.rs should declare `pub struct {expected};` implementing module_api::Module"
     );
     Ok(expected)
 }
@@ -426,7 +426,7 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
 /// monolith would start on an empty schema and the data would be stranded.
 fn check_data_moved_back(root: &Path, module: &str) -> anyhow::Result<()> {
     let dir = root.join("services").join(module).join("config");
-    let settings = runtime::Settings::load_from_process_env_in(&dir.display().to_string())
+    let settings = runtime::config::Settings::load_from_process_env_in(&dir.display().to_string())
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let holds_data = match settings.database.backend {
         runtime::config::Backend::Sqlite => {

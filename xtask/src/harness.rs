@@ -43,18 +43,18 @@ pub(crate) fn client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
     value.set_sensitive(true);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(runtime::tls::client_builder(None)?.default_headers(headers))
+    Ok(module_api::tls::client_builder(None)?.default_headers(headers))
 }
 
 /// The `Authorization` value [`client_builder`] sends: `Bearer` and a token of the local
 /// development secret with the customer and the staff role.
 pub(crate) fn authorization() -> anyhow::Result<String> {
-    let settings = runtime::Settings::load(runtime::config::Sources {
+    let settings = runtime::config::Settings::load(runtime::config::Sources {
         dir: &crate::workspace_root().join("config"),
         environment: "local",
         env_vars: Some(Default::default()),
     })?;
-    let roles = [runtime::auth::Role::Customer, runtime::auth::Role::Staff];
+    let roles = [module_api::Role::Customer, module_api::Role::Staff];
     let token = runtime::auth::mint(&settings, &roles, "harness", Duration::from_secs(86_400))?;
     Ok(format!("Bearer {token}"))
 }

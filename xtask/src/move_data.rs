@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
+use module_api::Module;
 use runtime::config::{Backend, Settings};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use secrecy::ExposeSecret;
@@ -279,8 +280,19 @@ async fn strings(conn: &DatabaseConnection, sql: &str) -> anyhow::Result<Vec<Str
         .collect()
 }
 
+/// Brings `module`'s schema on `conn` to this build's migrations, the module's own.
 async fn migrate(conn: &DatabaseConnection, module: &str) -> Result<(), sea_orm::DbErr> {
-    migrations::up(module, conn).await
+    let modules: [&dyn Module; 3] = [
+        &catalog::Catalog,
+        &checkout::Checkout,
+        &fulfillment::Fulfillment,
+    ];
+    match modules.into_iter().find(|m| m.name() == module) {
+        Some(m) => m.migrate(conn).await,
+        None => Err(sea_orm::DbErr::Custom(format!(
+            "this build has no migrations for module {module}"
+        ))),
+    }
 }
 
 fn report(

@@ -45,6 +45,7 @@ pub(crate) const LAYER_RULES: &[LayerRule] = &[
             "redis",
             "tokio",
             "messaging",
+            "module_api",
             "runtime",
             "fastrand",
             "rand",
@@ -65,9 +66,9 @@ pub(crate) const LAYER_RULES: &[LayerRule] = &[
         forbidden: &["actix_web"],
     },
     LayerRule {
-        name: "only a module's db/ layer knows sea-orm, sqlx and messaging's SQL helpers",
+        name: "only a module's db/ layer knows sea-orm, sqlx, migrations and the SQL helpers",
         scope: Scope::Outside("db"),
-        forbidden: &["sea_orm", "sqlx", "messaging::db"],
+        forbidden: &["sea_orm", "sea_orm_migration", "sqlx", "module_api::sql"],
     },
 ];
 
@@ -85,23 +86,87 @@ pub(crate) struct CodeRule {
 }
 
 /// reqwest is built without a TLS provider of its own (no aws-lc-rs), so a client built the
-/// default way panics when built; `runtime::tls` hands each one rustls on ring.
+/// default way panics when built; `module_api::tls` hands each one rustls on ring.
 pub(crate) const CODE_RULES: &[CodeRule] = &[CodeRule {
-    name: "every HTTP client is built by runtime::tls",
+    name: "every HTTP client is built by module_api::tls",
     forbidden: &["Client::new()", "Client::builder()"],
     // The rule's own table, and its test, name what it forbids.
-    except: &["shared/runtime/src/tls.rs", "xtask/src/tidy.rs"],
+    except: &["shared/module-api/src/tls.rs", "xtask/src/tidy.rs"],
 }];
 
-/// The folders of the workspace whose Rust files keep the house rules.
-const SOURCE_ROOTS: &[&str] = &[
-    "app",
-    "shared",
-    "modules",
-    "migrations",
-    "xtask",
-    "services",
+/// Which crates of ours a crate of ours may depend on (its `[dependencies]`; tests and
+/// benches may use more). `crates` is a folder of the workspace, or `folder/*` for every
+/// crate in it; `modules` in `may_use` stands for every module crate.
+#[derive(Debug)]
+pub(crate) struct CrateRule {
+    pub(crate) crates: &'static str,
+    pub(crate) may_use: &'static [&'static str],
+}
+
+pub(crate) const RULE_CRATE_DEPS: &str =
+    "a crate of ours depends only on the crates of ours its row of the crate table allows";
+
+/// The platform in layers, each crate using only those below it: `kernel` (value types)
+/// and `contracts` (events); `store` (a module's connection and SQL helpers);
+/// `messaging` (outbox, inbox, buses); `module-api` (all a module may use); `runtime` (the
+/// host, for binaries only). A module sees `kernel`, `contracts` and `module-api`, so the
+/// host's settings, buses and relays are out of its reach.
+pub(crate) const CRATE_RULES: &[CrateRule] = &[
+    CrateRule {
+        crates: "shared/kernel",
+        may_use: &[],
+    },
+    CrateRule {
+        crates: "shared/contracts",
+        may_use: &["kernel"],
+    },
+    CrateRule {
+        crates: "shared/store",
+        may_use: &[],
+    },
+    CrateRule {
+        crates: "shared/messaging",
+        may_use: &["kernel", "contracts", "store"],
+    },
+    CrateRule {
+        crates: "shared/module-api",
+        may_use: &["kernel", "contracts", "store", "messaging"],
+    },
+    CrateRule {
+        crates: "shared/runtime",
+        may_use: &["kernel", "contracts", "store", "messaging", "module-api"],
+    },
+    CrateRule {
+        crates: "shared/testkit",
+        may_use: &[
+            "kernel",
+            "contracts",
+            "store",
+            "messaging",
+            "module-api",
+            "runtime",
+        ],
+    },
+    CrateRule {
+        crates: "modules/*",
+        may_use: &["kernel", "contracts", "module-api"],
+    },
+    CrateRule {
+        crates: "app",
+        may_use: &["module-api", "runtime", "modules"],
+    },
+    CrateRule {
+        crates: "services/*",
+        may_use: &["runtime", "modules"],
+    },
+    CrateRule {
+        crates: "xtask",
+        may_use: &["module-api", "runtime", "modules"],
+    },
 ];
+
+/// The folders of the workspace whose Rust files keep the house rules.
+const SOURCE_ROOTS: &[&str] = &["app", "shared", "modules", "xtask", "services"];
 
 /// Every violation of the tables in the workspace at `root`.
 pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
@@ -136,6 +201,7 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
             }
         }
     }
+    found.extend(check_crates(root)?);
     for module in crate::boundaries::modules(root)? {
         let src = root.join("modules").join(&module).join("src");
         for file in rust_files(&src) {
@@ -170,6 +236,110 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
                         }
                     }
                 }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// One crate of ours: its folder (from the workspace root), name and the names of its
+/// `[dependencies]`.
+struct OurCrate {
+    folder: String,
+    name: String,
+    dependencies: Vec<String>,
+}
+
+/// Every crate of the workspace's source folders (a folder with a `Cargo.toml` naming a
+/// package), in folder order.
+fn our_crates(root: &Path) -> anyhow::Result<Vec<OurCrate>> {
+    let mut folders = Vec::new();
+    for top in SOURCE_ROOTS {
+        let dir = root.join(top);
+        if dir.join("Cargo.toml").is_file() {
+            folders.push(top.to_string());
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.path().join("Cargo.toml").is_file() {
+                    folders.push(format!("{top}/{}", entry.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    folders.sort();
+    let mut crates = Vec::new();
+    for folder in folders {
+        let manifest = root.join(&folder).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        let Some(name) = table
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+        else {
+            continue;
+        };
+        let dependencies = table
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        crates.push(OurCrate {
+            folder,
+            name: name.to_owned(),
+            dependencies,
+        });
+    }
+    Ok(crates)
+}
+
+/// Every dependency of a crate of ours on a crate of ours that its row of [`CRATE_RULES`]
+/// does not allow, and every crate of ours without a row.
+fn check_crates(root: &Path) -> anyhow::Result<Vec<Violation>> {
+    let crates = our_crates(root)?;
+    let modules: Vec<&str> = crates
+        .iter()
+        .filter(|c| c.folder.starts_with("modules/"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let ours: Vec<&str> = crates.iter().map(|c| c.name.as_str()).collect();
+    let mut found = Vec::new();
+    for krate in &crates {
+        let place = format!("{}/Cargo.toml", krate.folder);
+        let row = CRATE_RULES
+            .iter()
+            .find(|r| match r.crates.strip_suffix("/*") {
+                Some(parent) => krate
+                    .folder
+                    .strip_prefix(parent)
+                    .is_some_and(|rest| rest.starts_with('/') && !rest[1..].contains('/')),
+                None => r.crates == krate.folder,
+            });
+        let Some(row) = row else {
+            found.push(Violation {
+                module: krate.name.clone(),
+                rule: RULE_CRATE_DEPS,
+                place,
+                detail: format!("{} has no row in the crate table", krate.folder),
+            });
+            continue;
+        };
+        for dep in &krate.dependencies {
+            if !ours.contains(&dep.as_str()) {
+                continue;
+            }
+            let allowed = row.may_use.contains(&dep.as_str())
+                || (row.may_use.contains(&"modules") && modules.contains(&dep.as_str()));
+            if !allowed {
+                found.push(Violation {
+                    module: krate.name.clone(),
+                    rule: RULE_CRATE_DEPS,
+                    place: place.clone(),
+                    detail: format!("depends on {dep}"),
+                });
             }
         }
     }
@@ -272,7 +442,7 @@ use db::DatabaseTransaction;
                 "//! a use case
 use sea_orm::EntityTrait;
 fn f() {
-    let _ = messaging::db::query;
+    let _ = module_api::sql::query;
 }
 async fn g(c: &sqlx::PgPool) {}
 ",
@@ -281,15 +451,25 @@ async fn g(c: &sqlx::PgPool) {}
                 "db/orders.rs",
                 "//! orders
 use sea_orm::entity::prelude::*;
-use messaging::db::execute;
+use module_api::sql::execute;
+",
+            ),
+            (
+                "migrations.rs",
+                "//! migrations outside db/
+use sea_orm_migration::prelude::*;
 ",
             ),
         ]);
         let found = check(dir.path()).expect("checked");
-        let places: Vec<(&str, &str)> = found.iter().map(|v| (v.rule, v.place.as_str())).collect();
+        let mut places: Vec<(&str, &str)> =
+            found.iter().map(|v| (v.rule, v.place.as_str())).collect();
+        // Files are read in the file system's order.
+        places.sort();
         assert_eq!(
             places,
             vec![
+                (LAYER_RULES[2].name, "modules/demo/src/migrations.rs:2"),
                 (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:2"),
                 (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:4"),
                 (LAYER_RULES[2].name, "modules/demo/src/use_cases/place.rs:6"),
@@ -298,12 +478,12 @@ use messaging::db::execute;
     }
 
     #[test]
-    fn an_http_client_built_outside_runtime_tls_is_named() {
+    fn an_http_client_built_outside_module_api_tls_is_named() {
         let dir = fixture(&[(
             "lib.rs",
-            "//! demo\nfn f() {\n    let _ = reqwest::Client::new(); // Client::builder() here is fine\n    let _ = runtime::tls::client_builder(None);\n}\n",
+            "//! demo\nfn f() {\n    let _ = reqwest::Client::new(); // Client::builder() here is fine\n    let _ = module_api::tls::client_builder(None);\n}\n",
         )]);
-        let tls = dir.path().join("shared/runtime/src");
+        let tls = dir.path().join("shared/module-api/src");
         std::fs::create_dir_all(&tls).expect("folder");
         std::fs::write(
             tls.join("tls.rs"),
@@ -325,5 +505,74 @@ use messaging::db::execute;
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].rule, RULE_FILE_DOC);
         assert_eq!(found[0].place, "modules/demo/src/lib.rs:1");
+    }
+
+    /// Writes `folder/Cargo.toml` of package `name` depending on `dependencies`.
+    fn manifest(root: &Path, folder: &str, name: &str, dependencies: &[&str]) {
+        let dir = root.join(folder);
+        std::fs::create_dir_all(&dir).expect("folder");
+        let deps: String = dependencies
+            .iter()
+            .map(|d| format!("{d}.workspace = true\n"))
+            .collect();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!("[package]\nname = \"{name}\"\n\n[dependencies]\n{deps}\n[dev-dependencies]\nruntime.workspace = true\n"),
+        )
+        .expect("manifest");
+    }
+
+    #[test]
+    fn a_module_depending_on_the_host_or_a_crate_without_a_row_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        manifest(root, "shared/kernel", "kernel", &[]);
+        manifest(root, "shared/runtime", "runtime", &["kernel"]);
+        manifest(root, "shared/module-api", "module-api", &["kernel"]);
+        // Allowed: kernel and module-api, an outside crate, and runtime among the
+        // dev-dependencies. Refused: runtime among its own dependencies.
+        manifest(
+            root,
+            "modules/demo",
+            "demo",
+            &["kernel", "module-api", "serde", "runtime"],
+        );
+        manifest(root, "modules/other", "other", &["demo"]);
+        manifest(root, "shared/newcomer", "newcomer", &[]);
+        manifest(root, "app", "app", &["runtime", "demo", "other"]);
+        let found = check_crates(root).expect("checked");
+        let seen: Vec<(&str, &str, &str)> = found
+            .iter()
+            .map(|v| (v.rule, v.place.as_str(), v.detail.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    RULE_CRATE_DEPS,
+                    "modules/demo/Cargo.toml",
+                    "depends on runtime"
+                ),
+                (
+                    RULE_CRATE_DEPS,
+                    "modules/other/Cargo.toml",
+                    "depends on demo"
+                ),
+                (
+                    RULE_CRATE_DEPS,
+                    "shared/newcomer/Cargo.toml",
+                    "shared/newcomer has no row in the crate table"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_crate_table_gives_a_module_kernel_contracts_and_module_api_only() {
+        let row = CRATE_RULES
+            .iter()
+            .find(|r| r.crates == "modules/*")
+            .expect("a row for the modules");
+        assert_eq!(row.may_use, ["kernel", "contracts", "module-api"]);
     }
 }

@@ -218,7 +218,7 @@ fn move_data_shows_its_steps_and_ends_with_what_to_do_next() {
             let conn = sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", file.display()))
                 .await
                 .expect("the file opens");
-            migrations::up("fulfillment", &conn)
+            module_api::Module::migrate(&fulfillment::Fulfillment, &conn)
                 .await
                 .expect("fulfillment's migrations");
             conn.close().await.expect("closed");
@@ -281,7 +281,7 @@ fn a_module_that_breaks_a_boundary_is_not_extracted() {
     // A foreign key from shipments to checkout's orders.
     let migration = scratch
         .path()
-        .join("migrations/src/fulfillment/m0001_shipments.rs");
+        .join("modules/fulfillment/src/db/migrations/m0001_shipments.rs");
     let mut text = std::fs::read_to_string(&migration).expect("migration");
     text.push_str("\nconst _ORDERS: (&str, &str) = (\"checkout\", \"orders\");\n");
     std::fs::write(&migration, text).expect("write");
@@ -316,7 +316,7 @@ fn a_module_that_breaks_a_boundary_is_not_extracted() {
         "a module crate depends only on shared crates",
         "modules/fulfillment/src/db/mod.rs",
         "names schema checkout in SQL",
-        "migrations/src/fulfillment/m0001_shipments.rs",
+        "modules/fulfillment/src/db/migrations/m0001_shipments.rs",
         "a foreign key across schemas",
     ] {
         assert!(stderr.contains(needle), "{needle:?} in:\n{stderr}");
@@ -480,15 +480,15 @@ impl Drop for Proc {
 
 /// Tokens for the processes these tests start: all share one HS256 secret.
 mod auth {
-    use runtime::auth::Role;
+    use module_api::Role;
 
     pub(crate) const SECRET: &str = "extraction-test-secret-of-at-least-32-bytes";
 
     /// The repository's local settings with the processes' secret: what they verify with.
-    pub(crate) fn settings() -> runtime::Settings {
+    pub(crate) fn settings() -> runtime::config::Settings {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let vars = [("APP__AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())];
-        runtime::Settings::load(runtime::config::Sources {
+        runtime::config::Settings::load(runtime::config::Sources {
             dir: &dir,
             environment: "local",
             env_vars: Some(vars.into_iter().collect()),
@@ -517,9 +517,9 @@ mod auth {
 mod http {
     use reqwest::{Client, Method, Result};
 
-    /// Every client of the build is made by `runtime::tls` (reqwest has no TLS of its own).
+    /// Every client of the build is made by `module_api::tls` (reqwest has no TLS of its own).
     fn client() -> Client {
-        runtime::tls::client_builder(None)
+        module_api::tls::client_builder(None)
             .expect("a client builder")
             .build()
             .expect("a client")

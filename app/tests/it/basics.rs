@@ -439,7 +439,7 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let status = runtime.block_on(async {
-        runtime::tls::client_builder(None)
+        module_api::tls::client_builder(None)
             .expect("a client builder")
             .build()
             .expect("a client")
@@ -589,7 +589,7 @@ struct Tampered {
 type Change = fn(&mut Vec<std::sync::Arc<dyn messaging::Handler>>);
 
 #[async_trait::async_trait]
-impl runtime::Module for Tampered {
+impl module_api::Module for Tampered {
     fn name(&self) -> &'static str {
         "fulfillment"
     }
@@ -602,7 +602,10 @@ impl runtime::Module for Tampered {
         fulfillment::Fulfillment.migrations()
     }
 
-    async fn start(&self, ctx: runtime::ModuleContext) -> anyhow::Result<runtime::StartedModule> {
+    async fn start(
+        &self,
+        ctx: module_api::ModuleContext,
+    ) -> anyhow::Result<module_api::StartedModule> {
         let mut started = fulfillment::Fulfillment.start(ctx).await?;
         (self.change)(&mut started.handlers);
         Ok(started)
@@ -637,7 +640,7 @@ async fn the_host_refuses_a_module_with_a_subscription_no_handler_takes_or_two_h
             hooks,
             ..
         } = Spawn::new(Backend::Sqlite, app::modules());
-        let modules: Vec<std::sync::Arc<dyn runtime::Module>> = vec![
+        let modules: Vec<std::sync::Arc<dyn module_api::Module>> = vec![
             std::sync::Arc::new(catalog::Catalog),
             std::sync::Arc::new(checkout::Checkout),
             std::sync::Arc::new(Tampered { change }),

@@ -5,8 +5,8 @@
 use std::process::Output;
 
 use messaging::Faults;
-use runtime::Hooks;
 use runtime::config::{Backend as RuntimeBackend, Settings};
+use runtime::host::Hooks;
 use serde_json::Value;
 use testkit::{Backend, Spawn, eventually, json, on_both_backends};
 use tokio::process::Command;

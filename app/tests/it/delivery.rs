@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::{Faults, Outgoing};
-use runtime::Hooks;
+use runtime::host::Hooks;
 use serde_json::Value;
 use testkit::{Backend, DuplicatingBus, Spawn, eventually, json, on_both_backends};
 

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use reqwest::Method;
-use runtime::Hooks;
 use runtime::config::Settings;
+use runtime::host::Hooks;
 use testkit::tls::{HttpsFront, TestCa};
 use testkit::{Backend, Spawn, TestApp, TestDatabase, json, test_settings};
 

@@ -224,7 +224,7 @@ fn a_process_running_one_module_serves_that_modules_families() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = runtime.block_on(async {
-        let client = runtime::tls::client_builder(None)
+        let client = module_api::tls::client_builder(None)
             .expect("a client builder")
             .build()
             .expect("a client");

@@ -161,7 +161,7 @@ impl Shop {
         let db = runtime::db::connect_module(&self.app.settings.database, module)
             .await
             .expect("connect to the module database");
-        let rows = messaging::db::query(
+        let rows = store::query(
             db.conn(),
             "SELECT envelope FROM outbox WHERE event_type = $1 ORDER BY id",
             vec![event_type.into()],

@@ -1,7 +1,7 @@
 //! With `database.migrate_on_start` off, the app starts only on schemas a `migrate` brought
 //! up to date, and says which module is behind otherwise.
 
-use runtime::{Application, Hooks};
+use runtime::host::{Application, Hooks};
 use testkit::{Backend, TestApp, TestDatabase, on_both_backends, test_settings};
 
 on_both_backends!(with_migrations_off_the_app_starts_only_on_up_to_date_schemas);
@@ -46,7 +46,7 @@ async fn two_migrators_of_one_schema_at_once_take_turns_and_both_succeed() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-    use runtime::Module;
+    use module_api::Module;
     use sea_orm::ConnectionTrait;
 
     let mut settings = test_settings();

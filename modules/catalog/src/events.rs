@@ -9,7 +9,7 @@
 //! one event at a time.
 
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use runtime::StartedModule;
+use module_api::StartedModule;
 
 use crate::db::product_cache::ProductCache;
 use crate::use_cases::hold_stock;
@@ -25,10 +25,6 @@ pub(crate) fn handlers(module: StartedModule, products: ProductCache) -> Started
             Box::pin(hold_stock::release(tx, cancelled, release.clone()))
         })
         .on_each::<OrderReinstatedV1>("catalog.rehold_stock", move |tx, reinstated| {
-            Box::pin(hold_stock::rehold_stock(
-                tx,
-                reinstated.event,
-                rehold.clone(),
-            ))
+            Box::pin(hold_stock::rehold_stock(tx, reinstated, rehold.clone()))
         })
 }

@@ -29,9 +29,9 @@ use async_trait::async_trait;
 use db::product_cache::ProductCache;
 use db::{DatabaseConnection, DbErr};
 use kernel::FieldErrors;
-use messaging::Store;
-use runtime::module::parse_settings;
-use runtime::{Module, ModuleContext, StartedModule};
+use module_api::Store;
+use module_api::parse_settings;
+use module_api::{Module, ModuleContext, StartedModule};
 use serde::Deserialize;
 use validator::Validate;
 
@@ -65,7 +65,7 @@ fn settings(raw: &serde_json::Value) -> Result<Settings, FieldErrors> {
     let settings: Settings = parse_settings(raw)?;
     settings
         .validate()
-        .map_err(|e| runtime::flatten_validation_errors(&e))?;
+        .map_err(|e| module_api::flatten_validation_errors(&e))?;
     Ok(settings)
 }
 
@@ -85,8 +85,7 @@ impl Module for Catalog {
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
-        use migrations::MigratorTrait;
-        migrations::catalog::Migrator::up(conn, None).await
+        db::migrate(conn).await
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
@@ -94,11 +93,7 @@ impl Module for Catalog {
     }
 
     fn migrations(&self) -> Vec<String> {
-        use migrations::MigratorTrait;
-        migrations::catalog::Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect()
+        db::migration_names()
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use runtime::StartedModule;
+use module_api::StartedModule;
 use tokio::sync::Notify;
 
 use crate::use_cases::{price_list, shipment_progress, stock_outcome};
@@ -21,10 +21,10 @@ use crate::use_cases::{price_list, shipment_progress, stock_outcome};
 pub(crate) fn handlers(module: StartedModule, payments: Arc<Notify>) -> StartedModule {
     module
         .on_each::<ProductPublishedV1>("checkout.price_list", |tx, published| {
-            Box::pin(price_list::on_published(tx, published.event))
+            Box::pin(price_list::on_published(tx, published))
         })
         .on_each::<ProductRepricedV1>("checkout.price_list", |tx, repriced| {
-            Box::pin(price_list::on_repriced(tx, repriced.event))
+            Box::pin(price_list::on_repriced(tx, repriced))
         })
         .on::<StockReservedV1>("checkout.stock_outcome", move |tx, reserved| {
             Box::pin(stock_outcome::on_reserved(tx, reserved, payments.clone()))
@@ -36,6 +36,6 @@ pub(crate) fn handlers(module: StartedModule, payments: Arc<Notify>) -> StartedM
             Box::pin(shipment_progress::on_dispatched(tx, dispatched))
         })
         .on_each::<ShipmentDeliveredV1>("checkout.shipment_progress", |tx, delivered| {
-            Box::pin(shipment_progress::on_delivered(tx, delivered.event))
+            Box::pin(shipment_progress::on_delivered(tx, delivered))
         })
 }

@@ -38,8 +38,8 @@ use async_trait::async_trait;
 use db::{DatabaseConnection, DbErr};
 use futures::FutureExt;
 use kernel::FieldErrors;
-use runtime::module::parse_settings;
-use runtime::{Module, ModuleContext, StartedModule};
+use module_api::parse_settings;
+use module_api::{Module, ModuleContext, StartedModule};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use validator::Validate;
@@ -73,7 +73,7 @@ fn settings(raw: &serde_json::Value, environment: &str) -> Result<Settings, Fiel
     let settings: Settings = parse_settings(raw)?;
     let mut errors = match settings.validate() {
         Ok(()) => FieldErrors::new(),
-        Err(e) => runtime::flatten_validation_errors(&e),
+        Err(e) => module_api::flatten_validation_errors(&e),
     };
     settings.payment.check(&mut errors, environment);
     errors.into_result()?;
@@ -99,8 +99,7 @@ impl Module for Checkout {
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
-        use migrations::MigratorTrait;
-        migrations::checkout::Migrator::up(conn, None).await
+        db::migrate(conn).await
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
@@ -108,11 +107,7 @@ impl Module for Checkout {
     }
 
     fn migrations(&self) -> Vec<String> {
-        use migrations::MigratorTrait;
-        migrations::checkout::Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect()
+        db::migration_names()
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {

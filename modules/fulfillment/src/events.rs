@@ -6,7 +6,7 @@
 //! `checkout.order_cancelled.v1` (cancel it unless it has left).
 
 use contracts::checkout::{OrderCancelledV1, OrderConfirmedV1};
-use runtime::StartedModule;
+use module_api::StartedModule;
 
 use crate::use_cases::{cancel_shipment, create_shipments};
 
@@ -17,6 +17,6 @@ pub(crate) fn handlers(module: StartedModule) -> StartedModule {
             Box::pin(create_shipments::on_confirmed(tx, confirmed))
         })
         .on_each::<OrderCancelledV1>("fulfillment.cancel_shipment", |tx, cancelled| {
-            Box::pin(cancel_shipment::on_cancelled(tx, cancelled.event))
+            Box::pin(cancel_shipment::on_cancelled(tx, cancelled))
         })
 }

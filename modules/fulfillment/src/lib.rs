@@ -18,7 +18,7 @@ mod use_cases;
 
 use async_trait::async_trait;
 use db::{DatabaseConnection, DbErr};
-use runtime::{Module, ModuleContext, StartedModule};
+use module_api::{Module, ModuleContext, StartedModule};
 
 pub struct Fulfillment;
 
@@ -31,8 +31,7 @@ impl Module for Fulfillment {
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
-        use migrations::MigratorTrait;
-        migrations::fulfillment::Migrator::up(conn, None).await
+        db::migrate(conn).await
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
@@ -40,11 +39,7 @@ impl Module for Fulfillment {
     }
 
     fn migrations(&self) -> Vec<String> {
-        use migrations::MigratorTrait;
-        migrations::fulfillment::Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect()
+        db::migration_names()
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {

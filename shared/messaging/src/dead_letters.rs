@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, DbErr, Value};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::{ModuleDb, execute, now_ms, query};
+use store::{ModuleDb, execute, now_ms, query};
 
 pub(crate) struct NewDeadLetter {
     pub event_id: Option<Uuid>,

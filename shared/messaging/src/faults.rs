@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The points the messaging code stops at when armed.
-pub const POINTS: &[&str] = &[
+pub(crate) const POINTS: &[&str] = &[
     "relay.before_publish",
     "relay.after_publish",
     "consumer.before_handler",

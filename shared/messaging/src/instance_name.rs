@@ -19,7 +19,7 @@ use anyhow::Context;
 use sea_orm::{DbBackend, sqlx};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::{ModuleDb, query};
+use store::{ModuleDb, query};
 
 /// What the reader and readiness need to know of the name.
 #[derive(Default)]

@@ -23,9 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
 };
-use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
 use crate::instance_name::{InstanceName, NameState};
 use crate::settings::MessagingSettings;
+use store::{ModuleDb, execute, now_ms, placeholders, query};
 
 struct Queue {
     db: ModuleDb,

@@ -20,9 +20,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{EventBus, Outgoing};
-use crate::db::{ModuleDb, execute, now_ms, placeholders, query};
 use crate::faults::Faults;
 use crate::settings::MessagingSettings;
+use store::{ModuleDb, execute, now_ms, placeholders, query};
 
 /// A module's outbox, as its relay and its publishing transactions share it: the relay
 /// sleeps on it between polls, and a transaction that committed events wakes it (see

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Acker;
-use crate::db::now_ms;
+use store::now_ms;
 
 /// What a subscription's consumer has done lately; shared by the consumer, its watchdog
 /// and readiness.
@@ -80,7 +80,7 @@ impl Progress {
 
 /// Checks `progress` every `every` until cancelled; a subscription with work that settled
 /// nothing for `stall_after` is reported stalled until it moves again.
-pub async fn watch(
+pub(crate) async fn watch(
     progress: Arc<Progress>,
     acker: Arc<dyn Acker>,
     every: Duration,

@@ -28,8 +28,8 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
-use crate::db::ModuleDb;
 use crate::outbox::{Outbox, insert};
+use store::ModuleDb;
 
 /// A module's database and its outbox: where its transactions begin.
 #[derive(Clone, Debug)]

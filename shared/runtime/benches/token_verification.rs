@@ -20,8 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use runtime::Settings;
-use runtime::auth::{Authenticator, Role};
+use module_api::Role;
+use runtime::auth::Authenticator;
+use runtime::config::Settings;
 use runtime::config::Sources;
 
 /// A throwaway 2048-bit RSA key made for this bench (PKCS#1 DER, base64), and its public

@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use messaging::ModuleDb;
 use messaging::dead_letters::{self, Change};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use store::ModuleDb;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use validator::Validate;
 
-use crate::http::{ApiError, ValidQuery};
+use module_api::{ApiError, ValidQuery};
 
 pub(crate) struct ModuleLetters {
     pub db: ModuleDb,

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::host::{self, Application};
-use crate::{Module, Settings, auth, telemetry};
+use module_api::{Module, Role};
+
+use crate::config::Settings;
+use crate::{auth, telemetry};
 
 #[derive(Parser)]
 #[command(version)]
@@ -34,7 +37,7 @@ enum Command {
     Token {
         /// The role the token grants (repeat for several).
         #[arg(long = "role", required = true, value_parser = parse_role)]
-        roles: Vec<auth::Role>,
+        roles: Vec<Role>,
         /// The caller's id (`sub`): a customer's orders are those placed under it.
         #[arg(long)]
         sub: String,
@@ -49,8 +52,8 @@ enum Command {
     },
 }
 
-fn parse_role(word: &str) -> Result<auth::Role, String> {
-    auth::Role::parse(word).ok_or_else(|| format!("{word:?} is not a role (customer, staff)"))
+fn parse_role(word: &str) -> Result<Role, String> {
+    Role::parse(word).ok_or_else(|| format!("{word:?} is not a role (customer, staff)"))
 }
 
 fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {

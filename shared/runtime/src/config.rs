@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use validator::Validate;
 
-use crate::validation::flatten_validation_errors;
+use module_api::flatten_validation_errors;
 
 /// Keys that hold secrets: they may come from the environment only, never from a file,
 /// and their values are taken verbatim (never parsed as a number or a boolean). A prefix

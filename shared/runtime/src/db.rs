@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{Backend, DatabaseSettings, PostgresSettings, SqliteSettings, SslMode};
 
-pub use messaging::db::{ModuleDb, begin_write};
+use store::ModuleDb;
 
 /// The PostgreSQL role a module connects as.
 pub fn module_role(settings: &PostgresSettings, module: &str) -> String {
@@ -326,7 +326,7 @@ mod tests {
 
     fn postgres(host: &str, mode: SslMode, root: Option<PathBuf>) -> PostgresSettings {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        let settings = crate::Settings::load(Sources {
+        let settings = crate::config::Settings::load(Sources {
             dir: &dir,
             environment: "test",
             env_vars: Some(Default::default()),

@@ -12,7 +12,10 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use messaging::dead_letters::{self, Change};
 
-use crate::{Module, Settings, db};
+use module_api::Module;
+
+use crate::config::Settings;
+use crate::db;
 
 #[derive(Subcommand)]
 pub(crate) enum Action {
@@ -148,7 +151,7 @@ pub(crate) async fn run(
 }
 
 async fn settle(
-    store: &crate::ModuleDb,
+    store: &store::ModuleDb,
     module: &'static str,
     id: i64,
     change: Change,

@@ -15,12 +15,18 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use messaging::local_bus::LocalBus;
+use messaging::outbox::{Outbox, Relay};
 use messaging::{
-    Consumer, EventBus, Faults, LocalBus, Outbox, RedisBus, RedisConfig, Relay, Store,
-    SubscriberSpec, Subscription,
+    Consumer, EventBus, Faults, RedisBus, RedisConfig, Store, SubscriberSpec, Subscription,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
+use module_api::{
+    ApiError, Authenticate, BackgroundTask, BodyDeadline, BodyLimit, Module, ModuleContext,
+    StartedModule,
+};
 use secrecy::ExposeSecret;
+use store::ModuleDb;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +36,8 @@ use tracing_actix_web::TracingLogger;
 use crate::admin::{self, Admin, ModuleLetters};
 use crate::auth::Authenticator;
 use crate::config::{BusKind, Settings};
-use crate::db::{self, ModuleDb};
-use crate::http::{ApiError, BodyDeadline, BodyLimit, RootSpan, request_id_middleware};
-use crate::module::{BackgroundTask, Module, ModuleContext, StartedModule};
+use crate::db;
+use crate::http::{RootSpan, request_id_middleware};
 use crate::openapi::{self, Document};
 use crate::probes::{self, Probe, Probes};
 use crate::prometheus;
@@ -113,8 +118,7 @@ pub async fn migrate(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow
 async fn check_schema(module: &dyn Module, db: &ModuleDb) -> anyhow::Result<()> {
     let name = module.name();
     let applied: HashSet<String> =
-        match messaging::db::query(db.conn(), "SELECT version FROM seaql_migrations", vec![]).await
-        {
+        match store::query(db.conn(), "SELECT version FROM seaql_migrations", vec![]).await {
             Ok(rows) => rows
                 .iter()
                 .filter_map(|r| r.try_get::<String>("", "version").ok())
@@ -469,7 +473,9 @@ fn http_server(
     admin: Option<Admin>,
     (authenticator, document): (Authenticator, Document),
 ) -> anyhow::Result<Server> {
-    let authenticator = web::Data::new(authenticator);
+    // Routes find the verifier by its trait (`module_api::RouteAccess`).
+    let authenticator: web::Data<dyn Authenticate> =
+        web::Data::from(Arc::new(authenticator) as Arc<dyn Authenticate>);
     let document = web::Data::new(document);
     let limit = web::Data::new(BodyLimit(settings.server.max_body_bytes));
     let deadline = web::Data::new(BodyDeadline(Duration::from_millis(

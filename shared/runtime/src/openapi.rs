@@ -1,5 +1,5 @@
 //! The API's OpenAPI 3.1 document, generated from the code: each module describes its own
-//! routes and bodies (`utoipa` annotations beside its handlers, see [`crate::Module::openapi`]);
+//! routes and bodies (`utoipa` annotations beside its handlers, see `Module::openapi`);
 //! the host adds the probes, the error shape and the bearer scheme, and serves the
 //! document of the modules this process runs at `/api/openapi.json`, with a page for
 //! people at `/docs`. The page is one HTML file compiled into the binary that renders the
@@ -7,31 +7,10 @@
 //! time, and its `Content-Security-Policy` allows nothing from elsewhere.
 
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
+use module_api::{BEARER, ErrorBody, ErrorDetail};
+use utoipa::OpenApi as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
-use utoipa::{OpenApi as _, ToSchema};
-
-/// The one error shape of every endpoint.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// A stable word for programs: `validation_failed`, `order_not_found`, `unauthorized`...
-    pub code: String,
-    /// A sentence for people.
-    pub message: String,
-    /// On 400: each field at fault, by its path (`items[0].sku`), with its own code and
-    /// message.
-    #[schema(value_type = Option<Object>)]
-    pub fields: Option<serde_json::Value>,
-}
-
-/// The scheme name routes' `security` refers to.
-pub const BEARER: &str = "bearer";
 
 #[derive(utoipa::OpenApi)]
 #[openapi(

@@ -15,7 +15,7 @@ use actix_web::{HttpResponse, web};
 use async_trait::async_trait;
 use serde_json::json;
 
-use crate::db::ModuleDb;
+use store::ModuleDb;
 
 /// One dependency readiness depends on.
 #[async_trait]

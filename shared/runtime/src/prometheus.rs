@@ -19,8 +19,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sea_orm::DbBackend;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::ModuleDb;
 use crate::http::Route;
+use store::ModuleDb;
 
 /// Histogram buckets for every `*_seconds` family: from a fast query to a slow provider.
 const SECONDS_BUCKETS: &[f64] = &[

@@ -127,7 +127,7 @@ where
 fn exporter_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::blocking::Client> {
     let ca_file = ca_file.map(Path::to_path_buf);
     std::thread::spawn(move || {
-        crate::tls::blocking_client_builder(ca_file.as_deref())
+        module_api::tls::blocking_client_builder(ca_file.as_deref())
             .context("telemetry.otlp_ca_file")?
             // The OTLP exporters' default timeout.
             .timeout(Duration::from_secs(10))

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use reqwest::Method;
-use runtime::Settings;
+use runtime::config::Settings;
 use serde_json::Value;
 
 use crate::Role;
@@ -220,7 +220,7 @@ impl Tokens {
 /// the bearer scheme, a 403 says `forbidden`, a 404 says `order_not_found` (another
 /// customer's order does not exist for a customer).
 pub async fn check_every_caller(base: &str, rows: &[Row], tokens: &Tokens) {
-    let client = runtime::tls::client_builder(None)
+    let client = module_api::tls::client_builder(None)
         .expect("a client builder")
         .redirect(reqwest::redirect::Policy::none())
         .build()

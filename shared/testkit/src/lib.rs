@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use anyhow::Context;
+use module_api::Module;
 use runtime::config::{Settings, Sources};
-use runtime::{Application, Hooks, Module};
+use runtime::host::{Application, Hooks};
 use serde_json::Value;
 
 pub mod access;
@@ -24,7 +25,7 @@ pub mod metrics;
 pub mod tls;
 
 pub use buses::{DuplicatingBus, RecordingBus, envelope};
-pub use runtime::auth::Role;
+pub use module_api::Role;
 
 /// The subject of the token [`TestApp::client`] sends.
 pub const TESTER: &str = "tester";
@@ -48,7 +49,7 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
         .expect("a token is a valid header value");
     value.set_sensitive(true);
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    runtime::tls::client_builder(None)
+    module_api::tls::client_builder(None)
         .expect("a client builder")
         .redirect(reqwest::redirect::Policy::none())
         .default_headers(headers)
@@ -326,7 +327,7 @@ impl TestApp {
         let handle = app.handle();
         let bus = app.bus();
         let served = tokio::spawn(app.run_until_stopped());
-        let anonymous = runtime::tls::client_builder(None)?
+        let anonymous = module_api::tls::client_builder(None)?
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let client = client_with_token(&token(&settings, &[Role::Customer, Role::Staff], TESTER));
@@ -581,6 +582,18 @@ impl Reply {
         );
         self
     }
+}
+
+/// A module's store (its database and outbox) on the database `settings` name, opened
+/// apart from any app: for tests that drive a module's use cases after its app stopped.
+pub async fn module_store(
+    settings: &runtime::config::DatabaseSettings,
+    module: &'static str,
+) -> module_api::Store {
+    let db = runtime::db::connect_module(settings, module)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {module}'s database: {e:#}"));
+    module_api::Store::new(db, messaging::outbox::Outbox::new(module))
 }
 
 /// Reads a whole answer; a request that does not reach the app fails the test.

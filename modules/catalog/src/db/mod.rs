@@ -1,7 +1,9 @@
 //! The only place in catalog that touches sea-orm: its tables, named without a schema so
 //! they resolve to catalog's own schema (or file) through the module's connection; and
-//! `product_cache`, the products read lately, kept in memory in front of them.
+//! `product_cache`, the products read lately, kept in memory in front of them; and, in
+//! `migrations/`, its schema.
 
+mod migrations;
 pub(crate) mod order_holds;
 pub(crate) mod product_cache;
 pub(crate) mod products;
@@ -21,4 +23,19 @@ pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Brings the module's schema up to date on `conn` (see `db/migrations/`).
+pub(crate) async fn migrate(conn: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm_migration::MigratorTrait;
+    migrations::Migrator::up(conn, None).await
+}
+
+/// The names of the module's migrations, in order.
+pub(crate) fn migration_names() -> Vec<String> {
+    use sea_orm_migration::MigratorTrait;
+    migrations::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! the kernel's and the domain's constructors, with every broken rule named.
 
 use kernel::{Currency, FieldErrors, Money, Quantity, Sku, StockLevel};
-use runtime::http::{ApiError, FromBody, checks};
+use module_api::{ApiError, FromBody, checks};
 use serde::{Deserialize, Deserializer, Serialize};
 use validator::Validate;
 

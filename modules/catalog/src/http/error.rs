@@ -1,6 +1,6 @@
 //! Maps each of catalog's use-case errors to an HTTP answer.
 
-use runtime::http::ApiError;
+use module_api::ApiError;
 
 use crate::use_cases::create_product::CreateProductError;
 use crate::use_cases::get_product::GetProductError;

@@ -4,9 +4,9 @@ mod dto;
 mod error;
 
 use actix_web::{HttpResponse, web};
-use runtime::auth::{Access, RouteAccess};
-use runtime::http::{ApiError, Origin, Parsed, ValidQuery};
-use runtime::openapi::ErrorBody;
+use module_api::ErrorBody;
+use module_api::{Access, RouteAccess};
+use module_api::{ApiError, Origin, Parsed, ValidQuery};
 
 use crate::State;
 use crate::domain::{NewProduct, ProductChanges};

@@ -8,7 +8,7 @@ use kernel::Sku;
 
 use crate::db::queries;
 use crate::domain::{NewProduct, Product};
-use messaging::Store;
+use module_api::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CreateProductError {

@@ -2,7 +2,7 @@
 //! (`db::product_cache` says how old that can be).
 
 use kernel::Sku;
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 
 use crate::db::product_cache::ProductCache;
 

@@ -10,7 +10,7 @@ use contracts::catalog::{
     ShortageV1, StockLineV1, StockRejectedV1, StockReleasedV1, StockReservedV1,
 };
 use contracts::checkout::{OrderCancelledV1, OrderPlacedV1, OrderReinstatedV1};
-use messaging::{HandlerError, Incoming, Tx};
+use module_api::{HandlerError, Incoming, Tx};
 use uuid::Uuid;
 
 use crate::db::product_cache::ProductCache;
@@ -152,9 +152,10 @@ pub(crate) async fn release(
 /// no longer free cannot be held; that shortfall is logged as an oversell, not retried.
 pub(crate) async fn rehold_stock(
     tx: &mut Tx,
-    event: OrderReinstatedV1,
+    reinstated: Incoming<OrderReinstatedV1>,
     products: ProductCache,
 ) -> Result<(), HandlerError> {
+    let event = reinstated.event;
     let order_id = event.order_id;
     if !on_reinstated(stock::hold_status(tx, order_id).await?) {
         return Ok(());

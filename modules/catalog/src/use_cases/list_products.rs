@@ -2,7 +2,7 @@
 //! after the last sku of this one, so pages stay stable while products are added).
 
 use kernel::Sku;
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 
 use crate::db::queries;
 use crate::domain::Product;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use kernel::{Quantity, Sku, StockLevel};
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 
 use crate::db::product_cache::ProductCache;
 

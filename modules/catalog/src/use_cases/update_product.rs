@@ -9,7 +9,7 @@ use kernel::Sku;
 use crate::db::product_cache::ProductCache;
 use crate::db::queries::{self, ProductUpdate};
 use crate::domain::{Product, ProductChanges, reprice};
-use messaging::Store;
+use module_api::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpdateProductError {

@@ -2,8 +2,8 @@
 //! statements of their own.
 
 use chrono::{DateTime, Utc};
-use messaging::ModuleDb;
-use messaging::db::query;
+use module_api::ModuleDb;
+use module_api::sql::query;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
@@ -11,13 +11,10 @@ use super::{orders, payment_attempts};
 
 /// Checkout's tables in a fresh in-memory SQLite database.
 pub(crate) async fn memory_db() -> ModuleDb {
-    use migrations::MigratorTrait;
     let conn = sea_orm::Database::connect("sqlite::memory:")
         .await
         .expect("sqlite");
-    migrations::checkout::Migrator::up(&conn, None)
-        .await
-        .expect("migrations");
+    super::migrate(&conn).await.expect("migrations");
     ModuleDb::new("checkout", conn)
 }
 

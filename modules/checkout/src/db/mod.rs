@@ -1,8 +1,10 @@
-//! The only place in checkout that touches sea-orm.
+//! The only place in checkout that touches sea-orm: its tables and, in `migrations/`, its
+//! schema.
 
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub(crate) mod idempotency_keys;
+mod migrations;
 pub(crate) mod order_lines;
 pub(crate) mod orders;
 pub(crate) mod payment_attempts;
@@ -20,4 +22,19 @@ pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Brings the module's schema up to date on `conn` (see `db/migrations/`).
+pub(crate) async fn migrate(conn: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm_migration::MigratorTrait;
+    migrations::Migrator::up(conn, None).await
+}
+
+/// The names of the module's migrations, in order.
+pub(crate) fn migration_names() -> Vec<String> {
+    use sea_orm_migration::MigratorTrait;
+    migrations::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
 }

@@ -353,7 +353,7 @@ pub(crate) async fn order_ids(
 /// Deletes the idempotency keys older than `retention` (the module's cleaner calls this on
 /// each pass): their customers may use them again for new orders.
 pub(crate) async fn forget_keys(
-    db: messaging::db::ModuleDb,
+    db: module_api::ModuleDb,
     retention: std::time::Duration,
 ) -> Result<u64, sea_orm::DbErr> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};

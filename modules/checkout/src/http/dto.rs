@@ -3,7 +3,7 @@
 //! domain's constructors, with every broken rule named.
 
 use kernel::{FieldErrors, Quantity, Sku};
-use runtime::http::{ApiError, FromBody, checks};
+use module_api::{ApiError, FromBody, checks};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use validator::Validate;

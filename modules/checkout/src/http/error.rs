@@ -1,6 +1,6 @@
 //! Maps each of checkout's use-case errors to an HTTP answer.
 
-use runtime::http::ApiError;
+use module_api::ApiError;
 
 use crate::use_cases::cancel_order::CancelOrderError;
 use crate::use_cases::get_order::GetOrderError;

@@ -4,15 +4,15 @@ mod dto;
 mod error;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use runtime::auth::{Access, Caller, RouteAccess};
-use runtime::http::{ApiError, Origin, Parsed, ValidQuery, uuid_param};
-use runtime::openapi::ErrorBody;
+use module_api::ErrorBody;
+use module_api::{Access, Caller, RouteAccess};
+use module_api::{ApiError, Origin, Parsed, ValidQuery, uuid_param};
 
 use crate::use_cases::get_order::Viewer;
 use crate::use_cases::place_order::{IdempotencyKey, Placed};
 use crate::use_cases::{cancel_order, get_order, place_order, price_list};
 use dto::{ListQuery, OrderRequest, OrderView, PageView, PlaceOrderBody, idempotency_key};
-use messaging::Store;
+use module_api::Store;
 
 const DEFAULT_PAGE: u64 = 20;
 

@@ -42,7 +42,7 @@ enum Answer {
 }
 
 impl HttpGateway {
-    /// `client` is the runtime's (`runtime::tls`), which speaks `https://`.
+    /// `client` is the runtime's (`module_api::tls`), which speaks `https://`.
     pub(crate) fn new(
         client: reqwest::ClientBuilder,
         url: &str,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use contracts::checkout::{AddressV1, CancelReasonV1, OrderCancelledV1, OrderConfirmedV1};
-use messaging::Tx;
+use module_api::Tx;
 use uuid::Uuid;
 
 use super::Authorization;

@@ -136,12 +136,13 @@ impl PaymentSettings {
                     .url
                     .as_deref()
                     .ok_or_else(|| anyhow::anyhow!("modules.checkout.payment.url is required"))?;
-                let client = runtime::tls::client_builder(self.ca_file.as_deref()).context(
-                    match self.ca_file {
+                let client =
+                    module_api::tls::client_builder(self.ca_file.as_deref()).context(match self
+                        .ca_file
+                    {
                         Some(_) => "modules.checkout.payment.ca_file",
                         None => "modules.checkout.payment: no HTTPS client",
-                    },
-                )?;
+                    })?;
                 Arc::new(http::HttpGateway::new(
                     client,
                     url,
@@ -157,7 +158,7 @@ impl PaymentSettings {
     /// backoff on these settings, or longer if the provider asked for longer.
     pub(crate) fn retry_delay(&self, attempt: i32, retry_after: Option<Duration>) -> Duration {
         let delay =
-            messaging::backoff(self.retry_base_ms, self.retry_max_ms, attempt.max(1) as u32);
+            module_api::backoff(self.retry_base_ms, self.retry_max_ms, attempt.max(1) as u32);
         delay.max(retry_after.unwrap_or_default())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use contracts::catalog::ProductPublishedV1;
-use messaging::{ModuleDb, Outbox, Store};
+use module_api::{ModuleDb, Store};
 use testkit::{Backend, Spawn, TestDatabase, eventually, json};
 
 use std::sync::Arc;
@@ -138,11 +138,8 @@ impl Stage {
         }
         let settings = app.settings.clone();
         let db = app.stop().await;
-        let module = runtime::db::connect_module(&settings.database, crate::NAME)
-            .await
-            .expect("connect to checkout's database");
         Stage {
-            store: Store::new(module, Outbox::new(crate::NAME)),
+            store: testkit::module_store(&settings.database, crate::NAME).await,
             orders: ids,
             _db: db,
         }

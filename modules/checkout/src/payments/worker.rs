@@ -18,7 +18,7 @@ use super::breaker::Breaker;
 use super::call::Called;
 use super::claim::Claimed;
 use super::{PaymentGateway, PaymentSettings};
-use messaging::Store;
+use module_api::Store;
 
 pub(crate) struct PaymentWorker {
     pub(crate) store: Store,
@@ -150,8 +150,8 @@ fn payment_span(attempt: &mut Claimed) -> tracing::Span {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    messaging::trace::adopt(&span, &attempt.cause.traceparent);
-    if let Some(own) = messaging::trace::traceparent_of(&span) {
+    module_api::trace::adopt(&span, &attempt.cause.traceparent);
+    if let Some(own) = module_api::trace::traceparent_of(&span) {
         attempt.cause.traceparent = own;
     }
     span

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::db::queries;
 use crate::domain::{Order, OrderEvent, OrderStatus, Refusal, Step, transition};
-use messaging::Store;
+use module_api::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CancelOrderError {

@@ -1,7 +1,7 @@
 //! Reads one order, or a page of orders, as a caller may see them: a customer sees only the
 //! orders they placed (another customer's order does not exist for them), staff see all.
 
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 use uuid::Uuid;
 
 use crate::db::queries;

@@ -13,7 +13,7 @@ use kernel::{FieldErrors, OrderId};
 
 use crate::db::queries;
 use crate::domain::{NewOrder, Order, PlaceError};
-use messaging::Store;
+use module_api::Store;
 
 /// An `Idempotency-Key` and the hash of the request it came with.
 pub(crate) struct IdempotencyKey {

@@ -3,8 +3,7 @@
 //! or twice cannot bring an old price back.
 
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1};
-use messaging::HandlerError;
-use runtime::ModuleDb;
+use module_api::{HandlerError, Incoming, ModuleDb, Tx};
 
 use crate::db::DatabaseTransaction;
 use crate::db::queries::{self, StoredPrice};
@@ -18,9 +17,10 @@ async fn apply(tx: &DatabaseTransaction, price: StoredPrice) -> Result<(), Handl
 }
 
 pub(crate) async fn on_published(
-    tx: &DatabaseTransaction,
-    e: ProductPublishedV1,
+    tx: &mut Tx,
+    published: Incoming<ProductPublishedV1>,
 ) -> Result<(), HandlerError> {
+    let e = published.event;
     apply(
         tx,
         StoredPrice {
@@ -34,9 +34,10 @@ pub(crate) async fn on_published(
 }
 
 pub(crate) async fn on_repriced(
-    tx: &DatabaseTransaction,
-    e: ProductRepricedV1,
+    tx: &mut Tx,
+    repriced: Incoming<ProductRepricedV1>,
 ) -> Result<(), HandlerError> {
+    let e = repriced.event;
     apply(
         tx,
         StoredPrice {

@@ -1,10 +1,9 @@
 //! Fulfillment's news about an order's shipment: dispatched, then delivered.
 
-use crate::db::DatabaseTransaction;
 use contracts::catalog::StockLineV1;
 use contracts::checkout::OrderReinstatedV1;
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
-use messaging::{HandlerError, Incoming, Tx};
+use module_api::{HandlerError, Incoming, Tx};
 
 use crate::db::queries;
 use crate::domain::{OrderEvent, Step, transition};
@@ -42,9 +41,10 @@ pub(crate) async fn on_dispatched(
 }
 
 pub(crate) async fn on_delivered(
-    tx: &DatabaseTransaction,
-    event: ShipmentDeliveredV1,
+    tx: &mut Tx,
+    delivered: Incoming<ShipmentDeliveredV1>,
 ) -> Result<(), HandlerError> {
+    let event = delivered.event;
     let Some(order) = queries::load_order(tx, event.order_id, true).await? else {
         return Err(HandlerError::Reject(format!("no order {}", event.order_id)));
     };

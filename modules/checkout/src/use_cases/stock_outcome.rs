@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
-use messaging::{HandlerError, Incoming, Tx};
+use module_api::{HandlerError, Incoming, Tx};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ pub(crate) async fn on_reserved(
             order_id: order.id.as_uuid(),
             correlation_id: cause.correlation_id,
             // The payment runs later, under a span of its own below this consumer's.
-            traceparent: messaging::trace::within(cause.traceparent).to_string(),
+            traceparent: module_api::trace::within(cause.traceparent).to_string(),
         });
     }
     if due.is_empty() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -1,6 +1,6 @@
 //! Maps each of fulfillment's use-case errors to an HTTP answer.
 
-use runtime::http::ApiError;
+use module_api::ApiError;
 
 use crate::use_cases::deliver_shipment::DeliverShipmentError;
 use crate::use_cases::dispatch_shipment::DispatchShipmentError;

@@ -1,8 +1,8 @@
 //! Fulfillment's routes, mounted under `/api/fulfillment`.
 
 use actix_web::{HttpResponse, web};
-use runtime::auth::{Access, RouteAccess};
-use runtime::http::{ApiError, Origin, ValidQuery, uuid_param};
+use module_api::{Access, RouteAccess};
+use module_api::{ApiError, Origin, ValidQuery, uuid_param};
 use serde::Deserialize;
 use validator::Validate;
 
@@ -12,8 +12,8 @@ mod error;
 use crate::use_cases::{deliver_shipment, dispatch_shipment, get_shipment, list_shipments};
 use dto::{Shipment, ShipmentPage};
 use kernel::{OrderId, ShipmentId};
-use messaging::Store;
-use runtime::openapi::ErrorBody;
+use module_api::ErrorBody;
+use module_api::Store;
 
 /// Every route with who may call it: fulfillment is staff work only (shipments reveal
 /// order ids).

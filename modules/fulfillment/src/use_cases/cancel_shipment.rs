@@ -4,16 +4,16 @@
 use chrono::Utc;
 use contracts::checkout::OrderCancelledV1;
 use kernel::OrderId;
-use messaging::HandlerError;
+use module_api::{HandlerError, Incoming, Tx};
 
-use crate::db::DatabaseTransaction;
 use crate::db::queries;
 use crate::domain::OnCancel;
 
 pub(crate) async fn on_cancelled(
-    tx: &DatabaseTransaction,
-    event: OrderCancelledV1,
+    tx: &mut Tx,
+    cancelled: Incoming<OrderCancelledV1>,
 ) -> Result<(), HandlerError> {
+    let event = cancelled.event;
     let now = Utc::now();
     let order_id = OrderId::from_uuid(event.order_id);
     let Some(shipment) = queries::lock_shipment_of(tx, order_id).await? else {

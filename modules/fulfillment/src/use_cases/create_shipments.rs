@@ -7,7 +7,7 @@ use chrono::Utc;
 use contracts::checkout::OrderConfirmedV1;
 use contracts::fulfillment::ShipmentCreatedV1;
 use kernel::{OrderId, ShipmentId};
-use messaging::{HandlerError, Incoming, Tx};
+use module_api::{HandlerError, Incoming, Tx};
 
 use crate::db::queries::{self, NewShipment};
 use crate::domain::Shipment;

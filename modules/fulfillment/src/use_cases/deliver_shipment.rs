@@ -8,7 +8,7 @@ use kernel::ShipmentId;
 
 use crate::db::queries;
 use crate::domain::{NotAllowed, Shipment, ShipmentStatus};
-use messaging::Store;
+use module_api::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeliverShipmentError {

@@ -9,7 +9,7 @@ use kernel::ShipmentId;
 
 use crate::db::queries;
 use crate::domain::{NotAllowed, Shipment, ShipmentStatus, tracking_number};
-use messaging::Store;
+use module_api::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DispatchShipmentError {

@@ -1,7 +1,7 @@
 //! Reads one shipment.
 
 use kernel::ShipmentId;
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 
 use crate::db::queries;
 use crate::domain::Shipment;

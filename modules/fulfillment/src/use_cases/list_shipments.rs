@@ -1,7 +1,7 @@
 //! Lists shipments in id order, a page at a time, optionally of one order only.
 
 use kernel::{OrderId, ShipmentId};
-use runtime::ModuleDb;
+use module_api::ModuleDb;
 
 use crate::db::queries;
 use crate::domain::Shipment;

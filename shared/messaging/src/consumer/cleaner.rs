@@ -8,8 +8,8 @@ use std::time::Duration;
 use sea_orm::DbErr;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{ModuleDb, execute, now_ms};
 use crate::settings::MessagingSettings;
+use store::{ModuleDb, execute, now_ms};
 
 /// Deletes published outbox rows and inbox keys older than their retention, a chunk at a
 /// time, so the tables stay small and their indexes fast.

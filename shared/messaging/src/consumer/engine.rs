@@ -19,13 +19,13 @@ use uuid::Uuid;
 use super::handler::{Handler, HandlerError};
 use super::inbox::{already_processed, claim_inbox_keys};
 use crate::bus::{Acker, Delivery, DeliveryTag, Subscription};
-use crate::db::ModuleDb;
 use crate::dead_letters;
 use crate::faults::Faults;
 use crate::outbox::Outbox;
 use crate::progress::{self, Progress};
 use crate::publish::Tx;
 use crate::settings::MessagingSettings;
+use store::ModuleDb;
 
 /// Runs a module's handlers on its subscription.
 pub struct Consumer {

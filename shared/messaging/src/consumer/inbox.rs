@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::engine::Ready;
 use super::handler::HandlerError;
-use crate::db::{ModuleDb, now_ms, query};
+use store::{ModuleDb, now_ms, query};
 
 /// Inserts the inbox keys of `items`; returns those that were new (the others were
 /// processed before and are skipped).
@@ -64,7 +64,7 @@ pub(super) async fn already_processed(db: &ModuleDb, item: &Ready) -> anyhow::Re
     values.extend(item.handlers.iter().map(|h| Value::from(h.name())));
     let sql = format!(
         "SELECT COUNT(*) AS n FROM inbox WHERE event_id = $1 AND handler IN ({})",
-        crate::db::placeholders(2, item.handlers.len())
+        store::placeholders(2, item.handlers.len())
     );
     let rows = query(db.conn(), &sql, values).await?;
     let n: i64 = match rows.first() {

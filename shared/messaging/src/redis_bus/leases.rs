@@ -124,7 +124,7 @@ pub(super) async fn maintain(
     metrics::gauge!("bus_duplicate_instance", "module" => group).set(0.0);
 
     let members = inner.key(&format!("members:{group}"));
-    let now_ms = crate::db::now_ms();
+    let now_ms = store::now_ms();
     let _: i64 = redis::cmd("ZADD")
         .arg(&members)
         .arg(now_ms + lease_ms as i64)

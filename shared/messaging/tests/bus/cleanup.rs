@@ -10,7 +10,7 @@ async fn only_published_outbox_rows_and_inbox_keys_past_their_retention_are_dele
 ) {
     let dbs = open(backend).await;
     let settings = settings();
-    let now = messaging::db::now_ms();
+    let now = store::now_ms();
     let retention = settings.outbox_retention_secs as i64 * 1000;
     let (old_published, new_published, old_unpublished) = (
         event(Uuid::now_v7(), 1),

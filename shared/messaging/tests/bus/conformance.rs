@@ -480,7 +480,7 @@ async fn a_handler_slower_than_the_lease_keeps_its_delivery_and_gets_it_once(
 /// The backend helper: SQLite statements get SQLite placeholders.
 #[test]
 fn statements_are_adapted_per_backend() {
-    let s = messaging::db::stmt(DbBackend::Sqlite, "SELECT $1", vec![]);
+    let s = store::stmt(DbBackend::Sqlite, "SELECT $1", vec![]);
     assert_eq!(s.sql, "SELECT ?1");
 }
 

@@ -7,16 +7,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use messaging::db::{execute, query};
 use messaging::local_bus::{CLAIM_PLAN_POSTGRES, claim_statement};
 use sea_orm::{ConnectionTrait, DbBackend};
+use store::{execute, query};
 
 use crate::*;
 
 /// Fills the consumer's queue on PostgreSQL with `keys` keys of `per_key` rows each, plus
 /// `held` rows of another live instance at the front, without refreshing statistics.
 async fn fill_queue(dbs: &Dbs, keys: i64, per_key: i64, held: i64) {
-    let now = messaging::db::now_ms();
+    let now = store::now_ms();
     execute(
         dbs.consumer.conn(),
         "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, locked_by, locked_until, enqueued_at) \
@@ -40,7 +40,7 @@ async fn fill_queue(dbs: &Dbs, keys: i64, per_key: i64, held: i64) {
 /// Buffers (pages) one claim of `limit` rows reads, from `EXPLAIN (ANALYZE, BUFFERS)`,
 /// rolled back.
 async fn claim_buffers(dbs: &Dbs, limit: i64) -> (i64, usize) {
-    let now = messaging::db::now_ms();
+    let now = store::now_ms();
     let sql = format!(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
         claim_statement(DbBackend::Postgres)
@@ -100,7 +100,7 @@ async fn concurrent_claims_never_take_more_rows_than_they_ask_for_nor_a_row_twic
             let mut got = Vec::new();
             let mut oversized = 0;
             loop {
-                let now = messaging::db::now_ms();
+                let now = store::now_ms();
                 let tx = dbs.consumer.begin().await.expect("begin");
                 tx.execute_unprepared(CLAIM_PLAN_POSTGRES)
                     .await
@@ -208,7 +208,7 @@ async fn a_retry_whose_hand_back_failed_comes_back_when_the_database_does_not_wh
     let lease = std::time::Duration::from_secs(30);
     let mut bus_settings = settings();
     bus_settings.lease_ms = lease.as_millis() as u64;
-    let mut bus = messaging::LocalBus::new("a", bus_settings);
+    let mut bus = messaging::local_bus::LocalBus::new("a", bus_settings);
     bus.add_consumer(dbs.consumer.clone());
     let faults = Faults::for_tests();
     let sent = events(1, 2);

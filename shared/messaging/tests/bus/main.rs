@@ -14,12 +14,15 @@ use async_trait::async_trait;
 use contracts::checkout::{AddressV1, OrderConfirmedV1, OrderLineV1};
 use contracts::{Cause, Envelope, Event};
 use futures::StreamExt;
-use messaging::db::{execute, query};
+use messaging::local_bus::LocalBus;
+use messaging::outbox::{Outbox, Relay};
 use messaging::{
-    Consumer, EventBus, Faults, Handler, HandlerError, LocalBus, MessagingSettings, ModuleDb,
-    Outbox, Outgoing, RedisBus, RedisConfig, Relay, SubscriberSpec, Tx,
+    Consumer, EventBus, Faults, Handler, HandlerError, MessagingSettings, Outgoing, RedisBus,
+    RedisConfig, SubscriberSpec, Tx,
 };
 use sea_orm::{ConnectionTrait, Database, DbBackend};
+use store::ModuleDb;
+use store::{execute, query};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -138,8 +141,8 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
     };
     let (producer, consumer) = connect(&location).await;
     for conn in [&producer, &consumer] {
-        use migrations::MigratorTrait;
-        migrations::checkout::Migrator::up(conn, None)
+        use sea_orm_migration::MigratorTrait;
+        MessagingOnly::up(conn, None)
             .await
             .expect("messaging tables");
     }
@@ -843,3 +846,15 @@ mod redis_faults;
 mod redis_only;
 mod replays;
 mod typed;
+
+/// The messaging tables alone, as every module's migrator lists them.
+struct MessagingOnly;
+
+impl sea_orm_migration::MigratorTrait for MessagingOnly {
+    fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+        vec![
+            Box::new(messaging::schema::MessagingTables),
+            Box::new(messaging::schema::QueueIndex),
+        ]
+    }
+}

@@ -5,22 +5,19 @@
 //! stores both for the root span, and returns the id in the response. The root span
 //! carries the request id, the trace id and the module the route belongs to, so every log
 //! line written while serving the request has them. Events published by the request carry
-//! the same trace ([`Origin`]).
+//! the same trace (`module_api::Origin`).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, FromRequest, HttpMessage, HttpRequest};
-use contracts::{Cause, Traceparent};
+use actix_web::{Error, HttpMessage};
+use contracts::Traceparent;
+use module_api::RequestId;
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 /// Accepts ids of 1 to 128 visible ASCII characters; anything else is replaced.
 fn acceptable(id: &str) -> bool {
@@ -59,33 +56,6 @@ fn module_of(path: &str) -> &str {
         .and_then(|rest| rest.split('/').next())
         .filter(|m| kernel::is_valid_module_name(m))
         .unwrap_or("app")
-}
-
-/// Where a request's events come from: its correlation (the request id, when it is a
-/// UUID) and its trace.
-#[derive(Debug, Clone)]
-pub struct Origin(pub Cause);
-
-impl FromRequest for Origin {
-    type Error = Error;
-    type Future = std::future::Ready<Result<Self, Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let extensions = req.extensions();
-        let correlation_id = extensions
-            .get::<RequestId>()
-            .and_then(|r| uuid::Uuid::parse_str(&r.0).ok())
-            .unwrap_or_else(uuid::Uuid::now_v7);
-        let traceparent = extensions
-            .get::<Traceparent>()
-            .copied()
-            .unwrap_or_else(Traceparent::new_root);
-        std::future::ready(Ok(Origin(Cause {
-            correlation_id,
-            causation_id: None,
-            traceparent,
-        })))
-    }
 }
 
 /// The route template a request matched (`/api/catalog/products/{sku}`), or `unmatched`:

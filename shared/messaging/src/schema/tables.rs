@@ -7,8 +7,15 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
-#[derive(DeriveMigrationName)]
-pub(crate) struct Migration;
+/// Recorded as `messaging` in every module's `seaql_migrations`: the name existing
+/// databases know it by, whatever this file is called.
+pub struct MessagingTables;
+
+impl MigrationName for MessagingTables {
+    fn name(&self) -> &str {
+        "messaging"
+    }
+}
 
 #[derive(DeriveIden)]
 enum Outbox {
@@ -71,7 +78,7 @@ enum DeadLetters {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for Migration {
+impl MigrationTrait for MessagingTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

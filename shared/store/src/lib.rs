@@ -1,5 +1,6 @@
-//! A module's own connection pool, and the few SQL helpers the messaging tables need to
-//! run the same statements on SQLite and PostgreSQL.
+//! A module's own connection pool ([`ModuleDb`]), and the SQL helpers that run one
+//! statement on SQLite and PostgreSQL alike: the messaging tables and every module's `db/`
+//! layer write their statements once, with PostgreSQL placeholders.
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
@@ -55,7 +56,7 @@ impl ModuleDb {
 }
 
 /// See [`ModuleDb::begin`].
-pub async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
     conn.begin_with_options(TransactionOptions {
         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
         ..Default::default()

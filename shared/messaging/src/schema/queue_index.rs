@@ -4,8 +4,15 @@
 
 use sea_orm_migration::prelude::*;
 
-#[derive(DeriveMigrationName)]
-pub(crate) struct Migration;
+/// Recorded as `messaging_ready` in every module's `seaql_migrations`: the name existing
+/// databases know it by, whatever this file is called.
+pub struct QueueIndex;
+
+impl MigrationName for QueueIndex {
+    fn name(&self) -> &str {
+        "messaging_ready"
+    }
+}
 
 #[derive(DeriveIden)]
 enum BusQueue {
@@ -15,7 +22,7 @@ enum BusQueue {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for Migration {
+impl MigrationTrait for QueueIndex {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_index(
