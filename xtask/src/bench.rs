@@ -744,6 +744,8 @@ async fn drain(args: &BenchArgs, target: &Running, stores: &Stores) -> anyhow::R
 #[derive(Debug, Default, Clone, Serialize)]
 struct Memory {
     idle_mib: f64,
+    /// Of `idle_mib`, the pages that map files (the program's code, its libraries).
+    idle_file_mib: f64,
     idle_connections_mib: Option<f64>,
     peak_under_load_mib: f64,
     idle_after_load_mib: f64,
@@ -837,11 +839,13 @@ async fn measure(
     for t in targets.iter_mut() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         t.memory.idle_mib = procfs::rss_mib(&t.pids);
+        t.memory.idle_file_mib = procfs::rss_file_mib(&t.pids);
         t.memory.idle_connections_mib = idle_connections(args, t, loadgen).await?;
         log(&format!(
-            "{}: idle {:.1} MiB; holding {} idle connections {}",
+            "{}: idle {:.1} MiB ({:.1} MiB of it mapped files); holding {} idle connections {}",
             t.name,
             t.memory.idle_mib,
+            t.memory.idle_file_mib,
             args.idle_connections,
             t.memory
                 .idle_connections_mib
@@ -1255,8 +1259,11 @@ fn table(report: &Report) -> String {
         }
     }
     type Mem = (&'static str, fn(&Memory) -> Option<f64>);
-    let memory: [Mem; 5] = [
+    let memory: [Mem; 6] = [
         ("memory idle, MiB", |m| Some(m.idle_mib)),
+        ("  of it mapped files (code, libraries), MiB", |m| {
+            Some(m.idle_file_mib)
+        }),
         ("memory holding idle connections, MiB", |m| {
             m.idle_connections_mib
         }),

@@ -60,14 +60,25 @@ pub(crate) fn postgres_cpu(ticks: f64) -> Duration {
 
 /// Resident memory of the processes `pids`, in MiB.
 pub(crate) fn rss_mib(pids: &[u32]) -> f64 {
+    status_kib(pids, "VmRSS:") / 1024.0
+}
+
+/// The part of [`rss_mib`] that maps files, in MiB: the program's own code and data and
+/// its libraries, pages the kernel can drop and read again (a fault maps the pages around
+/// it too, so a larger binary shows more of it). The rest is the heap and the stacks.
+pub(crate) fn rss_file_mib(pids: &[u32]) -> f64 {
+    status_kib(pids, "RssFile:") / 1024.0
+}
+
+/// The sum over `pids` of one `kB` line of `/proc/<pid>/status`.
+fn status_kib(pids: &[u32], key: &str) -> f64 {
     pids.iter()
         .filter_map(|pid| {
             let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let line = text.lines().find(|l| l.starts_with(key))?;
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .sum::<f64>()
-        / 1024.0
 }
 
 /// The process listening on `port` of loopback (a server the bench did not start).
