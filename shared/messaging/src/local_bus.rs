@@ -404,12 +404,14 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
 /// runs once (an `UPDATE … WHERE id IN (SELECT … LIMIT n)` may run its sub-select more
 /// than once and take more than `n` rows). It walks the unclaimed rows in id order on
 /// their partial index and stops after `n`; a row goes only if it is the first queued row
-/// of its key, checked by one probe of the `(ordering_key, id)` index per row: the cost
-/// follows what is claimed, not the backlog.
+/// of its key, checked by one probe of the `(ordering_key, id + 0)` index per row: the cost
+/// follows what is claimed, not the backlog. The key's first row is `min(p.id + 0)`, which
+/// only that index orders: `min(p.id)` lets the planner walk the primary key instead, which
+/// it does when its statistics were taken on an empty queue (see `KeyHeadIndex`).
 const CLAIM_POSTGRES: &str = "WITH c AS MATERIALIZED ( \
        SELECT q.id FROM bus_queue q \
        WHERE q.locked_by IS NULL AND q.visible_at <= $3 \
-         AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
+         AND q.id = (SELECT min(p.id + 0) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
        ORDER BY q.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
      UPDATE bus_queue b SET locked_by = $1, locked_until = $2, deliveries = b.deliveries + 1 \
      FROM c WHERE b.id = c.id \
@@ -695,11 +697,18 @@ impl Acker for LocalAcker {
     /// Events this subscription could be working on now: in flight, or due and first of
     /// their key (rows waiting behind a retry are not work it is failing to do).
     async fn backlog(&self) -> Result<Option<u64>, BusError> {
+        // The first row of a key as the claim finds it on each backend.
+        let first = match self.0.db.backend() {
+            DbBackend::Postgres => "min(p.id + 0)",
+            _ => "min(p.id)",
+        };
         let rows = query(
             self.0.db.conn(),
-            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 \
-               AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
-             LIMIT 100000) AS deliverable",
+            &format!(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 \
+                   AND q.id = (SELECT {first} FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
+                 LIMIT 100000) AS deliverable"
+            ),
             vec![now_ms().into()],
         )
         .await?;

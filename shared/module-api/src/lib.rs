@@ -42,7 +42,7 @@ pub mod trace {
 
 /// The messaging tables every module's migrator lists among its own migrations.
 pub mod schema {
-    pub use messaging::schema::{MessagingTables, QueueIndex};
+    pub use messaging::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
 }
 
 /// Retry delays: exponential with jitter.

@@ -1,14 +1,17 @@
 //! The messaging tables of every module's schema, as two migrations each module's migrator
-//! lists among its own: the tables ([`MessagingTables`]) and the index of the in-process
-//! queue's unclaimed rows ([`QueueIndex`]). They live here, beside the code that uses them,
+//! lists among its own: the tables ([`MessagingTables`]), the index of the in-process
+//! queue's unclaimed rows ([`QueueIndex`]) and, on PostgreSQL, the index that finds the first
+//! row of a key ([`KeyHeadIndex`]). They live here, beside the code that uses them,
 //! and travel with the module when it is extracted.
 
 // `MigrationTrait` is declared with `&SchemaManager` and async-trait cannot match an
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
+mod key_head_index;
 mod queue_index;
 mod tables;
 
+pub use key_head_index::KeyHeadIndex;
 pub use queue_index::QueueIndex;
 pub use tables::MessagingTables;

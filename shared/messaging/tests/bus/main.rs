@@ -855,6 +855,7 @@ impl sea_orm_migration::MigratorTrait for MessagingOnly {
         vec![
             Box::new(messaging::schema::MessagingTables),
             Box::new(messaging::schema::QueueIndex),
+            Box::new(messaging::schema::KeyHeadIndex),
         ]
     }
 }

@@ -4,7 +4,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{MessagingTables, QueueIndex};
+use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_products;
@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(MessagingTables),
             Box::new(m0002_reservations::Migration),
             Box::new(QueueIndex),
+            Box::new(KeyHeadIndex),
         ]
     }
 }
@@ -42,7 +43,8 @@ mod tests {
                 "m0001_products",
                 "messaging",
                 "m0002_reservations",
-                "messaging_ready"
+                "messaging_ready",
+                "messaging_key_head"
             ]
         );
     }

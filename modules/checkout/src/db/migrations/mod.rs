@@ -5,7 +5,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{MessagingTables, QueueIndex};
+use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_orders;
@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(QueueIndex),
             Box::new(m0002_pending_orders::Migration),
             Box::new(m0003_order_owners::Migration),
+            Box::new(KeyHeadIndex),
         ]
     }
 }
@@ -46,7 +47,8 @@ mod tests {
                 "m0001_orders",
                 "messaging_ready",
                 "m0002_pending_orders",
-                "m0003_order_owners"
+                "m0003_order_owners",
+                "messaging_key_head"
             ]
         );
     }

@@ -4,7 +4,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{MessagingTables, QueueIndex};
+use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_shipments;
@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(MessagingTables),
             Box::new(m0001_shipments::Migration),
             Box::new(QueueIndex),
+            Box::new(KeyHeadIndex),
         ]
     }
 }
@@ -34,6 +35,14 @@ mod tests {
             .iter()
             .map(|m| m.name().to_owned())
             .collect();
-        assert_eq!(names, ["messaging", "m0001_shipments", "messaging_ready"]);
+        assert_eq!(
+            names,
+            [
+                "messaging",
+                "m0001_shipments",
+                "messaging_ready",
+                "messaging_key_head"
+            ]
+        );
     }
 }
