@@ -1193,7 +1193,14 @@ fn table(report: &Report) -> String {
         if let Some(p) = peer {
             let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
             if !values[0].is_empty() && !values[p].is_empty() {
-                out.push_str(&format!("{:>24.2}", mean(&values[0]) / mean(&values[p])));
+                // 0 ÷ 0 (no errors on either side) or x ÷ 0 has no ratio to show.
+                let ratio = mean(&values[0]) / mean(&values[p]);
+                let text = if ratio.is_finite() {
+                    format!("{ratio:.2}")
+                } else {
+                    "-".to_owned()
+                };
+                out.push_str(&format!("{text:>24}"));
             }
         }
         out.push('\n');
@@ -1297,5 +1304,65 @@ fn fmt(x: f64) -> String {
         format!("{x:.1}")
     } else {
         format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(target: &str, errors: u64) -> Run {
+        let latency = Latency {
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            max: 4.0,
+        };
+        Run {
+            round: 1,
+            scenario: Scenario::Place,
+            target: target.to_owned(),
+            requests: 100,
+            errors,
+            first_error: None,
+            seconds: 1.0,
+            per_sec: 100.0,
+            latency_ms: latency,
+            server_cpu_us_per_request: 10.0,
+            postgres_cpu_us_per_request: 0.0,
+            load_generator_cpu_us_per_request: 1.0,
+            peak_rss_mib: 1.0,
+            journey: None,
+        }
+    }
+
+    #[test]
+    fn the_ratio_column_shows_a_dash_where_the_peer_figure_is_zero() {
+        let report = Report {
+            machine: Machine {
+                cores: 2,
+                load_average_before: String::new(),
+                load_average_after: String::new(),
+            },
+            settings: json!({}),
+            memory: BTreeMap::new(),
+            runs: vec![run("ours-pg", 0), run("peer", 0)],
+        };
+        let table = table(&report);
+        assert!(!table.contains("NaN"), "{table}");
+        assert!(!table.contains("inf"), "{table}");
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no line {name:?} in {table}"))
+                .to_owned()
+        };
+        assert!(line("place: errors").trim_end().ends_with('-'), "{table}");
+        assert!(
+            line("place: postgresql cpu").trim_end().ends_with('-'),
+            "{table}"
+        );
+        assert!(line("place: req/s").trim_end().ends_with("1.00"), "{table}");
     }
 }
