@@ -190,6 +190,18 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             .to_owned(),
     );
     crate::progress::next(&next);
+    if !report.failed.is_empty() {
+        bail!(
+            "{} of the targets failed: {}",
+            report.failed.len(),
+            report
+                .failed
+                .iter()
+                .map(|(t, e)| format!("{t}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -814,6 +826,9 @@ struct Report {
     settings: serde_json::Value,
     memory: BTreeMap<String, Memory>,
     runs: Vec<Run>,
+    /// Targets whose run failed (its error): their later runs were skipped, the other
+    /// targets' figures are still reported.
+    failed: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -853,13 +868,30 @@ async fn measure(
         ));
     }
     let mut runs = Vec::new();
+    let mut failed = BTreeMap::new();
     for round in 1..=args.rounds {
         for scenario in scenarios {
             for t in targets.iter_mut() {
-                if *scenario == Scenario::Journey && !t.kind.ours() {
+                if (*scenario == Scenario::Journey && !t.kind.ours())
+                    || failed.contains_key(&t.name)
+                {
                     continue;
                 }
-                let run = one_run(args, round, *scenario, t, loadgen).await?;
+                // One target that fails (a journey that does not drain in time) must not
+                // lose the figures of the others: it is reported failed, and skipped.
+                let run = match one_run(args, round, *scenario, t, loadgen).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        log(&format!(
+                            "{} round {round} {scenario:?} failed, its later runs are skipped: {e:#}",
+                            t.name
+                        ));
+                        // Stopped now, so its leftover work does not load the others' runs.
+                        t.processes.clear();
+                        failed.insert(t.name.clone(), format!("round {round} {scenario:?}: {e:#}"));
+                        continue;
+                    }
+                };
                 t.memory.peak_under_load_mib = t.memory.peak_under_load_mib.max(run.peak_rss_mib);
                 log(&format!(
                     "{} round {round} {:?}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
@@ -883,6 +915,9 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     for t in targets.iter_mut() {
+        if failed.contains_key(&t.name) {
+            continue;
+        }
         t.memory.idle_after_load_mib = procfs::rss_mib(&t.pids);
         t.memory.idle_connections_after_load_mib = idle_connections(args, t, loadgen).await?;
     }
@@ -907,6 +942,7 @@ async fn measure(
             .map(|t| (t.name.clone(), t.memory.clone()))
             .collect(),
         runs,
+        failed,
     })
 }
 
@@ -1197,7 +1233,14 @@ fn table(report: &Report) -> String {
         if let Some(p) = peer {
             let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
             if !values[0].is_empty() && !values[p].is_empty() {
-                out.push_str(&format!("{:>24.2}", mean(&values[0]) / mean(&values[p])));
+                // 0 ÷ 0 (no errors on either side) or x ÷ 0 has no ratio to show.
+                let ratio = mean(&values[0]) / mean(&values[p]);
+                let text = if ratio.is_finite() {
+                    format!("{ratio:.2}")
+                } else {
+                    "-".to_owned()
+                };
+                out.push_str(&format!("{text:>24}"));
             }
         }
         out.push('\n');
@@ -1277,12 +1320,26 @@ fn table(report: &Report) -> String {
             m.idle_connections_after_load_mib
         }),
     ];
-    for (name, get) in memory {
+    for (i, (name, get)) in memory.into_iter().enumerate() {
+        // A failed target was stopped: only its figures from before the load are real.
         let values = order
             .iter()
-            .map(|t| report.memory.get(t).and_then(get).into_iter().collect())
+            .map(|t| {
+                report
+                    .memory
+                    .get(t)
+                    .filter(|_| i < 2 || !report.failed.contains_key(t))
+                    .and_then(get)
+                    .into_iter()
+                    .collect()
+            })
             .collect();
         line(name.to_owned(), values);
+    }
+    for (target, error) in &report.failed {
+        out.push_str(&format!(
+            "{target} FAILED (its later runs skipped): {error}\n"
+        ));
     }
     out.push_str(&format!(
         "load average before {}, after {}; {} cores\n",
@@ -1304,5 +1361,99 @@ fn fmt(x: f64) -> String {
         format!("{x:.1}")
     } else {
         format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(target: &str, errors: u64) -> Run {
+        let latency = Latency {
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            max: 4.0,
+        };
+        Run {
+            round: 1,
+            scenario: Scenario::Place,
+            target: target.to_owned(),
+            requests: 100,
+            errors,
+            first_error: None,
+            seconds: 1.0,
+            per_sec: 100.0,
+            latency_ms: latency,
+            server_cpu_us_per_request: 10.0,
+            postgres_cpu_us_per_request: 0.0,
+            load_generator_cpu_us_per_request: 1.0,
+            peak_rss_mib: 1.0,
+            journey: None,
+        }
+    }
+
+    #[test]
+    fn the_ratio_column_shows_a_dash_where_the_peer_figure_is_zero() {
+        let report = Report {
+            machine: Machine {
+                cores: 2,
+                load_average_before: String::new(),
+                load_average_after: String::new(),
+            },
+            settings: json!({}),
+            memory: BTreeMap::new(),
+            runs: vec![run("ours-pg", 0), run("peer", 0)],
+            failed: BTreeMap::new(),
+        };
+        let table = table(&report);
+        assert!(!table.contains("NaN"), "{table}");
+        assert!(!table.contains("inf"), "{table}");
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no line {name:?} in {table}"))
+                .to_owned()
+        };
+        assert!(line("place: errors").trim_end().ends_with('-'), "{table}");
+        assert!(
+            line("place: postgresql cpu").trim_end().ends_with('-'),
+            "{table}"
+        );
+        assert!(line("place: req/s").trim_end().ends_with("1.00"), "{table}");
+    }
+
+    #[test]
+    fn a_failed_target_is_named_in_the_table_beside_the_others_figures() {
+        let report = Report {
+            machine: Machine {
+                cores: 2,
+                load_average_before: String::new(),
+                load_average_after: String::new(),
+            },
+            settings: json!({}),
+
+            runs: vec![run("ours-sqlite", 0)],
+            memory: BTreeMap::from([
+                ("ours-sqlite".to_owned(), Memory::default()),
+                ("ours-pg".to_owned(), Memory::default()),
+            ]),
+            failed: BTreeMap::from([(
+                "ours-pg".to_owned(),
+                "round 1 Journey: only 10 of 20 orders reached a shipment in 600 s".to_owned(),
+            )]),
+        };
+        let table = table(&report);
+        assert!(table.contains("ours-sqlite"), "{table}");
+        assert!(
+            table.contains("ours-pg FAILED (its later runs skipped): round 1 Journey: only 10"),
+            "{table}"
+        );
+        let peak = table
+            .lines()
+            .find(|l| l.starts_with("memory peak under load"))
+            .unwrap_or_else(|| panic!("no memory peak line in {table}"));
+        assert!(peak.trim_end().ends_with('-'), "{table}");
     }
 }
