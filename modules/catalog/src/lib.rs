@@ -85,7 +85,7 @@ impl Module for Catalog {
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
-        db::migrate(conn).await
+        module_api::schema::up::<db::Migrator>(conn).await
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
@@ -93,7 +93,7 @@ impl Module for Catalog {
     }
 
     fn migrations(&self) -> Vec<String> {
-        db::migration_names()
+        module_api::schema::names::<db::Migrator>()
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {

@@ -31,7 +31,7 @@ impl Module for Fulfillment {
     }
 
     async fn migrate(&self, conn: &DatabaseConnection) -> Result<(), DbErr> {
-        db::migrate(conn).await
+        module_api::schema::up::<db::Migrator>(conn).await
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
@@ -39,7 +39,7 @@ impl Module for Fulfillment {
     }
 
     fn migrations(&self) -> Vec<String> {
-        db::migration_names()
+        module_api::schema::names::<db::Migrator>()
     }
 
     async fn start(&self, ctx: ModuleContext) -> anyhow::Result<StartedModule> {

@@ -40,9 +40,27 @@ pub mod trace {
     pub use messaging::trace::{adopt, traceparent_of, within};
 }
 
-/// The messaging tables every module's migrator lists among its own migrations.
+/// A module's schema: the messaging tables every module's migrator lists among its own
+/// migrations, and running a migrator for the host.
 pub mod schema {
     pub use messaging::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
+    use sea_orm::{DatabaseConnection, DbErr};
+    use sea_orm_migration::MigratorTrait;
+
+    /// Brings a module's schema up to date on `conn` with its migrator `M`
+    /// (`Module::migrate`).
+    pub async fn up<M: MigratorTrait>(conn: &DatabaseConnection) -> Result<(), DbErr> {
+        M::up(conn, None).await
+    }
+
+    /// The names of `M`'s migrations, in order: what a schema it brought up to date has
+    /// recorded as applied (`Module::migrations`).
+    pub fn names<M: MigratorTrait>() -> Vec<String> {
+        M::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
 }
 
 /// Retry delays: exponential with jitter.

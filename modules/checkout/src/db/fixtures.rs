@@ -14,7 +14,9 @@ pub(crate) async fn memory_db() -> ModuleDb {
     let conn = sea_orm::Database::connect("sqlite::memory:")
         .await
         .expect("sqlite");
-    super::migrate(&conn).await.expect("migrations");
+    module_api::schema::up::<super::Migrator>(&conn)
+        .await
+        .expect("migrations");
     ModuleDb::new("checkout", conn)
 }
 

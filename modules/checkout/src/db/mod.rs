@@ -24,17 +24,5 @@ pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
     )
 }
 
-/// Brings the module's schema up to date on `conn` (see `db/migrations/`).
-pub(crate) async fn migrate(conn: &DatabaseConnection) -> Result<(), DbErr> {
-    use sea_orm_migration::MigratorTrait;
-    migrations::Migrator::up(conn, None).await
-}
-
-/// The names of the module's migrations, in order.
-pub(crate) fn migration_names() -> Vec<String> {
-    use sea_orm_migration::MigratorTrait;
-    migrations::Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect()
-}
+/// The module's schema, in `db/migrations/`.
+pub(crate) use migrations::Migrator;

@@ -12,7 +12,7 @@ mod m0001_orders;
 mod m0002_pending_orders;
 mod m0003_order_owners;
 
-pub(super) struct Migrator;
+pub(crate) struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
@@ -36,10 +36,7 @@ mod tests {
     /// to start.
     #[test]
     fn the_recorded_migration_names_never_change() {
-        let names: Vec<String> = Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
+        let names = module_api::schema::names::<Migrator>();
         assert_eq!(
             names,
             [

@@ -9,7 +9,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_shipments;
 
-pub(super) struct Migrator;
+pub(crate) struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
@@ -31,10 +31,7 @@ mod tests {
     /// to start.
     #[test]
     fn the_recorded_migration_names_never_change() {
-        let names: Vec<String> = Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
+        let names = module_api::schema::names::<Migrator>();
         assert_eq!(
             names,
             [
