@@ -109,7 +109,7 @@ pub(crate) const RULE_CRATE_DEPS: &str =
 /// The platform in layers, each crate using only those below it: `kernel` (value types)
 /// and `contracts` (events); `store` (a module's connection and SQL helpers);
 /// `messaging` (outbox, inbox, buses); `module-api` (all a module may use); `runtime` (the
-/// host, for binaries only). A module sees `kernel`, `contracts` and `module-api`, so the
+/// host, for binaries and the test kit only). A module sees `kernel`, `contracts` and `module-api`, so the
 /// host's settings, buses and relays are out of its reach.
 pub(crate) const CRATE_RULES: &[CrateRule] = &[
     CrateRule {

@@ -1,6 +1,6 @@
 //! The host the monolith and every extracted service run on: configuration, telemetry,
 //! per-module databases, buses and relays, the HTTP host with probes and graceful shutdown.
-//! Only binaries depend on it (a service's `main` is a few lines on top of this crate);
+//! Only binaries and the test kit depend on it (a service's `main` is a few lines on top of this crate);
 //! modules see the platform through `module_api` alone.
 
 mod admin;
