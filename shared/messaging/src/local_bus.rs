@@ -400,34 +400,68 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     tracing::debug!(module, "subscription closed");
 }
 
+/// Whether queued row `q` is the first of its key, on PostgreSQL: `min(p.id + 0)`, which
+/// only the `(ordering_key, id + 0)` index orders, so it is one probe of that index whatever
+/// the planner's statistics say (`min(p.id)` lets the planner walk the primary key instead,
+/// which it does when its statistics were taken on an empty queue; see `KeyHeadIndex`).
+/// The claim and the watchdog's count share it.
+macro_rules! first_of_key_postgres {
+    () => {
+        "q.id = (SELECT min(p.id + 0) FROM bus_queue p WHERE p.ordering_key = q.ordering_key)"
+    };
+}
+
+/// [`first_of_key_postgres`] on SQLite, whose planner answers `min(p.id)` from the
+/// `(ordering_key, id)` index.
+macro_rules! first_of_key_sqlite {
+    () => {
+        "q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key)"
+    };
+}
+
 /// The claim, on PostgreSQL. The rows to take are chosen in a materialized CTE, which
 /// runs once (an `UPDATE … WHERE id IN (SELECT … LIMIT n)` may run its sub-select more
 /// than once and take more than `n` rows). It walks the unclaimed rows in id order on
 /// their partial index and stops after `n`; a row goes only if it is the first queued row
-/// of its key, checked by one probe of the `(ordering_key, id + 0)` index per row: the cost
-/// follows what is claimed, not the backlog. The key's first row is `min(p.id + 0)`, which
-/// only that index orders: `min(p.id)` lets the planner walk the primary key instead, which
-/// it does when its statistics were taken on an empty queue (see `KeyHeadIndex`).
-const CLAIM_POSTGRES: &str = "WITH c AS MATERIALIZED ( \
+/// of its key, checked by one probe of the `(ordering_key, id + 0)` index per row
+/// ([`first_of_key_postgres`]): the cost follows what is claimed, not the backlog.
+const CLAIM_POSTGRES: &str = concat!(
+    "WITH c AS MATERIALIZED ( \
        SELECT q.id FROM bus_queue q \
-       WHERE q.locked_by IS NULL AND q.visible_at <= $3 \
-         AND q.id = (SELECT min(p.id + 0) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
-       ORDER BY q.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+       WHERE q.locked_by IS NULL AND q.visible_at <= $3 AND ",
+    first_of_key_postgres!(),
+    " ORDER BY q.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
      UPDATE bus_queue b SET locked_by = $1, locked_until = $2, deliveries = b.deliveries + 1 \
      FROM c WHERE b.id = c.id \
-     RETURNING b.id, b.envelope, b.deliveries";
+     RETURNING b.id, b.envelope, b.deliveries"
+);
 
 /// Run before the claim on PostgreSQL, in its transaction.
 pub const CLAIM_PLAN_POSTGRES: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
 
 /// The claim, on SQLite, where a write transaction excludes every other one.
-const CLAIM_SQLITE: &str = "UPDATE bus_queue SET locked_by = $1, locked_until = $2, deliveries = deliveries + 1 \
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE bus_queue SET locked_by = $1, locked_until = $2, deliveries = deliveries + 1 \
      WHERE id IN ( \
        SELECT q.id FROM bus_queue q \
-       WHERE q.locked_by IS NULL AND q.visible_at <= $3 \
-         AND q.id = (SELECT min(p.id) FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
-       ORDER BY q.id LIMIT $4) \
-     RETURNING id, envelope, deliveries";
+       WHERE q.locked_by IS NULL AND q.visible_at <= $3 AND ",
+    first_of_key_sqlite!(),
+    " ORDER BY q.id LIMIT $4) \
+     RETURNING id, envelope, deliveries"
+);
+
+/// The watchdog's count of deliverable rows (due, and first of their key, as the claim
+/// finds them), on each backend; capped, so counting a huge backlog stays bounded.
+const BACKLOG_POSTGRES: &str = concat!(
+    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 AND ",
+    first_of_key_postgres!(),
+    " LIMIT 100000) AS deliverable"
+);
+const BACKLOG_SQLITE: &str = concat!(
+    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 AND ",
+    first_of_key_sqlite!(),
+    " LIMIT 100000) AS deliverable"
+);
 
 /// The claim statement for `backend`: `$1` instance, `$2` lease end, `$3` now (epoch
 /// ms), `$4` how many rows at most. On PostgreSQL it runs after [`CLAIM_PLAN_POSTGRES`] in
@@ -697,21 +731,11 @@ impl Acker for LocalAcker {
     /// Events this subscription could be working on now: in flight, or due and first of
     /// their key (rows waiting behind a retry are not work it is failing to do).
     async fn backlog(&self) -> Result<Option<u64>, BusError> {
-        // The first row of a key as the claim finds it on each backend.
-        let first = match self.0.db.backend() {
-            DbBackend::Postgres => "min(p.id + 0)",
-            _ => "min(p.id)",
+        let sql = match self.0.db.backend() {
+            DbBackend::Sqlite => BACKLOG_SQLITE,
+            _ => BACKLOG_POSTGRES,
         };
-        let rows = query(
-            self.0.db.conn(),
-            &format!(
-                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM bus_queue q WHERE q.visible_at <= $1 \
-                   AND q.id = (SELECT {first} FROM bus_queue p WHERE p.ordering_key = q.ordering_key) \
-                 LIMIT 100000) AS deliverable"
-            ),
-            vec![now_ms().into()],
-        )
-        .await?;
+        let rows = query(self.0.db.conn(), sql, vec![now_ms().into()]).await?;
         let n: i64 = match rows.first() {
             Some(row) => row.try_get("", "n")?,
             None => 0,
