@@ -361,6 +361,7 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 failures = 0;
+                let drained = rows.len() < reserved;
                 state.permits.add_permits(reserved - rows.len());
                 lock(&state.in_flight).extend(rows.iter().filter_map(|d| row_id(&d.tag)));
                 // The channel holds `max_in_flight` and no more than that is in flight:
@@ -368,6 +369,18 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                 for delivery in rows {
                     if tx.send(delivery).await.is_err() {
                         break;
+                    }
+                }
+                if drained {
+                    // The claim took every row it could: claiming again at once would
+                    // find nothing (under a steady trickle, half of all claims did).
+                    // What can make more rows claimable wakes this reader: an enqueue,
+                    // a settled delivery (the next row of its key), the poll (a retry
+                    // come due). A wake sent during the claim is kept, not lost.
+                    tokio::select! {
+                        _ = tx.closed() => break,
+                        _ = state.wake.notified() => {}
+                        _ = tokio::time::sleep(poll.min(renew_every)) => {}
                     }
                 }
             }
