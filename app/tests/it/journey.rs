@@ -16,6 +16,7 @@ on_both_backends!(
     a_cancel_while_pending_stops_the_order_before_payment,
     an_idempotency_key_gives_back_the_same_order,
     an_idempotency_key_expires_and_may_then_place_a_new_order,
+    orders_placed_at_once_are_each_answered_once_and_keys_hold,
     an_order_checkout_cannot_price_is_refused,
     an_invalid_order_names_every_bad_field,
     a_new_price_reaches_checkout_and_an_old_one_never_returns,
@@ -192,6 +193,88 @@ async fn an_idempotency_key_gives_back_the_same_order(backend: Backend) {
     shop.settled().await;
     assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 1);
     assert_eq!(shop.available("TEA-1").await, 4);
+}
+
+/// Forty orders at once, as placement writes them in shared transactions: twenty without
+/// a key each get an order; ten with one key and one body get one order between them,
+/// the others replaying it; ten with another key and ten different bodies get one order,
+/// the others refused as reusing the key. Every order has its stock held, exactly once.
+async fn orders_placed_at_once_are_each_answered_once_and_keys_hold(backend: Backend) {
+    let shop = Shop::open(backend).await;
+    shop.product("TEA-1", 450, 500).await;
+    let send = |key: Option<&'static str>, quantity: i64| {
+        let app = &shop.app;
+        async move {
+            let mut request = app.client.post(app.url("/api/checkout/orders"));
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let body = Shop::order_body(&[("TEA-1", quantity)], "tok_visa");
+            testkit::read(request.json(&body).send().await).await
+        }
+    };
+    let requests = (0..40).map(|i| match i {
+        0..20 => send(None, 1),
+        20..30 => send(Some("same-body"), 2),
+        _ => send(Some("many-bodies"), i - 27),
+    });
+    let replies = futures::future::join_all(requests).await;
+    let ids = |range: std::ops::Range<usize>, status: u16| -> Vec<String> {
+        replies[range]
+            .iter()
+            .filter(|r| r.status == status)
+            .map(|r| r.body["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let unkeyed = ids(0..20, 201);
+    assert_eq!(unkeyed.len(), 20);
+    assert_eq!(
+        unkeyed
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        20
+    );
+    let same = ids(20..30, 201);
+    assert_eq!(
+        same.len(),
+        10,
+        "every request with the same body is answered"
+    );
+    assert!(same.iter().all(|id| *id == same[0]), "{same:?}");
+    let replayed = replies[20..30]
+        .iter()
+        .filter(|r| r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(replayed, 9);
+    let won = ids(30..40, 201);
+    assert_eq!(won.len(), 1, "one body wins the key");
+    for reply in replies[30..40].iter().filter(|r| r.status != 201) {
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (422, "idempotency_key_reused"),
+            "{}",
+            reply.text
+        );
+    }
+    let won_quantity = replies[30..40]
+        .iter()
+        .zip(3..)
+        .find(|(r, _)| r.status == 201)
+        .map(|(_, q)| q)
+        .unwrap_or_default();
+    shop.settled().await;
+    assert_eq!(shop.rows("checkout", "orders", "1 = 1").await, 22);
+    assert_eq!(
+        shop.rows(
+            "checkout",
+            "outbox",
+            "event_type = 'checkout.order_placed.v1'"
+        )
+        .await,
+        22
+    );
+    assert_eq!(shop.available("TEA-1").await, 500 - 20 - 2 - won_quantity);
 }
 
 /// Past `modules.checkout.idempotency_retention_secs` the cleaner deletes a key (younger

@@ -128,19 +128,22 @@ impl Module for Checkout {
             lease_ms: settings.payment.lease_ms(),
         };
         let retention = Duration::from_secs(settings.idempotency_retention_secs);
+        let placements =
+            use_cases::place_order::Placements::new(store.clone(), db::writers_at_once(store.db()));
         let watchdog = use_cases::watch_orders::OrderWatchdog {
             db: store.db().clone(),
             settings: settings.watchdog.clone(),
         };
-        Ok(
-            events::handlers(StartedModule::with_routes(http::routes(store)), payments)
-                .task(move |cancel| worker.run(cancel).boxed())
-                .task(move |cancel| watchdog.run(cancel).boxed())
-                .prune(
-                    "idempotency_keys",
-                    Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
-                ),
+        Ok(events::handlers(
+            StartedModule::with_routes(http::routes(placements)),
+            payments,
         )
+        .task(move |cancel| worker.run(cancel).boxed())
+        .task(move |cancel| watchdog.run(cancel).boxed())
+        .prune(
+            "idempotency_keys",
+            Arc::new(move |db| db::queries::forget_keys(db, retention).boxed()),
+        ))
     }
 }
 

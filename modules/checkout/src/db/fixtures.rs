@@ -101,3 +101,33 @@ pub(crate) async fn open_transactions(db: &ModuleDb) -> i64 {
     .expect("read pg_stat_activity");
     rows[0].try_get("", "n").expect("a count")
 }
+
+/// How many orders, and how many `order_placed` events the outbox holds.
+pub(crate) async fn orders_and_placed_events(db: &ModuleDb) -> (i64, i64) {
+    let count = |sql: &'static str, values: Vec<sea_orm::Value>| async move {
+        let rows = query(db.conn(), sql, values).await.expect("a count");
+        rows[0].try_get::<i64>("", "n").expect("a count")
+    };
+    (
+        count("SELECT COUNT(*) AS n FROM orders", vec![]).await,
+        count(
+            "SELECT COUNT(*) AS n FROM outbox WHERE event_type = $1",
+            vec!["checkout.order_placed.v1".into()],
+        )
+        .await,
+    )
+}
+
+/// PostgreSQL: how many transactions wrote these orders (their rows' `xmin`).
+pub(crate) async fn transactions_that_wrote(db: &ModuleDb, ids: &[Uuid]) -> i64 {
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    values.extend(ids.iter().map(|id| sea_orm::Value::from(*id)));
+    let sql = format!(
+        "SELECT COUNT(DISTINCT xmin::text) AS n FROM orders WHERE id IN ({})",
+        module_api::sql::placeholders(1, ids.len())
+    );
+    let rows = query(db.conn(), &sql, values)
+        .await
+        .expect("read the orders' xmin");
+    rows[0].try_get("", "n").expect("a count")
+}

@@ -17,11 +17,13 @@ pub(crate) mod queries;
 /// are built only here.
 pub(crate) use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 
-pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
-    matches!(
-        error.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+/// How many write transactions are worth running at once: PostgreSQL runs them side by
+/// side; SQLite takes one writer at a time per file, so a second would only wait.
+pub(crate) fn writers_at_once(db: &module_api::ModuleDb) -> usize {
+    match db.backend() {
+        sea_orm::DbBackend::Sqlite => 1,
+        _ => 4,
+    }
 }
 
 /// The module's schema, in `db/migrations/`.

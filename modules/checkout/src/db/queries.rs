@@ -12,7 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{idempotency_keys, is_unique_violation, order_lines, orders, prices};
+use super::{idempotency_keys, order_lines, orders, prices};
 use kernel::{Currency, Money, OrderId, Quantity, Sku};
 
 use crate::domain::{Address, Line, Order, OrderStatus, PriceList, StatusReason};
@@ -266,7 +266,10 @@ pub(crate) async fn idempotency_key(
 }
 
 /// Records which order a customer's key produced; false when the key is taken already
-/// (another request with it won the race).
+/// (another request with it won the race). A taken key changes nothing and is no error,
+/// so the transaction goes on with the other orders of its batch (on PostgreSQL a unique
+/// violation would abort it). A key another transaction is inserting waits for it, so
+/// false means the winner committed.
 pub(crate) async fn claim_idempotency_key(
     conn: &impl ConnectionTrait,
     customer: &str,
@@ -282,46 +285,80 @@ pub(crate) async fn claim_idempotency_key(
         order_id: Set(order_id),
         created_at: Set(now),
     })
+    .on_conflict(
+        OnConflict::columns([
+            idempotency_keys::Column::CustomerId,
+            idempotency_keys::Column::Key,
+        ])
+        .do_nothing()
+        .to_owned(),
+    )
     .exec_without_returning(conn)
-    .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context("failed to store idempotency key")),
-    }
+    .await
+    .context("failed to store idempotency key")?;
+    Ok(inserted > 0)
 }
 
-/// Inserts a new order and its lines.
-pub(crate) async fn insert_order(conn: &impl ConnectionTrait, order: &Order) -> anyhow::Result<()> {
-    let address = serde_json::to_string(&order.shipping_address).context("address to JSON")?;
-    orders::Entity::insert(orders::ActiveModel {
-        id: Set(order.id.as_uuid()),
-        status: Set(order.status.as_str().into()),
-        status_reason: Set(order.status_reason.map(|r| r.as_str().to_owned())),
-        customer_id: Set(order.customer_id.clone()),
-        customer_email: Set(order.customer_email.clone()),
-        shipping_address: Set(address),
-        payment_token: Set(order.payment_token.clone()),
-        currency: Set(order.total.currency().to_string()),
-        total_minor: Set(order.total.minor()),
-        created_at: Set(order.created_at),
-        updated_at: Set(order.updated_at),
-    })
-    .exec_without_returning(conn)
-    .await
-    .context("failed to insert order")?;
-    order_lines::Entity::insert_many(order.lines.iter().enumerate().map(|(i, l)| {
-        order_lines::ActiveModel {
-            order_id: Set(order.id.as_uuid()),
-            line_no: Set(i as i32 + 1),
-            sku: Set(l.sku.to_string()),
-            quantity: Set(l.quantity.get()),
-            unit_price_minor: Set(l.unit_price.minor()),
-        }
-    }))
-    .exec_without_returning(conn)
-    .await
-    .context("failed to insert order lines")?;
+/// Rows per insert statement, well under both backends' limits on bound values (SQLite's
+/// 32,766): 11 values per order, 5 per line.
+const ORDERS_PER_INSERT: usize = 500;
+const LINES_PER_INSERT: usize = 2000;
+
+/// Inserts new orders and their lines: one statement per table for a whole batch.
+pub(crate) async fn insert_orders(
+    conn: &impl ConnectionTrait,
+    orders: &[&Order],
+) -> anyhow::Result<()> {
+    for chunk in orders.chunks(ORDERS_PER_INSERT) {
+        let rows = chunk
+            .iter()
+            .map(|order| {
+                let address =
+                    serde_json::to_string(&order.shipping_address).context("address to JSON")?;
+                Ok(orders::ActiveModel {
+                    id: Set(order.id.as_uuid()),
+                    status: Set(order.status.as_str().into()),
+                    status_reason: Set(order.status_reason.map(|r| r.as_str().to_owned())),
+                    customer_id: Set(order.customer_id.clone()),
+                    customer_email: Set(order.customer_email.clone()),
+                    shipping_address: Set(address),
+                    payment_token: Set(order.payment_token.clone()),
+                    currency: Set(order.total.currency().to_string()),
+                    total_minor: Set(order.total.minor()),
+                    created_at: Set(order.created_at),
+                    updated_at: Set(order.updated_at),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        orders::Entity::insert_many(rows)
+            .exec_without_returning(conn)
+            .await
+            .context("failed to insert orders")?;
+    }
+    let lines: Vec<order_lines::ActiveModel> = orders
+        .iter()
+        .flat_map(|order| {
+            order
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| order_lines::ActiveModel {
+                    order_id: Set(order.id.as_uuid()),
+                    line_no: Set(i as i32 + 1),
+                    sku: Set(l.sku.to_string()),
+                    quantity: Set(l.quantity.get()),
+                    unit_price_minor: Set(l.unit_price.minor()),
+                })
+        })
+        .collect();
+    let mut lines = lines.into_iter().peekable();
+    while lines.peek().is_some() {
+        let chunk: Vec<_> = lines.by_ref().take(LINES_PER_INSERT).collect();
+        order_lines::Entity::insert_many(chunk)
+            .exec_without_returning(conn)
+            .await
+            .context("failed to insert order lines")?;
+    }
     Ok(())
 }
 

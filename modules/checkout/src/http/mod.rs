@@ -9,7 +9,7 @@ use module_api::{Access, Caller, RouteAccess};
 use module_api::{ApiError, Origin, Parsed, ValidQuery, uuid_param};
 
 use crate::use_cases::get_order::Viewer;
-use crate::use_cases::place_order::{IdempotencyKey, Placed};
+use crate::use_cases::place_order::{IdempotencyKey, Placed, Placements};
 use crate::use_cases::{cancel_order, get_order, place_order, price_list};
 use dto::{ListQuery, OrderRequest, OrderView, PageView, PlaceOrderBody, idempotency_key};
 use module_api::Store;
@@ -28,10 +28,14 @@ pub(crate) struct ApiDoc;
 /// Every route with who may call it. A customer's orders are theirs alone: another
 /// customer's order answers 404, as if it did not exist. Staff read any order but place
 /// and cancel none. The price list mirrors catalog's public prices.
-pub(crate) fn routes(store: Store) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
-    let store = web::Data::new(store);
+pub(crate) fn routes(
+    placements: Placements,
+) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    let store = web::Data::new(placements.store().clone());
+    let placements = web::Data::new(placements);
     move |cfg| {
         cfg.app_data(store.clone())
+            .app_data(placements.clone())
             .service(
                 web::resource("/orders")
                     .route(web::post().to(place).allow(Access::Customer))
@@ -72,7 +76,7 @@ fn viewer(caller: &Caller) -> Viewer<'_> {
         (status = 422, description = "an unknown sku, mixed currencies, or a key reused with another body", body = ErrorBody),
     ))]
 async fn place(
-    store: web::Data<Store>,
+    placements: web::Data<Placements>,
     caller: Caller,
     origin: Origin,
     req: HttpRequest,
@@ -84,10 +88,11 @@ async fn place(
         request_hash: request.fingerprint.clone(),
     });
     let command = request.for_customer(caller.subject);
-    let (order, replayed) = match place_order::place_order(&store, &origin.0, command, key).await? {
-        Placed::New(order) => (order, false),
-        Placed::Replayed(order) => (order, true),
-    };
+    let (order, replayed) =
+        match place_order::place_order(&placements, &origin.0, command, key).await? {
+            Placed::New(order) => (order, false),
+            Placed::Replayed(order) => (order, true),
+        };
     let mut response = HttpResponse::Created();
     response.insert_header(("Location", format!("/api/checkout/orders/{}", order.id)));
     if replayed {

@@ -5,17 +5,21 @@
 //! body give back the same order; the same key with another body is refused. Keys are the
 //! customer's own: another customer's key never names their order.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::Context;
 use chrono::Utc;
 use contracts::Cause;
 use contracts::checkout::OrderPlacedV1;
 use kernel::{FieldErrors, OrderId};
+use tokio::sync::oneshot;
 
 use crate::db::queries;
 use crate::domain::{NewOrder, Order, PlaceError};
 use module_api::Store;
 
 /// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Clone)]
 pub(crate) struct IdempotencyKey {
     pub(crate) key: String,
     pub(crate) request_hash: String,
@@ -100,11 +104,12 @@ fn placed_event(order: &Order) -> OrderPlacedV1 {
 
 #[tracing::instrument(name = "checkout.place_order", skip_all)]
 pub(crate) async fn place_order(
-    store: &Store,
+    placements: &Placements,
     cause: &Cause,
     command: NewOrder,
     key: Option<IdempotencyKey>,
 ) -> Result<Placed, PlaceOrderError> {
+    let store = &placements.inner.store;
     if let Some(key) = &key
         && let Some(placed) = replay(store, &command.customer_id, key).await?
     {
@@ -112,36 +117,397 @@ pub(crate) async fn place_order(
     }
     let skus: Vec<_> = command.items.iter().map(|(sku, _)| sku).collect();
     let prices = queries::price_list(store.conn(), &skus).await?;
-    let now = Utc::now();
-    let order = Order::place(OrderId::new(), command, &prices, now)?;
-
-    let mut tx = store
-        .begin(cause)
-        .await
-        .context("failed to begin a transaction")?;
-    if let Some(key) = &key
-        && !queries::claim_idempotency_key(
-            &tx,
-            &order.customer_id,
-            &key.key,
-            &key.request_hash,
-            order.id.as_uuid(),
-            now,
-        )
+    let order = Order::place(OrderId::new(), command, &prices, Utc::now())?;
+    let customer = order.customer_id.clone();
+    match placements
+        .write(order.clone(), cause.clone(), key.clone())
         .await?
     {
+        Written::Stored => {
+            crate::counters::orders_placed(1);
+            tracing::info!(order_id = %order.id, total_minor = order.total.minor(), "order placed");
+            Ok(Placed::New(order))
+        }
         // Another request with this key won the race: answer as it did.
-        drop(tx);
-        return replay(store, &order.customer_id, key)
-            .await?
-            .context("an idempotency key vanished")
-            .map_err(Into::into);
+        Written::KeyTaken => match &key {
+            Some(key) => replay(store, &customer, key)
+                .await?
+                .context("an idempotency key vanished")
+                .map_err(Into::into),
+            None => Err(anyhow::anyhow!("an order without a key lost a key's race").into()),
+        },
     }
-    queries::insert_order(&tx, &order).await?;
-    tx.publish(&placed_event(&order))
-        .context("the order does not fit its event")?;
-    tx.commit().await.context("failed to commit the order")?;
-    crate::counters::orders_placed(1);
-    tracing::info!(order_id = %order.id, total_minor = order.total.minor(), "order placed");
-    Ok(Placed::New(order))
+}
+
+/// Group commit of placements: the orders that arrive while a transaction is being
+/// written wait, and the next transaction writes them together (their keys, orders, lines
+/// and events: a handful of statements for the whole batch instead of for each order).
+/// Nothing waits for a batch to fill: a lone order is written at once, as before; under
+/// load, orders arrive while [`Placements::writers`] transactions are in flight, and the
+/// batches grow with the load. Each order is answered only once its transaction
+/// committed, so a crash loses only orders nobody was told about. A batch that fails is
+/// written again one order at a time, so one bad order fails alone.
+#[derive(Clone)]
+pub(crate) struct Placements {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    /// Transactions written at once, at most.
+    writers: usize,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    orders: Vec<Pending>,
+    /// Writers at work: each takes batches until no order waits.
+    writers: usize,
+}
+
+struct Pending {
+    order: Order,
+    cause: Cause,
+    key: Option<IdempotencyKey>,
+    done: oneshot::Sender<anyhow::Result<Written>>,
+}
+
+/// What became of one order of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Stored,
+    /// Its idempotency key was taken (by an earlier request, or one of the same batch):
+    /// nothing of it was written.
+    KeyTaken,
+}
+
+/// Orders per transaction, at most.
+const MAX_BATCH: usize = 100;
+
+impl Placements {
+    /// `writers`: how many transactions write orders at once (1 where the database takes
+    /// one writer at a time anyway).
+    pub(crate) fn new(store: Store, writers: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                writers: writers.max(1),
+                waiting: Mutex::new(Waiting::default()),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Writes `order` in the next batch and says what became of it once that committed.
+    async fn write(
+        &self,
+        order: Order,
+        cause: Cause,
+        key: Option<IdempotencyKey>,
+    ) -> anyhow::Result<Written> {
+        let (written, writer) = self.hand_over(order, cause, key);
+        if let Some(writer) = writer {
+            writer.start();
+        }
+        written.await.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the order's writer stopped before answering"
+            ))
+        })
+    }
+
+    /// Queues `order` for the next batch; a writer to start when fewer than
+    /// [`Inner::writers`] are at work.
+    fn hand_over(
+        &self,
+        order: Order,
+        cause: Cause,
+        key: Option<IdempotencyKey>,
+    ) -> (oneshot::Receiver<anyhow::Result<Written>>, Option<Writer>) {
+        let (done, written) = oneshot::channel();
+        let mut waiting = lock(&self.inner.waiting);
+        waiting.orders.push(Pending {
+            order,
+            cause,
+            key,
+            done,
+        });
+        let writer = (waiting.writers < self.inner.writers).then(|| {
+            waiting.writers += 1;
+            Writer(self.clone())
+        });
+        (written, writer)
+    }
+}
+
+/// A writer at work. It counts itself out when it ends, however it ends (a panic
+/// included), so the next order starts another.
+struct Writer(Placements);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        lock(&self.0.inner.waiting).writers -= 1;
+    }
+}
+
+impl Writer {
+    /// Runs on a task of its own, not on a request's future: a client that goes away must
+    /// not cut short the batch of the others.
+    fn start(self) {
+        tokio::spawn(self.run());
+    }
+
+    async fn run(self) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut waiting = lock(&self.0.inner.waiting);
+                if waiting.orders.is_empty() {
+                    return;
+                }
+                let n = waiting.orders.len().min(MAX_BATCH);
+                waiting.orders.drain(..n).collect()
+            };
+            self.write_batch(batch).await;
+        }
+    }
+
+    async fn write_batch(&self, mut batch: Vec<Pending>) {
+        let store = &self.0.inner.store;
+        // Keys are claimed in one order by every batch, so two batches that claim the
+        // same keys wait for each other instead of deadlocking.
+        batch.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
+        match write(store, &batch).await {
+            Ok(written) => {
+                for (pending, written) in batch.into_iter().zip(written) {
+                    let _ = pending.done.send(Ok(written));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(pending) = batch.pop() {
+                    let _ = pending.done.send(Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(size = batch.len(), error = %format!("{e:#}"), "a batch of orders failed; writing each alone");
+                for pending in batch {
+                    let written = write(store, std::slice::from_ref(&pending))
+                        .await
+                        .and_then(|w| w.first().copied().context("a batch of one wrote nothing"));
+                    let _ = pending.done.send(written);
+                }
+            }
+        }
+    }
+}
+
+fn key_of(pending: &Pending) -> Option<(&str, &str)> {
+    pending
+        .key
+        .as_ref()
+        .map(|k| (pending.order.customer_id.as_str(), k.key.as_str()))
+}
+
+/// One transaction for `batch`: each keyed order's key, then every order whose key was
+/// not taken, its lines and its event.
+async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>> {
+    let mut tx = store
+        .begin_batch()
+        .await
+        .context("failed to begin a transaction")?;
+    let mut written = Vec::with_capacity(batch.len());
+    let mut stored = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let order = &pending.order;
+        if let Some(key) = &pending.key
+            && !queries::claim_idempotency_key(
+                &tx,
+                &order.customer_id,
+                &key.key,
+                &key.request_hash,
+                order.id.as_uuid(),
+                order.created_at,
+            )
+            .await?
+        {
+            written.push(Written::KeyTaken);
+            continue;
+        }
+        tx.publish_with(&pending.cause, &placed_event(order))
+            .context("the order does not fit its event")?;
+        stored.push(order);
+        written.push(Written::Stored);
+    }
+    queries::insert_orders(&tx, &stored).await?;
+    tx.commit().await.context("failed to commit the orders")?;
+    Ok(written)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::join_all;
+    use kernel::{Currency, Money, Quantity, Sku};
+    use testkit::{Backend, Spawn, TestDatabase};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::db::fixtures;
+    use crate::domain::{Address, PriceList};
+
+    /// Checkout's schema on `backend`, and a store on it.
+    async fn stage(backend: Backend) -> (Store, TestDatabase) {
+        let (spawn, _bus) = Spawn::alone(backend, Arc::new(crate::Checkout));
+        let app = spawn.start().await;
+        let settings = app.settings.clone();
+        let db = app.stop().await;
+        (
+            testkit::module_store(&settings.database, crate::NAME).await,
+            db,
+        )
+    }
+
+    fn order(customer: &str) -> Order {
+        let sku = Sku::parse("TEA-1").expect("a sku");
+        let prices: PriceList = [(
+            sku.clone(),
+            Money::new(450, Currency::parse("EUR").expect("a currency")).expect("money"),
+        )]
+        .into_iter()
+        .collect();
+        let asked = NewOrder {
+            customer_id: customer.into(),
+            customer_email: "ada@example.com".into(),
+            items: vec![(sku, Quantity::new(1).expect("a quantity"))],
+            shipping_address: Address {
+                name: "Ada".into(),
+                line1: "1 Road".into(),
+                line2: None,
+                city: "London".into(),
+                postal_code: "N1".into(),
+                country: "GB".into(),
+            },
+            payment_token: "tok_visa".into(),
+        };
+        Order::place(OrderId::new(), asked, &prices, Utc::now()).expect("priced")
+    }
+
+    /// Hands every order over before any writer starts, so they wait together.
+    async fn together(
+        placements: &Placements,
+        orders: &[(Order, Option<IdempotencyKey>)],
+    ) -> Vec<anyhow::Result<Written>> {
+        let mut writers = Vec::new();
+        let mut answers = Vec::new();
+        for (order, key) in orders {
+            let (answer, writer) = placements.hand_over(order.clone(), Cause::fresh(), key.clone());
+            answers.push(answer);
+            writers.extend(writer);
+        }
+        for writer in writers {
+            writer.start();
+        }
+        join_all(answers)
+            .await
+            .into_iter()
+            .map(|a| a.expect("answered"))
+            .collect()
+    }
+
+    fn key(key: &str, body: &str) -> Option<IdempotencyKey> {
+        Some(IdempotencyKey {
+            key: key.into(),
+            request_hash: body.into(),
+        })
+    }
+
+    /// Orders that arrive together are written together: twenty orders, three of them
+    /// with one key and two with another, handed over before any writer ran. Each key
+    /// stores its first order only (the others are told it is taken, and write nothing),
+    /// every stored order has its one event, and on PostgreSQL a single transaction wrote
+    /// them all.
+    async fn orders_that_arrive_together_are_written_in_one_transaction(backend: Backend) {
+        let (store, _db) = stage(backend).await;
+        let placements = Placements::new(store.clone(), 4);
+        let asked: Vec<(Order, Option<IdempotencyKey>)> = (0..20)
+            .map(|i| match i {
+                0..3 => (order("ada"), key("k-1", "same body")),
+                3..5 => (order("ada"), key("k-2", &format!("body {i}"))),
+                _ => (order(&format!("customer-{i}")), None),
+            })
+            .collect();
+        let written: Vec<Written> = together(&placements, &asked)
+            .await
+            .into_iter()
+            .map(|w| w.expect("written"))
+            .collect();
+        let stored: Vec<Uuid> = asked
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| **w == Written::Stored)
+            .map(|((order, _), _)| order.id.as_uuid())
+            .collect();
+        let taken = written.iter().filter(|w| **w == Written::KeyTaken).count();
+        assert_eq!((stored.len(), taken), (17, 3), "{written:?}");
+        assert_eq!(
+            fixtures::orders_and_placed_events(store.db()).await,
+            (17, 17)
+        );
+        if backend == Backend::Postgres {
+            assert_eq!(
+                fixtures::transactions_that_wrote(store.db(), &stored).await,
+                1,
+                "one transaction wrote every order"
+            );
+        }
+        // A key told "taken" names the order its first request stored.
+        let replayed = replay(
+            &store,
+            "ada",
+            &IdempotencyKey {
+                key: "k-1".into(),
+                request_hash: "same body".into(),
+            },
+        )
+        .await
+        .expect("replayed");
+        assert!(matches!(replayed, Some(Placed::Replayed(o)) if stored.contains(&o.id.as_uuid())));
+    }
+
+    /// An order that cannot be written (its id is taken) fails the batch it came in; the
+    /// batch is written again one order at a time, so the others are stored and only that
+    /// one fails, with no event of it left behind.
+    async fn a_batch_that_fails_is_written_again_one_order_at_a_time(backend: Backend) {
+        let (store, _db) = stage(backend).await;
+        let placements = Placements::new(store.clone(), 4);
+        let first = order("ada");
+        let stored = placements
+            .write(first.clone(), Cause::fresh(), None)
+            .await
+            .expect("the first order");
+        assert_eq!(stored, Written::Stored);
+        let batch: Vec<_> = [order("bob"), first.clone(), order("cy"), order("di")]
+            .into_iter()
+            .map(|order| (order, None))
+            .collect();
+        let written = together(&placements, &batch).await;
+        assert!(written[1].is_err(), "the taken id fails: {:?}", written[1]);
+        for i in [0, 2, 3] {
+            assert_eq!(written[i].as_ref().ok(), Some(&Written::Stored), "{i}");
+        }
+        assert_eq!(fixtures::orders_and_placed_events(store.db()).await, (4, 4));
+    }
+
+    testkit::on_both_backends!(
+        orders_that_arrive_together_are_written_in_one_transaction,
+        a_batch_that_fails_is_written_again_one_order_at_a_time,
+    );
 }
