@@ -131,3 +131,14 @@ pub(crate) async fn transactions_that_wrote(db: &ModuleDb, ids: &[Uuid]) -> i64 
         .expect("read the orders' xmin");
     rows[0].try_get("", "n").expect("a count")
 }
+
+/// PostgreSQL: a transaction of its own that holds every order row locked until it ends
+/// (as a slow writer of orders would).
+pub(crate) async fn lock_all_orders(db: &ModuleDb) -> sea_orm::DatabaseTransaction {
+    use sea_orm::TransactionTrait;
+    let tx = db.conn().begin().await.expect("begin");
+    query(&tx, "SELECT id FROM orders FOR UPDATE", vec![])
+        .await
+        .expect("lock the orders");
+    tx
+}

@@ -304,6 +304,52 @@ async fn no_more_provider_calls_run_at_once_than_max_concurrent(backend: Backend
     }
 }
 
+/// The bulkhead bounds calls to the provider, not outcomes waiting to be recorded: with a
+/// bulkhead of one and the recorder held up (every order row locked, as a slow writer
+/// would), each of six due payments is still asked for, one call at a time; once the
+/// orders are free again all six are recorded. (When a call kept its place until its
+/// outcome was handed to the recorder, the calls stopped after four: one outcome in the
+/// recorder, two in its channel, one call waiting to hand its outcome over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_on_while_their_outcomes_wait_for_the_recorder() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let stage = Stage::new(Backend::Postgres, 6).await;
+    for order in &stage.orders {
+        stage.hold_stock(*order).await;
+    }
+    let held = fixtures::lock_all_orders(stage.store.db()).await;
+    let provider = Arc::new(Provider::default());
+    let mut worker = stage.worker(provider.clone(), 10_000);
+    worker.settings.max_concurrent = 1;
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    eventually(20, "every due payment is asked for", || async {
+        (provider.authorizations() == 6).then_some(())
+    })
+    .await;
+    assert_eq!(
+        provider.most_in_flight.load(SeqCst),
+        1,
+        "the bulkhead holds"
+    );
+    for order in &stage.orders {
+        assert_eq!(
+            stage.order_status(*order).await,
+            OrderStatus::Pending,
+            "nothing recorded while the orders are locked"
+        );
+    }
+    drop(held);
+    for order in &stage.orders {
+        eventually(20, "the payment is recorded", || async {
+            (stage.order_status(*order).await == OrderStatus::Confirmed).then_some(())
+        })
+        .await;
+    }
+    cancel.cancel();
+    running.await.expect("the worker stops");
+}
+
 async fn a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key(
     backend: Backend,
 ) {

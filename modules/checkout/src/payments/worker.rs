@@ -34,6 +34,10 @@ pub(crate) struct PaymentWorker {
 /// The most attempts claimed at once, and the most outcomes recorded in one transaction.
 pub(super) const RECORD_BATCH: usize = 200;
 
+/// The most outcomes waiting for the recorder (each claimed attempt has its place
+/// reserved): two transactions' worth, so one is gathered while the other is written.
+const OUTCOMES_WAITING: usize = RECORD_BATCH * 2;
+
 /// Milliseconds since the epoch: how attempts store their times.
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -43,23 +47,28 @@ impl PaymentWorker {
     pub(crate) async fn run(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.settings.max_concurrent));
-        let (results_tx, results_rx) =
-            mpsc::channel::<(Claimed, Called)>(this.settings.max_concurrent * 2);
+        let (results_tx, results_rx) = mpsc::channel::<(Claimed, Called)>(OUTCOMES_WAITING);
         // Outcomes are recorded by a task of their own, while this loop claims and calls:
         // claiming and recording each cost a few round trips, and done one after the other
         // they bounded the worker to one batch per round, which a busy machine (every
         // await queued behind the HTTP requests) slowed below the rate orders arrive at.
-        // An outcome waits for its record at most the channel's length; while the channel
-        // is full, calls cannot hand theirs over and keep their permit, so nothing more is
-        // claimed: outcomes never pile up until their lease runs out.
+        // A call holds its place in the bulkhead while it asks the provider and no longer;
+        // its outcome then waits in the channel, where each claimed attempt has a place
+        // reserved before it is claimed. Nothing is claimed while the channel has no free
+        // place, so outcomes never pile up until their lease runs out. (When a call kept its
+        // bulkhead place until its outcome was handed over, the bulkhead also bounded the
+        // outcomes waiting for the recorder: at 1,650 orders/s, 64 places for calls that
+        // wait ~40 ms for their record held claims back by up to 200 ms.)
         let recorder = tokio::spawn(this.clone().record_all(results_rx));
         let mut calls = JoinSet::new();
         loop {
-            // The bulkhead's free places, and no more calls than the breaker lets through.
+            // The bulkhead's free places, no more calls than the breaker lets through, and
+            // no more outcomes than the channel has places for.
             let free = permits
                 .available_permits()
                 .min(this.breaker.admits())
-                .min(RECORD_BATCH);
+                .min(RECORD_BATCH)
+                .min(results_tx.capacity());
             let mut full = false;
             if free > 0 {
                 match this.claim(free).await {
@@ -69,14 +78,18 @@ impl PaymentWorker {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
+                            // Never waits: only this loop reserves places, and it claimed
+                            // no more attempts than there were free.
+                            let Ok(place) = results_tx.clone().reserve_owned().await else {
+                                break;
+                            };
                             let worker = this.clone();
-                            let results = results_tx.clone();
                             calls.spawn(async move {
                                 let mut attempt = attempt;
                                 let span = payment_span(&mut attempt);
                                 let called = worker.call(&attempt).instrument(span).await;
-                                let _ = results.send((attempt, called)).await;
                                 drop(permit);
+                                place.send((attempt, called));
                             });
                         }
                     }
@@ -86,12 +99,13 @@ impl PaymentWorker {
                 }
             }
             while calls.try_join_next().is_some() {}
-            if full || permits.available_permits() == 0 {
-                // More may be due: claim again as soon as a place in the bulkhead is free.
+            if full || permits.available_permits() == 0 || results_tx.capacity() == 0 {
+                // More may be due: claim again as soon as a place in the bulkhead and one
+                // for an outcome are free.
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    place = permits.acquire() => {
-                        drop(place);
+                    places = async { (permits.acquire().await, results_tx.reserve().await) } => {
+                        drop(places);
                         continue;
                     }
                 }
