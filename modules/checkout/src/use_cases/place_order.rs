@@ -238,19 +238,45 @@ impl Placements {
         });
         let writer = (waiting.writers < self.inner.writers).then(|| {
             waiting.writers += 1;
-            Writer(self.clone())
+            Writer {
+                placements: self.clone(),
+                counted: true,
+            }
         });
         (written, writer)
     }
 }
 
-/// A writer at work. It counts itself out when it ends, however it ends (a panic
-/// included), so the next order starts another.
-struct Writer(Placements);
+/// A writer at work, counted in [`Waiting::writers`] while `counted`. It counts itself out
+/// in the critical section where it finds no order waiting, so an order handed over after
+/// that sees one writer fewer and starts one: no order is left waiting with nobody to
+/// write it. A writer dropped while still counted (one that panicked, or whose task the
+/// runtime dropped at shutdown) counts itself out then; if it was the last, the orders
+/// still waiting are answered with an error rather than left waiting.
+struct Writer {
+    placements: Placements,
+    counted: bool,
+}
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        lock(&self.0.inner.waiting).writers -= 1;
+        if !self.counted {
+            return;
+        }
+        let orphans: Vec<Pending> = {
+            let mut waiting = lock(&self.placements.inner.waiting);
+            waiting.writers -= 1;
+            if waiting.writers == 0 {
+                waiting.orders.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for pending in orphans {
+            let _ = pending.done.send(Err(anyhow::anyhow!(
+                "the order's writer stopped before writing it"
+            )));
+        }
     }
 }
 
@@ -261,22 +287,27 @@ impl Writer {
         tokio::spawn(self.run());
     }
 
-    async fn run(self) {
-        loop {
-            let batch: Vec<Pending> = {
-                let mut waiting = lock(&self.0.inner.waiting);
-                if waiting.orders.is_empty() {
-                    return;
-                }
-                let n = waiting.orders.len().min(MAX_BATCH);
-                waiting.orders.drain(..n).collect()
-            };
+    async fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
             self.write_batch(batch).await;
         }
     }
 
+    /// The orders waiting, up to [`MAX_BATCH`]; `None`, and this writer counted out, when
+    /// none waits.
+    fn next_batch(&mut self) -> Option<Vec<Pending>> {
+        let mut waiting = lock(&self.placements.inner.waiting);
+        if waiting.orders.is_empty() {
+            waiting.writers -= 1;
+            self.counted = false;
+            return None;
+        }
+        let n = waiting.orders.len().min(MAX_BATCH);
+        Some(waiting.orders.drain(..n).collect())
+    }
+
     async fn write_batch(&self, mut batch: Vec<Pending>) {
-        let store = &self.0.inner.store;
+        let store = &self.placements.inner.store;
         // Keys are claimed in one order by every batch, so two batches that claim the
         // same keys wait for each other instead of deadlocking.
         batch.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
@@ -504,6 +535,31 @@ mod tests {
             assert_eq!(written[i].as_ref().ok(), Some(&Written::Stored), "{i}");
         }
         assert_eq!(fixtures::orders_and_placed_events(store.db()).await, (4, 4));
+    }
+
+    /// A writer that finds no order waiting is counted out at once, before it is even
+    /// dropped: an order handed over right after that starts a writer of its own instead
+    /// of waiting for one that is stopping (with one writer at most, SQLite's case, it
+    /// would otherwise wait for the next order to come along).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_order_that_arrives_as_the_last_writer_stops_starts_another() {
+        let (store, _db) = stage(Backend::Sqlite).await;
+        let placements = Placements::new(store, 1);
+        let (first, writer) = placements.hand_over(order("ada"), Cause::fresh(), None);
+        let mut writer = writer.expect("the first order starts a writer");
+        let batch = writer.next_batch().expect("the first order");
+        assert!(writer.next_batch().is_none(), "nothing more waits");
+        let (second, next) = placements.hand_over(order("bob"), Cause::fresh(), None);
+        let next = next.expect("the writer that is stopping no longer counts");
+        writer.write_batch(batch).await;
+        drop(writer);
+        next.start();
+        for answer in [first, second] {
+            assert_eq!(
+                answer.await.expect("answered").expect("written"),
+                Written::Stored
+            );
+        }
     }
 
     testkit::on_both_backends!(
