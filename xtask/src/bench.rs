@@ -47,6 +47,11 @@ use crate::harness::{
 };
 use load::{Load, Request};
 
+/// How long the targets idle after the last run before "idle after load" is read: longer
+/// than jemalloc's 10 s decay (ours), so what an allocator hands back by itself has been
+/// handed back. (Five seconds read our memory half-way through that decay.)
+const SETTLE_AFTER_LOAD: Duration = Duration::from_secs(15);
+
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
     /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
@@ -913,7 +918,7 @@ async fn measure(
             }
         }
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(SETTLE_AFTER_LOAD).await;
     for t in targets.iter_mut() {
         if failed.contains_key(&t.name) {
             continue;
