@@ -7,6 +7,8 @@ mod order;
 mod payment;
 mod status;
 
+#[cfg(test)]
+pub(crate) use order::asked_by;
 pub(crate) use order::{
     Address, Line, NewOrder, Order, PlaceError, PriceList, add_item, address_line2, address_text,
     country, email, item_count, payment_token,

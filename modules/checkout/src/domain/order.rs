@@ -240,6 +240,34 @@ impl Order {
     }
 }
 
+/// Tests: `customer` asks for `items` (sku, quantity), with one London address and a
+/// card token.
+#[cfg(test)]
+pub(crate) fn asked_by(customer: &str, items: &[(&str, i64)]) -> NewOrder {
+    NewOrder {
+        customer_id: customer.into(),
+        customer_email: "ada@example.com".into(),
+        items: items
+            .iter()
+            .map(|(s, q)| {
+                (
+                    Sku::parse(s).expect("a sku"),
+                    Quantity::new(*q).expect("a quantity"),
+                )
+            })
+            .collect(),
+        shipping_address: Address {
+            name: "Ada".into(),
+            line1: "1 Road".into(),
+            line2: None,
+            city: "London".into(),
+            postal_code: "N1".into(),
+            country: "GB".into(),
+        },
+        payment_token: "tok_visa".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,20 +285,7 @@ mod tests {
     }
 
     fn asking(items: &[(&str, i64)]) -> NewOrder {
-        NewOrder {
-            customer_id: "ada".into(),
-            customer_email: "ada@example.com".into(),
-            items: items.iter().map(|(s, q)| (sku(s), qty(*q))).collect(),
-            shipping_address: Address {
-                name: "Ada".into(),
-                line1: "1 Road".into(),
-                line2: None,
-                city: "London".into(),
-                postal_code: "N1".into(),
-                country: "GB".into(),
-            },
-            payment_token: "tok_visa".into(),
-        }
+        asked_by("ada", items)
     }
 
     fn list(prices: &[(&str, i64, &str)]) -> PriceList {

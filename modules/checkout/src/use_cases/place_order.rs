@@ -118,7 +118,6 @@ pub(crate) async fn place_order(
     let skus: Vec<_> = command.items.iter().map(|(sku, _)| sku).collect();
     let prices = queries::price_list(store.conn(), &skus).await?;
     let order = Order::place(OrderId::new(), command, &prices, Utc::now())?;
-    let customer = order.customer_id.clone();
     match placements
         .write(order.clone(), cause.clone(), key.clone())
         .await?
@@ -130,7 +129,7 @@ pub(crate) async fn place_order(
         }
         // Another request with this key won the race: answer as it did.
         Written::KeyTaken => match &key {
-            Some(key) => replay(store, &customer, key)
+            Some(key) => replay(store, &order.customer_id, key)
                 .await?
                 .context("an idempotency key vanished")
                 .map_err(Into::into),
@@ -386,13 +385,13 @@ mod tests {
     use std::sync::Arc;
 
     use futures::future::join_all;
-    use kernel::{Currency, Money, Quantity, Sku};
+    use kernel::{Currency, Money, Sku};
     use testkit::{Backend, Spawn, TestDatabase};
     use uuid::Uuid;
 
     use super::*;
     use crate::db::fixtures;
-    use crate::domain::{Address, PriceList};
+    use crate::domain::{PriceList, asked_by};
 
     /// Checkout's schema on `backend`, and a store on it.
     async fn stage(backend: Backend) -> (Store, TestDatabase) {
@@ -407,28 +406,19 @@ mod tests {
     }
 
     fn order(customer: &str) -> Order {
-        let sku = Sku::parse("TEA-1").expect("a sku");
         let prices: PriceList = [(
-            sku.clone(),
+            Sku::parse("TEA-1").expect("a sku"),
             Money::new(450, Currency::parse("EUR").expect("a currency")).expect("money"),
         )]
         .into_iter()
         .collect();
-        let asked = NewOrder {
-            customer_id: customer.into(),
-            customer_email: "ada@example.com".into(),
-            items: vec![(sku, Quantity::new(1).expect("a quantity"))],
-            shipping_address: Address {
-                name: "Ada".into(),
-                line1: "1 Road".into(),
-                line2: None,
-                city: "London".into(),
-                postal_code: "N1".into(),
-                country: "GB".into(),
-            },
-            payment_token: "tok_visa".into(),
-        };
-        Order::place(OrderId::new(), asked, &prices, Utc::now()).expect("priced")
+        Order::place(
+            OrderId::new(),
+            asked_by(customer, &[("TEA-1", 1)]),
+            &prices,
+            Utc::now(),
+        )
+        .expect("priced")
     }
 
     /// Hands every order over before any writer starts, so they wait together.
