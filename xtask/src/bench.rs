@@ -47,11 +47,6 @@ use crate::harness::{
 };
 use load::{Load, Request};
 
-/// How long the targets idle after the last run before "idle after load" is read: longer
-/// than jemalloc's 10 s decay (ours), so what an allocator hands back by itself has been
-/// handed back. (Five seconds read our memory half-way through that decay.)
-const SETTLE_AFTER_LOAD: Duration = Duration::from_secs(15);
-
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
     /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
@@ -88,6 +83,11 @@ pub(crate) struct BenchArgs {
     /// Orders placed through the whole journey before measuring (ours).
     #[arg(long, default_value_t = 20000)]
     pub(crate) past_orders: usize,
+    /// Seconds the targets idle after the last run before "idle after load" is read. The
+    /// default is longer than jemalloc's 10 s decay (ours), so what an allocator hands back
+    /// by itself has been handed back (five seconds read our memory half-way through it).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=900))]
+    pub(crate) settle_secs: u64,
     /// Idle keep-alive connections held while measuring memory (0: skip).
     #[arg(long, default_value_t = 8000)]
     pub(crate) idle_connections: usize,
@@ -918,7 +918,7 @@ async fn measure(
             }
         }
     }
-    tokio::time::sleep(SETTLE_AFTER_LOAD).await;
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     for t in targets.iter_mut() {
         if failed.contains_key(&t.name) {
             continue;
@@ -938,7 +938,7 @@ async fn measure(
             "journey_secs": args.journey_secs, "journey_rate": args.journey_rate,
             "connections": args.connections, "load_threads": args.load_threads,
             "products": args.products, "past_orders": args.past_orders,
-            "idle_connections": args.idle_connections, "pool_per_module": args.pool,
+            "idle_connections": args.idle_connections, "pool_per_module": args.pool, "settle_secs": args.settle_secs,
             "log_level": args.log_level,
             "debug_binaries": args.debug,
         }),
