@@ -158,6 +158,12 @@ pub struct SqliteSettings {
     pub max_connections: u32,
     #[validate(range(min = 0, max = 60000))]
     pub busy_timeout_ms: u64,
+    /// Prepared statements each pooled connection keeps ready (least recently used dropped
+    /// first). Every connection holds its own, for as long as it lives, and a statement
+    /// over a batch (a multi-row insert, an `IN` list) is a new statement for every batch
+    /// size: the cache is what a pool keeps of a burst of load once the load has passed.
+    #[validate(range(min = 0, max = 10000))]
+    pub statement_cache_capacity: usize,
 }
 
 word_enum!(SslMode {
@@ -198,6 +204,12 @@ pub struct PostgresSettings {
     pub max_connections: u32,
     #[validate(range(min = 100, max = 120000))]
     pub acquire_timeout_ms: u64,
+    /// Prepared statements each pooled connection keeps ready (least recently used dropped
+    /// first). Every connection holds its own, for as long as it lives, and a statement
+    /// over a batch (a multi-row insert, an `IN` list) is a new statement for every batch
+    /// size: the cache is what a pool keeps of a burst of load once the load has passed.
+    #[validate(range(min = 0, max = 10000))]
+    pub statement_cache_capacity: usize,
     #[validate(range(min = 0, max = 3600000))]
     pub statement_timeout_ms: u64,
     pub ssl_mode: SslMode,

@@ -77,6 +77,7 @@ async fn connect_sqlite(
     // The URL only selects the driver; the file is set below, verbatim.
     let mut options = ConnectOptions::new(format!("sqlite://{}", file.display()));
     let busy = Duration::from_millis(settings.busy_timeout_ms);
+    let statements = settings.statement_cache_capacity;
     options
         .max_connections(settings.max_connections)
         .min_connections(1)
@@ -86,6 +87,7 @@ async fn connect_sqlite(
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             o.filename(&file)
+                .statement_cache_capacity(statements)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a commit reported to a caller (and an event relayed from it) survives
@@ -113,6 +115,7 @@ pub async fn connect_postgres(
     let user = user.to_owned();
     let schema = schema.to_owned();
     let statement_timeout = settings.statement_timeout_ms;
+    let statements = settings.statement_cache_capacity;
     let ssl_mode = match settings.ssl_mode {
         SslMode::Disable => PgSslMode::Disable,
         SslMode::Prefer => PgSslMode::Prefer,
@@ -134,6 +137,7 @@ pub async fn connect_postgres(
         .sqlx_logging(false)
         .map_sqlx_postgres_opts(move |o| {
             let o = o
+                .statement_cache_capacity(statements)
                 .username(&user)
                 .ssl_mode(ssl_mode)
                 .application_name(&format!("shop-{schema}"))
@@ -394,6 +398,42 @@ mod tests {
         encrypted(&untrusted)
             .await
             .expect_err("a server the CA file does not vouch for is refused");
+    }
+
+    /// A connection keeps no more prepared statements than its cache holds: the ones it
+    /// drops are closed on the server too. (The default of 100 kept every batch size's
+    /// statement of a burst on every pooled connection until the process stopped.)
+    #[tokio::test]
+    async fn a_connection_keeps_no_more_prepared_statements_than_its_cache_holds() {
+        let mut pg = postgres("127.0.0.1", SslMode::Disable, None);
+        pg.statement_cache_capacity = 4;
+        let conn = connect_postgres(&pg, "postgres", None, "public", 1)
+            .await
+            .expect("connects");
+        let backend = conn.get_database_backend();
+        for i in 0..10 {
+            conn.query_one_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                format!("SELECT $1::int + {i} AS n"),
+                [1.into()],
+            ))
+            .await
+            .expect("runs");
+        }
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                backend,
+                "SELECT count(*) AS n FROM pg_prepared_statements",
+            ))
+            .await
+            .expect("counts")
+            .expect("a row");
+        let kept = row.try_get::<i64>("", "n").expect("a count");
+        assert!(
+            (1..=4).contains(&kept),
+            "{kept} statements prepared on a connection whose cache holds 4"
+        );
+        conn.close().await.ok();
     }
 
     #[test]
