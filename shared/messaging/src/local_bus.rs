@@ -84,6 +84,8 @@ impl LocalBus {
         let now = now_ms();
         let tx = queue.db.begin().await?;
         for chunk in events.chunks(INSERT_CHUNK) {
+            // An event repeated at the end is skipped as the conflict it is.
+            let chunk = store::padded(chunk.to_vec());
             let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
             let mut rows = Vec::with_capacity(chunk.len());
             for (i, e) in chunk.iter().enumerate() {
@@ -538,13 +540,14 @@ async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
             "a claim returned more rows than it asked for; handing the surplus back"
         );
         for chunk in surplus.chunks(ID_CHUNK) {
+            let ids = ids_in(chunk);
             execute(
                 &tx,
                 &format!(
                     "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL, deliveries = deliveries - 1 WHERE id IN ({})",
-                    placeholders(1, chunk.len())
+                    placeholders(1, ids.len())
                 ),
-                chunk.iter().map(|id| Value::from(*id)).collect(),
+                ids,
             )
             .await
             .context("failed to hand back a claim's surplus")?;
@@ -557,24 +560,27 @@ async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
 /// Ids per statement, well under both backends' limits on bound values.
 const ID_CHUNK: usize = 500;
 
+/// The values of an `IN` list of queue ids, padded (see [`store::padded`]).
+fn ids_in(ids: &[i64]) -> Vec<Value> {
+    store::padded(ids.iter().map(|id| Value::from(*id)).collect())
+}
+
 /// Extends the claims of what is in flight (and of finished rows not yet deleted), and
 /// nothing else: a row this instance no longer tracks lets its claim lapse.
 async fn renew(state: &State) -> anyhow::Result<()> {
     let ids = state.held();
     let until = now_ms() + state.settings.lease_ms as i64;
     for chunk in ids.chunks(ID_CHUNK) {
+        let ids = ids_in(chunk);
+        let sql = format!(
+            "UPDATE bus_queue SET locked_until = $1 WHERE locked_by = $2 AND id IN ({})",
+            placeholders(3, ids.len())
+        );
         let mut values: Vec<Value> = vec![until.into(), state.instance.clone().into()];
-        values.extend(chunk.iter().map(|id| Value::from(*id)));
-        execute(
-            state.db.conn(),
-            &format!(
-                "UPDATE bus_queue SET locked_until = $1 WHERE locked_by = $2 AND id IN ({})",
-                placeholders(3, chunk.len())
-            ),
-            values,
-        )
-        .await
-        .context("failed to renew claims")?;
+        values.extend(ids);
+        execute(state.db.conn(), &sql, values)
+            .await
+            .context("failed to renew claims")?;
     }
     Ok(())
 }
@@ -653,13 +659,14 @@ async fn release_all(state: &State) -> anyhow::Result<()> {
 
 async fn delete_rows(db: &ModuleDb, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
     for chunk in ids.chunks(ID_CHUNK) {
+        let ids = ids_in(chunk);
         execute(
             db.conn(),
             &format!(
                 "DELETE FROM bus_queue WHERE id IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(1, ids.len())
             ),
-            chunk.iter().map(|id| Value::from(*id)).collect(),
+            ids,
         )
         .await?;
     }

@@ -258,12 +258,13 @@ impl Relay {
             .await
             .context("the bus did not accept the batch")?;
         self.faults.point("relay.after_publish").await;
-        let mut values: Vec<Value> = vec![now_ms().into()];
-        values.extend(ids.iter().map(|id| Value::from(*id)));
+        let marked = store::padded(ids.iter().map(|id| Value::from(*id)).collect());
         let sql = format!(
             "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
-            placeholders(2, ids.len())
+            placeholders(2, marked.len())
         );
+        let mut values: Vec<Value> = vec![now_ms().into()];
+        values.extend(marked);
         execute(self.db.conn(), &sql, values)
             .await
             .context("failed to mark events published")?;

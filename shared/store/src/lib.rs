@@ -92,6 +92,19 @@ pub fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `values` with the last repeated until there are a power of two of them: the values of an
+/// `IN` list, or the rows of an insert that skips conflicting rows, which mean the same
+/// statement with their last value repeated. Each batch size is a statement of its own,
+/// which every pooled connection prepares and keeps (see `statement_cache_capacity`): padded,
+/// a batch of 1 to 500 values is one of ten statements rather than of five hundred, so they
+/// stay prepared instead of pushing each other out of the cache and being prepared again.
+pub fn padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
+    if let Some(last) = values.last().cloned() {
+        values.resize(values.len().next_power_of_two(), last);
+    }
+    values
+}
+
 /// Runs one statement (see [`stmt`]); returns the rows affected.
 pub async fn execute(
     conn: &impl ConnectionTrait,
@@ -139,5 +152,16 @@ mod tests {
         );
         assert_eq!(p.sql, "SELECT $1 FOR UPDATE SKIP LOCKED");
         assert_eq!(placeholders(3, 3), "$3, $4, $5");
+    }
+
+    #[test]
+    fn batches_are_padded_to_a_power_of_two_with_their_last_value() {
+        assert_eq!(padded(Vec::<i64>::new()), Vec::<i64>::new());
+        assert_eq!(padded(vec![7]), vec![7]);
+        assert_eq!(padded(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        let shapes: std::collections::BTreeSet<usize> =
+            (1..=500).map(|n| padded(vec![0; n]).len()).collect();
+        assert_eq!(shapes.len(), 10, "{shapes:?}");
     }
 }

@@ -123,7 +123,7 @@ pub(crate) async fn hold_statuses(
         return Ok(HashMap::new());
     }
     order_holds::Entity::find()
-        .filter(order_holds::Column::OrderId.is_in(orders.iter().copied()))
+        .filter(order_holds::Column::OrderId.is_in(module_api::sql::padded(orders.to_vec())))
         .all(conn)
         .await?
         .into_iter()
@@ -142,7 +142,7 @@ pub(crate) async fn lock_free_units(
         return Ok(HashMap::new());
     }
     Ok(stock_levels::Entity::find()
-        .filter(stock_levels::Column::Sku.is_in(skus.iter().copied()))
+        .filter(stock_levels::Column::Sku.is_in(module_api::sql::padded(skus.to_vec())))
         .order_by_asc(stock_levels::Column::Sku)
         .lock_exclusive()
         .all(conn)
@@ -171,7 +171,14 @@ pub(crate) async fn hold_many(
             stock_levels::Column::Reserved,
             Expr::col(stock_levels::Column::Reserved).add(by_sku),
         )
-        .filter(stock_levels::Column::Sku.is_in(deltas.iter().map(|(sku, _)| sku.as_str())))
+        .filter(
+            stock_levels::Column::Sku.is_in(module_api::sql::padded(
+                deltas
+                    .iter()
+                    .map(|(sku, _)| sku.as_str())
+                    .collect::<Vec<_>>(),
+            )),
+        )
         .exec(conn)
         .await
         .map(|_| ())

@@ -122,7 +122,7 @@ pub(crate) async fn lock_pending(
         .column(payment_attempts::Column::Id)
         .column(payment_attempts::Column::LockedUntil)
         .filter(payment_attempts::Column::Status.eq(PENDING))
-        .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
+        .filter(payment_attempts::Column::Id.is_in(module_api::sql::padded(ids.to_vec())))
         .order_by_asc(payment_attempts::Column::Id)
         .lock_exclusive()
         .into_tuple()
@@ -140,7 +140,7 @@ pub(crate) async fn release(conn: &impl ConnectionTrait, ids: &[Uuid]) -> anyhow
     payment_attempts::Entity::update_many()
         .col_expr(payment_attempts::Column::LockedUntil, Expr::value(0i64))
         .filter(payment_attempts::Column::Status.eq(PENDING))
-        .filter(payment_attempts::Column::Id.is_in(ids.iter().copied()))
+        .filter(payment_attempts::Column::Id.is_in(module_api::sql::padded(ids.to_vec())))
         .exec(conn)
         .await
         .context("failed to release payment attempts")?;

@@ -47,14 +47,15 @@ pub(crate) async fn load_orders(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut query = orders::Entity::find().filter(orders::Column::Id.is_in(ids.iter().copied()));
+    let mut query = orders::Entity::find()
+        .filter(orders::Column::Id.is_in(module_api::sql::padded(ids.to_vec())));
     if lock {
         query = query.order_by_asc(orders::Column::Id).lock_exclusive();
     }
     let rows = query.all(conn).await.context("failed to load orders")?;
     let mut lines: HashMap<Uuid, Vec<order_lines::Model>> = HashMap::new();
     for l in order_lines::Entity::find()
-        .filter(order_lines::Column::OrderId.is_in(ids.iter().copied()))
+        .filter(order_lines::Column::OrderId.is_in(module_api::sql::padded(ids.to_vec())))
         .order_by_asc(order_lines::Column::OrderId)
         .order_by_asc(order_lines::Column::LineNo)
         .all(conn)
@@ -130,7 +131,7 @@ pub(crate) async fn set_statuses(
             Expr::value(reason.map(|r| r.as_str().to_owned())),
         )
         .col_expr(orders::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(orders::Column::Id.is_in(ids.iter().copied()))
+        .filter(orders::Column::Id.is_in(module_api::sql::padded(ids.to_vec())))
         .exec(conn)
         .await
         .context("failed to update order statuses")?;
@@ -188,7 +189,9 @@ pub(crate) async fn price_list(
     skus: &[&Sku],
 ) -> anyhow::Result<PriceList> {
     prices::Entity::find()
-        .filter(prices::Column::Sku.is_in(skus.iter().map(|s| s.as_str())))
+        .filter(prices::Column::Sku.is_in(module_api::sql::padded(
+            skus.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        )))
         .all(conn)
         .await
         .context("failed to read prices")?

@@ -96,7 +96,7 @@ pub(crate) async fn orders_settled(
     let shipped: Vec<Uuid> = shipments::Entity::find()
         .select_only()
         .column(shipments::Column::OrderId)
-        .filter(shipments::Column::OrderId.is_in(ids.iter().copied()))
+        .filter(shipments::Column::OrderId.is_in(module_api::sql::padded(ids.to_vec())))
         .into_tuple()
         .all(conn)
         .await
@@ -104,7 +104,7 @@ pub(crate) async fn orders_settled(
     let cancelled: Vec<Uuid> = cancelled_orders::Entity::find()
         .select_only()
         .column(cancelled_orders::Column::OrderId)
-        .filter(cancelled_orders::Column::OrderId.is_in(ids.iter().copied()))
+        .filter(cancelled_orders::Column::OrderId.is_in(module_api::sql::padded(ids.to_vec())))
         .into_tuple()
         .all(conn)
         .await

@@ -19,16 +19,20 @@ pub(super) async fn claim_inbox_keys(
     items: &[Ready],
 ) -> Result<HashSet<(Uuid, &'static str)>, HandlerError> {
     let now = now_ms();
-    let mut values: Vec<Value> = Vec::new();
-    let mut rows = Vec::new();
-    for item in items {
-        for handler in &item.handlers {
-            let n = values.len();
-            rows.push(format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-            values.push(item.envelope.id.into());
-            values.push(handler.name().into());
-            values.push(now.into());
-        }
+    let keys: Vec<(Uuid, &'static str)> = items
+        .iter()
+        .flat_map(|i| i.handlers.iter().map(|h| (i.envelope.id, h.name())))
+        .collect();
+    // A key repeated at the end is skipped as the conflict it is, and not returned.
+    let keys = store::padded(keys);
+    let mut values: Vec<Value> = Vec::with_capacity(keys.len() * 3);
+    let mut rows = Vec::with_capacity(keys.len());
+    for (event_id, handler) in keys {
+        let n = values.len();
+        rows.push(format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+        values.push(event_id.into());
+        values.push(handler.into());
+        values.push(now.into());
     }
     if rows.is_empty() {
         // No handler takes these events (a replayed letter whose handler is gone).
