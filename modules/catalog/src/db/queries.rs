@@ -96,9 +96,7 @@ pub(crate) async fn list_products(
         .context("failed to list products")?;
     let skus: Vec<&str> = rows.iter().map(|r| r.sku.as_str()).collect();
     let stock: HashMap<String, stock_levels::Model> = stock_levels::Entity::find()
-        .filter(stock_levels::Column::Sku.is_in(module_api::sql::padded(
-            skus.into_iter().collect::<Vec<_>>(),
-        )))
+        .filter(stock_levels::Column::Sku.is_in(module_api::sql::padded(skus)))
         .all(conn)
         .await
         .context("failed to load stock levels")?
