@@ -293,6 +293,7 @@ async fn an_undecodable_event_is_parked_with_its_raw_bytes(backend: Backend) {
         source: "catalog".into(),
         key: "GARBAGE".into(),
         envelope: Arc::from("this is not JSON {"),
+        handed_before: false,
     };
     let mut forged = contracts::Envelope::new(
         &contracts::catalog::ProductPublishedV1 {
@@ -312,6 +313,7 @@ async fn an_undecodable_event_is_parked_with_its_raw_bytes(backend: Backend) {
         source: "catalog".into(),
         key: forged.key.clone(),
         envelope: Arc::from(String::from_utf8(forged.to_bytes()).expect("utf-8")),
+        handed_before: false,
     };
     shop.app
         .bus

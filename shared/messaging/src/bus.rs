@@ -35,6 +35,10 @@ pub struct Outgoing {
     pub key: String,
     /// The serialized envelope, exactly as stored in the outbox.
     pub envelope: Arc<str>,
+    /// An earlier publish of this event may have handed it to a consumer and been cut
+    /// short (a crash, a failed publish): a bus that counts deliveries counts that one, so
+    /// an event that kills its consumer still reaches the dead-letter store.
+    pub handed_before: bool,
 }
 
 /// Which delivery to acknowledge or retry. Opaque: a bus makes its tags from a value of a
@@ -201,6 +205,15 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// A round trip to the transport, for readiness.
     async fn check(&self) -> Result<(), BusError>;
+
+    /// Whether `publish` may hand events to consumers itself (and return once they
+    /// committed them) rather than only storing them: the relay then records, before each
+    /// publish, the highest outbox id it hands over, so that after a crash the events an
+    /// earlier publish may have handed out are published with
+    /// [`Outgoing::handed_before`] set.
+    fn hands_over_directly(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -11,14 +11,19 @@
 //! a dead one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use sea_orm::{ConnectionTrait, DbBackend, Value};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+
+mod handover;
+
+use handover::{Handed, Handover, HandoverTag, Settled};
 
 use crate::bus::{
     Acker, BusError, Delivery, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription,
@@ -30,6 +35,35 @@ use store::{ModuleDb, execute, now_ms, placeholders, query};
 struct Queue {
     db: ModuleDb,
     wake: Arc<Notify>,
+    /// This process's open subscription of the module, where `publish` hands events over
+    /// directly (see [`handover`]).
+    live: Mutex<Option<Live>>,
+}
+
+/// Weak: the subscription's state (its instance name among it) lives as long as the
+/// subscription, not as long as the bus.
+#[derive(Clone)]
+struct Live {
+    state: std::sync::Weak<State>,
+    deliveries: mpsc::WeakSender<Delivery>,
+}
+
+impl Queue {
+    /// The subscription to hand events to: open, and under a name this process holds.
+    fn live(&self) -> Option<(Arc<State>, mpsc::Sender<Delivery>)> {
+        let live = lock(&self.live).clone()?;
+        let state = live.state.upgrade()?;
+        let sender = live.deliveries.upgrade()?;
+        (state.name.state.owned() && !sender.is_closed()).then_some((state, sender))
+    }
+}
+
+/// A queue row to write for an event that was handed over and came back.
+struct Later<'a> {
+    event: &'a Outgoing,
+    visible_at: i64,
+    deliveries: i32,
+    error: Option<String>,
 }
 
 pub struct LocalBus {
@@ -61,6 +95,7 @@ impl LocalBus {
             Queue {
                 db,
                 wake: Arc::new(Notify::new()),
+                live: Mutex::new(None),
             },
         );
     }
@@ -80,34 +115,221 @@ impl LocalBus {
         Ok(())
     }
 
+    /// Hands `events` (one consumer's share of a batch, in batch order) to the
+    /// subscription of this process where nothing can come before them, and queues the
+    /// rest; returns once every one is settled or queued.
+    async fn deliver(&self, queue: &Queue, events: Vec<&Outgoing>) -> Result<(), BusError> {
+        let live = if self.settings.direct_delivery {
+            queue.live()
+        } else {
+            None
+        };
+        let Some((state, sender)) = live else {
+            return self.enqueue(queue, &events).await;
+        };
+        let mut per_key: HashMap<String, usize> = HashMap::new();
+        for e in &events {
+            *per_key.entry(ordering_key(e)).or_default() += 1;
+        }
+        // Keys with one event here and none counted before: those may go directly unless
+        // their key already waits in the queue.
+        let candidates: Vec<String> = events
+            .iter()
+            .map(|e| ordering_key(e))
+            .filter(|key| per_key.get(key) == Some(&1))
+            .collect();
+        let queued = if candidates.is_empty() {
+            HashSet::new()
+        } else {
+            keys_in_queue(&queue.db, &candidates).await?
+        };
+        let mut direct = Vec::new();
+        let mut rest = Vec::new();
+        for e in events {
+            let key = ordering_key(e);
+            let free = !e.handed_before
+                && per_key.get(&key) == Some(&1)
+                && !queued.contains(&key)
+                && state.permits.try_acquire().map(|p| p.forget()).is_ok();
+            if free {
+                direct.push(e);
+            } else {
+                rest.push(e);
+            }
+        }
+        if !rest.is_empty() {
+            self.enqueue(queue, &rest).await?;
+        }
+        if direct.is_empty() {
+            return Ok(());
+        }
+        self.hand_over(queue, &state, sender, direct).await
+    }
+
+    /// Hands `events` to the subscription (their capacity already taken) and waits for
+    /// the consumer, at most a quarter of the lease; see [`handover`] for what becomes of
+    /// the ones that come back.
+    async fn hand_over(
+        &self,
+        queue: &Queue,
+        state: &Arc<State>,
+        sender: mpsc::Sender<Delivery>,
+        events: Vec<&Outgoing>,
+    ) -> Result<(), BusError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.settings.lease_ms / 4);
+        let now = now_ms();
+        let mut later = Vec::new();
+        let mut waiting = Vec::with_capacity(events.len());
+        for e in events {
+            let (settled, settlement) = oneshot::channel();
+            state.handovers.fetch_add(1, Ordering::Relaxed);
+            let handover = Handover::new(state.clone(), settled);
+            let weak = Arc::downgrade(&handover);
+            let delivery = Delivery {
+                tag: DeliveryTag::new(HandoverTag(handover)),
+                raw: Arc::from(e.envelope.as_bytes()),
+                attempt: 1,
+            };
+            // The subscription holds no more than its capacity, which was taken for this
+            // one: the send fails only if the subscription just closed (its handover,
+            // dropped, gave the capacity back).
+            if sender.try_send(delivery).is_err() {
+                later.push(Later {
+                    event: e,
+                    visible_at: now,
+                    deliveries: 0,
+                    error: None,
+                });
+                continue;
+            }
+            waiting.push((e, weak, settlement));
+        }
+        drop(sender);
+        let mut late = Vec::new();
+        for (e, weak, mut settlement) in waiting {
+            match tokio::time::timeout_at(deadline, &mut settlement).await {
+                Ok(outcome) => later.extend(came_back(e, outcome.ok())),
+                Err(_) => late.push((e, weak, settlement)),
+            }
+        }
+        let mut claimed = Vec::new();
+        for (e, weak, mut settlement) in late {
+            if let Some(handover) = weak.upgrade() {
+                let mut handed = lock(&handover.handed);
+                if matches!(*handed, Handed::Waiting(_)) {
+                    *handed = Handed::Queueing(None);
+                    drop(handed);
+                    claimed.push((e, handover));
+                    continue;
+                }
+            }
+            // Settled (or dropped) since the deadline.
+            later.extend(came_back(e, settlement.try_recv().ok()));
+        }
+        if !claimed.is_empty() {
+            self.queue_claimed(queue, state, claimed).await?;
+        }
+        if !later.is_empty() {
+            write_later(&queue.db, &later).await?;
+            queue.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Writes deliveries the consumer is still working on to the queue as rows claimed by
+    /// this instance (renewed while it works), so that the relay can go on.
+    async fn queue_claimed(
+        &self,
+        queue: &Queue,
+        state: &Arc<State>,
+        claimed: Vec<(&Outgoing, Arc<Handover>)>,
+    ) -> Result<(), BusError> {
+        let written = write_claimed(
+            &queue.db,
+            &self.instance,
+            self.settings.lease_ms,
+            claimed.iter().map(|(e, _)| *e),
+        )
+        .await;
+        let ids = match written {
+            Ok(ids) => ids,
+            Err(e) => {
+                // The relay publishes the batch again; a settlement that comes meanwhile
+                // is not needed.
+                for (_, handover) in &claimed {
+                    *lock(&handover.handed) = Handed::Settled;
+                    state.handover_settled();
+                }
+                return Err(e.into());
+            }
+        };
+        let mut settled_rows = Vec::new();
+        for ((_, handover), id) in claimed.iter().zip(ids) {
+            let mut handed = lock(&handover.handed);
+            let Handed::Queueing(settled) = std::mem::replace(&mut *handed, Handed::Settled) else {
+                continue;
+            };
+            match (id, settled) {
+                (Some(id), None) => {
+                    *handed = Handed::Row(id);
+                    drop(handed);
+                    // Its capacity now held by the claim, renewed like every other.
+                    lock(&state.in_flight).insert(id);
+                    state.handovers.fetch_sub(1, Ordering::Relaxed);
+                }
+                (Some(id), Some(settled)) => {
+                    drop(handed);
+                    settled_rows.push((id, settled));
+                    state.handover_settled();
+                }
+                // Already queued under its event id: that row delivers it.
+                (None, _) => {
+                    drop(handed);
+                    state.handover_settled();
+                }
+            }
+        }
+        for (id, settled) in settled_rows {
+            match settled {
+                Settled::Acked => delete_rows(&queue.db, &[id]).await?,
+                Settled::Released(release) => release.apply(state, id).await?,
+            }
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, queue: &Queue, events: &[&Outgoing]) -> Result<(), BusError> {
         let now = now_ms();
         let tx = queue.db.begin().await?;
         for chunk in events.chunks(INSERT_CHUNK) {
             // An event repeated at the end is skipped as the conflict it is.
             let chunk = store::padded(chunk.to_vec());
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
             let mut rows = Vec::with_capacity(chunk.len());
             for (i, e) in chunk.iter().enumerate() {
-                let n = i * 6;
+                let n = i * 7;
                 rows.push(format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
                     n + 1,
                     n + 2,
                     n + 3,
                     n + 4,
                     n + 5,
-                    n + 6
+                    n + 6,
+                    n + 7
                 ));
                 values.push(e.event_id.into());
                 values.push(e.event_type.clone().into());
-                values.push(format!("{}/{}", e.source, e.key).into());
+                values.push(ordering_key(e).into());
                 values.push(e.envelope.to_string().into());
                 values.push(now.into());
                 values.push(now.into());
+                // A delivery an earlier, cut-short publish may have made counts.
+                values.push(i32::from(e.handed_before).into());
             }
             let sql = format!(
-                "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at) \
+                "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries) \
                  VALUES {} ON CONFLICT (event_id) DO NOTHING",
                 rows.join(", ")
             );
@@ -134,16 +356,29 @@ impl EventBus for LocalBus {
                 routes.entry(consumer).or_default().push(event);
             }
         }
+        let mut deliveries = Vec::with_capacity(routes.len());
         for (consumer, events) in routes {
             let queue = self.queues.get(consumer).ok_or_else(|| BusError::NoRoute {
                 event_type: events[0].event_type.clone(),
                 consumer: consumer.to_owned(),
             })?;
-            self.enqueue(queue, &events).await.map_err(|e| {
-                BusError::Other(anyhow::anyhow!("{e}").context(format!("queue of {consumer}")))
-            })?;
+            deliveries.push(async move {
+                self.deliver(queue, events).await.map_err(|e| {
+                    BusError::Other(
+                        anyhow::anyhow!("{e}").context(format!("delivering to {consumer}")),
+                    )
+                })
+            });
+        }
+        // Every consumer at once: each waits for its own subscription.
+        for delivered in futures::future::join_all(deliveries).await {
+            delivered?;
         }
         Ok(())
+    }
+
+    fn hands_over_directly(&self) -> bool {
+        self.settings.direct_delivery
     }
 
     async fn subscribe(&self, spec: SubscriberSpec) -> Result<Subscription, BusError> {
@@ -170,10 +405,15 @@ impl EventBus for LocalBus {
             in_flight: Mutex::new(HashSet::new()),
             unacked: Mutex::new(HashSet::new()),
             unreleased: Mutex::new(HashMap::new()),
+            handovers: AtomicU64::new(0),
             permits: Semaphore::new(spec.max_in_flight),
             settings: self.settings.clone(),
         });
         let (tx, rx) = mpsc::channel(spec.max_in_flight.max(1));
+        *lock(&queue.live) = Some(Live {
+            state: Arc::downgrade(&state),
+            deliveries: tx.downgrade(),
+        });
         let reader = tokio::spawn(read_queue(state.clone(), tx));
         Ok(Subscription {
             deliveries: Box::pin(ReceiverStream::new(rx)),
@@ -211,6 +451,8 @@ struct State {
     /// while the database was out of reach: handed back again on the next pass, so they
     /// come back as soon as the database does, not when their claim lapses.
     unreleased: Mutex<HashMap<i64, Release>>,
+    /// Deliveries handed over directly and not settled yet.
+    handovers: AtomicU64,
     permits: Semaphore,
     settings: MessagingSettings,
 }
@@ -224,6 +466,13 @@ impl State {
         self.permits.add_permits(settled);
         // The reader may be waiting for capacity, and rows of the same keys may be free
         // to go now.
+        self.wake.notify_one();
+    }
+
+    /// Gives back the capacity of a delivery handed over directly.
+    fn handover_settled(&self) {
+        self.handovers.fetch_sub(1, Ordering::Relaxed);
+        self.permits.add_permits(1);
         self.wake.notify_one();
     }
 
@@ -673,6 +922,110 @@ async fn delete_rows(db: &ModuleDb, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
     Ok(())
 }
 
+/// A queue row's ordering key: the producer and the event's key.
+fn ordering_key(e: &Outgoing) -> String {
+    format!("{}/{}", e.source, e.key)
+}
+
+/// What becomes of a delivery handed over directly, by its settlement (`None`: dropped
+/// unsettled, which counts as a delivery).
+fn came_back(event: &Outgoing, settled: Option<Settled>) -> Option<Later<'_>> {
+    let now = now_ms();
+    match settled {
+        Some(Settled::Acked) => None,
+        Some(Settled::Released(release)) => Some(Later {
+            event,
+            visible_at: release.visible_at,
+            deliveries: 1 - release.uncount,
+            error: Some(release.error),
+        }),
+        None => Some(Later {
+            event,
+            visible_at: now,
+            deliveries: 1,
+            error: Some("handed over and let go unsettled".to_owned()),
+        }),
+    }
+}
+
+/// Which of `keys` have rows in the queue.
+async fn keys_in_queue(db: &ModuleDb, keys: &[String]) -> Result<HashSet<String>, BusError> {
+    let mut found = HashSet::new();
+    for chunk in keys.chunks(ID_CHUNK) {
+        let values = store::padded(chunk.iter().map(|k| Value::from(k.clone())).collect());
+        let sql = format!(
+            "SELECT DISTINCT ordering_key FROM bus_queue WHERE ordering_key IN ({})",
+            placeholders(1, values.len())
+        );
+        for row in query(db.conn(), &sql, values).await? {
+            found.insert(row.try_get::<String>("", "ordering_key")?);
+        }
+    }
+    Ok(found)
+}
+
+/// Queues deliveries that came back from a handover, each with its delay, count and error.
+async fn write_later(db: &ModuleDb, rows: &[Later<'_>]) -> Result<(), sea_orm::DbErr> {
+    let now = now_ms();
+    let tx = db.begin().await?;
+    for row in rows {
+        execute(
+            &tx,
+            "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+            vec![
+                row.event.event_id.into(),
+                row.event.event_type.clone().into(),
+                ordering_key(row.event).into(),
+                row.event.envelope.to_string().into(),
+                row.visible_at.into(),
+                now.into(),
+                row.deliveries.into(),
+                row.error.clone().into(),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Queues deliveries still in the consumer's hands as rows claimed by `instance`, counted
+/// as delivered once: the ids of the rows written, `None` where the event was queued
+/// already.
+async fn write_claimed(
+    db: &ModuleDb,
+    instance: &str,
+    lease_ms: u64,
+    events: impl Iterator<Item = &Outgoing>,
+) -> Result<Vec<Option<i64>>, sea_orm::DbErr> {
+    let now = now_ms();
+    let tx = db.begin().await?;
+    let mut ids = Vec::new();
+    for e in events {
+        let rows = query(
+            &tx,
+            "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries, locked_by, locked_until) \
+             VALUES ($1, $2, $3, $4, $5, $5, 1, $6, $7) ON CONFLICT (event_id) DO NOTHING RETURNING id",
+            vec![
+                e.event_id.into(),
+                e.event_type.clone().into(),
+                ordering_key(e).into(),
+                e.envelope.to_string().into(),
+                now.into(),
+                instance.to_owned().into(),
+                (now + lease_ms as i64).into(),
+            ],
+        )
+        .await?;
+        ids.push(match rows.first() {
+            Some(row) => Some(row.try_get::<i64>("", "id")?),
+            None => None,
+        });
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
 struct LocalAcker(Arc<State>);
 
 /// What this bus's tags hold: the id of a `bus_queue` row.
@@ -684,8 +1037,15 @@ fn row_id(tag: &DeliveryTag) -> Option<i64> {
     tag.get::<QueueRow>().map(|row| row.0)
 }
 
-fn row_ids(tags: &[DeliveryTag]) -> Vec<i64> {
-    tags.iter().filter_map(row_id).collect()
+/// The queue rows to settle for `tags`, `settled` recorded for those handed over
+/// directly (which name a row only once they became one).
+fn settle_tags(tags: &[DeliveryTag], settled: impl Fn() -> Settled) -> Vec<i64> {
+    tags.iter()
+        .filter_map(|tag| match tag.get::<HandoverTag>() {
+            Some(HandoverTag(handover)) => handover.settle(settled()),
+            None => row_id(tag),
+        })
+        .collect()
 }
 
 impl LocalAcker {
@@ -698,14 +1058,16 @@ impl LocalAcker {
         error: &str,
         uncount: i32,
     ) -> Result<(), BusError> {
-        let ids = row_ids(std::slice::from_ref(tag));
-        let Some(&id) = ids.first() else {
-            return Ok(());
-        };
         let release = Release {
             visible_at: now_ms() + delay.as_millis() as i64,
             error: error.chars().take(2000).collect(),
             uncount,
+        };
+        let ids = settle_tags(std::slice::from_ref(tag), || {
+            Settled::Released(release.clone())
+        });
+        let Some(&id) = ids.first() else {
+            return Ok(());
         };
         let scheduled = release.apply(&self.0, id).await;
         if scheduled.is_err() {
@@ -722,7 +1084,7 @@ impl LocalAcker {
 #[async_trait]
 impl Acker for LocalAcker {
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BusError> {
-        let ids = row_ids(tags);
+        let ids = settle_tags(tags, || Settled::Acked);
         if ids.is_empty() {
             return Ok(());
         }
@@ -760,6 +1122,6 @@ impl Acker for LocalAcker {
             Some(row) => row.try_get("", "n")?,
             None => 0,
         };
-        Ok(Some(n as u64))
+        Ok(Some(n as u64 + self.0.handovers.load(Ordering::Relaxed)))
     }
 }

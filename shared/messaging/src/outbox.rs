@@ -10,6 +10,7 @@
 //! relay per module publishes at a time, under a lease renewed while it works, so events of
 //! one key leave in the order their transactions committed; no instance republishes everything unfinished at start-up.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,7 +169,7 @@ impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let module = self.db.module();
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
-        let mut lease_until = 0_i64;
+        let mut held = Held::default();
         let mut failures = 0_u32;
         // Present at zero from the start, so a rate over them reads 0 rather than nothing.
         metrics::counter!("relay_failures_total", "module" => module).increment(0);
@@ -177,7 +178,7 @@ impl Relay {
             if cancel.is_cancelled() {
                 break;
             }
-            let outcome = self.pass(&mut lease_until).await;
+            let outcome = self.pass(&mut held).await;
             let idle = match outcome {
                 Ok(Pass::Published(n)) => {
                     failures = 0;
@@ -218,15 +219,23 @@ impl Relay {
         tracing::debug!(module, "relay stopped");
     }
 
-    async fn pass(&self, lease_until: &mut i64) -> anyhow::Result<Pass> {
+    async fn pass(&self, held: &mut Held) -> anyhow::Result<Pass> {
         let now = now_ms();
         let lease = self.settings.lease_ms as i64;
-        if *lease_until - now < lease / 2 {
-            if !self.take_lease(now, lease).await? {
-                *lease_until = 0;
+        if held.lease_until - now < lease / 2 {
+            let holding = held.lease_until > now;
+            let Some(handed_through) = self.take_lease(now, lease).await? else {
+                held.lease_until = 0;
                 return Ok(Pass::NotLeader);
+            };
+            if !holding {
+                // Taken (back) from a holder that may have crashed in the middle of a
+                // handover: whatever it recorded as handed and left unpublished may have
+                // reached a consumer.
+                held.predecessor_through = handed_through;
             }
-            *lease_until = now + lease;
+            held.handed_through = held.handed_through.max(handed_through);
+            held.lease_until = now + lease;
         }
         let rows = query(
             self.db.conn(),
@@ -242,7 +251,8 @@ impl Relay {
         let mut ids = Vec::with_capacity(rows.len());
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
-            ids.push(row.try_get::<i64>("", "id")?);
+            let id = row.try_get::<i64>("", "id")?;
+            ids.push(id);
             let event_type: String = row.try_get("", "event_type")?;
             batch.push(Outgoing {
                 event_id: row.try_get("", "event_id")?,
@@ -250,7 +260,30 @@ impl Relay {
                 event_type,
                 key: row.try_get("", "ordering_key")?,
                 envelope: Arc::from(row.try_get::<String>("", "envelope")?),
+                handed_before: id <= held.predecessor_through || held.cut_short.contains(&id),
             });
+        }
+        if self.bus.hands_over_directly() {
+            let last = ids.iter().copied().max().unwrap_or_default();
+            if last > held.handed_through {
+                // Recorded before anything is handed over, and only while the lease is
+                // ours: a relay that loses the lease hands nothing over.
+                let recorded = execute(
+                    self.db.conn(),
+                    "UPDATE relay_lease SET handed_through = $1 WHERE name = $2 AND holder = $3",
+                    vec![last.into(), LEASE_NAME.into(), self.instance.clone().into()],
+                )
+                .await
+                .context("failed to record the handover")?;
+                if recorded != 1 {
+                    held.lease_until = 0;
+                    return Ok(Pass::NotLeader);
+                }
+                held.handed_through = last;
+            }
+            // Until they are marked published: a failed publish may have handed some of
+            // them over, and publishing them again counts that delivery.
+            held.cut_short.extend(ids.iter().copied());
         }
         self.faults.point("relay.before_publish").await;
         self.bus
@@ -268,31 +301,33 @@ impl Relay {
         execute(self.db.conn(), &sql, values)
             .await
             .context("failed to mark events published")?;
+        for id in &ids {
+            held.cut_short.remove(id);
+        }
         metrics::counter!("outbox_published_total", "module" => self.db.module())
             .increment(ids.len() as u64);
         Ok(Pass::Published(ids.len()))
     }
 
-    /// Takes or renews the module's relay lease; false when another instance holds it.
-    async fn take_lease(&self, now: i64, lease: i64) -> anyhow::Result<bool> {
-        let values = || -> Vec<Value> {
+    /// Takes or renews the module's relay lease: the highest outbox id handed over
+    /// directly under it so far, or `None` when another instance holds it.
+    async fn take_lease(&self, now: i64, lease: i64) -> anyhow::Result<Option<i64>> {
+        let taken = query(
+            self.db.conn(),
+            "UPDATE relay_lease SET holder = $1, held_until = $2 \
+             WHERE name = $3 AND (holder = $1 OR holder IS NULL OR held_until < $4) \
+             RETURNING handed_through",
             vec![
                 self.instance.clone().into(),
                 (now + lease).into(),
                 LEASE_NAME.into(),
                 now.into(),
-            ]
-        };
-        let taken = execute(
-            self.db.conn(),
-            "UPDATE relay_lease SET holder = $1, held_until = $2 \
-             WHERE name = $3 AND (holder = $1 OR holder IS NULL OR held_until < $4)",
-            values(),
+            ],
         )
         .await
         .context("failed to renew the relay lease")?;
-        if taken == 1 {
-            return Ok(true);
+        if let Some(row) = taken.first() {
+            return Ok(Some(row.try_get("", "handed_through")?));
         }
         // The first relay ever: create the lease row (a concurrent one may win; fine).
         let created = execute(
@@ -302,8 +337,22 @@ impl Relay {
         )
         .await
         .context("failed to create the relay lease")?;
-        Ok(created == 1)
+        Ok((created == 1).then_some(0))
     }
+}
+
+/// What a relay knows of the lease it holds.
+#[derive(Default)]
+struct Held {
+    /// Epoch ms; 0 while not held.
+    lease_until: i64,
+    /// The highest outbox id recorded as handed over, by this relay or a predecessor.
+    handed_through: i64,
+    /// What the holder before this relay recorded: unpublished rows up to it may have
+    /// been handed out by a process that died.
+    predecessor_through: i64,
+    /// Rows this relay handed over and has not marked published yet.
+    cut_short: HashSet<i64>,
 }
 
 enum Pass {

@@ -93,10 +93,20 @@ pub(crate) async fn watch(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        let backlog = match acker.backlog().await {
-            Ok(n) => n,
-            Err(e) => {
+        // Bounded: a pool starved by the very work that stalls (a hung handler holding
+        // its connection and the database's write lock, others waiting behind it) must
+        // not stop the watchdog from saying so.
+        let backlog = match tokio::time::timeout(every, acker.backlog()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 tracing::warn!(module, error = %e, "reading the consumer's backlog failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    module,
+                    "reading the consumer's backlog took longer than a watchdog tick"
+                );
                 None
             }
         };

@@ -41,6 +41,12 @@ pub struct MessagingSettings {
     pub inbox_retention_secs: u64,
     #[validate(range(min = 1, max = 86400))]
     pub cleanup_interval_secs: u64,
+    /// In-process bus only: the relay hands each event straight to the subscription of
+    /// this process when it can, and marks it published once the consumer has committed
+    /// it; only what cannot go that way (a retry, a key with events already queued, no
+    /// subscription here) is written to the consumer's queue. Off, every event goes
+    /// through the queue, where every replica sharing the database can claim it.
+    pub direct_delivery: bool,
 }
 
 impl MessagingSettings {
@@ -77,6 +83,7 @@ mod tests {
             outbox_retention_secs: 60,
             inbox_retention_secs: 60,
             cleanup_interval_secs: 60,
+            direct_delivery: true,
         }
     }
 

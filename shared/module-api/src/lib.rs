@@ -43,7 +43,7 @@ pub mod trace {
 /// A module's schema: the messaging tables every module's migrator lists among its own
 /// migrations, and running a migrator for the host.
 pub mod schema {
-    pub use messaging::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
+    pub use messaging::schema::{HandedThrough, KeyHeadIndex, MessagingTables, QueueIndex};
     use sea_orm::{DatabaseConnection, DbErr};
     use sea_orm_migration::MigratorTrait;
 

@@ -232,6 +232,10 @@ impl EventBus for DuplicatingBus {
     async fn check(&self) -> Result<(), BusError> {
         self.0.check().await
     }
+
+    fn hands_over_directly(&self) -> bool {
+        self.0.hands_over_directly()
+    }
 }
 
 /// What the tag of a copy holds: the tag of its original.

@@ -260,6 +260,7 @@ async fn undecodable_bytes_are_parked_and_the_subscription_goes_on(
         source: PRODUCER.into(),
         key: "k".into(),
         envelope: Arc::from("\u{1}not json"),
+        handed_before: false,
     };
     let sent = events(3, 3);
     let mut batch = vec![garbage];
@@ -498,6 +499,16 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn local_postgres() {
                     super::$test(Transport::Local, Backend::Postgres).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn queued_sqlite() {
+                    super::$test(Transport::Queued, Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn queued_postgres() {
+                    super::$test(Transport::Queued, Backend::Postgres).await
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

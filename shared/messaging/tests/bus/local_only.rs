@@ -697,3 +697,220 @@ mod a_second_process_under_the_same_instance_name {
         .await
     }
 }
+
+/// With this process's subscription open, an event nothing comes before is handed to it
+/// directly: `publish` returns only once the consumer settled it, no queue row is written
+/// for it, and the watchdog's backlog counts it while it is out. A retry is what the queue
+/// is for: the event comes back through it, its first delivery counted.
+async fn an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued(
+    backend: Backend,
+) {
+    use futures::StreamExt;
+    let dbs = open(backend).await;
+    let bus = bus(Transport::Local, &dbs, "a").await;
+    assert!(bus.hands_over_directly());
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 10,
+        })
+        .await
+        .expect("subscribe");
+    let sent = events(2, 1);
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    let publisher = bus.clone();
+    let mut publish = tokio::spawn(async move { publisher.publish(&batch).await });
+    let mut got = Vec::new();
+    for n in 1..=2 {
+        let d = tokio::time::timeout(WAIT, subscription.deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("handover {n}"))
+            .expect("the subscription is open");
+        assert_eq!(d.attempt, 1);
+        got.push(d);
+    }
+    assert_eq!(
+        scalar(&dbs.consumer, "SELECT COUNT(*) FROM bus_queue").await,
+        0,
+        "handed over directly, not queued"
+    );
+    assert_eq!(
+        subscription.acker.backlog().await.expect("backlog"),
+        Some(2)
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut publish)
+            .await
+            .is_err(),
+        "publish returned before the consumer settled what it was handed"
+    );
+    subscription
+        .acker
+        .ack(&[got[0].tag.clone()])
+        .await
+        .expect("ack");
+    subscription
+        .acker
+        .retry(&got[1].tag, std::time::Duration::ZERO, "try again")
+        .await
+        .expect("retry");
+    tokio::time::timeout(WAIT, publish)
+        .await
+        .expect("publish returns once both are settled")
+        .expect("the publisher ran")
+        .expect("publish");
+    let again = tokio::time::timeout(WAIT, subscription.deliveries.next())
+        .await
+        .expect("the retry comes back")
+        .expect("the subscription is open");
+    assert_eq!(again.raw, got[1].raw, "the retried event came back");
+    assert_eq!(again.attempt, 2, "its first delivery was counted");
+    // The next event of that key waits in the queue behind it, not handed over: publish
+    // returns with nothing settled, and the event comes once the earlier one is done.
+    let retried = Envelope::from_bytes(&again.raw).expect("an envelope");
+    let next = event(Uuid::parse_str(&retried.key).expect("a uuid key"), 2);
+    tokio::time::timeout(WAIT, bus.publish(&[outgoing(&next)]))
+        .await
+        .expect("a queued event is published without waiting for the consumer")
+        .expect("publish");
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            subscription.deliveries.next()
+        )
+        .await
+        .is_err(),
+        "an event was handed out while an earlier event of its key was in flight"
+    );
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&again.tag))
+        .await
+        .expect("ack");
+    let last = tokio::time::timeout(WAIT, subscription.deliveries.next())
+        .await
+        .expect("the next event of the key comes once the earlier one is settled")
+        .expect("the subscription is open");
+    assert_eq!(
+        Envelope::from_bytes(&last.raw).expect("an envelope").id,
+        next.id
+    );
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&last.tag))
+        .await
+        .expect("ack");
+    assert_eq!(
+        scalar(&dbs.consumer, "SELECT COUNT(*) FROM bus_queue").await,
+        0
+    );
+    assert_eq!(
+        subscription.acker.backlog().await.expect("backlog"),
+        Some(0)
+    );
+}
+
+/// A handover the consumer is still working on after a quarter of the lease is written to
+/// the queue as a row claimed by this instance, counted as delivered, so that the relay
+/// goes on while the claim (renewed like any other) keeps it from everyone else; settling
+/// the delivery settles that row.
+async fn a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(backend: Backend) {
+    use futures::StreamExt;
+    let dbs = open(backend).await;
+    let bus = bus(Transport::Local, &dbs, "a").await;
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 10,
+        })
+        .await
+        .expect("subscribe");
+    let sent = events(1, 1);
+    let started = std::time::Instant::now();
+    let publisher = bus.clone();
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    let publish = tokio::spawn(async move { publisher.publish(&batch).await });
+    let held = tokio::time::timeout(WAIT, subscription.deliveries.next())
+        .await
+        .expect("handed over")
+        .expect("the subscription is open");
+    tokio::time::timeout(WAIT, publish)
+        .await
+        .expect("publish returns while the consumer still works")
+        .expect("the publisher ran")
+        .expect("publish");
+    let quarter = std::time::Duration::from_millis(settings().lease_ms / 4);
+    assert!(
+        started.elapsed() >= quarter,
+        "publish waited a quarter of the lease"
+    );
+    let rows = query(
+        dbs.consumer.conn(),
+        "SELECT locked_by, deliveries FROM bus_queue",
+        vec![],
+    )
+    .await
+    .expect("read the queue");
+    assert_eq!(rows.len(), 1, "the unsettled handover is queued");
+    let locked_by: Option<String> = rows[0].try_get("", "locked_by").expect("locked_by");
+    let deliveries: i32 = rows[0].try_get("", "deliveries").expect("deliveries");
+    assert_eq!(locked_by.as_deref(), Some("a"), "claimed by this instance");
+    assert_eq!(deliveries, 1, "counted as delivered");
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&held.tag))
+        .await
+        .expect("ack");
+    assert_eq!(
+        scalar(&dbs.consumer, "SELECT COUNT(*) FROM bus_queue").await,
+        0,
+        "settling the delivery settled its row"
+    );
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            subscription.deliveries.next()
+        )
+        .await
+        .is_err(),
+        "the event was handed out again"
+    );
+}
+
+mod a_handover_unsettled_after_a_quarter_of_the_lease {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(Backend::Sqlite)
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(Backend::Postgres)
+            .await
+    }
+}
+
+mod an_event_handed_over_directly {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued(
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued(
+            Backend::Postgres,
+        )
+        .await
+    }
+}

@@ -39,7 +39,11 @@ pub(crate) enum Backend {
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Transport {
+    /// The in-process bus as configured by default: events handed to the consumer of this
+    /// process directly where they can be, the rest through the queue.
     Local,
+    /// The in-process bus with `direct_delivery` off: every event through the queue.
+    Queued,
     Redis,
 }
 
@@ -58,6 +62,7 @@ pub(crate) fn settings() -> MessagingSettings {
         outbox_retention_secs: 3600,
         inbox_retention_secs: 3600,
         cleanup_interval_secs: 3600,
+        direct_delivery: true,
     }
 }
 
@@ -255,7 +260,11 @@ pub(crate) async fn bus_configured(
     settings: MessagingSettings,
 ) -> Arc<dyn EventBus> {
     match transport {
-        Transport::Local => {
+        Transport::Local | Transport::Queued => {
+            let settings = MessagingSettings {
+                direct_delivery: matches!(transport, Transport::Local),
+                ..settings
+            };
             let mut bus = LocalBus::new(instance, settings);
             bus.add_consumer(dbs.consumer.clone());
             Arc::new(bus)
@@ -355,6 +364,7 @@ pub(crate) fn outgoing(e: &Envelope) -> Outgoing {
         source: e.source.clone(),
         key: e.key.clone(),
         envelope: Arc::from(String::from_utf8(e.to_bytes()).expect("utf-8")),
+        handed_before: false,
     }
 }
 
@@ -567,6 +577,10 @@ pub(crate) struct Spy {
 impl EventBus for Spy {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn hands_over_directly(&self) -> bool {
+        self.inner.hands_over_directly()
     }
 
     async fn publish(&self, batch: &[Outgoing]) -> Result<(), messaging::BusError> {
@@ -856,6 +870,7 @@ impl sea_orm_migration::MigratorTrait for MessagingOnly {
             Box::new(messaging::schema::MessagingTables),
             Box::new(messaging::schema::QueueIndex),
             Box::new(messaging::schema::KeyHeadIndex),
+            Box::new(messaging::schema::HandedThrough),
         ]
     }
 }

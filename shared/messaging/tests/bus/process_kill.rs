@@ -31,6 +31,7 @@ async fn child() {
     };
     let transport = match transport {
         "local" => Transport::Local,
+        "queued" => Transport::Queued,
         "redis" => Transport::Redis,
         other => panic!("unknown transport {other}"),
     };
@@ -62,6 +63,7 @@ async fn child() {
 fn start_child(transport: Transport, dbs: &Dbs) -> Child {
     let transport = match transport {
         Transport::Local => "local",
+        Transport::Queued => "queued",
         Transport::Redis => "redis",
     };
     let (kind, place) = match dbs.location() {

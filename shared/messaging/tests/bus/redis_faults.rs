@@ -398,6 +398,7 @@ async fn entries_pending_with_nothing_to_deliver_them_are_read_again_and_the_str
         source: PRODUCER.into(),
         key: Uuid::now_v7().to_string(),
         envelope: Arc::from("{}"),
+        handed_before: false,
     };
     publisher
         .publish(&[outgoing(&lost), foreign])

@@ -4,7 +4,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
+use module_api::schema::{HandedThrough, KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_products;
@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_reservations::Migration),
             Box::new(QueueIndex),
             Box::new(KeyHeadIndex),
+            Box::new(HandedThrough),
         ]
     }
 }
@@ -41,7 +42,8 @@ mod tests {
                 "messaging",
                 "m0002_reservations",
                 "messaging_ready",
-                "messaging_key_head"
+                "messaging_key_head",
+                "messaging_handed_through"
             ]
         );
     }

@@ -5,7 +5,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
+use module_api::schema::{HandedThrough, KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_orders;
@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_pending_orders::Migration),
             Box::new(m0003_order_owners::Migration),
             Box::new(KeyHeadIndex),
+            Box::new(HandedThrough),
         ]
     }
 }
@@ -45,7 +46,8 @@ mod tests {
                 "messaging_ready",
                 "m0002_pending_orders",
                 "m0003_order_owners",
-                "messaging_key_head"
+                "messaging_key_head",
+                "messaging_handed_through"
             ]
         );
     }

@@ -4,7 +4,7 @@
 // explicit `'_` against it.
 #![allow(elided_lifetimes_in_paths)]
 
-use module_api::schema::{KeyHeadIndex, MessagingTables, QueueIndex};
+use module_api::schema::{HandedThrough, KeyHeadIndex, MessagingTables, QueueIndex};
 use sea_orm_migration::prelude::*;
 
 mod m0001_shipments;
@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_shipments::Migration),
             Box::new(QueueIndex),
             Box::new(KeyHeadIndex),
+            Box::new(HandedThrough),
         ]
     }
 }
@@ -38,7 +39,8 @@ mod tests {
                 "messaging",
                 "m0001_shipments",
                 "messaging_ready",
-                "messaging_key_head"
+                "messaging_key_head",
+                "messaging_handed_through"
             ]
         );
     }
