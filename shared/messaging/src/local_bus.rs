@@ -167,7 +167,7 @@ impl LocalBus {
     }
 
     /// Hands `events` to the subscription (their capacity already taken) and waits for
-    /// the consumer, at most a quarter of the lease; see [`handover`] for what becomes of
+    /// the consumer, at most `handover_wait_ms`; see [`handover`] for what becomes of
     /// the ones that come back.
     async fn hand_over(
         &self,
@@ -176,8 +176,7 @@ impl LocalBus {
         sender: mpsc::Sender<Delivery>,
         events: Vec<&Outgoing>,
     ) -> Result<(), BusError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.settings.lease_ms / 4);
+        let deadline = tokio::time::Instant::now() + self.settings.handover_wait();
         let now = now_ms();
         let mut later = Vec::new();
         let mut waiting = Vec::with_capacity(events.len());

@@ -47,9 +47,21 @@ pub struct MessagingSettings {
     /// subscription here) is written to the consumer's queue. Off, every event goes
     /// through the queue, where every replica sharing the database can claim it.
     pub direct_delivery: bool,
+    /// How long the relay waits for a consumer to settle what it handed over directly
+    /// (at most a quarter of the lease): what is still out then is queued as a claimed
+    /// row, so one slow consumer holds back the other consumers of a producer this long
+    /// at most.
+    #[validate(range(min = 1, max = 150000))]
+    pub handover_wait_ms: u64,
 }
 
 impl MessagingSettings {
+    /// [`MessagingSettings::handover_wait_ms`], kept within a quarter of the lease: the
+    /// relay renews its lease between passes.
+    pub fn handover_wait(&self) -> Duration {
+        Duration::from_millis(self.handover_wait_ms.min(self.lease_ms / 4))
+    }
+
     /// The delay before retry number `attempt` (1-based): see [`backoff`].
     pub fn backoff(&self, attempt: u32) -> Duration {
         backoff(self.retry_base_ms, self.retry_max_ms, attempt)
@@ -84,6 +96,7 @@ mod tests {
             inbox_retention_secs: 60,
             cleanup_interval_secs: 60,
             direct_delivery: true,
+            handover_wait_ms: 1000,
         }
     }
 

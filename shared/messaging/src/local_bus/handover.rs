@@ -10,8 +10,10 @@
 //! capacity. Everything else takes the queue, as do the deliveries that were not
 //! acknowledged: a retry or a postponement becomes a queued row due after its delay; a
 //! delivery the consumer dropped unsettled becomes a row counted as one delivery; one still
-//! unsettled after a quarter of the lease becomes a row claimed by this instance, renewed
-//! like every claim while the consumer works on, so the relay goes on.
+//! unsettled after `handover_wait_ms` (at most a quarter of the lease) becomes a row
+//! claimed by this instance, renewed like every claim while the consumer works on, so the
+//! relay goes on and a slow consumer holds back the producer's other consumers no longer
+//! than that.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

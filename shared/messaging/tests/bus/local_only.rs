@@ -707,7 +707,13 @@ async fn an_event_handed_over_directly_is_settled_before_publish_returns_and_nev
 ) {
     use futures::StreamExt;
     let dbs = open(backend).await;
-    let bus = bus(Transport::Local, &dbs, "a").await;
+    // A wait for the consumer far longer than this test's steps take.
+    let patient = MessagingSettings {
+        lease_ms: 20_000,
+        handover_wait_ms: 5_000,
+        ..settings()
+    };
+    let bus = bus_configured(Transport::Local, &dbs, "a", patient).await;
     assert!(bus.hands_over_directly());
     let mut subscription = bus
         .subscribe(SubscriberSpec {
@@ -811,11 +817,11 @@ async fn an_event_handed_over_directly_is_settled_before_publish_returns_and_nev
     );
 }
 
-/// A handover the consumer is still working on after a quarter of the lease is written to
+/// A handover the consumer is still working on after `handover_wait_ms` is written to
 /// the queue as a row claimed by this instance, counted as delivered, so that the relay
 /// goes on while the claim (renewed like any other) keeps it from everyone else; settling
 /// the delivery settles that row.
-async fn a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(backend: Backend) {
+async fn a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(backend: Backend) {
     use futures::StreamExt;
     let dbs = open(backend).await;
     let bus = bus(Transport::Local, &dbs, "a").await;
@@ -841,11 +847,8 @@ async fn a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row
         .expect("publish returns while the consumer still works")
         .expect("the publisher ran")
         .expect("publish");
-    let quarter = std::time::Duration::from_millis(settings().lease_ms / 4);
-    assert!(
-        started.elapsed() >= quarter,
-        "publish waited a quarter of the lease"
-    );
+    let wait = settings().handover_wait();
+    assert!(started.elapsed() >= wait, "publish waited handover_wait_ms");
     let rows = query(
         dbs.consumer.conn(),
         "SELECT locked_by, deliveries FROM bus_queue",
@@ -879,19 +882,17 @@ async fn a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row
     );
 }
 
-mod a_handover_unsettled_after_a_quarter_of_the_lease {
+mod a_handover_unsettled_after_the_handover_wait {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
-        a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(Backend::Sqlite)
-            .await
+        a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(Backend::Sqlite).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        a_handover_unsettled_after_a_quarter_of_the_lease_becomes_a_claimed_row(Backend::Postgres)
-            .await
+        a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(Backend::Postgres).await
     }
 }
 

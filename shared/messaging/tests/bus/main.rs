@@ -63,6 +63,7 @@ pub(crate) fn settings() -> MessagingSettings {
         inbox_retention_secs: 3600,
         cleanup_interval_secs: 3600,
         direct_delivery: true,
+        handover_wait_ms: 300,
     }
 }
 
