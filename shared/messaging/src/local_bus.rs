@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,7 +44,7 @@ struct Queue {
 /// subscription, not as long as the bus.
 #[derive(Clone)]
 struct Live {
-    state: std::sync::Weak<State>,
+    state: Weak<State>,
     deliveries: mpsc::WeakSender<Delivery>,
 }
 
@@ -205,7 +205,7 @@ impl LocalBus {
             waiting.push((e, weak, settlement));
         }
         drop(sender);
-        let mut late = Vec::new();
+        let mut late: Vec<(&Outgoing, Weak<Handover>, oneshot::Receiver<Settled>)> = Vec::new();
         for (e, weak, mut settlement) in waiting {
             match tokio::time::timeout_at(deadline, &mut settlement).await {
                 Ok(outcome) => later.extend(came_back(e, outcome.ok())),

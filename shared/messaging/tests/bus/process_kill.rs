@@ -2,7 +2,9 @@
 //! again on one test of its own) that is killed with SIGKILL while it handles an event, so
 //! nothing is rolled back, handed back or flushed by the code under test, and its
 //! connections to the databases and to Redis simply drop. An event that kills its consumer
-//! every time is parked after `max_attempts` deliveries, while events of other keys flow.
+//! every time is parked after `max_attempts` deliveries, while events of other keys flow:
+//! whether it was queued for the child to claim, or handed over directly by the child's own
+//! relay (whose successor must count the delivery it made).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use crate::local_only::{publish_one_event, the_next_delivery_is_parked_while_other_keys_flow};
 use crate::*;
 
-/// Names the databases a child process attaches to: `transport;kind;where;namespace`.
+/// Names the databases a child process attaches to, and whether it runs the producer's
+/// relay: `transport;kind;where;namespace;relay`.
 const CHILD: &str = "BUS_TEST_CHILD";
 /// What the child prints once its consumer stands inside the handling of a delivery.
 const REACHED: &str = "child: reached consumer.before_commit";
@@ -25,9 +28,9 @@ const REACHED: &str = "child: reached consumer.before_commit";
 async fn child() {
     let spec = std::env::var(CHILD)
         .unwrap_or_else(|_| panic!("started by a real-kill test, which sets {CHILD}"));
-    let parts: Vec<&str> = spec.splitn(4, ';').collect();
-    let [transport, kind, place, namespace] = parts[..] else {
-        panic!("{CHILD}={spec}: expected transport;kind;where;namespace")
+    let parts: Vec<&str> = spec.splitn(5, ';').collect();
+    let [transport, kind, place, namespace, relay] = parts[..] else {
+        panic!("{CHILD}={spec}: expected transport;kind;where;namespace;relay")
     };
     let transport = match transport {
         "local" => Transport::Local,
@@ -43,7 +46,7 @@ async fn child() {
     let dbs = attach(location, namespace.to_owned()).await;
     let faults = Faults::for_tests();
     let reached = faults.arm("consumer.before_commit");
-    let _running = start(transport, &dbs, "instance-a", faults, false).await;
+    let _running = start(transport, &dbs, "instance-a", faults, relay == "relay").await;
     tokio::time::timeout(WAIT, reached)
         .await
         .expect("a delivery reached the consumer")
@@ -59,8 +62,9 @@ async fn child() {
     panic!("not killed within {:?}", WAIT * 4);
 }
 
-/// Starts the child on `dbs` and returns it once it stands inside a delivery's handling.
-fn start_child(transport: Transport, dbs: &Dbs) -> Child {
+/// Starts the child on `dbs` (with the producer's relay if `relay`) and returns it once it
+/// stands inside a delivery's handling.
+fn start_child(transport: Transport, dbs: &Dbs, relay: bool) -> Child {
     let transport = match transport {
         Transport::Local => "local",
         Transport::Queued => "queued",
@@ -80,7 +84,11 @@ fn start_child(transport: Transport, dbs: &Dbs) -> Child {
         ])
         .env(
             CHILD,
-            format!("{transport};{kind};{place};{}", dbs.namespace()),
+            format!(
+                "{transport};{kind};{place};{};{}",
+                dbs.namespace(),
+                if relay { "relay" } else { "no-relay" }
+            ),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -118,9 +126,44 @@ async fn an_event_that_kills_its_consumer_process_every_time_is_parked_after_max
     let dbs = open(backend).await;
     publish_one_event(transport, &dbs).await;
     for _ in 1..=settings().max_attempts {
-        kill(start_child(transport, &dbs));
+        kill(start_child(transport, &dbs, false));
     }
     the_next_delivery_is_parked_while_other_keys_flow(transport, &dbs).await;
+}
+
+/// The same event committed to the outbox, with the relay in the child: the first child's
+/// relay hands it over directly (no queue row counts that delivery) and dies with it; each
+/// relay that takes over must count the delivery its predecessor may have made, so the
+/// event is still parked on delivery `max_attempts + 1`.
+async fn an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked(
+    backend: Backend,
+) {
+    let dbs = open(backend).await;
+    commit(&dbs, &Outbox::new(PRODUCER), &events(1, 1)).await;
+    for _ in 1..=settings().max_attempts {
+        kill(start_child(Transport::Local, &dbs, true));
+    }
+    the_next_delivery_is_parked_while_other_keys_flow(Transport::Local, &dbs).await;
+}
+
+mod an_event_handed_over_directly_that_kills_its_consumer_process_every_time {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked(
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked(
+            Backend::Postgres,
+        )
+        .await
+    }
 }
 
 mod an_event_that_kills_its_consumer_process_every_time {
