@@ -698,6 +698,29 @@ mod a_second_process_under_the_same_instance_name {
     }
 }
 
+/// The consumer's subscription on `bus`, with room for more deliveries than its reader
+/// reserves for a claim (twice the consumer batch), so a handover always finds capacity
+/// free: with less, an event published while the reader claims goes through the queue.
+async fn subscribe(bus: &Arc<dyn EventBus>) -> messaging::Subscription {
+    bus.subscribe(SubscriberSpec {
+        module: CONSUMER,
+        event_types: vec![OrderConfirmedV1::TYPE],
+        max_in_flight: settings().consumer_batch * 2 + 10,
+    })
+    .await
+    .expect("subscribe")
+}
+
+/// Publishes `sent` on `bus` in a task of its own: the test goes on while publish waits.
+fn publishing(
+    bus: &Arc<dyn EventBus>,
+    sent: &[Envelope],
+) -> tokio::task::JoinHandle<Result<(), messaging::BusError>> {
+    let publisher = bus.clone();
+    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
+    tokio::spawn(async move { publisher.publish(&batch).await })
+}
+
 /// With this process's subscription open, an event nothing comes before is handed to it
 /// directly: `publish` returns only once the consumer settled it, no queue row is written
 /// for it, and the watchdog's backlog counts it while it is out. A retry is what the queue
@@ -715,18 +738,8 @@ async fn an_event_handed_over_directly_is_settled_before_publish_returns_and_nev
     };
     let bus = bus_configured(Transport::Local, &dbs, "a", patient).await;
     assert!(bus.hands_over_directly());
-    let mut subscription = bus
-        .subscribe(SubscriberSpec {
-            module: CONSUMER,
-            event_types: vec![OrderConfirmedV1::TYPE],
-            max_in_flight: 10,
-        })
-        .await
-        .expect("subscribe");
-    let sent = events(2, 1);
-    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
-    let publisher = bus.clone();
-    let mut publish = tokio::spawn(async move { publisher.publish(&batch).await });
+    let mut subscription = subscribe(&bus).await;
+    let mut publish = publishing(&bus, &events(2, 1));
     let mut got = Vec::new();
     for n in 1..=2 {
         let d = tokio::time::timeout(WAIT, subscription.deliveries.next())
@@ -825,19 +838,9 @@ async fn a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(back
     use futures::StreamExt;
     let dbs = open(backend).await;
     let bus = bus(Transport::Local, &dbs, "a").await;
-    let mut subscription = bus
-        .subscribe(SubscriberSpec {
-            module: CONSUMER,
-            event_types: vec![OrderConfirmedV1::TYPE],
-            max_in_flight: 10,
-        })
-        .await
-        .expect("subscribe");
-    let sent = events(1, 1);
+    let mut subscription = subscribe(&bus).await;
     let started = std::time::Instant::now();
-    let publisher = bus.clone();
-    let batch: Vec<Outgoing> = sent.iter().map(outgoing).collect();
-    let publish = tokio::spawn(async move { publisher.publish(&batch).await });
+    let publish = publishing(&bus, &events(1, 1));
     let held = tokio::time::timeout(WAIT, subscription.deliveries.next())
         .await
         .expect("handed over")
