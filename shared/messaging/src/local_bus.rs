@@ -1,8 +1,12 @@
 //! The in-process bus: for modules that run in the same process. It is still durable
-//! (an in-memory transport would lose messages on a crash): publishing writes each event into the `bus_queue` table of every subscribed
-//! module, in that module's own database, before the relay marks the outbox row published;
-//! a subscription claims queued rows under a lease, and only an acknowledgement deletes
-//! them. A crash at any point leaves every event either in an outbox or in a queue.
+//! (an in-memory transport would lose messages on a crash). Publishing hands each event
+//! that nothing can come before to the consuming module's subscription in this process and
+//! returns once the consumer settled it ([`handover`]), so the outbox row, marked only
+//! then, is its durable copy; every other event is written into the `bus_queue` table of
+//! the subscribed module, in that module's own database, before the relay marks the
+//! outbox row published; a subscription claims queued rows under a lease, and only an
+//! acknowledgement deletes them. A crash at any point leaves every event either in an
+//! outbox or in a queue.
 //!
 //! Per-key order: a row is not handed out while an earlier row with the same ordering key
 //! is still in the queue (in flight, or waiting for its retry). Several instances of a
