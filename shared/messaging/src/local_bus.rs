@@ -131,16 +131,17 @@ impl LocalBus {
         let Some((state, sender)) = live else {
             return self.enqueue(queue, &events).await;
         };
-        let mut per_key: HashMap<String, usize> = HashMap::new();
-        for e in &events {
-            *per_key.entry(ordering_key(e)).or_default() += 1;
+        let keys: Vec<String> = events.iter().map(|e| ordering_key(e)).collect();
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for key in &keys {
+            *per_key.entry(key).or_default() += 1;
         }
-        // Keys with one event here and none counted before: those may go directly unless
-        // their key already waits in the queue.
-        let candidates: Vec<String> = events
+        // Keys with one event here: those may go directly unless their key already waits
+        // in the queue.
+        let candidates: Vec<String> = keys
             .iter()
-            .map(|e| ordering_key(e))
-            .filter(|key| per_key.get(key) == Some(&1))
+            .filter(|key| per_key[key.as_str()] == 1)
+            .cloned()
             .collect();
         let queued = if candidates.is_empty() {
             HashSet::new()
@@ -149,11 +150,10 @@ impl LocalBus {
         };
         let mut direct = Vec::new();
         let mut rest = Vec::new();
-        for e in events {
-            let key = ordering_key(e);
+        for (e, key) in events.into_iter().zip(&keys) {
             let free = !e.handed_before
-                && per_key.get(&key) == Some(&1)
-                && !queued.contains(&key)
+                && per_key[key.as_str()] == 1
+                && !queued.contains(key)
                 && state.permits.try_acquire().map(|p| p.forget()).is_ok();
             if free {
                 direct.push(e);
@@ -234,7 +234,7 @@ impl LocalBus {
             self.queue_claimed(queue, state, claimed).await?;
         }
         if !later.is_empty() {
-            write_later(&queue.db, &later).await?;
+            write_later(&queue.db, &later, None).await?;
             queue.wake.notify_one();
         }
         Ok(())
@@ -248,13 +248,19 @@ impl LocalBus {
         state: &Arc<State>,
         claimed: Vec<(&Outgoing, Arc<Handover>)>,
     ) -> Result<(), BusError> {
-        let written = write_claimed(
-            &queue.db,
-            &self.instance,
-            self.settings.lease_ms,
-            claimed.iter().map(|(e, _)| *e),
-        )
-        .await;
+        let now = now_ms();
+        // Counted as delivered once, as a claim of this instance would be.
+        let rows: Vec<Later<'_>> = claimed
+            .iter()
+            .map(|(event, _)| Later {
+                event,
+                visible_at: now,
+                deliveries: 1,
+                error: None,
+            })
+            .collect();
+        let claim = (self.instance.as_str(), now + self.settings.lease_ms as i64);
+        let written = write_later(&queue.db, &rows, Some(claim)).await;
         let ids = match written {
             Ok(ids) => ids,
             Err(e) => {
@@ -967,15 +973,23 @@ async fn keys_in_queue(db: &ModuleDb, keys: &[String]) -> Result<HashSet<String>
     Ok(found)
 }
 
-/// Queues deliveries that came back from a handover, each with its delay, count and error.
-async fn write_later(db: &ModuleDb, rows: &[Later<'_>]) -> Result<(), sea_orm::DbErr> {
+/// Queues deliveries that came back from a handover, each with its delay, count and error,
+/// as rows claimed by `claimant` (instance, claim's end) when given: the ids of the rows
+/// written, `None` where the event was queued already.
+async fn write_later(
+    db: &ModuleDb,
+    rows: &[Later<'_>],
+    claimant: Option<(&str, i64)>,
+) -> Result<Vec<Option<i64>>, sea_orm::DbErr> {
     let now = now_ms();
+    let (locked_by, locked_until) = claimant.unzip();
     let tx = db.begin().await?;
+    let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
-        execute(
+        let written = query(
             &tx,
-            "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+            "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries, last_error, locked_by, locked_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING RETURNING id",
             vec![
                 row.event.event_id.into(),
                 row.event.event_type.clone().into(),
@@ -985,43 +999,13 @@ async fn write_later(db: &ModuleDb, rows: &[Later<'_>]) -> Result<(), sea_orm::D
                 now.into(),
                 row.deliveries.into(),
                 row.error.clone().into(),
+                locked_by.map(str::to_owned).into(),
+                locked_until.into(),
             ],
         )
         .await?;
-    }
-    tx.commit().await
-}
-
-/// Queues deliveries still in the consumer's hands as rows claimed by `instance`, counted
-/// as delivered once: the ids of the rows written, `None` where the event was queued
-/// already.
-async fn write_claimed(
-    db: &ModuleDb,
-    instance: &str,
-    lease_ms: u64,
-    events: impl Iterator<Item = &Outgoing>,
-) -> Result<Vec<Option<i64>>, sea_orm::DbErr> {
-    let now = now_ms();
-    let tx = db.begin().await?;
-    let mut ids = Vec::new();
-    for e in events {
-        let rows = query(
-            &tx,
-            "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries, locked_by, locked_until) \
-             VALUES ($1, $2, $3, $4, $5, $5, 1, $6, $7) ON CONFLICT (event_id) DO NOTHING RETURNING id",
-            vec![
-                e.event_id.into(),
-                e.event_type.clone().into(),
-                ordering_key(e).into(),
-                e.envelope.to_string().into(),
-                now.into(),
-                instance.to_owned().into(),
-                (now + lease_ms as i64).into(),
-            ],
-        )
-        .await?;
-        ids.push(match rows.first() {
-            Some(row) => Some(row.try_get::<i64>("", "id")?),
+        ids.push(match written.first() {
+            Some(written) => Some(written.try_get::<i64>("", "id")?),
             None => None,
         });
     }

@@ -885,36 +885,7 @@ async fn a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(back
     );
 }
 
-mod a_handover_unsettled_after_the_handover_wait {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(Backend::Sqlite).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(Backend::Postgres).await
-    }
-}
-
-mod an_event_handed_over_directly {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued(
-            Backend::Sqlite,
-        )
-        .await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued(
-            Backend::Postgres,
-        )
-        .await
-    }
-}
+on_both_backends!(
+    an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued,
+    a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row,
+);

@@ -146,25 +146,9 @@ async fn an_event_handed_over_directly_that_kills_its_consumer_process_every_tim
     the_next_delivery_is_parked_while_other_keys_flow(Transport::Local, &dbs).await;
 }
 
-mod an_event_handed_over_directly_that_kills_its_consumer_process_every_time {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked(
-            Backend::Sqlite,
-        )
-        .await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked(
-            Backend::Postgres,
-        )
-        .await
-    }
-}
+on_both_backends!(
+    an_event_handed_over_directly_that_kills_its_consumer_process_every_time_is_parked
+);
 
 mod an_event_that_kills_its_consumer_process_every_time {
     use super::*;
