@@ -157,6 +157,21 @@ pub async fn connect_postgres(
     Database::connect(options).await
 }
 
+/// Whether PostgreSQL aborted one of `e`'s statements to break a deadlock (SQLSTATE 40P01).
+pub fn is_deadlock(e: &anyhow::Error) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    e.chain().any(|cause| {
+        let runtime = match cause.downcast_ref::<DbErr>() {
+            Some(DbErr::Exec(r) | DbErr::Query(r) | DbErr::Conn(r)) => r,
+            _ => return false,
+        };
+        matches!(runtime, RuntimeErr::SqlxError(sqlx) if sqlx
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "40P01"))
+    })
+}
+
 /// Creates (when missing) a module's schema and role, runs its migrations as the owner,
 /// and grants the module's role rights on that schema only. Idempotent, and safe when
 /// several processes start at once (PostgreSQL: an advisory lock per schema).
@@ -434,6 +449,53 @@ mod tests {
             "{kept} statements prepared on a connection whose cache holds 4"
         );
         conn.close().await.ok();
+    }
+
+    /// A deadlock PostgreSQL broke is told from other failures, through the context the
+    /// migration adds, so that migrating tries again only then.
+    #[tokio::test]
+    async fn a_deadlock_is_told_from_other_database_errors() {
+        let pg = postgres("127.0.0.1", SslMode::Disable, None);
+        let a = connect_postgres(&pg, "postgres", None, "public", 1)
+            .await
+            .expect("connects");
+        let b = connect_postgres(&pg, "postgres", None, "public", 1)
+            .await
+            .expect("connects");
+        // Keys of this run's own: another test's advisory locks are left alone.
+        let one = std::process::id() as i32;
+        let two = one.wrapping_neg().wrapping_sub(1);
+        let (lock_one, lock_two) = (
+            format!("SELECT pg_advisory_lock({one})"),
+            format!("SELECT pg_advisory_lock({two})"),
+        );
+        exec(&a, &lock_one).await.expect("a takes one");
+        exec(&b, &lock_two).await.expect("b takes two");
+        // Each waits for the other's: PostgreSQL aborts one of the two waits, whose
+        // connection then lets go of its lock so that the other gets it.
+        let wait = async |conn: &DatabaseConnection, sql: &str| {
+            let waited = exec(conn, sql).await;
+            if waited.is_err() {
+                exec(conn, "SELECT pg_advisory_unlock_all()").await.ok();
+            }
+            waited
+        };
+        let (from_a, from_b) = tokio::join!(wait(&a, &lock_two), wait(&b, &lock_one));
+        let failed = match (from_a, from_b) {
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => e,
+            other => panic!("one of the two waits fails: {other:?}"),
+        };
+        let failed = anyhow::Error::new(failed).context("failed to migrate module catalog");
+        assert!(is_deadlock(&failed), "{failed:#}");
+        let other = exec(&a, "SELECT * FROM no_such_table")
+            .await
+            .expect_err("no such table");
+        assert!(!is_deadlock(&anyhow::Error::new(other).context("failed")));
+        for conn in [&a, &b] {
+            exec(conn, "SELECT pg_advisory_unlock_all()").await.ok();
+        }
+        a.close().await.ok();
+        b.close().await.ok();
     }
 
     #[test]

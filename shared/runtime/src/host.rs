@@ -99,13 +99,31 @@ pub fn select_modules(
 }
 
 /// Creates or updates the schema (and, on PostgreSQL, the role) of each module.
+///
+/// Processes migrating other databases of the same PostgreSQL cluster at the same moment
+/// (the monolith and an extracted service starting together) share its roles and can
+/// deadlock on them; PostgreSQL then aborts one, which tries again after a pause.
 pub async fn migrate(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 5;
     for module in modules {
-        let m = module.clone();
-        db::prepare_module(&settings.database, module.name(), async move |conn| {
-            m.migrate(conn).await
-        })
-        .await?;
+        let mut attempt = 1;
+        loop {
+            let m = module.clone();
+            let prepared =
+                db::prepare_module(&settings.database, module.name(), async move |conn| {
+                    m.migrate(conn).await
+                })
+                .await;
+            match prepared {
+                Err(e) if attempt < ATTEMPTS && db::is_deadlock(&e) => {
+                    tracing::warn!(module = module.name(), attempt, error = %format!("{e:#}"), "migrating deadlocked with another process; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                prepared => break prepared?,
+            }
+        }
         tracing::info!(module = module.name(), "schema up to date");
     }
     Ok(())
