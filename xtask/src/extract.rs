@@ -219,7 +219,7 @@ fn monolith_edits(layout: &Layout, extracted: &[String]) -> anyhow::Result<Vec<C
     let kind = if extracted.is_empty() {
         "\"local\""
     } else {
-        "\"redis\""
+        "\"hybrid\""
     };
     let text = set_toml_line(&text, "bus", "kind", kind)?;
     changes.push(Change::Write {
@@ -332,7 +332,7 @@ pub(crate) fn extract(root: &Path, args: &Args) -> anyhow::Result<()> {
     steps.detail(format!("{generated} of {} new or changed", files.len()));
     let edits = monolith_edits(&layout, &extracted)?;
     steps.step(format!(
-        "switching the monolith off {module} and onto the Redis bus ({} files)",
+        "switching the monolith off {module} and onto the hybrid bus ({} files)",
         edits.len()
     ));
     let edited = apply(root, &edits, args.dry_run)?;
@@ -412,7 +412,10 @@ pub(crate) fn inline(root: &Path, args: &Args) -> anyhow::Result<()> {
     let bus = if extracted.is_empty() {
         "with no service left it uses the in-process bus again".to_owned()
     } else {
-        format!("it stays on the Redis bus for {}", extracted.join(", "))
+        format!(
+            "it stays on the hybrid bus, over Redis to and from {}",
+            extracted.join(", ")
+        )
     };
     crate::progress::next(&[
         "build the monolith:  cargo build -p app".to_owned(),

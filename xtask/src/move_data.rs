@@ -182,7 +182,7 @@ fn stamp() -> String {
 
 /// No instance of the module may be a live member of its Redis consumer group.
 async fn check_not_consuming(settings: &Settings, module: &str) -> anyhow::Result<()> {
-    if settings.bus.kind != runtime::config::BusKind::Redis {
+    if settings.bus.kind == runtime::config::BusKind::Local {
         return Ok(());
     }
     let redis = &settings.bus.redis;

@@ -417,6 +417,8 @@ impl Ctx {
         if shape.extracted {
             let mut mono = base(&tag);
             mono.push(("APP__MODULES__ENABLED".into(), "catalog,checkout".into()));
+            // What `extract` configures: in-process between catalog and checkout.
+            mono.push(("APP__BUS__KIND".into(), "hybrid".into()));
             mono.push(("APP__BUS__INSTANCE".into(), "soak-a".into()));
             nodes.push(self.node("soak-a", &self.binary, mono, dir.path())?);
             let (copy, binary) = harness::extracted_service(self.args.no_build)?;

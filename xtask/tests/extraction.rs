@@ -160,7 +160,7 @@ fn extract_then_inline_leaves_the_tree_exactly_as_it_was() {
     }
     let config = std::fs::read_to_string(scratch.path().join("config/base.toml")).expect("config");
     assert!(
-        config.contains("kind = \"redis\"")
+        config.contains("kind = \"hybrid\"")
             && config.contains("enabled = [\"catalog\", \"checkout\"]"),
         "{config}"
     );

@@ -1,12 +1,13 @@
 //! Messaging between modules: the transactional outbox and its relay, the idempotent
 //! inbox, the consumer with retries and dead letters, and the buses that carry events
-//! (in-process now, Redis Streams when a module runs elsewhere). Everything here is shared
+//! (in-process, Redis Streams, or both when some modules run elsewhere). Everything here is shared
 //! by the monolith and every extracted service.
 
 mod bus;
 mod consumer;
 pub mod dead_letters;
 mod faults;
+pub mod hybrid_bus;
 mod instance_name;
 pub mod local_bus;
 pub mod outbox;

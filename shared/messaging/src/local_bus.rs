@@ -308,6 +308,44 @@ impl LocalBus {
         Ok(())
     }
 
+    /// Publishes `batch` to the consumers `route(producer, consumer)` picks (the hybrid
+    /// bus carries the others over Redis).
+    pub(crate) async fn publish_where(
+        &self,
+        batch: &[Outgoing],
+        route: impl Fn(&str, &str) -> bool,
+    ) -> Result<(), BusError> {
+        // Events keep their order within each consumer's queue: rows are inserted in batch
+        // order and queue ids increase.
+        let mut routes: BTreeMap<&str, Vec<&Outgoing>> = BTreeMap::new();
+        for event in batch {
+            for consumer in contracts::consumers_of(&event.event_type) {
+                if route(&event.source, consumer) {
+                    routes.entry(consumer).or_default().push(event);
+                }
+            }
+        }
+        let mut deliveries = Vec::with_capacity(routes.len());
+        for (consumer, events) in routes {
+            let queue = self.queues.get(consumer).ok_or_else(|| BusError::NoRoute {
+                event_type: events[0].event_type.clone(),
+                consumer: consumer.to_owned(),
+            })?;
+            deliveries.push(async move {
+                self.deliver(queue, events).await.map_err(|e| {
+                    BusError::Other(
+                        anyhow::anyhow!("{e}").context(format!("delivering to {consumer}")),
+                    )
+                })
+            });
+        }
+        // Every consumer at once: each waits for its own subscription.
+        for delivered in futures::future::join_all(deliveries).await {
+            delivered?;
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, queue: &Queue, events: &[&Outgoing]) -> Result<(), BusError> {
         let now = now_ms();
         let tx = queue.db.begin().await?;
@@ -357,33 +395,7 @@ impl EventBus for LocalBus {
     }
 
     async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
-        // Events keep their order within each consumer's queue: rows are inserted in batch
-        // order and queue ids increase.
-        let mut routes: BTreeMap<&str, Vec<&Outgoing>> = BTreeMap::new();
-        for event in batch {
-            for consumer in contracts::consumers_of(&event.event_type) {
-                routes.entry(consumer).or_default().push(event);
-            }
-        }
-        let mut deliveries = Vec::with_capacity(routes.len());
-        for (consumer, events) in routes {
-            let queue = self.queues.get(consumer).ok_or_else(|| BusError::NoRoute {
-                event_type: events[0].event_type.clone(),
-                consumer: consumer.to_owned(),
-            })?;
-            deliveries.push(async move {
-                self.deliver(queue, events).await.map_err(|e| {
-                    BusError::Other(
-                        anyhow::anyhow!("{e}").context(format!("delivering to {consumer}")),
-                    )
-                })
-            });
-        }
-        // Every consumer at once: each waits for its own subscription.
-        for delivered in futures::future::join_all(deliveries).await {
-            delivered?;
-        }
-        Ok(())
+        self.publish_where(batch, |_, _| true).await
     }
 
     fn hands_over_directly(&self) -> bool {

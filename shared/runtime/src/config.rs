@@ -236,8 +236,11 @@ pub struct TelemetrySettings {
 word_enum!(BusKind {
     /// Events travel between modules of this process through each consumer's inbox queue.
     Local = "local",
-    /// Events travel over Redis Streams (a module runs in another process).
+    /// Every event travels over Redis Streams, even between modules of this process.
     Redis = "redis",
+    /// Events between modules of this process travel in-process, the others over Redis
+    /// Streams (a module runs in another process).
+    Hybrid = "hybrid",
 });
 
 #[derive(Debug, Clone, Deserialize, Validate)]

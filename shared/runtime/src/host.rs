@@ -15,6 +15,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use messaging::hybrid_bus::HybridBus;
 use messaging::local_bus::LocalBus;
 use messaging::outbox::{Outbox, Relay};
 use messaging::{
@@ -200,21 +201,29 @@ async fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc
             Ok(Arc::new(bus))
         }
         BusKind::Redis => {
-            let redis = &settings.bus.redis;
-            let config = RedisConfig {
-                url: redis.url.clone(),
-                username: Some(redis.username.clone()).filter(|u| !u.is_empty()),
-                password: redis
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose_secret().to_owned()),
-                namespace: redis.namespace.clone(),
-                partitions: redis.partitions,
-                instance: settings.bus.instance_name(),
-            };
-            let bus = RedisBus::connect(config, settings.messaging.clone()).await?;
+            let bus = RedisBus::connect(redis_config(settings), settings.messaging.clone()).await?;
             Ok(Arc::new(bus))
         }
+        BusKind::Hybrid => {
+            let bus =
+                HybridBus::connect(redis_config(settings), settings.messaging.clone(), dbs).await?;
+            Ok(Arc::new(bus))
+        }
+    }
+}
+
+fn redis_config(settings: &Settings) -> RedisConfig {
+    let redis = &settings.bus.redis;
+    RedisConfig {
+        url: redis.url.clone(),
+        username: Some(redis.username.clone()).filter(|u| !u.is_empty()),
+        password: redis
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned()),
+        namespace: redis.namespace.clone(),
+        partitions: redis.partitions,
+        instance: settings.bus.instance_name(),
     }
 }
 

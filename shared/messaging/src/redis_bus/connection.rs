@@ -38,6 +38,9 @@ pub(super) struct Inner {
     /// Producers whose streams have every subscriber's group.
     pub(super) grouped: Mutex<HashSet<String>>,
     pub(super) last_trim: Mutex<HashMap<String, Instant>>,
+    /// The modules of this process whose events to one another travel in-process (the
+    /// hybrid bus); empty when every event travels over Redis.
+    pub(super) in_process: Vec<&'static str>,
 }
 
 impl Inner {
@@ -45,6 +48,7 @@ impl Inner {
     pub(super) async fn connect(
         config: RedisConfig,
         settings: MessagingSettings,
+        in_process: Vec<&'static str>,
     ) -> anyhow::Result<Self> {
         // Present at zero from the start, so an increase over it reads 0 rather than
         // nothing, and the first failure shows as one.
@@ -63,9 +67,25 @@ impl Inner {
             settings,
             grouped: Mutex::new(HashSet::new()),
             last_trim: Mutex::new(HashMap::new()),
+            in_process,
         };
         inner.check_partitions().await?;
         Ok(inner)
+    }
+
+    /// Whether events of `producer` reach `consumer` over Redis: not when both run in this
+    /// process under the hybrid bus.
+    pub(super) fn over_redis(&self, producer: &str, consumer: &str) -> bool {
+        !(self.in_process.contains(&producer) && self.in_process.contains(&consumer))
+    }
+
+    /// The consumer groups `producer`'s streams need: every subscriber that reads them over
+    /// Redis.
+    pub(super) fn groups_of(&self, producer: &str) -> Vec<&'static str> {
+        contracts::subscribers_of(producer)
+            .into_iter()
+            .filter(|consumer| self.over_redis(producer, consumer))
+            .collect()
     }
 
     pub(super) fn key(&self, rest: &str) -> String {

@@ -14,7 +14,8 @@ use super::connection::{Inner, count_error};
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 impl Inner {
-    /// Creates the group of every subscriber on every stream of `producer`.
+    /// Creates the group of every subscriber that reads `producer` over Redis on every
+    /// stream of `producer`: the publisher does it before its first publish.
     pub(super) async fn ensure_groups(&self, producer: &str) -> Result<(), redis::RedisError> {
         if self
             .grouped
@@ -27,7 +28,7 @@ impl Inner {
         let mut conn = self.conn.clone();
         for partition in 0..self.config.partitions {
             let stream = self.stream(producer, partition);
-            for group in contracts::subscribers_of(producer) {
+            for group in self.groups_of(producer) {
                 create_group(&mut conn, &stream, group).await?;
             }
         }
@@ -39,9 +40,10 @@ impl Inner {
     }
 
     /// Trims `producer`'s streams below the oldest entry some group still needs. A stream
-    /// missing one of its groups is left alone.
+    /// missing one of its groups is left alone; the group of a route that travels
+    /// in-process now (a version that still read it over Redis made it) is not waited for.
     pub(super) async fn trim(&self, producer: &str) -> Result<(), redis::RedisError> {
-        let expected = contracts::subscribers_of(producer);
+        let expected = self.groups_of(producer);
         let mut conn = self.conn.clone();
         for partition in 0..self.config.partitions {
             let stream = self.stream(producer, partition);
@@ -66,6 +68,12 @@ impl Inner {
             let mut floor: Option<(u64, u64)> = None;
             for group in &groups {
                 let name: String = field(group, "name").unwrap_or_default();
+                if !self.over_redis(producer, &name) {
+                    // A route that travels in-process now: nobody reads this group (one
+                    // that still held events kept the hybrid bus from starting), so it
+                    // holds nothing back. A group this process does not know of does.
+                    continue;
+                }
                 let pending: u64 = field(group, "pending").unwrap_or(0);
                 let needed = if pending > 0 {
                     let summary: Vec<RedisValue> = redis::cmd("XPENDING")
@@ -99,15 +107,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes the groups of `producers` again: Redis lost them (a restart without
-    /// persistence).
-    pub(super) async fn recreate_groups(&self, producers: &[String]) {
+    /// Creates `group` on every stream of `producer`: a subscriber does it for its own
+    /// group only, since where the producer's other consumers run is the publisher's to
+    /// know (a group nobody reads would hold trimming back for ever).
+    pub(super) async fn ensure_group(
+        &self,
+        producer: &str,
+        group: &str,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        for partition in 0..self.config.partitions {
+            create_group(&mut conn, &self.stream(producer, partition), group).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `group` on the streams of `producers` again: Redis lost it (a restart without
+    /// persistence). The publisher makes the others when it trims next.
+    pub(super) async fn recreate_group(&self, producers: &[String], group: &str) {
         self.grouped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         for producer in producers {
-            let _ = self.ensure_groups(producer).await;
+            let _ = self.ensure_group(producer, group).await;
         }
     }
 
@@ -131,6 +154,141 @@ impl Inner {
                     tracing::warn!(producer, error = %e, "trimming streams failed");
                 }
             });
+        }
+    }
+}
+
+impl Inner {
+    /// Removes the groups of routes that now travel in-process (a consumer whose producer
+    /// runs in this process under the hybrid bus), left by a time when they travelled over
+    /// Redis, once nothing waits in them: a group nobody reads would hold trimming back for
+    /// ever. Returns, for each such group still holding events its consumer takes (pending,
+    /// or not yet read), where and how many; those are left as they are.
+    pub(super) async fn retire_in_process_groups(&self) -> Result<Vec<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let mut waiting = Vec::new();
+        for producer in &self.in_process {
+            for consumer in contracts::subscribers_of(producer) {
+                if self.over_redis(producer, consumer) {
+                    continue;
+                }
+                let types: BTreeSet<&str> = contracts::subscriptions_of(consumer)
+                    .into_iter()
+                    .filter(|t| contracts::source_of(t) == *producer)
+                    .collect();
+                for partition in 0..self.config.partitions {
+                    let stream = self.stream(producer, partition);
+                    let groups: Vec<HashMap<String, RedisValue>> = match redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await
+                    {
+                        Ok(groups) => groups,
+                        // No such stream: nothing was ever published on it.
+                        Err(_) => continue,
+                    };
+                    let Some(group) = groups
+                        .iter()
+                        .find(|g| field::<String>(g, "name").as_deref() == Some(consumer))
+                    else {
+                        continue;
+                    };
+                    let last: String =
+                        field(group, "last-delivered-id").unwrap_or_else(|| "0-0".to_owned());
+                    let pending = pending_of(&mut conn, &stream, consumer, &types).await?;
+                    let unread = unread_of(&mut conn, &stream, &last, &types).await?;
+                    if pending + unread > 0 {
+                        waiting.push(format!(
+                            "{consumer} on {stream}: {pending} delivered and not acknowledged, {unread} not read"
+                        ));
+                        continue;
+                    }
+                    let _: i64 = redis::cmd("XGROUP")
+                        .arg("DESTROY")
+                        .arg(&stream)
+                        .arg(consumer)
+                        .query_async(&mut conn)
+                        .await?;
+                    tracing::info!(
+                        module = consumer,
+                        stream,
+                        "removed a drained consumer group: these events travel in-process now"
+                    );
+                }
+            }
+        }
+        Ok(waiting)
+    }
+}
+
+/// How many entries of `stream` delivered to `group` and not acknowledged have one of
+/// `types` (a reader stopped before it acknowledged one it skips leaves it pending too).
+async fn pending_of(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    types: &BTreeSet<&str>,
+) -> Result<u64, redis::RedisError> {
+    const MOST: usize = 1000;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(MOST)
+        .query_async(conn)
+        .await?;
+    if pending.len() == MOST {
+        // Too many to look at one by one: they all count.
+        return Ok(MOST as u64);
+    }
+    let mut taken = 0;
+    for (id, ..) in pending {
+        let entries: Vec<(String, HashMap<String, RedisValue>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&id)
+            .arg(&id)
+            .query_async(conn)
+            .await?;
+        // An entry trimmed away is nothing to deliver any more.
+        if entries.iter().any(|(_, fields)| {
+            field::<String>(fields, "type").is_some_and(|t| types.contains(t.as_str()))
+        }) {
+            taken += 1;
+        }
+    }
+    Ok(taken)
+}
+
+/// How many entries of `stream` after `last` have one of `types`.
+async fn unread_of(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    last: &str,
+    types: &BTreeSet<&str>,
+) -> Result<u64, redis::RedisError> {
+    const PAGE: usize = 1000;
+    let mut after = last.to_owned();
+    let mut unread = 0;
+    loop {
+        let entries: Vec<(String, HashMap<String, RedisValue>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        unread += entries
+            .iter()
+            .filter(|(_, fields)| {
+                field::<String>(fields, "type").is_some_and(|t| types.contains(t.as_str()))
+            })
+            .count() as u64;
+        match entries.last() {
+            Some((id, _)) if entries.len() == PAGE => after.clone_from(id),
+            _ => return Ok(unread),
         }
     }
 }

@@ -93,9 +93,35 @@ impl RedisBus {
     }
 
     pub async fn connect(config: RedisConfig, settings: MessagingSettings) -> anyhow::Result<Self> {
+        Self::connect_beside(config, settings, Vec::new()).await
+    }
+
+    /// The Redis half of a [`HybridBus`](crate::hybrid_bus::HybridBus): events between two
+    /// of the modules `in_process` are not written to Redis, and no group is made for them.
+    pub(crate) async fn connect_beside(
+        config: RedisConfig,
+        settings: MessagingSettings,
+        in_process: Vec<&'static str>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            inner: Arc::new(Inner::connect(config, settings).await?),
+            inner: Arc::new(Inner::connect(config, settings, in_process).await?),
         })
+    }
+
+    /// Removes the consumer groups of routes that travel in-process now and hold nothing;
+    /// says where events still wait in the others (see
+    /// [`HybridBus`](crate::hybrid_bus::HybridBus)).
+    pub(crate) async fn retire_in_process_groups(&self) -> Result<Vec<String>, BusError> {
+        self.inner
+            .retire_in_process_groups()
+            .await
+            .map_err(unavailable("groups"))
+    }
+
+    /// Whether events of `producer` reach `consumer` over Redis (always, but for two
+    /// modules of this process under the hybrid bus).
+    pub(crate) fn over_redis(&self, producer: &str, consumer: &str) -> bool {
+        self.inner.over_redis(producer, consumer)
     }
 
     /// The stream and the entry id a delivery of this bus stands for (`None` for a tag of
@@ -113,8 +139,32 @@ impl EventBus for RedisBus {
     }
 
     async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+        self.publish_events(batch.iter()).await
+    }
+
+    async fn subscribe(&self, spec: SubscriberSpec) -> Result<Subscription, BusError> {
+        self.subscribe_to(spec).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        let mut conn = self.inner.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable("check"))?;
+        Ok(())
+    }
+}
+
+impl RedisBus {
+    /// [`EventBus::publish`] of the events given, in their order.
+    pub(crate) async fn publish_events<'a>(
+        &self,
+        events: impl ExactSizeIterator<Item = &'a Outgoing> + Clone,
+    ) -> Result<(), BusError> {
+        let batch = events;
         let inner = &self.inner;
-        let producers: BTreeSet<&str> = batch.iter().map(|e| e.source.as_str()).collect();
+        let producers: BTreeSet<&str> = batch.clone().map(|e| e.source.as_str()).collect();
         for producer in &producers {
             inner
                 .ensure_groups(producer)
@@ -122,6 +172,7 @@ impl EventBus for RedisBus {
                 .map_err(unavailable("groups"))?;
         }
         let mut pipe = redis::pipe();
+        let count = batch.len();
         for event in batch {
             let stream = inner.stream(
                 &event.source,
@@ -144,11 +195,10 @@ impl EventBus for RedisBus {
             .query_async(&mut conn)
             .await
             .map_err(unavailable("publish"))?;
-        if ids.len() != batch.len() {
+        if ids.len() != count {
             return Err(BusError::Unavailable(format!(
-                "Redis accepted {} of {} events",
-                ids.len(),
-                batch.len()
+                "Redis accepted {} of {count} events",
+                ids.len()
             )));
         }
         for producer in producers {
@@ -157,7 +207,7 @@ impl EventBus for RedisBus {
         Ok(())
     }
 
-    async fn subscribe(&self, spec: SubscriberSpec) -> Result<Subscription, BusError> {
+    async fn subscribe_to(&self, spec: SubscriberSpec) -> Result<Subscription, BusError> {
         let inner = self.inner.clone();
         let producers: Vec<String> = spec
             .event_types
@@ -168,7 +218,7 @@ impl EventBus for RedisBus {
             .collect();
         for producer in &producers {
             inner
-                .ensure_groups(producer)
+                .ensure_group(producer, spec.module)
                 .await
                 .map_err(unavailable("groups"))?;
         }
@@ -223,14 +273,5 @@ impl EventBus for RedisBus {
             acker: Arc::new(RedisAcker(state, producers)),
             reader: Some(tokio_util::task::AbortOnDropHandle::new(reader)),
         })
-    }
-
-    async fn check(&self) -> Result<(), BusError> {
-        let mut conn = self.inner.conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable("check"))?;
-        Ok(())
     }
 }

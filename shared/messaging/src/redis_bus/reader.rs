@@ -154,7 +154,7 @@ pub(super) async fn read(
                 state.flow().recover_streams(&streams);
                 if is_no_group(&e) {
                     // Redis lost the groups (a restart without persistence): make them again.
-                    inner.recreate_groups(&producers).await;
+                    inner.recreate_group(&producers, group).await;
                 } else {
                     count_error("read");
                     tracing::warn!(module = group, error = %e, delay_ms = delay.as_millis() as u64, "reading streams failed; reconnecting");

@@ -854,6 +854,7 @@ macro_rules! on_both_backends {
 
 mod cleanup;
 mod conformance;
+mod hybrid;
 mod local_only;
 mod process_kill;
 mod publishing;
