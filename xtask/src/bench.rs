@@ -5,7 +5,8 @@
 //! - `pg`: the monolith on PostgreSQL with the in-process bus;
 //! - `sqlite`: the monolith on its embedded SQLite files;
 //! - `extracted`: fulfillment as a service of its own (a real `cargo xtask extract` in a
-//!   scratch copy), Redis Streams between it and the monolith, PostgreSQL;
+//!   scratch copy), Redis Streams between it and the monolith (on the hybrid bus, as
+//!   `extract` configures it: in-process between catalog and checkout), PostgreSQL;
 //! - `peer`: the Node.js peer, started from `--peer-dir` (its `setup.sh` run first);
 //! - `url=http://127.0.0.1:PORT`: any server already running on loopback that speaks the
 //!   contract (its process is found by its listening port, for CPU and memory).
@@ -50,7 +51,8 @@ use load::{Load, Request};
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
     /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
-    /// extracted, peer, url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
+    /// extracted, extracted-redis (the monolith on bus.kind = redis instead of hybrid), peer,
+    /// url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
     #[arg(long, value_delimiter = ',', default_value = "pg,peer")]
     pub(crate) targets: Vec<String>,
     /// Scenarios, each run on every target in turn: reads, place, journey.
@@ -216,7 +218,11 @@ enum Kind {
     /// older build, to measure a change side by side).
     Pg(Option<PathBuf>),
     Sqlite,
-    Extracted,
+    /// Fulfillment as a service; the monolith on the hybrid bus, or (`true`) with every
+    /// event over Redis.
+    Extracted {
+        redis_only: bool,
+    },
     Peer,
     Url(String),
 }
@@ -226,21 +232,22 @@ impl Kind {
         Ok(match text {
             "pg" => Self::Pg(None),
             "sqlite" => Self::Sqlite,
-            "extracted" => Self::Extracted,
+            "extracted" => Self::Extracted { redis_only: false },
+            "extracted-redis" => Self::Extracted { redis_only: true },
             "peer" => Self::Peer,
             _ => match (text.strip_prefix("url="), text.strip_prefix("pg=")) {
                 (Some(url), _) => Self::Url(url.to_owned()),
                 (_, Some(binary)) => Self::Pg(Some(PathBuf::from(binary))),
                 _ => bail!(
-                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, extracted, peer or \
-                     url=http://127.0.0.1:PORT"
+                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, extracted, \
+                     extracted-redis, peer or url=http://127.0.0.1:PORT"
                 ),
             },
         })
     }
 
     fn ours(&self) -> bool {
-        matches!(self, Self::Pg(_) | Self::Sqlite | Self::Extracted)
+        matches!(self, Self::Pg(_) | Self::Sqlite | Self::Extracted { .. })
     }
 
     fn name(&self) -> String {
@@ -251,7 +258,8 @@ impl Kind {
                 binary.file_name().unwrap_or_default().to_string_lossy()
             ),
             Self::Sqlite => "ours-sqlite".into(),
-            Self::Extracted => "ours-extracted".into(),
+            Self::Extracted { redis_only: false } => "ours-extracted".into(),
+            Self::Extracted { redis_only: true } => "ours-extracted(redis)".into(),
             Self::Peer => "peer".into(),
             Self::Url(url) => url.clone(),
         }
@@ -526,15 +534,20 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
             });
             running._dirs.push(dir);
         }
-        Kind::Extracted => {
+        Kind::Extracted { redis_only } => {
             anyhow::ensure!(!args.debug, "the extracted target runs release builds only");
             let (scratch, service) = crate::harness::extracted_service(args.no_build)?;
-            let (mono_db, svc_db) = (format!("bench_mono_{tag}"), format!("bench_ful_{tag}"));
+            // Numbered, like every database of the run: two extracted targets side by side.
+            let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+            let (mono_db, svc_db) = (
+                format!("bench_mono_{tag}_{n}"),
+                format!("bench_ful_{tag}_{n}"),
+            );
             for db in [&mono_db, &svc_db] {
                 create_database(&args.pg_host, args.pg_port, db).await?;
                 running.databases.push(db.clone());
             }
-            let namespace = format!("bench-{tag}");
+            let namespace = format!("bench-{tag}-{n}");
             running.namespace = Some(namespace.clone());
             let mut mono_vars = pg_vars(args, &mono_db);
             mono_vars.extend([
@@ -542,7 +555,10 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
                     "APP__MODULES__ENABLED".to_owned(),
                     "catalog,checkout".to_owned(),
                 ),
-                ("APP__BUS__KIND".to_owned(), "redis".to_owned()),
+                (
+                    "APP__BUS__KIND".to_owned(),
+                    if *redis_only { "redis" } else { "hybrid" }.to_owned(),
+                ),
                 ("APP__BUS__REDIS__NAMESPACE".to_owned(), namespace.clone()),
                 ("APP__BUS__INSTANCE".to_owned(), "bench-monolith".to_owned()),
             ]);
