@@ -123,7 +123,8 @@ impl Inner {
     }
 
     /// Makes `group` on the streams of `producers` again: Redis lost it (a restart without
-    /// persistence). The publisher makes the others when it trims next.
+    /// persistence). Each publisher makes the groups it needs again when it publishes next
+    /// (its trim notices a missing one).
     pub(super) async fn recreate_group(&self, producers: &[String], group: &str) {
         self.grouped
             .lock()
@@ -156,9 +157,7 @@ impl Inner {
             });
         }
     }
-}
 
-impl Inner {
     /// Removes the groups of routes that now travel in-process (a consumer whose producer
     /// runs in this process under the hybrid bus), left by a time when they travelled over
     /// Redis, once nothing waits in them: a group nobody reads would hold trimming back for
