@@ -34,13 +34,19 @@ pub struct HybridBus {
 
 impl HybridBus {
     /// The bus of a process running the modules of `dbs`, under the instance name of
-    /// `redis`. Fails when Redis is out of reach, or when a route that now travels
-    /// in-process still has events waiting in its Redis consumer group.
+    /// `redis`. Fails when Redis is out of reach, when a route that now travels in-process
+    /// still has events waiting in its Redis consumer group, or when `max_in_flight` is 1
+    /// (a merged subscription holds at least one delivery of each bus).
     pub async fn connect(
         redis: RedisConfig,
         settings: MessagingSettings,
         dbs: &[ModuleDb],
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.max_in_flight >= 2,
+            "bus.kind = hybrid needs messaging.max_in_flight of at least 2: a module that \
+             consumes both in-process and over Redis holds at least one delivery of each"
+        );
         let here: Vec<&'static str> = dbs.iter().map(|db| db.module()).collect();
         let mut local = LocalBus::new(redis.instance.clone(), settings.clone());
         for db in dbs {

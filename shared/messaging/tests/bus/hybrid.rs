@@ -334,3 +334,32 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
     );
     assert_eq!(entries, 2, "nothing fulfillment still needs was touched");
 }
+
+/// A module consuming both ways holds a delivery of each bus at least, so the hybrid bus
+/// refuses a `max_in_flight` it could not keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_in_flight_of_one_is_refused() {
+    let dbs = open(Backend::Sqlite).await;
+    let refused = HybridBus::connect(
+        RedisConfig {
+            url: REDIS.into(),
+            username: None,
+            password: None,
+            namespace: dbs.namespace.clone(),
+            partitions: 4,
+            instance: "monolith".into(),
+        },
+        MessagingSettings {
+            max_in_flight: 1,
+            ..settings()
+        },
+        &monolith_dbs(&dbs),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("messaging.max_in_flight of at least 2"),
+        "{refused:#}"
+    );
+}
