@@ -47,14 +47,9 @@ impl Inner {
         let mut conn = self.conn.clone();
         for partition in 0..self.config.partitions {
             let stream = self.stream(producer, partition);
-            let groups: Vec<HashMap<String, RedisValue>> = match redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(g) => g,
-                Err(_) => continue,
+            // Trimming is best effort: it comes again within seconds.
+            let Ok(Some(groups)) = groups_on(&mut conn, &stream).await else {
+                continue;
             };
             let names: BTreeSet<String> = groups.iter().filter_map(|g| field(g, "name")).collect();
             if !expected.iter().all(|e| names.contains(*e)) {
@@ -177,15 +172,8 @@ impl Inner {
                     .collect();
                 for partition in 0..self.config.partitions {
                     let stream = self.stream(producer, partition);
-                    let groups: Vec<HashMap<String, RedisValue>> = match redis::cmd("XINFO")
-                        .arg("GROUPS")
-                        .arg(&stream)
-                        .query_async(&mut conn)
-                        .await
-                    {
-                        Ok(groups) => groups,
-                        // No such stream: nothing was ever published on it.
-                        Err(_) => continue,
+                    let Some(groups) = groups_on(&mut conn, &stream).await? else {
+                        continue;
                     };
                     let Some(group) = groups
                         .iter()
@@ -218,6 +206,24 @@ impl Inner {
             }
         }
         Ok(waiting)
+    }
+}
+
+/// The consumer groups of `stream` (`XINFO GROUPS`); `None` when there is no such stream
+/// (nothing was ever published on it).
+async fn groups_on(
+    conn: &mut ConnectionManager,
+    stream: &str,
+) -> Result<Option<Vec<HashMap<String, RedisValue>>>, redis::RedisError> {
+    match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+    {
+        Ok(groups) => Ok(Some(groups)),
+        Err(e) if e.to_string().contains("no such key") => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -12,7 +12,7 @@ use contracts::fulfillment::ShipmentDispatchedV1;
 use messaging::hybrid_bus::HybridBus;
 use messaging::{Delivery, Subscription};
 
-use super::redis_only::redis_bus;
+use super::redis_only::{redis_bus, stream_length};
 use super::*;
 
 /// The monolith's modules: catalog and checkout, each with its own database (the test's
@@ -24,20 +24,19 @@ fn monolith_dbs(dbs: &Dbs) -> Vec<ModuleDb> {
     ]
 }
 
+fn config(dbs: &Dbs) -> RedisConfig {
+    RedisConfig {
+        url: REDIS.into(),
+        username: None,
+        password: None,
+        namespace: dbs.namespace.clone(),
+        partitions: 4,
+        instance: "monolith".into(),
+    }
+}
+
 async fn monolith(dbs: &Dbs) -> anyhow::Result<HybridBus> {
-    HybridBus::connect(
-        RedisConfig {
-            url: REDIS.into(),
-            username: None,
-            password: None,
-            namespace: dbs.namespace.clone(),
-            partitions: 4,
-            instance: "monolith".into(),
-        },
-        settings(),
-        &monolith_dbs(dbs),
-    )
-    .await
+    HybridBus::connect(config(dbs), settings(), &monolith_dbs(dbs)).await
 }
 
 fn event(event_type: &str, key: Uuid) -> Outgoing {
@@ -232,24 +231,10 @@ async fn events_between_modules_here_stay_in_process_and_the_rest_travel_over_re
     publishing.await.expect("task").expect("publish");
     monolith.trim_now("checkout").await.expect("trim");
     assert_eq!(
-        stream_lengths(&dbs, "checkout").await,
+        stream_length(&dbs).await, // checkout's streams: the suite's PRODUCER
         0,
         "every entry fulfillment acknowledged is trimmed"
     );
-}
-
-async fn stream_lengths(dbs: &Dbs, producer: &str) -> i64 {
-    let mut conn = redis().await;
-    let mut total = 0;
-    for partition in 0..4 {
-        let n: i64 = ::redis::cmd("XLEN")
-            .arg(format!("{}:stream:{producer}:{partition}", dbs.namespace))
-            .query_async(&mut conn)
-            .await
-            .expect("XLEN");
-        total += n;
-    }
-    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,14 +326,7 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
 async fn a_max_in_flight_of_one_is_refused() {
     let dbs = open(Backend::Sqlite).await;
     let refused = HybridBus::connect(
-        RedisConfig {
-            url: REDIS.into(),
-            username: None,
-            password: None,
-            namespace: dbs.namespace.clone(),
-            partitions: 4,
-            instance: "monolith".into(),
-        },
+        config(&dbs),
         MessagingSettings {
             max_in_flight: 1,
             ..settings()
