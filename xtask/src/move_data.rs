@@ -10,6 +10,9 @@
 //!   and no instance is a live member of its Redis consumer group;
 //! - its in-process queue (`bus_queue`) is drained: those deliveries cannot follow a move
 //!   to the Redis bus (run the monolith with `bus.kind = "redis"` until it is empty);
+//! - moving back in (`--in`), no event between the module and the modules of the monolith
+//!   waits in Redis (delivered to a consumer group and not acknowledged, or not yet read):
+//!   once inlined, those events travel in-process and nothing would read them there;
 //! - the target holds no data of the module and is at the same migration.
 //!
 //! After copying it compares every table's row count and checksum on both sides, then
@@ -108,11 +111,19 @@ pub(crate) fn run(root: &std::path::Path, args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mut steps = Steps::new("move-data", 7);
     let aside = runtime.block_on(async {
-        steps.step(format!(
-            "checking that {module} runs nowhere (its Redis consumer group, both sides)"
-        ));
+        steps.step(if args.into_monolith {
+            format!(
+                "checking that {module} runs nowhere (its Redis consumer group, both sides) \
+                 and that no event between it and the monolith waits in Redis"
+            )
+        } else {
+            format!("checking that {module} runs nowhere (its Redis consumer group, both sides)")
+        });
         check_not_consuming(&from.settings, module).await?;
         check_not_consuming(&to.settings, module).await?;
+        if args.into_monolith {
+            check_nothing_waits(&from.settings, module).await?;
+        }
         match from.settings.database.backend {
             Backend::Postgres => postgres(root, module, &from, &to, args, &mut steps).await,
             Backend::Sqlite => sqlite(module, &from, &to, args, &mut steps).await,
@@ -215,6 +226,50 @@ async fn check_not_consuming(settings: &Settings, module: &str) -> anyhow::Resul
         live.is_empty(),
         "{module} still runs: {} consume its events from Redis; stop them first",
         live.join(", ")
+    );
+    Ok(())
+}
+
+/// Moving back in: no event between `module` and another module may wait in Redis, since
+/// after `inline` they travel in-process and nothing would read what is left there.
+async fn check_nothing_waits(settings: &Settings, module: &str) -> anyhow::Result<()> {
+    if settings.bus.kind == runtime::config::BusKind::Local {
+        return Ok(());
+    }
+    let bus = tokio::time::timeout(
+        Duration::from_secs(10),
+        messaging::RedisBus::connect(
+            runtime::host::redis_config(settings),
+            settings.messaging.clone(),
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Redis at {} does not answer", settings.bus.redis.url))?
+    .with_context(|| format!("cannot check what waits in Redis for or from {module}"))?;
+    let mut routes: Vec<(&str, &str)> = contracts::subscribers_of(module)
+        .into_iter()
+        .map(|consumer| (module, consumer))
+        .collect();
+    let producers: std::collections::BTreeSet<&str> = contracts::subscriptions_of(module)
+        .into_iter()
+        .map(contracts::source_of)
+        .collect();
+    routes.extend(producers.into_iter().map(|producer| (producer, module)));
+    let mut waiting = Vec::new();
+    for (producer, consumer) in routes {
+        waiting.extend(bus.waiting_between(producer, consumer).await?);
+    }
+    anyhow::ensure!(
+        waiting.is_empty(),
+        "events between {module} and the monolith still wait in Redis and would not follow \
+         {module} back (once inlined they travel in-process): {}. Run the monolith and the \
+         service until none waits (`redis-cli XINFO GROUPS` on the streams above shows no \
+         pending and no lag), stop both, then move the data again",
+        waiting
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     Ok(())
 }

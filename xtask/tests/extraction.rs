@@ -932,22 +932,53 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
         psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.dead_letters"),
         "0"
     );
-    service.stop();
-    monolith.stop();
 
-    // 5. And back: data in, module inlined, the monolith alone serves everything again.
-    let back = scratch.xtask_ok(
-        &[
-            "move-data",
-            "fulfillment",
-            "--in",
-            "--monolith-database",
+    // 5. An order confirmed while the service is down: its event waits in Redis for
+    // fulfillment's group, and moving the data back in is refused (inlined, fulfillment
+    // would take its events in-process and never read it), naming the group and the
+    // stream. Once the service has run and handled it, the move goes ahead.
+    service.stop();
+    let waiting = place(&monolith, "TEA-1", 1, "tok_visa");
+    order_becomes(&monolith, &waiting, "confirmed");
+    eventually("checkout's relay to write its events to Redis", || {
+        (psql(
             &mono_db,
-            "--service-database",
-            &svc_db,
-        ],
-        &move_vars,
+            "SELECT COUNT(*) FROM checkout.outbox WHERE published_at IS NULL",
+        ) == "0")
+            .then_some(())
+    });
+    monolith.stop();
+    let move_in = [
+        "move-data",
+        "fulfillment",
+        "--in",
+        "--monolith-database",
+        mono_db.as_str(),
+        "--service-database",
+        svc_db.as_str(),
+    ];
+    let refused = scratch.xtask(&move_in, &move_vars);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "moved while an event waited in Redis:\n{said}"
     );
+    assert!(
+        said.contains(&format!("fulfillment on {namespace}:stream:checkout:"))
+            && said.contains("1 not read"),
+        "{said}"
+    );
+    assert_eq!(
+        psql(&svc_db, "SELECT COUNT(*) FROM fulfillment.shipments"),
+        (SHIPMENTS_BEFORE_LOAD + orders).to_string(),
+        "a refused move changes nothing"
+    );
+    let mut service = Proc::start(&scratch, "fulfillment-service", service_port, &svc_vars);
+    shipment_of(&service, &waiting, "ready");
+    service.stop();
+
+    // 6. And back: data in, module inlined, the monolith alone serves everything again.
+    let back = scratch.xtask_ok(&move_in, &move_vars);
     assert!(back.contains("verified shipments"), "{back}");
     scratch.xtask_ok(&["inline", "fulfillment"], &[]);
     scratch.build(&["app"]);
@@ -961,7 +992,7 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
     );
     assert_eq!(
         psql(&mono_db, "SELECT COUNT(*) FROM fulfillment.shipments"),
-        (SHIPMENTS_BEFORE_LOAD + orders).to_string()
+        (SHIPMENTS_BEFORE_LOAD + orders + 1).to_string()
     );
     drop(monolith);
     assert!(

@@ -64,7 +64,11 @@ impl HybridBus {
             "events that now travel in-process still wait in Redis consumer groups from when \
              they travelled over Redis: {}. Run this process with bus.kind = \"redis\" until \
              they are handled, then start it again",
-            waiting.join("; ")
+            waiting
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         );
         Ok(Self { local, redis })
     }

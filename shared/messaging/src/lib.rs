@@ -28,5 +28,5 @@ pub use consumer::{
 pub use faults::Faults;
 pub use progress::Progress;
 pub use publish::{PublishError, Store, Tx};
-pub use redis_bus::{RedisBus, RedisConfig, partition_of};
+pub use redis_bus::{RedisBus, RedisConfig, Waiting, partition_of};
 pub use settings::{MessagingSettings, backoff};

@@ -212,7 +212,9 @@ async fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc
     }
 }
 
-fn redis_config(settings: &Settings) -> RedisConfig {
+/// How these settings reach Redis, for the Redis and hybrid buses (and tools that look at
+/// what waits in Redis).
+pub fn redis_config(settings: &Settings) -> RedisConfig {
     let redis = &settings.bus.redis;
     RedisConfig {
         url: redis.url.clone(),

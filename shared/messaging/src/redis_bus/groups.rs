@@ -156,9 +156,9 @@ impl Inner {
     /// Removes the groups of routes that now travel in-process (a consumer whose producer
     /// runs in this process under the hybrid bus), left by a time when they travelled over
     /// Redis, once nothing waits in them: a group nobody reads would hold trimming back for
-    /// ever. Returns, for each such group still holding events its consumer takes (pending,
-    /// or not yet read), where and how many; those are left as they are.
-    pub(super) async fn retire_in_process_groups(&self) -> Result<Vec<String>, redis::RedisError> {
+    /// ever. Returns the groups still holding events their consumer takes; those are left
+    /// as they are.
+    pub(super) async fn retire_in_process_groups(&self) -> Result<Vec<Waiting>, redis::RedisError> {
         let mut conn = self.conn.clone();
         let mut waiting = Vec::new();
         for producer in &self.in_process {
@@ -166,46 +166,92 @@ impl Inner {
                 if self.over_redis(producer, consumer) {
                     continue;
                 }
-                let types: BTreeSet<&str> = contracts::subscriptions_of(consumer)
-                    .into_iter()
-                    .filter(|t| contracts::source_of(t) == *producer)
-                    .collect();
-                for partition in 0..self.config.partitions {
-                    let stream = self.stream(producer, partition);
-                    let Some(groups) = groups_on(&mut conn, &stream).await? else {
-                        continue;
-                    };
-                    let Some(group) = groups
-                        .iter()
-                        .find(|g| field::<String>(g, "name").as_deref() == Some(consumer))
-                    else {
-                        continue;
-                    };
-                    let last: String =
-                        field(group, "last-delivered-id").unwrap_or_else(|| "0-0".to_owned());
-                    let pending = pending_of(&mut conn, &stream, consumer, &types).await?;
-                    let unread = unread_of(&mut conn, &stream, &last, &types).await?;
-                    if pending + unread > 0 {
-                        waiting.push(format!(
-                            "{consumer} on {stream}: {pending} delivered and not acknowledged, {unread} not read"
-                        ));
+                for group in self.groups_between(producer, consumer).await? {
+                    if group.holds_events() {
+                        waiting.push(group);
                         continue;
                     }
                     let _: i64 = redis::cmd("XGROUP")
                         .arg("DESTROY")
-                        .arg(&stream)
+                        .arg(&group.stream)
                         .arg(consumer)
                         .query_async(&mut conn)
                         .await?;
                     tracing::info!(
                         module = consumer,
-                        stream,
+                        stream = group.stream,
                         "removed a drained consumer group: these events travel in-process now"
                     );
                 }
             }
         }
         Ok(waiting)
+    }
+
+    /// `consumer`'s group on each stream of `producer` that has one, with how many events
+    /// of the types `consumer` takes from `producer` it holds.
+    pub(super) async fn groups_between(
+        &self,
+        producer: &str,
+        consumer: &str,
+    ) -> Result<Vec<Waiting>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let types: BTreeSet<&str> = contracts::subscriptions_of(consumer)
+            .into_iter()
+            .filter(|t| contracts::source_of(t) == producer)
+            .collect();
+        let mut found = Vec::new();
+        for partition in 0..self.config.partitions {
+            let stream = self.stream(producer, partition);
+            let Some(groups) = groups_on(&mut conn, &stream).await? else {
+                continue;
+            };
+            let Some(group) = groups
+                .iter()
+                .find(|g| field::<String>(g, "name").as_deref() == Some(consumer))
+            else {
+                continue;
+            };
+            let last: String =
+                field(group, "last-delivered-id").unwrap_or_else(|| "0-0".to_owned());
+            let pending = pending_of(&mut conn, &stream, consumer, &types).await?;
+            let unread = unread_of(&mut conn, &stream, &last, &types).await?;
+            found.push(Waiting {
+                consumer: consumer.to_owned(),
+                stream,
+                pending,
+                unread,
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// A consumer group and the events of its consumer's types it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The group: the consuming module.
+    pub consumer: String,
+    pub stream: String,
+    /// Delivered to the group and not acknowledged.
+    pub pending: u64,
+    /// Not yet read by the group.
+    pub unread: u64,
+}
+
+impl Waiting {
+    pub fn holds_events(&self) -> bool {
+        self.pending + self.unread > 0
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {}: {} delivered and not acknowledged, {} not read",
+            self.consumer, self.stream, self.pending, self.unread
+        )
     }
 }
 
@@ -257,11 +303,7 @@ async fn pending_of(
             .query_async(conn)
             .await?;
         // An entry trimmed away is nothing to deliver any more.
-        if entries.iter().any(|(_, fields)| {
-            field::<String>(fields, "type").is_some_and(|t| types.contains(t.as_str()))
-        }) {
-            taken += 1;
-        }
+        taken += of_types(&entries, types);
     }
     Ok(taken)
 }
@@ -285,17 +327,22 @@ async fn unread_of(
             .arg(PAGE)
             .query_async(conn)
             .await?;
-        unread += entries
-            .iter()
-            .filter(|(_, fields)| {
-                field::<String>(fields, "type").is_some_and(|t| types.contains(t.as_str()))
-            })
-            .count() as u64;
+        unread += of_types(&entries, types);
         match entries.last() {
             Some((id, _)) if entries.len() == PAGE => after.clone_from(id),
             _ => return Ok(unread),
         }
     }
+}
+
+/// How many of `entries` (an XRANGE reply) have one of `types`.
+fn of_types(entries: &[(String, HashMap<String, RedisValue>)], types: &BTreeSet<&str>) -> u64 {
+    entries
+        .iter()
+        .filter(|(_, fields)| {
+            field::<String>(fields, "type").is_some_and(|t| types.contains(t.as_str()))
+        })
+        .count() as u64
 }
 
 async fn create_group(

@@ -78,6 +78,7 @@ use self::acker::RedisAcker;
 use self::connection::{Inner, reader_connection, unavailable};
 pub use self::connection::{RedisConfig, partition_of};
 use self::gate::StreamEntry;
+pub use self::groups::Waiting;
 use self::subscription::{Flow, SubState};
 use crate::bus::{BusError, DeliveryTag, EventBus, Outgoing, SubscriberSpec, Subscription};
 use crate::settings::MessagingSettings;
@@ -111,11 +112,28 @@ impl RedisBus {
     /// Removes the consumer groups of routes that travel in-process now and hold nothing;
     /// says where events still wait in the others (see
     /// [`HybridBus`](crate::hybrid_bus::HybridBus)).
-    pub(crate) async fn retire_in_process_groups(&self) -> Result<Vec<String>, BusError> {
+    pub(crate) async fn retire_in_process_groups(&self) -> Result<Vec<Waiting>, BusError> {
         self.inner
             .retire_in_process_groups()
             .await
             .map_err(unavailable("groups"))
+    }
+
+    /// Where events of `producer` that `consumer` takes wait in Redis for it: delivered to
+    /// its group and not acknowledged, or not yet read. Empty when none wait (or no group
+    /// of `consumer` is on `producer`'s streams). What moving a module back into the
+    /// monolith checks first: those events would not follow it.
+    pub async fn waiting_between(
+        &self,
+        producer: &str,
+        consumer: &str,
+    ) -> Result<Vec<Waiting>, BusError> {
+        let groups = self
+            .inner
+            .groups_between(producer, consumer)
+            .await
+            .map_err(unavailable("groups"))?;
+        Ok(groups.into_iter().filter(Waiting::holds_events).collect())
     }
 
     /// Whether events of `producer` reach `consumer` over Redis (always, but for two

@@ -262,6 +262,27 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
         message.contains("bus.kind = \"redis\""),
         "says what to do: {message}"
     );
+    // What moving a module back in checks (the same counts, asked of any route).
+    let waiting = before
+        .waiting_between("checkout", "catalog")
+        .await
+        .expect("waiting");
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|w| (w.pending, w.unread))
+            .collect::<Vec<_>>(),
+        vec![(0, 1)],
+        "{waiting:?}"
+    );
+    assert_eq!(
+        before
+            .waiting_between("checkout", "fulfillment")
+            .await
+            .expect("waiting"),
+        vec![],
+        "fulfillment takes no order placed"
+    );
 
     // Catalog, back on the Redis bus, is handed it and stops before acknowledging it.
     {
@@ -288,6 +309,18 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
         message.contains("1 delivered and not acknowledged, 0 not read"),
         "{message}"
     );
+    let waiting = before
+        .waiting_between("checkout", "catalog")
+        .await
+        .expect("waiting");
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|w| (w.pending, w.unread))
+            .collect::<Vec<_>>(),
+        vec![(1, 0)],
+        "{waiting:?}"
+    );
 
     // It handles it; then an event catalog does not take arrives for fulfillment, unread
     // by catalog's group, which does not count.
@@ -306,6 +339,14 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
     assert!(
         groups.contains("catalog"),
         "the group is there before: {groups:?}"
+    );
+    assert_eq!(
+        before
+            .waiting_between("checkout", "catalog")
+            .await
+            .expect("waiting"),
+        vec![],
+        "handled, and the unread event is not catalog's"
     );
 
     let _monolith = monolith(&dbs)
