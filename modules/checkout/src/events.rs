@@ -9,16 +9,15 @@
 
 use std::sync::Arc;
 
+use crate::payments::Handoff;
+use crate::use_cases::{price_list, shipment_progress, stock_outcome};
 use contracts::catalog::{ProductPublishedV1, ProductRepricedV1, StockRejectedV1, StockReservedV1};
 use contracts::fulfillment::{ShipmentDeliveredV1, ShipmentDispatchedV1};
 use module_api::StartedModule;
-use tokio::sync::Notify;
 
-use crate::use_cases::{price_list, shipment_progress, stock_outcome};
-
-/// Registers checkout's handlers; `payments` wakes the payment worker once a held order
-/// is committed.
-pub(crate) fn handlers(module: StartedModule, payments: Arc<Notify>) -> StartedModule {
+/// Registers checkout's handlers; `payments` is where a held order's payment is handed to
+/// the payment worker once committed.
+pub(crate) fn handlers(module: StartedModule, payments: Arc<Handoff>) -> StartedModule {
     module
         .on_each::<ProductPublishedV1>("checkout.price_list", |tx, published| {
             Box::pin(price_list::on_published(tx, published))

@@ -41,7 +41,6 @@ use kernel::FieldErrors;
 use module_api::parse_settings;
 use module_api::{Module, ModuleContext, StartedModule};
 use serde::Deserialize;
-use tokio::sync::Notify;
 use validator::Validate;
 
 pub use payments::DECLINED_TOKEN;
@@ -115,15 +114,19 @@ impl Module for Checkout {
             .map_err(|e| anyhow::anyhow!("modules.checkout: {e}"))?;
         counters::describe();
         let store = ctx.store;
-        let payments = Arc::new(Notify::new());
+        let breaker = Arc::new(payments::breaker::Breaker::new(
+            settings.payment.breaker.clone(),
+        ));
+        let payments = Arc::new(payments::Handoff::new(
+            breaker.clone(),
+            settings.payment.lease_ms(),
+        ));
         let worker = payments::PaymentWorker {
             store: store.clone(),
             gateway: settings.payment.gateway()?,
-            breaker: Arc::new(payments::breaker::Breaker::new(
-                settings.payment.breaker.clone(),
-            )),
+            breaker,
             settings: settings.payment.clone(),
-            wake: payments.clone(),
+            handoff: payments.clone(),
             poll: Duration::from_millis(250),
             lease_ms: settings.payment.lease_ms(),
         };

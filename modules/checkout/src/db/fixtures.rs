@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use module_api::ModuleDb;
 use module_api::sql::query;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+};
 use uuid::Uuid;
 
 use super::{orders, payment_attempts};
@@ -60,6 +62,26 @@ pub(crate) async fn insert_due_attempt(db: &ModuleDb, order_id: Uuid) {
     .insert(db.conn())
     .await
     .expect("a payment attempt");
+}
+
+/// How many payment attempts are under a lease now.
+pub(crate) async fn locked_attempts(db: &ModuleDb) -> u64 {
+    payment_attempts::Entity::find()
+        .filter(payment_attempts::Column::LockedUntil.gt(Utc::now().timestamp_millis()))
+        .count(db.conn())
+        .await
+        .expect("count attempts")
+}
+
+/// The id of an order's payment attempt.
+pub(crate) async fn attempt_id_of(db: &ModuleDb, order_id: Uuid) -> Uuid {
+    payment_attempts::Entity::find()
+        .filter(payment_attempts::Column::OrderId.eq(order_id))
+        .one(db.conn())
+        .await
+        .expect("read the attempt")
+        .expect("the attempt")
+        .id
 }
 
 /// The status and provider reference of an order's payment attempt.

@@ -21,33 +21,37 @@ use crate::domain::PaymentStatus;
 
 const PENDING: &str = PaymentStatus::Pending.as_str();
 
-/// A payment that becomes due: its order, and what its outcome will be announced as
-/// caused by.
+/// A payment that becomes due: its order, what its outcome will be announced as caused
+/// by, and its lease end: 0 when it is opened for the worker to claim, or the fence of the
+/// claim it is opened under (handed to the worker by the transaction that opens it).
 pub(crate) struct NewAttempt {
     pub(crate) id: Uuid,
     pub(crate) order_id: Uuid,
     pub(crate) correlation_id: Uuid,
     pub(crate) traceparent: String,
+    pub(crate) locked_until: i64,
 }
 
-/// Opens a pending attempt, due at `due_ms`, for each order that has none yet.
+/// Opens a pending attempt, due at `due_ms`, for each order that has none yet; returns the
+/// ids of the attempts it opened (an order that already has one keeps it, and the new id
+/// is not among them).
 pub(crate) async fn open(
     conn: &impl ConnectionTrait,
     attempts: Vec<NewAttempt>,
     due_ms: i64,
     now: DateTime<Utc>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<HashSet<Uuid>> {
     if attempts.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
-    payment_attempts::Entity::insert_many(attempts.into_iter().map(|a| {
+    let opened = payment_attempts::Entity::insert_many(attempts.into_iter().map(|a| {
         payment_attempts::ActiveModel {
             id: Set(a.id),
             order_id: Set(a.order_id),
             status: Set(PENDING.into()),
             attempts: Set(0),
             next_attempt_at: Set(due_ms),
-            locked_until: Set(0),
+            locked_until: Set(a.locked_until),
             last_error: Set(None),
             reference: Set(None),
             correlation_id: Set(Some(a.correlation_id)),
@@ -61,10 +65,14 @@ pub(crate) async fn open(
             .do_nothing()
             .to_owned(),
     )
-    .exec_without_returning(conn)
-    .await
-    .context("failed to open payment attempts")?;
-    Ok(())
+    .exec_with_returning_keys(conn)
+    .await;
+    match opened {
+        Ok(ids) => Ok(ids.into_iter().collect()),
+        // Every order had its attempt already.
+        Err(sea_orm::DbErr::RecordNotInserted) => Ok(HashSet::new()),
+        Err(e) => Err(e).context("failed to open payment attempts"),
+    }
 }
 
 /// An attempt as a claim returns it.

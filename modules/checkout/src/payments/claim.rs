@@ -8,23 +8,24 @@ use uuid::Uuid;
 
 use super::worker::{PaymentWorker, now_ms};
 use crate::db::{payments, queries};
+use crate::domain::Order;
 
 /// An attempt this worker holds, with what the provider needs to know of its order.
 #[derive(Debug, Clone)]
-pub(super) struct Claimed {
-    pub(super) id: Uuid,
-    pub(super) order_id: Uuid,
-    pub(super) attempts: i32,
+pub(crate) struct Claimed {
+    pub(crate) id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) attempts: i32,
     /// The lease end this claim wrote: the attempt is still this claim's while its
     /// `locked_until` holds this value (every claim writes a later one).
-    pub(super) fence: i64,
-    pub(super) cause: Cause,
+    pub(crate) fence: i64,
+    pub(crate) cause: Cause,
     /// `None` when the order no longer waits for its payment.
-    pub(super) charge: Option<Charge>,
+    pub(crate) charge: Option<Charge>,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Charge {
+pub(crate) struct Charge {
     pub(super) amount_minor: i64,
     pub(super) currency: String,
     pub(super) token: String,
@@ -62,15 +63,20 @@ impl PaymentWorker {
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.order_id).collect();
         let orders = queries::load_orders(self.store.conn(), &ids, false).await?;
         for attempt in &mut claimed {
-            attempt.charge = orders
-                .get(&attempt.order_id)
-                .filter(|o| o.status.awaits_payment())
-                .map(|o| Charge {
-                    amount_minor: o.total.minor(),
-                    currency: o.total.currency().to_string(),
-                    token: o.payment_token.clone(),
-                });
+            attempt.charge = orders.get(&attempt.order_id).and_then(Charge::of);
         }
         Ok(claimed)
+    }
+}
+
+impl Charge {
+    /// What the provider is asked for `order`; `None` when it no longer waits for its
+    /// payment.
+    pub(crate) fn of(order: &Order) -> Option<Self> {
+        order.status.awaits_payment().then(|| Charge {
+            amount_minor: order.total.minor(),
+            currency: order.total.currency().to_string(),
+            token: order.payment_token.clone(),
+        })
     }
 }

@@ -3,7 +3,9 @@
 //! circuit breaker in front of them (`breaker.rs`), and the payment worker, a background
 //! task that authorizes the payment of every order whose stock is held.
 //!
-//! The worker (`worker.rs`, its loop) claims due attempts under a lease (`claim.rs`),
+//! The worker (`worker.rs`, its loop) takes the attempts handed to it by the transaction
+//! that opened them already claimed (`handoff.rs`) and claims other due attempts under a
+//! lease (`claim.rs`),
 //! calls the provider outside any database transaction, at most `max_concurrent` calls at
 //! a time (the bulkhead that keeps a slow provider from holding up checkout's consumer or
 //! its HTTP requests), with the attempt's id as idempotency key (`call.rs`), records the
@@ -26,6 +28,7 @@ pub(crate) mod breaker;
 mod call;
 mod claim;
 mod gateway;
+mod handoff;
 mod http;
 mod record;
 mod settings;
@@ -35,7 +38,9 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use claim::{Charge, Claimed};
 pub use gateway::DECLINED_TOKEN;
 pub(crate) use gateway::{Authorization, AuthorizeRequest, GatewayError, PaymentGateway};
+pub(crate) use handoff::Handoff;
 pub(crate) use settings::PaymentSettings;
 pub(crate) use worker::PaymentWorker;

@@ -6,20 +6,20 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use contracts::catalog::ProductPublishedV1;
-use module_api::{ModuleDb, Store};
+use contracts::catalog::{ProductPublishedV1, StockReservedV1};
+use module_api::{Incoming, ModuleDb, Store};
 use testkit::{Backend, Spawn, TestDatabase, eventually, json};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::Cause;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::breaker::Breaker;
 use super::claim::Claimed;
+use super::handoff::Handoff;
 use super::{
     Authorization, AuthorizeRequest, GatewayError, PaymentGateway, PaymentSettings, PaymentWorker,
 };
@@ -164,17 +164,40 @@ impl Stage {
     }
 
     fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
+        let breaker = Arc::new(Breaker::new(Default::default()));
         PaymentWorker {
             store: self.store.clone(),
             gateway,
-            breaker: Arc::new(Breaker::new(Default::default())),
+            breaker: breaker.clone(),
             settings: PaymentSettings {
                 timeout_ms: 200,
                 ..PaymentSettings::default()
             },
-            wake: Arc::new(Notify::new()),
+            handoff: Arc::new(Handoff::new(breaker, lease_ms)),
             poll: Duration::from_millis(20),
             lease_ms,
+        }
+    }
+
+    /// What catalog's reservation of `orders` does, through checkout's own handler, in one
+    /// transaction that commits or, with `commit` false, rolls back.
+    async fn reserve(&self, orders: &[Uuid], handoff: &Arc<Handoff>, commit: bool) {
+        let mut tx = self.store.begin_batch().await.expect("begin");
+        let events = orders
+            .iter()
+            .map(|order_id| Incoming {
+                event: StockReservedV1 {
+                    order_id: *order_id,
+                    lines: Vec::new(),
+                },
+                cause: Cause::fresh(),
+            })
+            .collect();
+        crate::use_cases::stock_outcome::on_reserved(&mut tx, events, handoff.clone())
+            .await
+            .expect("handled");
+        if commit {
+            tx.commit().await.expect("commit");
         }
     }
 
@@ -215,6 +238,8 @@ testkit::on_both_backends!(
     no_more_provider_calls_run_at_once_than_max_concurrent,
     a_call_the_provider_never_answers_times_out_and_is_retried_under_the_same_key,
     a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once,
+    payments_are_handed_to_the_worker_by_the_transaction_that_opens_them_and_the_rest_claimed,
+    a_reservation_handled_again_or_rolled_back_hands_nothing_over,
 );
 
 /// Runs `worker`'s loop until every order of `stage` is `status`, then stops it.
@@ -476,4 +501,77 @@ async fn a_void_the_provider_never_answers_does_not_hold_up_the_worker(backend: 
     .expect("recording ends although the void never does");
     assert_eq!(stage.attempt(order).await.0, "voided");
     assert_eq!(stage.order_status(order).await, OrderStatus::Cancelled);
+}
+
+/// Five orders' stock held in one transaction while the worker has places for two: those
+/// two are opened under the worker's claim and handed to it (a claim could not take them:
+/// their lease, a minute, runs all through the test), the other three opened for it to
+/// claim. All five are paid, each asked for once.
+async fn payments_are_handed_to_the_worker_by_the_transaction_that_opens_them_and_the_rest_claimed(
+    backend: Backend,
+) {
+    let stage = Stage::new(backend, 5).await;
+    let provider = Arc::new(Provider::default());
+    let worker = stage.worker(provider.clone(), 60_000);
+    let handoff = worker.handoff.clone();
+    let others = handoff.reserve(Handoff::MOST - 2);
+    assert_eq!(others.places(), Handoff::MOST - 2);
+    stage.reserve(&stage.orders, &handoff, true).await;
+    let locked = fixtures::locked_attempts(stage.store.db()).await;
+    assert_eq!(
+        locked, 2,
+        "two opened claimed, as many as there were places"
+    );
+    drop(others);
+    run_until(&stage, worker, OrderStatus::Confirmed).await;
+    assert_eq!(provider.authorizations(), 5);
+    assert_eq!(
+        provider.calls.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "each payment asked for once"
+    );
+}
+
+/// A reservation handled again (its order has its attempt already) hands nothing over:
+/// the attempt it made up was never written, and the provider must never hear of it. A
+/// transaction that rolls back hands nothing over and gives its places back. An attempt
+/// whose lease ran out while it waited is not taken: a claim takes it.
+async fn a_reservation_handled_again_or_rolled_back_hands_nothing_over(backend: Backend) {
+    let stage = Stage::new(backend, 2).await;
+    let worker = stage.worker(Arc::new(Provider::default()), 60_000);
+    let handoff = worker.handoff.clone();
+    let order = stage.orders[0];
+    stage.reserve(&[order], &handoff, true).await;
+    stage.reserve(&[order], &handoff, true).await;
+    let taken = handoff.take(10);
+    assert_eq!(
+        taken.iter().map(|a| a.order_id).collect::<Vec<_>>(),
+        vec![order],
+        "one attempt handed over, the one written"
+    );
+    let written = fixtures::attempt_id_of(stage.store.db(), order).await;
+    assert_eq!(taken[0].id, written);
+
+    stage.reserve(&[stage.orders[1]], &handoff, false).await;
+    assert!(
+        handoff.take(10).is_empty(),
+        "rolled back: nothing handed over"
+    );
+    assert_eq!(
+        handoff.reserve(Handoff::MOST).places(),
+        Handoff::MOST,
+        "and its place is free again"
+    );
+
+    let short = stage.worker(Arc::new(Provider::default()), 1);
+    stage
+        .reserve(&[stage.orders[1]], &short.handoff, true)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        short.handoff.take(10).is_empty(),
+        "its lease ran out while it waited"
+    );
+    let claimed = claim_of(&short, stage.orders[1]).await;
+    assert_eq!(claimed.order_id, stage.orders[1], "a claim takes it");
 }

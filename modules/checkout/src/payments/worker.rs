@@ -1,5 +1,5 @@
-//! The payment worker's loop: claims as many due attempts as the bulkhead and the breaker
-//! let through (`claim.rs`), asks the provider for each in a task of its own, outside any
+//! The payment worker's loop: takes the attempts handed to it (`handoff.rs`), then claims
+//! as many due attempts as the bulkhead and the breaker still let through (`claim.rs`), asks the provider for each in a task of its own, outside any
 //! transaction (`call.rs`), and hands the answers to a recorder of their own, which
 //! records them in batches (`record.rs`) and releases authorizations no order needs
 //! (`void.rs`).
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::breaker::Breaker;
 use super::call::Called;
 use super::claim::Claimed;
+use super::handoff::Handoff;
 use super::{PaymentGateway, PaymentSettings};
 use module_api::Store;
 
@@ -25,14 +26,15 @@ pub(crate) struct PaymentWorker {
     pub(crate) gateway: Arc<dyn PaymentGateway>,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) settings: PaymentSettings,
-    pub(crate) wake: Arc<Notify>,
+    /// Attempts handed over by the transactions that opened them, and the worker's wake-up.
+    pub(crate) handoff: Arc<Handoff>,
     pub(crate) poll: Duration,
     /// How long a claim lasts (see [`PaymentSettings::lease_ms`]).
     pub(crate) lease_ms: i64,
 }
 
 /// The most attempts claimed at once, and the most outcomes recorded in one transaction.
-pub(super) const RECORD_BATCH: usize = 200;
+pub(crate) const RECORD_BATCH: usize = 200;
 
 /// The most outcomes waiting for the recorder (each claimed attempt has its place
 /// reserved): two transactions' worth, so one is gathered while the other is written.
@@ -69,34 +71,38 @@ impl PaymentWorker {
                 .min(this.breaker.admits())
                 .min(RECORD_BATCH)
                 .min(results_tx.capacity());
-            let mut full = false;
-            if free > 0 {
-                match this.claim(free).await {
+            // Attempts handed over first: they are this worker's already.
+            let mut taken = this.handoff.take(free);
+            let mut full = free > 0 && taken.len() == free;
+            let room = free - taken.len();
+            if room > 0 {
+                match this.claim(room).await {
                     Ok(claimed) => {
-                        full = claimed.len() == free;
-                        for attempt in claimed {
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                break;
-                            };
-                            // Never waits: only this loop reserves places, and it claimed
-                            // no more attempts than there were free.
-                            let Ok(place) = results_tx.clone().reserve_owned().await else {
-                                break;
-                            };
-                            let worker = this.clone();
-                            calls.spawn(async move {
-                                let mut attempt = attempt;
-                                let span = payment_span(&mut attempt);
-                                let called = worker.call(&attempt).instrument(span).await;
-                                drop(permit);
-                                place.send((attempt, called));
-                            });
-                        }
+                        full = claimed.len() == room;
+                        taken.extend(claimed);
                     }
                     Err(e) => {
                         tracing::warn!(module = "checkout", error = %format!("{e:#}"), "claiming payments failed")
                     }
                 }
+            }
+            for attempt in taken {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                // Never waits: only this loop reserves places, and it took no more
+                // attempts than there were free.
+                let Ok(place) = results_tx.clone().reserve_owned().await else {
+                    break;
+                };
+                let worker = this.clone();
+                calls.spawn(async move {
+                    let mut attempt = attempt;
+                    let span = payment_span(&mut attempt);
+                    let called = worker.call(&attempt).instrument(span).await;
+                    drop(permit);
+                    place.send((attempt, called));
+                });
             }
             while calls.try_join_next().is_some() {}
             if full || permits.available_permits() == 0 || results_tx.capacity() == 0 {
@@ -112,7 +118,7 @@ impl PaymentWorker {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = this.wake.notified() => {}
+                _ = this.handoff.wake.notified() => {}
                 _ = tokio::time::sleep(this.poll) => {}
             }
         }

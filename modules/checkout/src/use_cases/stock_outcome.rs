@@ -4,20 +4,23 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use contracts::Cause;
 use contracts::catalog::{StockRejectedV1, StockReservedV1};
 use module_api::{HandlerError, Incoming, Tx};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::payments::{self as attempts, NewAttempt};
 use crate::db::queries;
 use crate::domain::{OrderEvent, OrderStatus, StatusReason, Step, transition};
+use crate::payments::{Charge, Claimed, Handoff};
 
-/// Starts a payment for every held order that still waits for one.
+/// Starts a payment for every held order that still waits for one. As many as the payment
+/// worker has places for are opened under its claim and handed to it once this transaction
+/// commits (`payments/handoff.rs`); the rest are opened for it to claim.
 pub(crate) async fn on_reserved(
     tx: &mut Tx,
     events: Vec<Incoming<StockReservedV1>>,
-    payments: Arc<Notify>,
+    payments: Arc<Handoff>,
 ) -> Result<(), HandlerError> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.event.order_id).collect();
     let orders = queries::load_orders(tx, &ids, true).await?;
@@ -39,21 +42,48 @@ pub(crate) async fn on_reserved(
             tracing::info!(module = "checkout", order_id = %order.id, status = %order.status, "stock held for an order that no longer waits for it");
             continue;
         };
-        // The payment's outcome will be announced as caused by this reservation.
-        due.push(NewAttempt {
-            id: Uuid::now_v7(),
-            order_id: order.id.as_uuid(),
-            correlation_id: cause.correlation_id,
-            // The payment runs later, under a span of its own below this consumer's.
-            traceparent: module_api::trace::within(cause.traceparent).to_string(),
-        });
+        due.push((order, cause));
     }
     if due.is_empty() {
         return Ok(());
     }
+    let reservation = payments.reserve(due.len());
+    let mut handed = Vec::new();
+    let mut attempts = Vec::new();
+    for (i, (order, cause)) in due.into_iter().enumerate() {
+        let id = Uuid::now_v7();
+        // The payment runs later, under a span of its own below this consumer's; its
+        // outcome is announced as caused by this reservation.
+        let traceparent = module_api::trace::within(cause.traceparent);
+        let claimed = i < reservation.places();
+        attempts.push(NewAttempt {
+            id,
+            order_id: order.id.as_uuid(),
+            correlation_id: cause.correlation_id,
+            traceparent: traceparent.to_string(),
+            locked_until: if claimed { reservation.fence() } else { 0 },
+        });
+        if claimed {
+            handed.push(Claimed {
+                id,
+                order_id: order.id.as_uuid(),
+                attempts: 0,
+                fence: reservation.fence(),
+                cause: Cause {
+                    correlation_id: cause.correlation_id,
+                    causation_id: None,
+                    traceparent,
+                },
+                charge: Charge::of(order),
+            });
+        }
+    }
     let now = Utc::now();
-    attempts::open(tx, due, now.timestamp_millis(), now).await?;
-    tx.after_commit(move || payments.notify_one());
+    let opened = attempts::open(tx, attempts, now.timestamp_millis(), now).await?;
+    // An order that already had its attempt (this reservation handled before) keeps it,
+    // and the one made here was not written: nothing of it may reach the provider.
+    handed.retain(|attempt| opened.contains(&attempt.id));
+    tx.after_commit(move || reservation.hand_over(handed));
     Ok(())
 }
 
