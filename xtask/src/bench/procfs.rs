@@ -16,27 +16,46 @@ pub(crate) fn ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// The command name and user + system CPU ticks of a process.
-fn stat(pid: u32) -> Option<(String, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// What `/proc/<pid>/stat` says of a process's CPU.
+struct Stat {
+    comm: String,
+    /// User + system ticks of the process itself (all its threads).
+    own: u64,
+    /// User + system ticks of its children that exited and were waited for.
+    children: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text[open + 1..close].to_owned();
-    // after ") ": state(3) ppid(4) ... utime(14) stime(15), counted from field 3
+    // after ") ": state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17), counted
+    // from field 3
     let fields: Vec<&str> = text[close + 2..].split(' ').collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some(Stat {
+        comm,
+        own: field(14)? + field(15)?,
+        children: field(16)? + field(17)?,
+    })
 }
 
 /// CPU time used so far by the processes `pids`.
 pub(crate) fn cpu(pids: &[u32], ticks: f64) -> Duration {
-    let total: u64 = pids.iter().filter_map(|p| stat(*p)).map(|s| s.1).sum();
+    let total: u64 = pids.iter().filter_map(|p| stat(*p)).map(|s| s.own).sum();
     Duration::from_secs_f64(total as f64 / ticks)
 }
 
 /// CPU time used so far by every process named `postgres` (the server and its backends:
-/// ours, and any other client's at the time).
+/// ours, and any other client's at the time), with that of the backends that exited: the
+/// postmaster's children's time holds it. (Counting only the live processes, a backend
+/// that exited during a run took all the time it ever used out of the sum: a pool closing
+/// an idle connection, or the previous target's connections closing, made a run's
+/// PostgreSQL CPU read low, at times a third of what it was.)
 pub(crate) fn postgres_cpu(ticks: f64) -> Duration {
     let mut total = 0u64;
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -48,10 +67,10 @@ pub(crate) fn postgres_cpu(ticks: f64) -> Duration {
             else {
                 continue;
             };
-            if let Some((comm, t)) = stat(pid)
-                && comm == "postgres"
+            if let Some(stat) = stat(pid)
+                && stat.comm == "postgres"
             {
-                total += t;
+                total += stat.own + stat.children;
             }
         }
     }
@@ -124,4 +143,35 @@ pub(crate) fn listener_pid(port: u16) -> anyhow::Result<u32> {
         }
     }
     None.with_context(|| format!("no process of ours owns the listener on port {port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_own_and_children_s_time() {
+        let line = "4242 (postgres) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    7 3 20 9 20 0 1 0 500 1000 100 18446744073709551615";
+        let stat = parse_stat(line).expect("parses");
+        assert_eq!(
+            (stat.comm.as_str(), stat.own, stat.children),
+            ("postgres", 10, 29)
+        );
+    }
+
+    /// What `postgres_cpu` relies on: the time of a child that exited and was waited for
+    /// shows in its parent's children's time.
+    #[test]
+    fn an_exited_child_s_time_stays_with_its_parent() {
+        let me = std::process::id();
+        let before = stat(me).expect("own stat").children;
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let after = stat(me).expect("own stat").children;
+        assert!(after > before, "children's ticks {before} -> {after}");
+    }
 }
