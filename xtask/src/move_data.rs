@@ -236,40 +236,14 @@ async fn check_nothing_waits(settings: &Settings, module: &str) -> anyhow::Resul
     if settings.bus.kind == runtime::config::BusKind::Local {
         return Ok(());
     }
-    let bus = tokio::time::timeout(
-        Duration::from_secs(10),
-        messaging::RedisBus::connect(
-            runtime::host::redis_config(settings),
-            settings.messaging.clone(),
-        ),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("Redis at {} does not answer", settings.bus.redis.url))?
-    .with_context(|| format!("cannot check what waits in Redis for or from {module}"))?;
-    let mut routes: Vec<(&str, &str)> = contracts::subscribers_of(module)
-        .into_iter()
-        .map(|consumer| (module, consumer))
-        .collect();
-    let producers: std::collections::BTreeSet<&str> = contracts::subscriptions_of(module)
-        .into_iter()
-        .map(contracts::source_of)
-        .collect();
-    routes.extend(producers.into_iter().map(|producer| (producer, module)));
-    let mut waiting = Vec::new();
-    for (producer, consumer) in routes {
-        waiting.extend(bus.waiting_between(producer, consumer).await?);
-    }
+    let waiting = runtime::host::waiting_in_redis(settings, module).await?;
     anyhow::ensure!(
         waiting.is_empty(),
         "events between {module} and the monolith still wait in Redis and would not follow \
          {module} back (once inlined they travel in-process): {}. Run the monolith and the \
          service until none waits (`redis-cli XINFO GROUPS` on the streams above shows no \
          pending and no lag), stop both, then move the data again",
-        waiting
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
+        waiting.join("; ")
     );
     Ok(())
 }

@@ -212,9 +212,38 @@ async fn choose_bus(settings: &Settings, dbs: &[ModuleDb]) -> anyhow::Result<Arc
     }
 }
 
-/// How these settings reach Redis, for the Redis and hybrid buses (and tools that look at
-/// what waits in Redis).
-pub fn redis_config(settings: &Settings) -> RedisConfig {
+/// Where events between `module` and the modules it trades events with wait in the Redis
+/// these settings name (delivered to a consumer group and not acknowledged, or not yet
+/// read), one line per group and stream: what `move-data --in` checks before a module
+/// comes back, since once inlined those events travel in-process and nothing would read
+/// what was left in Redis.
+pub async fn waiting_in_redis(settings: &Settings, module: &str) -> anyhow::Result<Vec<String>> {
+    let bus = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisBus::connect(redis_config(settings), settings.messaging.clone()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Redis at {} does not answer", settings.bus.redis.url))?
+    .with_context(|| format!("cannot check what waits in Redis for or from {module}"))?;
+    let mut routes: Vec<(&str, &str)> = contracts::subscribers_of(module)
+        .into_iter()
+        .map(|consumer| (module, consumer))
+        .collect();
+    let producers: BTreeSet<&str> = contracts::subscriptions_of(module)
+        .into_iter()
+        .map(contracts::source_of)
+        .collect();
+    routes.extend(producers.into_iter().map(|producer| (producer, module)));
+    let mut waiting = Vec::new();
+    for (producer, consumer) in routes {
+        for group in bus.waiting_between(producer, consumer).await? {
+            waiting.push(group.to_string());
+        }
+    }
+    Ok(waiting)
+}
+
+fn redis_config(settings: &Settings) -> RedisConfig {
     let redis = &settings.bus.redis;
     RedisConfig {
         url: redis.url.clone(),
