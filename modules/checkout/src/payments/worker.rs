@@ -1,8 +1,8 @@
 //! The payment worker's loop: takes the attempts handed to it (`handoff.rs`), then claims
-//! as many due attempts as the bulkhead and the breaker still let through (`claim.rs`), asks the provider for each in a task of its own, outside any
-//! transaction (`call.rs`), and hands the answers to a recorder of their own, which
-//! records them in batches (`record.rs`) and releases authorizations no order needs
-//! (`void.rs`).
+//! as many due attempts as the bulkhead and the breaker still let through (`claim.rs`),
+//! asks the provider for each in a task of its own, outside any transaction (`call.rs`),
+//! and hands the answers to a recorder of their own, which records them in batches
+//! (`record.rs`) and releases authorizations no order needs (`void.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
