@@ -86,6 +86,17 @@ async fn redis() -> ::redis::aio::MultiplexedConnection {
         .expect("connect")
 }
 
+/// What `consumer`'s group holds of `producer`'s events, per stream that holds any: how
+/// many delivered and not acknowledged, how many not read.
+async fn pending_and_unread(bus: &RedisBus, producer: &str, consumer: &str) -> Vec<(u64, u64)> {
+    bus.waiting_between(producer, consumer)
+        .await
+        .expect("waiting")
+        .iter()
+        .map(|w| (w.pending, w.unread))
+        .collect()
+}
+
 /// How many entries were ever added to `producer`'s streams (trimming removes the ones
 /// every group acknowledged), and the groups on them.
 async fn streams_of(dbs: &Dbs, producer: &str) -> (i64, BTreeSet<String>) {
@@ -263,17 +274,9 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
         "says what to do: {message}"
     );
     // What moving a module back in checks (the same counts, asked of any route).
-    let waiting = before
-        .waiting_between("checkout", "catalog")
-        .await
-        .expect("waiting");
     assert_eq!(
-        waiting
-            .iter()
-            .map(|w| (w.pending, w.unread))
-            .collect::<Vec<_>>(),
-        vec![(0, 1)],
-        "{waiting:?}"
+        pending_and_unread(&before, "checkout", "catalog").await,
+        vec![(0, 1)]
     );
     assert_eq!(
         before
@@ -309,17 +312,9 @@ async fn a_group_left_by_a_route_now_in_process_keeps_the_bus_from_starting_unti
         message.contains("1 delivered and not acknowledged, 0 not read"),
         "{message}"
     );
-    let waiting = before
-        .waiting_between("checkout", "catalog")
-        .await
-        .expect("waiting");
     assert_eq!(
-        waiting
-            .iter()
-            .map(|w| (w.pending, w.unread))
-            .collect::<Vec<_>>(),
-        vec![(1, 0)],
-        "{waiting:?}"
+        pending_and_unread(&before, "checkout", "catalog").await,
+        vec![(1, 0)]
     );
 
     // It handles it; then an event catalog does not take arrives for fulfillment, unread
