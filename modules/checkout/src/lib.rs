@@ -128,7 +128,6 @@ impl Module for Checkout {
             settings: settings.payment.clone(),
             handoff: payments.clone(),
             poll: Duration::from_millis(250),
-            lease_ms: settings.payment.lease_ms(),
         };
         let retention = Duration::from_secs(settings.idempotency_retention_secs);
         let placements =

@@ -35,9 +35,7 @@ impl PaymentWorker {
     /// Claims up to `limit` due attempts, in a transaction of its own.
     pub(super) async fn claim(&self, limit: usize) -> anyhow::Result<Vec<Claimed>> {
         let now = now_ms();
-        // Only attempts whose lease ended before `now` are claimed, and this lease ends
-        // after it: each claim of an attempt writes a lease end of its own, its fence.
-        let fence = now + self.lease_ms.max(1);
+        let fence = self.handoff.fence(now);
         let tx = self.store.db().begin().await.context("failed to begin")?;
         let rows = payments::claim(&tx, fence, now, limit).await?;
         tx.commit().await.context("failed to commit the claim")?;

@@ -31,7 +31,7 @@ pub(crate) struct Handoff {
     /// Wakes the worker: attempts were handed over, or opened for it to claim.
     pub(crate) wake: Arc<Notify>,
     /// How long a claim lasts (see [`super::PaymentSettings::lease_ms`]).
-    pub(crate) lease_ms: i64,
+    lease_ms: i64,
 }
 
 #[derive(Default)]
@@ -74,10 +74,16 @@ impl Handoff {
         Reservation {
             handoff: self.clone(),
             places,
-            // Each claim of an attempt writes a lease end of its own; a claim's lease ends
-            // later than any an earlier claim wrote (see `claim.rs`).
-            fence: now_ms() + self.lease_ms.max(1),
+            fence: self.fence(now_ms()),
         }
+    }
+
+    /// The lease end a claim made at `now` writes, its fence: only attempts whose lease
+    /// ended before `now` are claimed, and this one ends after it, so each claim of an
+    /// attempt writes a lease end of its own (the worker's claims and the attempts opened
+    /// claimed alike).
+    pub(crate) fn fence(&self, now: i64) -> i64 {
+        now + self.lease_ms.max(1)
     }
 
     /// Up to `most` attempts handed over, oldest first. One whose lease ended while it

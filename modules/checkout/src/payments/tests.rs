@@ -175,7 +175,6 @@ impl Stage {
             },
             handoff: Arc::new(Handoff::new(breaker, lease_ms)),
             poll: Duration::from_millis(20),
-            lease_ms,
         }
     }
 

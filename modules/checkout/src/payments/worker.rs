@@ -29,8 +29,6 @@ pub(crate) struct PaymentWorker {
     /// Attempts handed over by the transactions that opened them, and the worker's wake-up.
     pub(crate) handoff: Arc<Handoff>,
     pub(crate) poll: Duration,
-    /// How long a claim lasts (see [`PaymentSettings::lease_ms`]).
-    pub(crate) lease_ms: i64,
 }
 
 /// The most attempts claimed at once, and the most outcomes recorded in one transaction.
