@@ -819,6 +819,10 @@ struct Run {
     latency_ms: Latency,
     server_cpu_us_per_request: f64,
     postgres_cpu_us_per_request: f64,
+    /// What PostgreSQL wrote to its write-ahead log during the window, per request: the
+    /// figure of database work that does not drift with the machine's load. None where
+    /// the target keeps nothing in PostgreSQL.
+    postgres_wal_bytes_per_request: Option<f64>,
     load_generator_cpu_us_per_request: f64,
     peak_rss_mib: f64,
     journey: Option<Journey>,
@@ -916,7 +920,7 @@ async fn measure(
                 t.memory.peak_under_load_mib = t.memory.peak_under_load_mib.max(run.peak_rss_mib);
                 log(&format!(
                     "{} round {round} {:?}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
-                     CPU per request: server {:.0} µs, PostgreSQL {:.0} µs{}",
+                     CPU per request: server {:.0} µs, PostgreSQL {:.0} µs{}{}",
                     t.name,
                     scenario,
                     run.per_sec,
@@ -925,6 +929,8 @@ async fn measure(
                     run.errors,
                     run.server_cpu_us_per_request,
                     run.postgres_cpu_us_per_request,
+                    run.postgres_wal_bytes_per_request
+                        .map_or(String::new(), |b| format!(", WAL {b:.0} B")),
                     run.journey.as_ref().map_or(String::new(), |j| format!(
                         "; shipments {:.0}/s, placement → shipment p99 {:.1} ms, backlog max {} end {}",
                         j.shipments_per_sec, j.to_shipment_ms.p99, j.backlog_max, j.backlog_end
@@ -1043,6 +1049,12 @@ async fn one_run(
     }
     let ticks = procfs::ticks_per_sec();
     let me = [std::process::id()];
+    let in_postgres = !matches!(t.kind, Kind::Sqlite | Kind::Url(_));
+    let wal0 = if in_postgres {
+        wal_position(args).await?
+    } else {
+        0
+    };
     let (server0, pg0, self0) = (
         procfs::cpu(&t.pids, ticks),
         procfs::postgres_cpu(ticks),
@@ -1094,6 +1106,11 @@ async fn one_run(
         procfs::postgres_cpu(ticks),
         procfs::cpu(&me, ticks),
     );
+    let wal = if in_postgres {
+        Some(wal_position(args).await? - wal0)
+    } else {
+        None
+    };
     let shipped_at_end = match &t.stores {
         Some(s) if scenario == Scenario::Journey => {
             s.fulfillment.count("shipments").await? - shipped0
@@ -1157,10 +1174,36 @@ async fn one_run(
         latency_ms: Latency::of(&mut latencies),
         server_cpu_us_per_request: per_request(server1.saturating_sub(server0)),
         postgres_cpu_us_per_request: per_request(pg1.saturating_sub(pg0)),
+        postgres_wal_bytes_per_request: wal.map(|bytes| {
+            if requests == 0 {
+                f64::NAN
+            } else {
+                bytes as f64 / requests as f64
+            }
+        }),
         load_generator_cpu_us_per_request: per_request(self1.saturating_sub(self0)),
         peak_rss_mib: peak,
         journey,
     })
+}
+
+/// How far PostgreSQL's write-ahead log has been written, in bytes since its start (the
+/// whole server's: the bench's own queries only read).
+async fn wal_position(args: &BenchArgs) -> anyhow::Result<i64> {
+    let store = Store::open(
+        format!(
+            "postgres://postgres@{}:{}/postgres",
+            args.pg_host, args.pg_port
+        ),
+        None,
+    )
+    .await?;
+    let rows = store
+        .rows("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8".into())
+        .await?;
+    let position = rows.first().context("no row")?.try_get_by_index::<i64>(0)?;
+    store.conn.close().await?;
+    Ok(position)
 }
 
 /// Epoch-ms timestamps of each order placed since `since_ms`: created, confirmed (checkout),
@@ -1267,7 +1310,7 @@ fn table(report: &Report) -> String {
         out.push('\n');
     };
     type Figure = (&'static str, fn(&Run) -> Option<f64>);
-    let figures: [Figure; 13] = [
+    let figures: [Figure; 14] = [
         ("req/s", |r| Some(r.per_sec)),
         ("latency p50, ms", |r| Some(r.latency_ms.p50)),
         ("latency p99, ms", |r| Some(r.latency_ms.p99)),
@@ -1277,6 +1320,9 @@ fn table(report: &Report) -> String {
         }),
         ("PostgreSQL CPU per request, µs", |r| {
             Some(r.postgres_cpu_us_per_request)
+        }),
+        ("PostgreSQL WAL per request, bytes", |r| {
+            r.postgres_wal_bytes_per_request
         }),
         ("load generator CPU per request, µs", |r| {
             Some(r.load_generator_cpu_us_per_request)
@@ -1408,6 +1454,7 @@ mod tests {
             latency_ms: latency,
             server_cpu_us_per_request: 10.0,
             postgres_cpu_us_per_request: 0.0,
+            postgres_wal_bytes_per_request: Some(0.0),
             load_generator_cpu_us_per_request: 1.0,
             peak_rss_mib: 1.0,
             journey: None,
