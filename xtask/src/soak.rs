@@ -400,6 +400,9 @@ impl Ctx {
                 vars.push(("APP__BUS__REDIS__URL", streams.url.clone()));
                 vars.push(("APP__BUS__REDIS__NAMESPACE", streams.namespace.clone()));
             }
+            // Published events stay in the outbox: the audit reads the order each producer
+            // committed its events in from there.
+            vars.push(("APP__MESSAGING__OUTBOX_RETENTION_SECS", "3600".to_owned()));
             if let Some(lease) = shape.lease_ms {
                 vars.push(("APP__MESSAGING__LEASE_MS", lease.to_string()));
             }

@@ -719,6 +719,9 @@ fn the_extracted_topology_runs_the_journey_and_survives_a_killed_service() {
             ("APP__DATABASE__POSTGRES__SSL_MODE", "disable"),
             ("APP__BUS__REDIS__NAMESPACE", namespace.as_str()),
             ("APP__MESSAGING__LEASE_MS", "3000"),
+            // Published events stay in the outbox, where the test counts what each
+            // module emitted.
+            ("APP__MESSAGING__OUTBOX_RETENTION_SECS", "3600"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -291,14 +291,7 @@ impl Relay {
             .await
             .context("the bus did not accept the batch")?;
         self.faults.point("relay.after_publish").await;
-        let marked = store::padded(ids.iter().map(|id| Value::from(*id)).collect());
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
-            placeholders(2, marked.len())
-        );
-        let mut values: Vec<Value> = vec![now_ms().into()];
-        values.extend(marked);
-        execute(self.db.conn(), &sql, values)
+        self.published(&ids)
             .await
             .context("failed to mark events published")?;
         for id in &ids {
@@ -307,6 +300,28 @@ impl Relay {
         metrics::counter!("outbox_published_total", "module" => self.db.module())
             .increment(ids.len() as u64);
         Ok(Pass::Published(ids.len()))
+    }
+
+    /// Done with rows the bus accepted: deleted, or, where the outbox keeps published
+    /// events for a while (`outbox_retention_secs`), marked published.
+    async fn published(&self, ids: &[i64]) -> Result<u64, DbErr> {
+        let ids = store::padded(ids.iter().map(|id| Value::from(*id)).collect());
+        if self.settings.outbox_retention_secs == 0 {
+            // A delete leaves the row's index entries alone, where a mark writes a new
+            // version of the row and of each of them.
+            let sql = format!(
+                "DELETE FROM outbox WHERE id IN ({})",
+                placeholders(1, ids.len())
+            );
+            return execute(self.db.conn(), &sql, ids).await;
+        }
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut values: Vec<Value> = vec![now_ms().into()];
+        values.extend(ids);
+        execute(self.db.conn(), &sql, values).await
     }
 
     /// Takes or renews the module's relay lease: the highest outbox id handed over

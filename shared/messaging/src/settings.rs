@@ -33,7 +33,9 @@ pub struct MessagingSettings {
     /// and never exceed this cap.
     #[validate(range(min = 1, max = 3600000))]
     pub retry_max_ms: u64,
-    /// Published outbox rows are kept this long (for inspection), then deleted.
+    /// Published outbox rows are kept this long, marked with when they were published (to
+    /// inspect what went out), then deleted by the cleaner; 0 keeps none: the relay deletes
+    /// each row once the bus took it, which costs the database far less than marking it.
     #[validate(range(min = 0, max = 31536000))]
     pub outbox_retention_secs: u64,
     /// Inbox keys are kept this long: longer than any redelivery can come late.

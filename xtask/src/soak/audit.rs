@@ -824,7 +824,8 @@ async fn per_key_order(dbs: &Dbs) -> anyhow::Result<Check> {
     }
     Ok(Check::new(
         "per-key order kept",
-        broken.is_empty(),
+        // None checked would say nothing: the outboxes were emptied.
+        broken.is_empty() && handled > 0,
         format!(
             "{handled} handled events checked, {} out of order{}",
             broken.len(),

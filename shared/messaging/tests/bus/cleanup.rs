@@ -1,5 +1,6 @@
 //! Cleanup: published outbox rows and inbox keys older than their retention are deleted,
-//! a chunk at a time, and nothing else is.
+//! a chunk at a time, and nothing else is; with no retention for the outbox, the relay
+//! deletes each row once the bus took it.
 
 use messaging::clean;
 
@@ -9,7 +10,10 @@ async fn only_published_outbox_rows_and_inbox_keys_past_their_retention_are_dele
     backend: Backend,
 ) {
     let dbs = open(backend).await;
-    let settings = settings();
+    let settings = MessagingSettings {
+        outbox_retention_secs: 3600,
+        ..settings()
+    };
     let now = store::now_ms();
     let retention = settings.outbox_retention_secs as i64 * 1000;
     let (old_published, new_published, old_unpublished) = (
@@ -109,6 +113,74 @@ mod only_published_outbox_rows_and_inbox_keys_past_their_retention_are_deleted {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
         super::only_published_outbox_rows_and_inbox_keys_past_their_retention_are_deleted(
+            Backend::Postgres,
+        )
+        .await
+    }
+}
+
+/// With no outbox retention (the default) the relay deletes each row once the bus took
+/// it; with one, it marks the row published and keeps it for the cleaner. Either way every
+/// event is delivered once.
+async fn the_relay_deletes_what_it_published_unless_the_outbox_keeps_it(
+    transport: Transport,
+    backend: Backend,
+) {
+    for retention in [0, 3600] {
+        let dbs = open(backend).await;
+        let settings = MessagingSettings {
+            outbox_retention_secs: retention,
+            ..settings()
+        };
+        let bus = bus(transport, &dbs, "instance-a").await;
+        let running =
+            start_configured(bus, &dbs, "instance-a", Faults::default(), true, settings).await;
+        let sent = events(3, 4);
+        commit(&dbs, &Outbox::new(PRODUCER), &sent).await;
+        assert_exactly_once_in_order(&dbs, &sent).await;
+        running.stop().await;
+        let (kept, marked) = (
+            scalar(&dbs.producer, "SELECT COUNT(*) FROM outbox").await,
+            scalar(
+                &dbs.producer,
+                "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
+            )
+            .await,
+        );
+        let expected = if retention == 0 { 0 } else { sent.len() as i64 };
+        assert_eq!(
+            (kept, marked),
+            (expected, expected),
+            "outbox rows left, and of them marked published, with {retention} s of retention"
+        );
+    }
+}
+
+mod the_relay_deletes_what_it_published_unless_the_outbox_keeps_it {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_sqlite() {
+        super::the_relay_deletes_what_it_published_unless_the_outbox_keeps_it(
+            Transport::Local,
+            Backend::Sqlite,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_postgres() {
+        super::the_relay_deletes_what_it_published_unless_the_outbox_keeps_it(
+            Transport::Local,
+            Backend::Postgres,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_postgres() {
+        super::the_relay_deletes_what_it_published_unless_the_outbox_keeps_it(
+            Transport::Redis,
             Backend::Postgres,
         )
         .await

@@ -59,7 +59,7 @@ pub(crate) fn settings() -> MessagingSettings {
         max_attempts: 3,
         retry_base_ms: 10,
         retry_max_ms: 50,
-        outbox_retention_secs: 3600,
+        outbox_retention_secs: 0,
         inbox_retention_secs: 3600,
         cleanup_interval_secs: 3600,
         direct_delivery: true,
