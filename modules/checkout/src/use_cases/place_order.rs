@@ -1,6 +1,7 @@
 //! Places an order: parse (the request, in `http/`) → load the prices of its skus from
 //! checkout's own price list → [`Order::place`] prices it (pure) → store it as `pending`
-//! and, in the same transaction, publish `checkout.order_placed.v1`. The order belongs to
+//! and, in the same transaction, publish `checkout.order_placed.v1`. Orders placed at
+//! the same time are priced and stored together (see [`Placements`]). The order belongs to
 //! the customer who placed it. With an `Idempotency-Key`, the same customer's same key and
 //! body give back the same order; the same key with another body is refused. Keys are the
 //! customer's own: another customer's key never names their order.
@@ -11,7 +12,7 @@ use anyhow::Context;
 use chrono::Utc;
 use contracts::Cause;
 use contracts::checkout::OrderPlacedV1;
-use kernel::{FieldErrors, OrderId};
+use kernel::{FieldErrors, OrderId, Sku};
 use tokio::sync::oneshot;
 
 use crate::db::queries;
@@ -115,21 +116,20 @@ pub(crate) async fn place_order(
     {
         return Ok(placed);
     }
-    let skus: Vec<_> = command.items.iter().map(|(sku, _)| sku).collect();
-    let prices = queries::price_list(store.conn(), &skus).await?;
-    let order = Order::place(OrderId::new(), command, &prices, Utc::now())?;
+    let customer = command.customer_id.clone();
     match placements
-        .write(order.clone(), cause.clone(), key.clone())
+        .write(OrderId::new(), command, cause.clone(), key.clone())
         .await?
     {
-        Written::Stored => {
+        Written::Stored(order) => {
             crate::counters::orders_placed(1);
             tracing::info!(order_id = %order.id, total_minor = order.total.minor(), "order placed");
-            Ok(Placed::New(order))
+            Ok(Placed::New(*order))
         }
+        Written::Refused(e) => Err(e.into()),
         // Another request with this key won the race: answer as it did.
         Written::KeyTaken => match &key {
-            Some(key) => replay(store, &order.customer_id, key)
+            Some(key) => replay(store, &customer, key)
                 .await?
                 .context("an idempotency key vanished")
                 .map_err(Into::into),
@@ -139,8 +139,10 @@ pub(crate) async fn place_order(
 }
 
 /// Group commit of placements: the orders that arrive while a transaction is being
-/// written wait, and the next transaction writes them together (their keys, orders, lines
-/// and events: a handful of statements for the whole batch instead of for each order).
+/// written wait, and the next transaction prices and writes them together (one read of
+/// the prices of all their skus, then their keys, orders, lines and events: a handful of
+/// statements for the whole batch instead of for each order). An order the price list
+/// cannot price is answered with why, and nothing of it is written.
 /// Nothing waits for a batch to fill: a lone order is written at once, as before; under
 /// load, orders arrive while [`Placements::writers`] transactions are in flight, and the
 /// batches grow with the load. Each order is answered only once its transaction
@@ -166,19 +168,23 @@ struct Waiting {
 }
 
 struct Pending {
-    order: Order,
+    id: OrderId,
+    command: NewOrder,
     cause: Cause,
     key: Option<IdempotencyKey>,
     done: oneshot::Sender<anyhow::Result<Written>>,
 }
 
 /// What became of one order of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Written {
-    Stored,
+    /// Priced and stored, as it now is.
+    Stored(Box<Order>),
     /// Its idempotency key was taken (by an earlier request, or one of the same batch):
     /// nothing of it was written.
     KeyTaken,
+    /// The price list could not price it: nothing of it was written.
+    Refused(PlaceError),
 }
 
 /// Orders per transaction, at most.
@@ -201,14 +207,16 @@ impl Placements {
         &self.inner.store
     }
 
-    /// Writes `order` in the next batch and says what became of it once that committed.
+    /// Prices and writes the order `command` asks for, under `id`, in the next batch, and
+    /// says what became of it once that committed.
     async fn write(
         &self,
-        order: Order,
+        id: OrderId,
+        command: NewOrder,
         cause: Cause,
         key: Option<IdempotencyKey>,
     ) -> anyhow::Result<Written> {
-        let (written, writer) = self.hand_over(order, cause, key);
+        let (written, writer) = self.hand_over(id, command, cause, key);
         if let Some(writer) = writer {
             writer.start();
         }
@@ -219,18 +227,20 @@ impl Placements {
         })
     }
 
-    /// Queues `order` for the next batch; a writer to start when fewer than
+    /// Queues the order for the next batch; a writer to start when fewer than
     /// [`Inner::writers`] are at work.
     fn hand_over(
         &self,
-        order: Order,
+        id: OrderId,
+        command: NewOrder,
         cause: Cause,
         key: Option<IdempotencyKey>,
     ) -> (oneshot::Receiver<anyhow::Result<Written>>, Option<Writer>) {
         let (done, written) = oneshot::channel();
         let mut waiting = lock(&self.inner.waiting);
         waiting.orders.push(Pending {
-            order,
+            id,
+            command,
             cause,
             key,
             done,
@@ -326,7 +336,7 @@ impl Writer {
                 for pending in batch {
                     let written = write(store, std::slice::from_ref(&pending))
                         .await
-                        .and_then(|w| w.first().copied().context("a batch of one wrote nothing"));
+                        .and_then(|mut w| w.pop().context("a batch of one wrote nothing"));
                     let _ = pending.done.send(written);
                 }
             }
@@ -338,20 +348,33 @@ fn key_of(pending: &Pending) -> Option<(&str, &str)> {
     pending
         .key
         .as_ref()
-        .map(|k| (pending.order.customer_id.as_str(), k.key.as_str()))
+        .map(|k| (pending.command.customer_id.as_str(), k.key.as_str()))
 }
 
-/// One transaction for `batch`: each keyed order's key, then every order whose key was
-/// not taken, its lines and its event.
+/// One transaction for `batch`: the prices of all its skus, then each keyed order's key,
+/// then every order that was priced and whose key was not taken, its lines and its event.
 async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>> {
     let mut tx = store
         .begin_batch()
         .await
         .context("failed to begin a transaction")?;
+    let mut skus: Vec<&Sku> = batch
+        .iter()
+        .flat_map(|p| p.command.items.iter().map(|(sku, _)| sku))
+        .collect();
+    skus.sort_unstable();
+    skus.dedup();
+    let prices = queries::price_list(&tx, &skus).await?;
+    let now = Utc::now();
     let mut written = Vec::with_capacity(batch.len());
-    let mut stored = Vec::with_capacity(batch.len());
     for pending in batch {
-        let order = &pending.order;
+        let order = match Order::place(pending.id, pending.command.clone(), &prices, now) {
+            Ok(order) => order,
+            Err(e) => {
+                written.push(Written::Refused(e));
+                continue;
+            }
+        };
         if let Some(key) = &pending.key
             && !queries::claim_idempotency_key(
                 &tx,
@@ -366,11 +389,17 @@ async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>>
             written.push(Written::KeyTaken);
             continue;
         }
-        tx.publish_with(&pending.cause, &placed_event(order))
+        tx.publish_with(&pending.cause, &placed_event(&order))
             .context("the order does not fit its event")?;
-        stored.push(order);
-        written.push(Written::Stored);
+        written.push(Written::Stored(Box::new(order)));
     }
+    let stored: Vec<&Order> = written
+        .iter()
+        .filter_map(|w| match w {
+            Written::Stored(order) => Some(&**order),
+            _ => None,
+        })
+        .collect();
     queries::insert_orders(&tx, &stored).await?;
     tx.commit().await.context("failed to commit the orders")?;
     Ok(written)
@@ -385,51 +414,57 @@ mod tests {
     use std::sync::Arc;
 
     use futures::future::join_all;
-    use kernel::{Currency, Money, Sku};
     use testkit::{Backend, Spawn, TestDatabase};
     use uuid::Uuid;
 
     use super::*;
     use crate::db::fixtures;
-    use crate::domain::{PriceList, asked_by};
+    use crate::domain::asked_by;
 
-    /// Checkout's schema on `backend`, and a store on it.
+    /// Checkout's schema on `backend`, and a store on it whose price list prices TEA-1
+    /// at 4.50 EUR and COF-1 at 7.00 EUR.
     async fn stage(backend: Backend) -> (Store, TestDatabase) {
         let (spawn, _bus) = Spawn::alone(backend, Arc::new(crate::Checkout));
         let app = spawn.start().await;
         let settings = app.settings.clone();
         let db = app.stop().await;
-        (
-            testkit::module_store(&settings.database, crate::NAME).await,
-            db,
-        )
+        let store = testkit::module_store(&settings.database, crate::NAME).await;
+        for (sku, price_minor) in [("TEA-1", 450), ("COF-1", 700)] {
+            let price = queries::StoredPrice {
+                sku: sku.into(),
+                price_minor,
+                currency: "EUR".into(),
+                version: 1,
+            };
+            queries::apply_price(store.conn(), price, Utc::now())
+                .await
+                .expect("a price");
+        }
+        (store, db)
     }
 
-    fn order(customer: &str) -> Order {
-        let prices: PriceList = [(
-            Sku::parse("TEA-1").expect("a sku"),
-            Money::new(450, Currency::parse("EUR").expect("a currency")).expect("money"),
-        )]
-        .into_iter()
-        .collect();
-        Order::place(
-            OrderId::new(),
-            asked_by(customer, &[("TEA-1", 1)]),
-            &prices,
-            Utc::now(),
-        )
-        .expect("priced")
+    /// An order of one TEA-1 by `customer`, and the id it is to be stored under.
+    fn asked(customer: &str) -> (OrderId, NewOrder) {
+        (OrderId::new(), asked_by(customer, &[("TEA-1", 1)]))
+    }
+
+    fn stored(written: &Written) -> Option<&Order> {
+        match written {
+            Written::Stored(order) => Some(order),
+            _ => None,
+        }
     }
 
     /// Hands every order over before any writer starts, so they wait together.
     async fn together(
         placements: &Placements,
-        orders: &[(Order, Option<IdempotencyKey>)],
+        orders: &[((OrderId, NewOrder), Option<IdempotencyKey>)],
     ) -> Vec<anyhow::Result<Written>> {
         let mut writers = Vec::new();
         let mut answers = Vec::new();
-        for (order, key) in orders {
-            let (answer, writer) = placements.hand_over(order.clone(), Cause::fresh(), key.clone());
+        for ((id, command), key) in orders {
+            let (answer, writer) =
+                placements.hand_over(*id, command.clone(), Cause::fresh(), key.clone());
             answers.push(answer);
             writers.extend(writer);
         }
@@ -450,19 +485,27 @@ mod tests {
         })
     }
 
-    /// Orders that arrive together are written together: twenty orders, three of them
-    /// with one key and two with another, handed over before any writer ran. Each key
-    /// stores its first order only (the others are told it is taken, and write nothing),
-    /// every stored order has its one event, and on PostgreSQL a single transaction wrote
-    /// them all.
+    /// Orders that arrive together are priced and written together: twenty orders, three
+    /// of them with one key and two with another, handed over before any writer ran.
+    /// Each key stores its first order only (the others are told it is taken, and write
+    /// nothing), every stored order is priced from the price list and has its one event,
+    /// and on PostgreSQL a single transaction wrote them all.
     async fn orders_that_arrive_together_are_written_in_one_transaction(backend: Backend) {
         let (store, _db) = stage(backend).await;
         let placements = Placements::new(store.clone(), 4);
-        let asked: Vec<(Order, Option<IdempotencyKey>)> = (0..20)
+        let asked: Vec<((OrderId, NewOrder), Option<IdempotencyKey>)> = (0..20)
             .map(|i| match i {
-                0..3 => (order("ada"), key("k-1", "same body")),
-                3..5 => (order("ada"), key("k-2", &format!("body {i}"))),
-                _ => (order(&format!("customer-{i}")), None),
+                0..3 => (asked("ada"), key("k-1", "same body")),
+                3..5 => (asked("ada"), key("k-2", &format!("body {i}"))),
+                // Every other one of coffee: a batch is priced from all its orders' skus.
+                _ if i % 2 == 0 => (asked(&format!("customer-{i}")), None),
+                _ => (
+                    (
+                        OrderId::new(),
+                        asked_by(&format!("customer-{i}"), &[("COF-1", 1)]),
+                    ),
+                    None,
+                ),
             })
             .collect();
         let written: Vec<Written> = together(&placements, &asked)
@@ -473,8 +516,17 @@ mod tests {
         let stored: Vec<Uuid> = asked
             .iter()
             .zip(&written)
-            .filter(|(_, w)| **w == Written::Stored)
-            .map(|((order, _), _)| order.id.as_uuid())
+            .filter_map(|(((id, command), _), w)| {
+                let order = stored(w)?;
+                assert_eq!(order.id, *id, "stored under the id it was handed over with");
+                let price = if command.items[0].0.as_str() == "COF-1" {
+                    700
+                } else {
+                    450
+                };
+                assert_eq!(order.total.minor(), price, "priced from the price list");
+                Some(id.as_uuid())
+            })
             .collect();
         let taken = written.iter().filter(|w| **w == Written::KeyTaken).count();
         assert_eq!((stored.len(), taken), (17, 3), "{written:?}");
@@ -503,26 +555,55 @@ mod tests {
         assert!(matches!(replayed, Some(Placed::Replayed(o)) if stored.contains(&o.id.as_uuid())));
     }
 
+    /// An order of a batch that the price list cannot price is answered with why, alone:
+    /// the others of its batch are stored, and nothing of it is written.
+    async fn an_order_the_price_list_cannot_price_is_refused_alone(backend: Backend) {
+        let (store, _db) = stage(backend).await;
+        let placements = Placements::new(store.clone(), 4);
+        let unknown = (
+            OrderId::new(),
+            asked_by("bob", &[("TEA-1", 1), ("NOPE-1", 2)]),
+        );
+        let batch = [asked("ada"), unknown, asked("cy")].map(|asked| (asked, None));
+        let written = together(&placements, &batch).await;
+        let sku = Sku::parse("NOPE-1").expect("a sku");
+        assert!(
+            matches!(&written[1], Ok(Written::Refused(PlaceError::UnknownSkus(u))) if *u == [(1, sku)]),
+            "{:?}",
+            written[1]
+        );
+        for i in [0, 2] {
+            assert!(
+                written[i].as_ref().ok().and_then(stored).is_some(),
+                "{i}: {:?}",
+                written[i]
+            );
+        }
+        assert_eq!(fixtures::orders_and_placed_events(store.db()).await, (2, 2));
+    }
+
     /// An order that cannot be written (its id is taken) fails the batch it came in; the
     /// batch is written again one order at a time, so the others are stored and only that
     /// one fails, with no event of it left behind.
     async fn a_batch_that_fails_is_written_again_one_order_at_a_time(backend: Backend) {
         let (store, _db) = stage(backend).await;
         let placements = Placements::new(store.clone(), 4);
-        let first = order("ada");
-        let stored = placements
-            .write(first.clone(), Cause::fresh(), None)
+        let (first, command) = asked("ada");
+        let written = placements
+            .write(first, command.clone(), Cause::fresh(), None)
             .await
             .expect("the first order");
-        assert_eq!(stored, Written::Stored);
-        let batch: Vec<_> = [order("bob"), first.clone(), order("cy"), order("di")]
-            .into_iter()
-            .map(|order| (order, None))
-            .collect();
+        assert!(stored(&written).is_some(), "{written:?}");
+        let batch =
+            [asked("bob"), (first, command), asked("cy"), asked("di")].map(|asked| (asked, None));
         let written = together(&placements, &batch).await;
         assert!(written[1].is_err(), "the taken id fails: {:?}", written[1]);
         for i in [0, 2, 3] {
-            assert_eq!(written[i].as_ref().ok(), Some(&Written::Stored), "{i}");
+            assert!(
+                written[i].as_ref().ok().and_then(stored).is_some(),
+                "{i}: {:?}",
+                written[i]
+            );
         }
         assert_eq!(fixtures::orders_and_placed_events(store.db()).await, (4, 4));
     }
@@ -535,25 +616,26 @@ mod tests {
     async fn an_order_that_arrives_as_the_last_writer_stops_starts_another() {
         let (store, _db) = stage(Backend::Sqlite).await;
         let placements = Placements::new(store, 1);
-        let (first, writer) = placements.hand_over(order("ada"), Cause::fresh(), None);
+        let (id, command) = asked("ada");
+        let (first, writer) = placements.hand_over(id, command, Cause::fresh(), None);
         let mut writer = writer.expect("the first order starts a writer");
         let batch = writer.next_batch().expect("the first order");
         assert!(writer.next_batch().is_none(), "nothing more waits");
-        let (second, next) = placements.hand_over(order("bob"), Cause::fresh(), None);
+        let (id, command) = asked("bob");
+        let (second, next) = placements.hand_over(id, command, Cause::fresh(), None);
         let next = next.expect("the writer that is stopping no longer counts");
         writer.write_batch(batch).await;
         drop(writer);
         next.start();
         for answer in [first, second] {
-            assert_eq!(
-                answer.await.expect("answered").expect("written"),
-                Written::Stored
-            );
+            let written = answer.await.expect("answered").expect("written");
+            assert!(stored(&written).is_some(), "{written:?}");
         }
     }
 
     testkit::on_both_backends!(
         orders_that_arrive_together_are_written_in_one_transaction,
+        an_order_the_price_list_cannot_price_is_refused_alone,
         a_batch_that_fails_is_written_again_one_order_at_a_time,
     );
 }
