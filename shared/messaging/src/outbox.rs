@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use contracts::Envelope;
-use sea_orm::{ConnectionTrait, DbErr, Value};
+use sea_orm::sea_query::ArrayType;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -74,10 +75,50 @@ pub async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<()
     insert(tx, &events).await
 }
 
-/// The outbox rows of `events`, in one multi-row `INSERT` per chunk of [`INSERT_CHUNK`]
-/// (one for every transaction of the hot path).
+/// The outbox rows of `events`, in order. On PostgreSQL one statement, the same for any
+/// number of rows (the columns sent as arrays), so every pooled connection keeps it
+/// prepared; a multi-row `VALUES` list is a statement of its own for each row count,
+/// prepared again whenever the connection's cache has let it go. On SQLite, where
+/// preparing costs no round trip, one multi-row `INSERT` per chunk of [`INSERT_CHUNK`].
 pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let now = now_ms();
+    let envelope = |event: &Envelope| String::from_utf8_lossy(&event.to_bytes()).into_owned();
+    if tx.get_database_backend() == DbBackend::Postgres {
+        let array =
+            |kind: ArrayType, values: Vec<Value>| Value::Array(kind, Some(Box::new(values)));
+        let values = vec![
+            array(
+                ArrayType::Uuid,
+                events.iter().map(|e| e.id.into()).collect(),
+            ),
+            array(
+                ArrayType::String,
+                events.iter().map(|e| e.event_type.clone().into()).collect(),
+            ),
+            array(
+                ArrayType::String,
+                events.iter().map(|e| e.key.clone().into()).collect(),
+            ),
+            array(
+                ArrayType::String,
+                events.iter().map(|e| envelope(e).into()).collect(),
+            ),
+            now.into(),
+        ];
+        // Rows are inserted, and given their ids, in the order of the arrays.
+        execute(
+            tx,
+            "INSERT INTO outbox (event_id, event_type, ordering_key, envelope, created_at) \
+             SELECT e, t, k, v, $5 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+             WITH ORDINALITY AS u(e, t, k, v, n) ORDER BY n",
+            values,
+        )
+        .await?;
+        return Ok(());
+    }
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         let mut rows = Vec::with_capacity(chunk.len());
@@ -94,11 +135,7 @@ pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Re
             values.push(event.id.into());
             values.push(event.event_type.clone().into());
             values.push(event.key.clone().into());
-            values.push(
-                String::from_utf8_lossy(&event.to_bytes())
-                    .into_owned()
-                    .into(),
-            );
+            values.push(envelope(event).into());
             values.push(now.into());
         }
         let sql = format!(
