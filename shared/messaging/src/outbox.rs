@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{EventBus, Outgoing};
 use crate::faults::Faults;
 use crate::settings::MessagingSettings;
-use store::{ModuleDb, execute, now_ms, placeholders, query};
+use store::{ModuleDb, array, execute, now_ms, placeholders, query};
 
 /// A module's outbox, as its relay and its publishing transactions share it: the relay
 /// sleeps on it between polls, and a transaction that committed events wakes it (see
@@ -87,25 +87,17 @@ pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Re
     let now = now_ms();
     let envelope = |event: &Envelope| String::from_utf8_lossy(&event.to_bytes()).into_owned();
     if tx.get_database_backend() == DbBackend::Postgres {
-        let array =
-            |kind: ArrayType, values: Vec<Value>| Value::Array(kind, Some(Box::new(values)));
         let values = vec![
+            array(ArrayType::Uuid, events.iter().map(|e| e.id.into())),
             array(
-                ArrayType::Uuid,
-                events.iter().map(|e| e.id.into()).collect(),
+                ArrayType::String,
+                events.iter().map(|e| e.event_type.clone().into()),
             ),
             array(
                 ArrayType::String,
-                events.iter().map(|e| e.event_type.clone().into()).collect(),
+                events.iter().map(|e| e.key.clone().into()),
             ),
-            array(
-                ArrayType::String,
-                events.iter().map(|e| e.key.clone().into()).collect(),
-            ),
-            array(
-                ArrayType::String,
-                events.iter().map(|e| envelope(e).into()).collect(),
-            ),
+            array(ArrayType::String, events.iter().map(|e| envelope(e).into())),
             now.into(),
         ];
         // Rows are inserted, and given their ids, in the order of the arrays.

@@ -31,7 +31,8 @@ pub use validation::flatten_validation_errors;
 /// Statements written once for both backends, with PostgreSQL placeholders (`$1`): the
 /// helpers of a module's `db/` layer.
 pub mod sql {
-    pub use store::{execute, now_ms, padded, placeholders, query};
+    pub use sea_orm::sea_query::ArrayType;
+    pub use store::{array, execute, now_ms, padded, placeholders, query};
 }
 
 /// The trace context events carry, for work a module does outside a request or handler

@@ -2,6 +2,7 @@
 //! statement on SQLite and PostgreSQL alike: the messaging tables and every module's `db/`
 //! layer write their statements once, with PostgreSQL placeholders.
 
+use sea_orm::sea_query::ArrayType;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
@@ -103,6 +104,16 @@ pub fn padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
         values.resize(values.len().next_power_of_two(), last);
     }
     values
+}
+
+/// One PostgreSQL array parameter of `values` (of `kind`): the columns of an insert that
+/// takes any number of rows in one statement, `INSERT .. SELECT .. FROM unnest($1::uuid[],
+/// ..)`, the same statement whatever the row count, so connections keep it prepared where a
+/// multi-row `VALUES` list is a statement of its own for each row count. No value may be
+/// NULL: the driver binds the array as one of its element type and cannot take a NULL one
+/// (send a stand-in and turn it back with `NULLIF`).
+pub fn array(kind: ArrayType, values: impl IntoIterator<Item = Value>) -> Value {
+    Value::Array(kind, Some(Box::new(values.into_iter().collect())))
 }
 
 /// Runs one statement (see [`stmt`]); returns the rows affected.

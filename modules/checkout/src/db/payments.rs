@@ -2,17 +2,18 @@
 //! whose stock is held, claim due attempts under a lease, and settle, retry or release
 //! them. The claim and the batch settlement stay single SQL statements (a locking
 //! subquery with `SKIP LOCKED`, and `CASE` per attempt), written once here for both
-//! backends.
+//! backends; on PostgreSQL, opening and settling a batch take their rows as arrays, one
+//! statement for any batch size, which every connection keeps prepared.
 
 use std::collections::HashSet;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use module_api::sql::{execute, placeholders, query};
+use module_api::sql::{ArrayType, array, execute, placeholders, query};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Value,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Value,
 };
 use uuid::Uuid;
 
@@ -43,6 +44,43 @@ pub(crate) async fn open(
 ) -> anyhow::Result<HashSet<Uuid>> {
     if attempts.is_empty() {
         return Ok(HashSet::new());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let values = vec![
+            array(ArrayType::Uuid, attempts.iter().map(|a| a.id.into())),
+            array(ArrayType::Uuid, attempts.iter().map(|a| a.order_id.into())),
+            array(
+                ArrayType::BigInt,
+                attempts.iter().map(|a| a.locked_until.into()),
+            ),
+            array(
+                ArrayType::Uuid,
+                attempts.iter().map(|a| a.correlation_id.into()),
+            ),
+            array(
+                ArrayType::String,
+                attempts.iter().map(|a| a.traceparent.clone().into()),
+            ),
+            PENDING.into(),
+            due_ms.into(),
+            now.into(),
+        ];
+        let opened = query(
+            conn,
+            "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, \
+             locked_until, correlation_id, traceparent, created_at, updated_at) \
+             SELECT i, o, $6, 0, $7, l, c, t, $8, $8 \
+             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[]) \
+             AS u(i, o, l, c, t) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING id",
+            values,
+        )
+        .await
+        .context("failed to open payment attempts")?;
+        return opened
+            .iter()
+            .map(|row| row.try_get::<Uuid>("", "id").map_err(Into::into))
+            .collect();
     }
     let opened = payment_attempts::Entity::insert_many(attempts.into_iter().map(|a| {
         payment_attempts::ActiveModel {
@@ -195,6 +233,36 @@ pub(crate) async fn finish_many(
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     if finished.is_empty() {
+        return Ok(());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // An array holds no NULL: a missing reference or error goes as '' (none is empty)
+        // and leaves the column as it was.
+        let text = |v: &Option<String>| Value::from(v.clone().unwrap_or_default());
+        let values = vec![
+            array(ArrayType::Uuid, finished.iter().map(|f| f.id.into())),
+            array(
+                ArrayType::String,
+                finished.iter().map(|f| f.status.as_str().into()),
+            ),
+            array(
+                ArrayType::String,
+                finished.iter().map(|f| text(&f.reference)),
+            ),
+            array(ArrayType::String, finished.iter().map(|f| text(&f.error))),
+            now.into(),
+        ];
+        execute(
+            conn,
+            "UPDATE payment_attempts SET status = u.s, \
+             reference = COALESCE(NULLIF(u.r, ''), payment_attempts.reference), \
+             last_error = COALESCE(NULLIF(u.e, ''), payment_attempts.last_error), updated_at = $5 \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS u(i, s, r, e) \
+             WHERE payment_attempts.id = u.i",
+            values,
+        )
+        .await
+        .context("failed to record payment attempts")?;
         return Ok(());
     }
     let mut values: Vec<Value> = Vec::with_capacity(finished.len() * 5 + 1);

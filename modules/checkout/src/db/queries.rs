@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use module_api::sql::{ArrayType, array, execute};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Value,
 };
 use uuid::Uuid;
 
@@ -312,6 +313,9 @@ pub(crate) async fn insert_orders(
     conn: &impl ConnectionTrait,
     orders: &[&Order],
 ) -> anyhow::Result<()> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        return insert_orders_as_arrays(conn, orders).await;
+    }
     for chunk in orders.chunks(ORDERS_PER_INSERT) {
         let rows = chunk
             .iter()
@@ -362,6 +366,92 @@ pub(crate) async fn insert_orders(
             .await
             .context("failed to insert order lines")?;
     }
+    Ok(())
+}
+
+/// [`insert_orders`] on PostgreSQL: one statement per table for any number of orders and
+/// lines (their columns as arrays), which every connection keeps prepared, where a
+/// multi-row `VALUES` list is a statement of its own for each row count.
+async fn insert_orders_as_arrays(
+    conn: &impl ConnectionTrait,
+    orders: &[&Order],
+) -> anyhow::Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let column = |kind: ArrayType, value: &dyn Fn(&Order) -> Value| {
+        array(kind, orders.iter().map(|o| value(o)))
+    };
+    let addresses = orders
+        .iter()
+        .map(|o| serde_json::to_string(&o.shipping_address).map(Value::from))
+        .collect::<Result<Vec<_>, _>>()
+        .context("address to JSON")?;
+    let values = vec![
+        column(ArrayType::Uuid, &|o| o.id.as_uuid().into()),
+        column(ArrayType::String, &|o| o.status.as_str().into()),
+        // An array parameter holds no NULL: a missing reason goes as '' (no reason is
+        // empty).
+        column(ArrayType::String, &|o| {
+            o.status_reason.map_or("", |r| r.as_str()).into()
+        }),
+        column(ArrayType::String, &|o| o.customer_id.clone().into()),
+        column(ArrayType::String, &|o| o.customer_email.clone().into()),
+        array(ArrayType::String, addresses),
+        column(ArrayType::String, &|o| o.payment_token.clone().into()),
+        column(ArrayType::String, &|o| {
+            o.total.currency().to_string().into()
+        }),
+        column(ArrayType::BigInt, &|o| o.total.minor().into()),
+        column(ArrayType::ChronoDateTimeUtc, &|o| o.created_at.into()),
+        column(ArrayType::ChronoDateTimeUtc, &|o| o.updated_at.into()),
+    ];
+    execute(
+        conn,
+        "INSERT INTO orders (id, status, status_reason, customer_id, customer_email, \
+         shipping_address, payment_token, currency, total_minor, created_at, updated_at) \
+         SELECT i, s, NULLIF(r, ''), c, e, a, p, cu, t, ca, ua \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[]) \
+         AS u(i, s, r, c, e, a, p, cu, t, ca, ua)",
+        values,
+    )
+    .await
+    .context("failed to insert orders")?;
+    let lines: Vec<(&Order, usize, &Line)> = orders
+        .iter()
+        .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l)))
+        .collect();
+    let values = vec![
+        array(
+            ArrayType::Uuid,
+            lines.iter().map(|(o, _, _)| o.id.as_uuid().into()),
+        ),
+        array(
+            ArrayType::Int,
+            lines.iter().map(|(_, i, _)| (*i as i32 + 1).into()),
+        ),
+        array(
+            ArrayType::String,
+            lines.iter().map(|(_, _, l)| l.sku.to_string().into()),
+        ),
+        array(
+            ArrayType::BigInt,
+            lines.iter().map(|(_, _, l)| l.quantity.get().into()),
+        ),
+        array(
+            ArrayType::BigInt,
+            lines.iter().map(|(_, _, l)| l.unit_price.minor().into()),
+        ),
+    ];
+    execute(
+        conn,
+        "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor) \
+         SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[], $5::int8[])",
+        values,
+    )
+    .await
+    .context("failed to insert order lines")?;
     Ok(())
 }
 
