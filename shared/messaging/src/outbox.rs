@@ -2,7 +2,7 @@
 //!
 //! A use case appends its events to the `outbox` table in the same transaction as the
 //! change they announce, so both commit or neither does. The relay hands committed rows to
-//! the bus in batches and marks them published only after the bus accepted them.
+//! the bus in batches and deletes them (or marks them published) only after the bus accepted them.
 //!
 //! The relay never reads "after the last id it saw": it always takes the lowest unpublished
 //! ids, so a row whose transaction committed late (with a lower id than rows already

@@ -44,7 +44,7 @@ pub struct MessagingSettings {
     #[validate(range(min = 1, max = 86400))]
     pub cleanup_interval_secs: u64,
     /// In-process bus only: the relay hands each event straight to the subscription of
-    /// this process when it can, and marks it published once the consumer has committed
+    /// this process when it can, and deletes or marks its row once the consumer has committed
     /// it; only what cannot go that way (a retry, a key with events already queued, no
     /// subscription here) is written to the consumer's queue. Off, every event goes
     /// through the queue, where every replica sharing the database can claim it.
