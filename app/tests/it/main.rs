@@ -13,3 +13,4 @@ mod openapi;
 mod pg_passwords;
 mod shop;
 mod startup;
+mod statistics;

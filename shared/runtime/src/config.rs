@@ -212,6 +212,10 @@ pub struct PostgresSettings {
     pub statement_cache_capacity: usize,
     #[validate(range(min = 0, max = 3600000))]
     pub statement_timeout_ms: u64,
+    /// How often each module analyzes its tables that outgrew their planner statistics,
+    /// rather than wait for autovacuum (`runtime::statistics`); 0: never.
+    #[validate(range(min = 0, max = 3600000))]
+    pub refresh_statistics_ms: u64,
     pub ssl_mode: SslMode,
     /// The CA certificate (PEM) the server's certificate is checked against with
     /// `verify-ca` and `verify-full`; unset, the well-known public CAs.

@@ -280,6 +280,11 @@ where
             &format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
         )
         .await?;
+        // What the module's role may not do on tables it does not own: analyze those that
+        // outgrew their planner statistics.
+        for statement in crate::statistics::provision(&schema, &role) {
+            exec(owner, &statement).await?;
+        }
         anyhow::Ok(())
     }
     .await;

@@ -182,6 +182,7 @@ enum Worker {
     ),
     Task(&'static str, BackgroundTask),
     Sampler(Vec<ModuleDb>, PrometheusHandle),
+    Statistics(Vec<ModuleDb>, Duration),
 }
 
 /// The bus the settings ask for, over the modules of this process.
@@ -384,6 +385,10 @@ impl Application {
         }
         probes.push(Arc::new(probes::BusProbe(bus.clone())));
         workers.push(Worker::Sampler(dbs.clone(), metrics.clone()));
+        workers.push(Worker::Statistics(
+            dbs.clone(),
+            Duration::from_millis(settings.database.postgres.refresh_statistics_ms),
+        ));
         let admin = settings.operator.token.clone().map(|token| Admin {
             token,
             modules: letters,
@@ -475,6 +480,9 @@ impl Application {
                 }
                 Worker::Sampler(dbs, handle) => {
                     tasks.spawn(prometheus::sample(dbs, handle, token));
+                }
+                Worker::Statistics(dbs, every) => {
+                    tasks.spawn(crate::statistics::keep(dbs, every, token));
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod probes;
 pub mod prometheus;
 pub mod scram;
+pub mod statistics;
 pub mod telemetry;
 mod validation;
 

@@ -126,6 +126,10 @@ fn describe() {
         Unit::Seconds,
         "Time to begin a module's write transaction: waits for a pooled connection (or SQLite's write lock) show here"
     );
+    describe_counter!(
+        "db_statistics_refreshed_total",
+        "Tables a module analyzed because they outgrew their planner statistics"
+    );
     describe_gauge!(
         "db_pool_max_connections",
         "The most connections a module's pool may open"
