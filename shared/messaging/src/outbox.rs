@@ -322,7 +322,7 @@ impl Relay {
         self.faults.point("relay.after_publish").await;
         self.published(&ids)
             .await
-            .context("failed to mark events published")?;
+            .context("failed to delete or mark the events the bus took")?;
         for id in &ids {
             held.cut_short.remove(id);
         }

@@ -30,13 +30,25 @@ use tokio_util::sync::CancellationToken;
 /// The function each module's schema holds (PostgreSQL).
 pub const FUNCTION: &str = "refresh_statistics";
 
-/// Tables smaller than this are never analyzed here: a whole scan of them costs little.
-pub const LEAST_ROWS: i64 = 1000;
+/// Tables smaller than this are never analyzed here: a whole scan of them costs little
+/// (and for a batch of a hundred ids the planner prefers one below a few tens of thousands
+/// of rows anyway), and a queue such as the outbox, which fills and empties by the
+/// thousand, would be analyzed at every burst.
+pub const LEAST_ROWS: i64 = 10_000;
+
+/// The statistics target of these analyses: a sample of 300 rows per unit, 3,000 in all,
+/// where PostgreSQL's default (100) takes 30,000. It tells the planner how large a table is
+/// and roughly how many distinct values its columns hold, which is what these plans went
+/// wrong on, at a fifth of the cost (measured on 100,000 orders and 200,000 lines: 7.5 ms
+/// each, against 39 and 29 ms); autovacuum's own analyses, which come later, take the
+/// full sample.
+const SAMPLE: u32 = 10;
 
 /// The statements that give `schema` its [`FUNCTION`], run by the owner when it prepares
 /// the schema: it runs as the owner (`SECURITY DEFINER`, with a fixed `search_path`),
 /// analyzes only that schema's tables (`SKIP_LOCKED`: one that autovacuum is analyzing is
-/// left to it), and only `role` may run it. `schema` and `role` are quoted identifiers.
+/// left to it) with a sample of [`SAMPLE`], and only `role` may run it. `schema` and
+/// `role` are quoted identifiers.
 pub(crate) fn provision(schema: &str, role: &str) -> [String; 3] {
     // The schema's name as a string, for the catalog query and format().
     let name = schema.trim_matches('"').replace('\'', "''");
@@ -44,7 +56,8 @@ pub(crate) fn provision(schema: &str, role: &str) -> [String; 3] {
         format!(
             "CREATE OR REPLACE FUNCTION {schema}.{FUNCTION}(least_rows bigint) \
              RETURNS TABLE (table_name text, planned_rows real, live_rows bigint) \
-             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$ \
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
+             SET default_statistics_target = {SAMPLE} AS $f$ \
              BEGIN \
                FOR table_name, planned_rows, live_rows IN \
                  SELECT s.relname, c.reltuples, s.n_live_tup \

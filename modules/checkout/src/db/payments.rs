@@ -1,9 +1,9 @@
 //! The payment worker's statements on `payment_attempts`: open an attempt for each order
 //! whose stock is held, claim due attempts under a lease, and settle, retry or release
-//! them. The claim and the batch settlement stay single SQL statements (a locking
-//! subquery with `SKIP LOCKED`, and `CASE` per attempt), written once here for both
-//! backends; on PostgreSQL, opening and settling a batch take their rows as arrays, one
-//! statement for any batch size, which every connection keeps prepared.
+//! them. The claim is one statement for both backends (a locking subquery with `SKIP
+//! LOCKED`). Opening and settling a batch are one statement each too: on PostgreSQL they
+//! take their rows as arrays (`unnest`), one statement for any batch size, which every
+//! connection keeps prepared; on SQLite, a multi-row insert and a `CASE` per attempt.
 
 use std::collections::HashSet;
 
