@@ -17,14 +17,14 @@ use std::time::Duration;
 use anyhow::Context;
 use contracts::Envelope;
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
+use sea_orm::{ConnectionTrait, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{EventBus, Outgoing};
 use crate::faults::Faults;
 use crate::settings::MessagingSettings;
-use store::{ModuleDb, array, execute, now_ms, placeholders, query};
+use store::{ModuleDb, Rows, execute, insert_rows, now_ms, placeholders, query};
 
 /// A module's outbox, as its relay and its publishing transactions share it: the relay
 /// sleeps on it between polls, and a transaction that committed events wakes it (see
@@ -34,8 +34,6 @@ pub struct Outbox {
     module: &'static str,
     wake: Arc<Notify>,
 }
-
-const INSERT_CHUNK: usize = 500;
 
 impl Outbox {
     pub fn new(module: &'static str) -> Self {
@@ -75,67 +73,40 @@ pub async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<()
     insert(tx, &events).await
 }
 
-/// The outbox rows of `events`, in order. On PostgreSQL one statement, the same for any
-/// number of rows (the columns sent as arrays), so every pooled connection keeps it
-/// prepared; a multi-row `VALUES` list is a statement of its own for each row count,
-/// prepared again whenever the connection's cache has let it go. On SQLite, where
-/// preparing costs no round trip, one multi-row `INSERT` per chunk of [`INSERT_CHUNK`].
+/// The outbox rows of `events`, in order, in one statement ([`store::insert_rows`]: on
+/// PostgreSQL the same statement for any number of rows, which every pooled connection
+/// keeps prepared).
 pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
-    if events.is_empty() {
-        return Ok(());
-    }
     let now = now_ms();
-    let envelope = |event: &Envelope| String::from_utf8_lossy(&event.to_bytes()).into_owned();
-    if tx.get_database_backend() == DbBackend::Postgres {
-        let values = vec![
-            array(ArrayType::Uuid, events.iter().map(|e| e.id.into())),
-            array(
-                ArrayType::String,
-                events.iter().map(|e| e.event_type.clone().into()),
-            ),
-            array(
-                ArrayType::String,
-                events.iter().map(|e| e.key.clone().into()),
-            ),
-            array(ArrayType::String, events.iter().map(|e| envelope(e).into())),
-            now.into(),
-        ];
-        // Rows are inserted, and given their ids, in the order of the arrays.
-        execute(
-            tx,
-            "INSERT INTO outbox (event_id, event_type, ordering_key, envelope, created_at) \
-             SELECT e, t, k, v, $5 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-             WITH ORDINALITY AS u(e, t, k, v, n) ORDER BY n",
-            values,
+    let rows = Rows::new()
+        .column(
+            "event_id",
+            ArrayType::Uuid,
+            events.iter().map(|e| e.id.into()),
         )
-        .await?;
-        return Ok(());
-    }
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
-        let mut rows = Vec::with_capacity(chunk.len());
-        for (i, event) in chunk.iter().enumerate() {
-            let n = i * 5;
-            rows.push(format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-            values.push(event.id.into());
-            values.push(event.event_type.clone().into());
-            values.push(event.key.clone().into());
-            values.push(envelope(event).into());
-            values.push(now.into());
-        }
-        let sql = format!(
-            "INSERT INTO outbox (event_id, event_type, ordering_key, envelope, created_at) VALUES {}",
-            rows.join(", ")
+        .column(
+            "event_type",
+            ArrayType::String,
+            events.iter().map(|e| e.event_type.clone().into()),
+        )
+        .column(
+            "ordering_key",
+            ArrayType::String,
+            events.iter().map(|e| e.key.clone().into()),
+        )
+        .column(
+            "envelope",
+            ArrayType::String,
+            events
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.to_bytes()).into_owned().into()),
+        )
+        .column(
+            "created_at",
+            ArrayType::BigInt,
+            events.iter().map(|_| now.into()),
         );
-        execute(tx, &sql, values).await?;
-    }
+    insert_rows(tx, "outbox", rows, "").await?;
     Ok(())
 }
 

@@ -2,6 +2,10 @@
 //! statement on SQLite and PostgreSQL alike: the messaging tables and every module's `db/`
 //! layer write their statements once, with PostgreSQL placeholders.
 
+mod rows;
+
+pub use rows::{Rows, insert_rows};
+
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,

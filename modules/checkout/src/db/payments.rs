@@ -9,11 +9,11 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use module_api::sql::{ArrayType, array, execute, placeholders, query};
-use sea_orm::sea_query::{Expr, OnConflict};
+use module_api::sql::{ArrayType, Rows, array, execute, insert_rows, placeholders, query};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Value,
 };
 use uuid::Uuid;
 
@@ -42,75 +42,46 @@ pub(crate) async fn open(
     due_ms: i64,
     now: DateTime<Utc>,
 ) -> anyhow::Result<HashSet<Uuid>> {
-    if attempts.is_empty() {
-        return Ok(HashSet::new());
-    }
-    if conn.get_database_backend() == DbBackend::Postgres {
-        let values = vec![
-            array(ArrayType::Uuid, attempts.iter().map(|a| a.id.into())),
-            array(ArrayType::Uuid, attempts.iter().map(|a| a.order_id.into())),
-            array(
-                ArrayType::BigInt,
-                attempts.iter().map(|a| a.locked_until.into()),
-            ),
-            array(
-                ArrayType::Uuid,
-                attempts.iter().map(|a| a.correlation_id.into()),
-            ),
-            array(
-                ArrayType::String,
-                attempts.iter().map(|a| a.traceparent.clone().into()),
-            ),
-            PENDING.into(),
-            due_ms.into(),
-            now.into(),
-        ];
-        let opened = query(
-            conn,
-            "INSERT INTO payment_attempts (id, order_id, status, attempts, next_attempt_at, \
-             locked_until, correlation_id, traceparent, created_at, updated_at) \
-             SELECT i, o, $6, 0, $7, l, c, t, $8, $8 \
-             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[]) \
-             AS u(i, o, l, c, t) \
-             ON CONFLICT (order_id) DO NOTHING RETURNING id",
-            values,
+    let each = |value: Value| attempts.iter().map(move |_| value.clone());
+    let rows = Rows::new()
+        .column("id", ArrayType::Uuid, attempts.iter().map(|a| a.id.into()))
+        .column(
+            "order_id",
+            ArrayType::Uuid,
+            attempts.iter().map(|a| a.order_id.into()),
         )
-        .await
-        .context("failed to open payment attempts")?;
-        return opened
-            .iter()
-            .map(|row| row.try_get::<Uuid>("", "id").map_err(Into::into))
-            .collect();
-    }
-    let opened = payment_attempts::Entity::insert_many(attempts.into_iter().map(|a| {
-        payment_attempts::ActiveModel {
-            id: Set(a.id),
-            order_id: Set(a.order_id),
-            status: Set(PENDING.into()),
-            attempts: Set(0),
-            next_attempt_at: Set(due_ms),
-            locked_until: Set(a.locked_until),
-            last_error: Set(None),
-            reference: Set(None),
-            correlation_id: Set(Some(a.correlation_id)),
-            traceparent: Set(Some(a.traceparent)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-    }))
-    .on_conflict(
-        OnConflict::column(payment_attempts::Column::OrderId)
-            .do_nothing()
-            .to_owned(),
+        .column("status", ArrayType::String, each(PENDING.into()))
+        .column("attempts", ArrayType::Int, each(0i32.into()))
+        .column("next_attempt_at", ArrayType::BigInt, each(due_ms.into()))
+        .column(
+            "locked_until",
+            ArrayType::BigInt,
+            attempts.iter().map(|a| a.locked_until.into()),
+        )
+        .column(
+            "correlation_id",
+            ArrayType::Uuid,
+            attempts.iter().map(|a| a.correlation_id.into()),
+        )
+        .column(
+            "traceparent",
+            ArrayType::String,
+            attempts.iter().map(|a| a.traceparent.clone().into()),
+        )
+        .column("created_at", ArrayType::ChronoDateTimeUtc, each(now.into()))
+        .column("updated_at", ArrayType::ChronoDateTimeUtc, each(now.into()));
+    let opened = insert_rows(
+        conn,
+        "payment_attempts",
+        rows,
+        "ON CONFLICT (order_id) DO NOTHING RETURNING id",
     )
-    .exec_with_returning_keys(conn)
-    .await;
-    match opened {
-        Ok(ids) => Ok(ids.into_iter().collect()),
-        // Every order had its attempt already.
-        Err(sea_orm::DbErr::RecordNotInserted) => Ok(HashSet::new()),
-        Err(e) => Err(e).context("failed to open payment attempts"),
-    }
+    .await
+    .context("failed to open payment attempts")?;
+    opened
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id").map_err(Into::into))
+        .collect()
 }
 
 /// An attempt as a claim returns it.

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use module_api::sql::{ArrayType, array, execute};
+use module_api::sql::{ArrayType, Rows, insert_rows};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Value,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Value,
 };
 use uuid::Uuid;
 
@@ -303,155 +303,104 @@ pub(crate) async fn claim_idempotency_key(
     Ok(inserted > 0)
 }
 
-/// Rows per insert statement, well under both backends' limits on bound values (SQLite's
-/// 32,766): 11 values per order, 5 per line.
-const ORDERS_PER_INSERT: usize = 500;
-const LINES_PER_INSERT: usize = 2000;
-
-/// Inserts new orders and their lines: one statement per table for a whole batch.
+/// Inserts new orders and their lines: one statement per table for a whole batch
+/// ([`insert_rows`]).
 pub(crate) async fn insert_orders(
     conn: &impl ConnectionTrait,
     orders: &[&Order],
 ) -> anyhow::Result<()> {
-    if conn.get_database_backend() == DbBackend::Postgres {
-        return insert_orders_as_arrays(conn, orders).await;
-    }
-    for chunk in orders.chunks(ORDERS_PER_INSERT) {
-        let rows = chunk
-            .iter()
-            .map(|order| {
-                let address =
-                    serde_json::to_string(&order.shipping_address).context("address to JSON")?;
-                Ok(orders::ActiveModel {
-                    id: Set(order.id.as_uuid()),
-                    status: Set(order.status.as_str().into()),
-                    status_reason: Set(order.status_reason.map(|r| r.as_str().to_owned())),
-                    customer_id: Set(order.customer_id.clone()),
-                    customer_email: Set(order.customer_email.clone()),
-                    shipping_address: Set(address),
-                    payment_token: Set(order.payment_token.clone()),
-                    currency: Set(order.total.currency().to_string()),
-                    total_minor: Set(order.total.minor()),
-                    created_at: Set(order.created_at),
-                    updated_at: Set(order.updated_at),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        orders::Entity::insert_many(rows)
-            .exec_without_returning(conn)
-            .await
-            .context("failed to insert orders")?;
-    }
-    let lines: Vec<order_lines::ActiveModel> = orders
-        .iter()
-        .flat_map(|order| {
-            order
-                .lines
-                .iter()
-                .enumerate()
-                .map(|(i, l)| order_lines::ActiveModel {
-                    order_id: Set(order.id.as_uuid()),
-                    line_no: Set(i as i32 + 1),
-                    sku: Set(l.sku.to_string()),
-                    quantity: Set(l.quantity.get()),
-                    unit_price_minor: Set(l.unit_price.minor()),
-                })
-        })
-        .collect();
-    let mut lines = lines.into_iter().peekable();
-    while lines.peek().is_some() {
-        let chunk: Vec<_> = lines.by_ref().take(LINES_PER_INSERT).collect();
-        order_lines::Entity::insert_many(chunk)
-            .exec_without_returning(conn)
-            .await
-            .context("failed to insert order lines")?;
-    }
-    Ok(())
-}
-
-/// [`insert_orders`] on PostgreSQL: one statement per table for any number of orders and
-/// lines (their columns as arrays), which every connection keeps prepared, where a
-/// multi-row `VALUES` list is a statement of its own for each row count.
-async fn insert_orders_as_arrays(
-    conn: &impl ConnectionTrait,
-    orders: &[&Order],
-) -> anyhow::Result<()> {
-    if orders.is_empty() {
-        return Ok(());
-    }
-    let column = |kind: ArrayType, value: &dyn Fn(&Order) -> Value| {
-        array(kind, orders.iter().map(|o| value(o)))
-    };
+    let column =
+        |value: &dyn Fn(&Order) -> Value| orders.iter().map(|o| value(o)).collect::<Vec<_>>();
     let addresses = orders
         .iter()
         .map(|o| serde_json::to_string(&o.shipping_address).map(Value::from))
         .collect::<Result<Vec<_>, _>>()
         .context("address to JSON")?;
-    let values = vec![
-        column(ArrayType::Uuid, &|o| o.id.as_uuid().into()),
-        column(ArrayType::String, &|o| o.status.as_str().into()),
-        // An array parameter holds no NULL: a missing reason goes as '' (no reason is
-        // empty).
-        column(ArrayType::String, &|o| {
-            o.status_reason.map_or("", |r| r.as_str()).into()
-        }),
-        column(ArrayType::String, &|o| o.customer_id.clone().into()),
-        column(ArrayType::String, &|o| o.customer_email.clone().into()),
-        array(ArrayType::String, addresses),
-        column(ArrayType::String, &|o| o.payment_token.clone().into()),
-        column(ArrayType::String, &|o| {
-            o.total.currency().to_string().into()
-        }),
-        column(ArrayType::BigInt, &|o| o.total.minor().into()),
-        column(ArrayType::ChronoDateTimeUtc, &|o| o.created_at.into()),
-        column(ArrayType::ChronoDateTimeUtc, &|o| o.updated_at.into()),
-    ];
-    execute(
-        conn,
-        "INSERT INTO orders (id, status, status_reason, customer_id, customer_email, \
-         shipping_address, payment_token, currency, total_minor, created_at, updated_at) \
-         SELECT i, s, NULLIF(r, ''), c, e, a, p, cu, t, ca, ua \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[]) \
-         AS u(i, s, r, c, e, a, p, cu, t, ca, ua)",
-        values,
-    )
-    .await
-    .context("failed to insert orders")?;
+    let rows = Rows::new()
+        .column("id", ArrayType::Uuid, column(&|o| o.id.as_uuid().into()))
+        .column(
+            "status",
+            ArrayType::String,
+            column(&|o| o.status.as_str().into()),
+        )
+        .text_or_null(
+            "status_reason",
+            orders
+                .iter()
+                .map(|o| o.status_reason.map(|r| r.as_str().to_owned())),
+        )
+        .column(
+            "customer_id",
+            ArrayType::String,
+            column(&|o| o.customer_id.clone().into()),
+        )
+        .column(
+            "customer_email",
+            ArrayType::String,
+            column(&|o| o.customer_email.clone().into()),
+        )
+        .column("shipping_address", ArrayType::String, addresses)
+        .column(
+            "payment_token",
+            ArrayType::String,
+            column(&|o| o.payment_token.clone().into()),
+        )
+        .column(
+            "currency",
+            ArrayType::String,
+            column(&|o| o.total.currency().to_string().into()),
+        )
+        .column(
+            "total_minor",
+            ArrayType::BigInt,
+            column(&|o| o.total.minor().into()),
+        )
+        .column(
+            "created_at",
+            ArrayType::ChronoDateTimeUtc,
+            column(&|o| o.created_at.into()),
+        )
+        .column(
+            "updated_at",
+            ArrayType::ChronoDateTimeUtc,
+            column(&|o| o.updated_at.into()),
+        );
+    insert_rows(conn, "orders", rows, "")
+        .await
+        .context("failed to insert orders")?;
     let lines: Vec<(&Order, usize, &Line)> = orders
         .iter()
         .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l)))
         .collect();
-    let values = vec![
-        array(
+    let rows = Rows::new()
+        .column(
+            "order_id",
             ArrayType::Uuid,
             lines.iter().map(|(o, _, _)| o.id.as_uuid().into()),
-        ),
-        array(
+        )
+        .column(
+            "line_no",
             ArrayType::Int,
             lines.iter().map(|(_, i, _)| (*i as i32 + 1).into()),
-        ),
-        array(
+        )
+        .column(
+            "sku",
             ArrayType::String,
             lines.iter().map(|(_, _, l)| l.sku.to_string().into()),
-        ),
-        array(
+        )
+        .column(
+            "quantity",
             ArrayType::BigInt,
             lines.iter().map(|(_, _, l)| l.quantity.get().into()),
-        ),
-        array(
+        )
+        .column(
+            "unit_price_minor",
             ArrayType::BigInt,
             lines.iter().map(|(_, _, l)| l.unit_price.minor().into()),
-        ),
-    ];
-    execute(
-        conn,
-        "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor) \
-         SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[], $5::int8[])",
-        values,
-    )
-    .await
-    .context("failed to insert order lines")?;
+        );
+    insert_rows(conn, "order_lines", rows, "")
+        .await
+        .context("failed to insert order lines")?;
     Ok(())
 }
 

@@ -1,0 +1,175 @@
+//! Inserting many rows in one statement on either backend, given column by column.
+//!
+//! On PostgreSQL the columns go as arrays, `INSERT .. SELECT .. FROM unnest($1::uuid[], ..)`:
+//! one statement for any number of rows, which every pooled connection prepares once and
+//! keeps, where a multi-row `VALUES` list is a statement of its own for each row count and
+//! is parsed and planned again whenever the connection's cache let it go. On SQLite, where
+//! preparing costs no round trip, a multi-row `VALUES` per chunk of rows. Rows are inserted
+//! in the order given on both (an outbox's ids follow it).
+
+use sea_orm::sea_query::ArrayType;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
+
+use crate::{array, query};
+
+/// The most rows one SQLite statement inserts (its limit is 32,766 bound values).
+const SQLITE_ROWS: usize = 500;
+
+/// Rows to insert, column by column: every column holds one value per row.
+#[derive(Debug, Default)]
+pub struct Rows {
+    columns: Vec<Column>,
+}
+
+#[derive(Debug)]
+struct Column {
+    name: &'static str,
+    kind: ArrayType,
+    values: Vec<Value>,
+    /// A text column whose `None` is NULL (see [`Rows::text_or_null`]).
+    empty_is_null: bool,
+}
+
+impl Rows {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A column: its name, the type of its values (of `kind`), one per row. No value may be
+    /// NULL (a PostgreSQL array parameter cannot hold one): a text column that may be NULL
+    /// is [`Rows::text_or_null`].
+    pub fn column(
+        mut self,
+        name: &'static str,
+        kind: ArrayType,
+        values: impl IntoIterator<Item = Value>,
+    ) -> Self {
+        self.columns.push(Column {
+            name,
+            kind,
+            values: values.into_iter().collect(),
+            empty_is_null: false,
+        });
+        self
+    }
+
+    /// A text column that may be NULL: on PostgreSQL a `None` goes as `''` and is stored as
+    /// NULL, so an empty string cannot be stored in it.
+    pub fn text_or_null(
+        mut self,
+        name: &'static str,
+        values: impl IntoIterator<Item = Option<String>>,
+    ) -> Self {
+        self.columns.push(Column {
+            name,
+            kind: ArrayType::String,
+            values: values.into_iter().map(Value::String).collect(),
+            empty_is_null: true,
+        });
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.columns.first().map_or(0, |c| c.values.len())
+    }
+}
+
+/// Inserts `rows` into `table`, followed by `tail` (such as `ON CONFLICT (order_id) DO
+/// NOTHING RETURNING id`, which both backends take); returns the rows the statements
+/// returned. Nothing is run for no rows.
+pub async fn insert_rows(
+    conn: &impl ConnectionTrait,
+    table: &str,
+    rows: Rows,
+    tail: &str,
+) -> Result<Vec<QueryResult>, DbErr> {
+    let len = rows.len();
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if let Some(c) = rows.columns.iter().find(|c| c.values.len() != len) {
+        return Err(DbErr::Custom(format!(
+            "column {} of an insert into {table} has {} values for {len} rows",
+            c.name,
+            c.values.len()
+        )));
+    }
+    let names = rows
+        .columns
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let mut arrays = Vec::with_capacity(rows.columns.len());
+        let mut selected = Vec::with_capacity(rows.columns.len());
+        let mut aliases = Vec::with_capacity(rows.columns.len());
+        let mut values = Vec::with_capacity(rows.columns.len());
+        for (i, column) in rows.columns.into_iter().enumerate() {
+            let n = i + 1;
+            arrays.push(format!("${n}::{}[]", pg_type(&column.kind, table)?));
+            aliases.push(format!("c{n}"));
+            if column.empty_is_null {
+                selected.push(format!("NULLIF(c{n}, '')"));
+            } else {
+                selected.push(format!("c{n}"));
+            }
+            let items = column.values.into_iter().map(|v| match v {
+                Value::String(None) if column.empty_is_null => Value::from(""),
+                v => v,
+            });
+            values.push(array(column.kind, items));
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({names}) SELECT {} FROM unnest({}) \
+             WITH ORDINALITY AS u({}, n) ORDER BY n {tail}",
+            selected.join(", "),
+            arrays.join(", "),
+            aliases.join(", "),
+        );
+        return query(conn, sql.trim_end(), values).await;
+    }
+    let width = rows.columns.len();
+    let mut columns: Vec<_> = rows
+        .columns
+        .into_iter()
+        .map(|c| c.values.into_iter())
+        .collect();
+    let mut returned = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let count = left.min(SQLITE_ROWS);
+        let mut values = Vec::with_capacity(count * width);
+        let mut tuples = Vec::with_capacity(count);
+        for _ in 0..count {
+            tuples.push(format!(
+                "({})",
+                crate::placeholders(values.len() + 1, width)
+            ));
+            values.extend(columns.iter_mut().filter_map(Iterator::next));
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({names}) VALUES {} {tail}",
+            tuples.join(", ")
+        );
+        returned.extend(query(conn, sql.trim_end(), values).await?);
+        left -= count;
+    }
+    Ok(returned)
+}
+
+/// PostgreSQL's name of an array's element type.
+fn pg_type(kind: &ArrayType, table: &str) -> Result<&'static str, DbErr> {
+    Ok(match kind {
+        ArrayType::Uuid => "uuid",
+        ArrayType::String => "text",
+        ArrayType::BigInt => "int8",
+        ArrayType::Int => "int4",
+        ArrayType::ChronoDateTimeUtc => "timestamptz",
+        other => {
+            return Err(DbErr::Custom(format!(
+                "an insert into {table} has a column of {other:?}, which rows do not take yet"
+            )));
+        }
+    })
+}
