@@ -8,9 +8,9 @@
 //! unique (order lines by order) is taken to match most rows; and a prepared statement
 //! that PostgreSQL chose to plan once for all values while its table was nearly empty
 //! keeps that plan until the table's statistics change. Measured in the payment-outage
-//! soak (BENCHMARKS.md, "Twelfth session"): checkout's consumer read a batch of orders and
-//! their lines in 50–100 ms instead of about 1, fell behind the placements, and catalog's
-//! unpublished events grew at the placement rate.
+//! soak (BENCHMARKS.md, "Twelfth session"): checkout's consumer took 50–100 ms to read a
+//! batch of orders, fell behind the placements, and catalog's unpublished events grew at
+//! the placement rate.
 //!
 //! So every module on PostgreSQL checks its tables every
 //! `database.postgres.refresh_statistics_ms` and analyzes those holding at least
@@ -39,7 +39,7 @@ pub const LEAST_ROWS: i64 = 10_000;
 /// The statistics target of these analyses: a sample of 300 rows per unit, 3,000 in all,
 /// where PostgreSQL's default (100) takes 30,000. It tells the planner how large a table is
 /// and roughly how many distinct values its columns hold, which is what these plans went
-/// wrong on, at a fifth of the cost (measured on 100,000 orders and 200,000 lines: 7.5 ms
+/// wrong on, at a quarter to a fifth of the cost (measured on 100,000 orders and 200,000 lines: 7.5 ms
 /// each, against 39 and 29 ms); autovacuum's own analyses, which come later, take the
 /// full sample.
 const SAMPLE: u32 = 10;
@@ -107,7 +107,9 @@ pub async fn refresh(db: &ModuleDb) -> Result<Vec<Refreshed>, DbErr> {
         .collect()
 }
 
-/// Refreshes every module's statistics every `every` until cancelled.
+/// Refreshes every module's statistics every `every` until cancelled. A module's refreshes
+/// that start failing are logged once as a warning, and once more when they work again (a
+/// database down for a while would otherwise log a warning every pass).
 pub(crate) async fn keep(dbs: Vec<ModuleDb>, every: Duration, cancel: CancellationToken) {
     let dbs: Vec<ModuleDb> = dbs
         .into_iter()
@@ -116,14 +118,21 @@ pub(crate) async fn keep(dbs: Vec<ModuleDb>, every: Duration, cancel: Cancellati
     if dbs.is_empty() || every.is_zero() {
         return;
     }
+    let mut failing = vec![false; dbs.len()];
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        for db in &dbs {
+        for (db, failing) in dbs.iter().zip(failing.iter_mut()) {
             match refresh(db).await {
                 Ok(tables) => {
+                    if std::mem::take(failing) {
+                        tracing::info!(
+                            module = db.module(),
+                            "refreshing table statistics works again"
+                        );
+                    }
                     for t in tables {
                         metrics::counter!("db_statistics_refreshed_total", "module" => db.module())
                             .increment(1);
@@ -136,8 +145,12 @@ pub(crate) async fn keep(dbs: Vec<ModuleDb>, every: Duration, cancel: Cancellati
                         );
                     }
                 }
+                Err(e) if !*failing => {
+                    *failing = true;
+                    tracing::warn!(module = db.module(), error = %e, "refreshing table statistics failed; retrying every pass, quietly until it works again")
+                }
                 Err(e) => {
-                    tracing::warn!(module = db.module(), error = %e, "refreshing table statistics failed")
+                    tracing::debug!(module = db.module(), error = %e, "refreshing table statistics failed")
                 }
             }
         }
