@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use contracts::Envelope;
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ConnectionTrait, DbErr, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -180,9 +180,9 @@ impl Relay {
             }
             let outcome = self.pass(&mut held).await;
             let idle = match outcome {
-                Ok(Pass::Published(n)) => {
+                Ok(Pass::Published) => {
                     failures = 0;
-                    n < self.settings.relay_batch
+                    false
                 }
                 Ok(Pass::Empty) => {
                     failures = 0;
@@ -209,6 +209,10 @@ impl Relay {
                 }
             }
         }
+        // What the bus took is done with; left, the next holder would publish it again.
+        if let Err(e) = self.settle(&mut held).await {
+            tracing::warn!(module, error = %format!("{e:#}"), "relay stopped with published events it could not delete or mark; they will be published again");
+        }
         // Hand the lease back so another instance can take over at once.
         let _ = execute(
             self.db.conn(),
@@ -226,6 +230,9 @@ impl Relay {
             let holding = held.lease_until > now;
             let Some(handed_through) = self.take_lease(now, lease).await? else {
                 held.lease_until = 0;
+                // What the bus took under the lease is done with all the same: left, the
+                // next holder would publish it again.
+                self.settle(held).await?;
                 return Ok(Pass::NotLeader);
             };
             if !holding {
@@ -237,20 +244,23 @@ impl Relay {
             held.handed_through = held.handed_through.max(handed_through);
             held.lease_until = now + lease;
         }
-        let rows = query(
-            self.db.conn(),
-            "SELECT id, event_id, event_type, ordering_key, envelope FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1",
-            vec![(self.settings.relay_batch as i64).into()],
-        )
-        .await
-        .context("failed to read the outbox")?;
-        if rows.is_empty() {
+        let direct = self.bus.hands_over_directly();
+        let read = self
+            .settle_and_read(held, direct)
+            .await
+            .context("failed to delete or mark the events the bus took, or to read the outbox")?;
+        let took = std::mem::take(&mut held.published);
+        for id in &took {
+            held.cut_short.remove(id);
+        }
+        metrics::counter!("outbox_published_total", "module" => self.db.module())
+            .increment(took.len() as u64);
+        if read.rows.is_empty() {
             return Ok(Pass::Empty);
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut batch = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut ids = Vec::with_capacity(read.rows.len());
+        let mut batch = Vec::with_capacity(read.rows.len());
+        for row in read.rows {
             let id = row.try_get::<i64>("", "id")?;
             ids.push(id);
             let event_type: String = row.try_get("", "event_type")?;
@@ -263,19 +273,13 @@ impl Relay {
                 handed_before: id <= held.predecessor_through || held.cut_short.contains(&id),
             });
         }
-        if self.bus.hands_over_directly() {
+        if direct {
             let last = ids.iter().copied().max().unwrap_or_default();
             if last > held.handed_through {
-                // Recorded before anything is handed over, and only while the lease is
-                // ours: a relay that loses the lease hands nothing over.
-                let recorded = execute(
-                    self.db.conn(),
-                    "UPDATE relay_lease SET handed_through = $1 WHERE name = $2 AND holder = $3",
-                    vec![last.into(), LEASE_NAME.into(), self.instance.clone().into()],
-                )
-                .await
-                .context("failed to record the handover")?;
-                if recorded != 1 {
+                // Recorded before anything is handed over, by the statement that read the
+                // batch, and only while the lease is ours: a relay that loses the lease
+                // hands nothing over.
+                if !read.recorded {
                     held.lease_until = 0;
                     return Ok(Pass::NotLeader);
                 }
@@ -291,37 +295,171 @@ impl Relay {
             .await
             .context("the bus did not accept the batch")?;
         self.faults.point("relay.after_publish").await;
-        self.published(&ids)
+        // Deleted or marked by the statement that reads the next batch, one round trip
+        // and one commit for both.
+        held.published = ids;
+        Ok(Pass::Published)
+    }
+
+    /// In one statement (one transaction on SQLite): the rows the bus took last pass are
+    /// done with (deleted, or marked published where the outbox keeps them for a while),
+    /// the lowest unpublished ids after them are read, and, when they go directly to
+    /// consumers (`direct`) past what was recorded, recorded as handed over, if the lease
+    /// is still this relay's.
+    async fn settle_and_read(&self, held: &Held, direct: bool) -> Result<Read, DbErr> {
+        let batch = self.settings.relay_batch as i64;
+        // Only what goes past the highest id recorded is recorded.
+        let record_past = if direct {
+            held.handed_through
+        } else {
+            i64::MAX
+        };
+        let conn = self.db.conn();
+        if self.db.backend() != DbBackend::Postgres {
+            return self.settle_and_read_sqlite(held, record_past).await;
+        }
+        let taken = store::array(
+            ArrayType::BigInt,
+            held.published.iter().map(|id| Value::from(*id)),
+        );
+        let mut values: Vec<Value> = vec![
+            taken,
+            batch.into(),
+            LEASE_NAME.into(),
+            self.instance.clone().into(),
+            record_past.into(),
+        ];
+        let settle = self.settle_sql("= ANY($1)", "$6");
+        if settle.marks {
+            values.push(now_ms().into());
+        }
+        // The rows settled here are still unpublished in the statement's snapshot, hence
+        // `<> ALL($1)`. `next` is read once (named twice, it is materialized).
+        let sql = format!(
+            "WITH settled AS ({}), \
+             next AS (SELECT id, event_id, event_type, ordering_key, envelope FROM outbox \
+                      WHERE published_at IS NULL AND id <> ALL($1) ORDER BY id LIMIT $2), \
+             recorded AS (UPDATE relay_lease SET handed_through = (SELECT MAX(id) FROM next) \
+                          WHERE name = $3 AND holder = $4 AND (SELECT MAX(id) FROM next) > $5 \
+                          RETURNING 1) \
+             SELECT id, event_id, event_type, ordering_key, envelope, \
+                    (SELECT COUNT(*) FROM recorded) AS recorded \
+             FROM next ORDER BY id",
+            settle.sql
+        );
+        let rows = query(conn, &sql, values).await?;
+        let recorded = match rows.first() {
+            Some(row) => row.try_get::<i64>("", "recorded")? == 1,
+            None => false,
+        };
+        Ok(Read { rows, recorded })
+    }
+
+    /// [`Relay::settle_and_read`] on SQLite, which has no statements that change rows
+    /// inside a `WITH`: the same three, in one write transaction when there is something
+    /// to settle.
+    async fn settle_and_read_sqlite(&self, held: &Held, record_past: i64) -> Result<Read, DbErr> {
+        if held.published.is_empty() {
+            return self.sqlite_steps(self.db.conn(), held, record_past).await;
+        }
+        let tx = self.db.begin().await?;
+        let read = self.sqlite_steps(&tx, held, record_past).await?;
+        tx.commit().await?;
+        Ok(read)
+    }
+
+    async fn sqlite_steps(
+        &self,
+        conn: &impl ConnectionTrait,
+        held: &Held,
+        record_past: i64,
+    ) -> Result<Read, DbErr> {
+        let taken: Vec<Value> = held.published.iter().map(|id| Value::from(*id)).collect();
+        let n = taken.len();
+        if n > 0 {
+            let settle = self.settle_sql(
+                &format!("IN ({})", placeholders(1, n)),
+                &format!("${}", n + 1),
+            );
+            let mut values = taken.clone();
+            if settle.marks {
+                values.push(now_ms().into());
+            }
+            execute(conn, &settle.sql, values).await?;
+        }
+        let mut values = vec![(self.settings.relay_batch as i64).into()];
+        values.extend(taken);
+        let rows = query(
+            conn,
+            &format!(
+                "SELECT id, event_id, event_type, ordering_key, envelope FROM outbox \
+                 WHERE published_at IS NULL AND id NOT IN ({}) ORDER BY id LIMIT $1",
+                placeholders(2, n)
+            ),
+            values,
+        )
+        .await?;
+        let mut last = None;
+        for row in &rows {
+            last = last.max(Some(row.try_get::<i64>("", "id")?));
+        }
+        let mut recorded = false;
+        if let Some(last) = last.filter(|last| *last > record_past) {
+            recorded = execute(
+                conn,
+                "UPDATE relay_lease SET handed_through = $1 WHERE name = $2 AND holder = $3",
+                vec![last.into(), LEASE_NAME.into(), self.instance.clone().into()],
+            )
+            .await?
+                == 1;
+        }
+        Ok(Read { rows, recorded })
+    }
+
+    /// Settles what the bus took on its own, without reading on: when the relay stops or
+    /// lost its lease.
+    async fn settle(&self, held: &mut Held) -> anyhow::Result<()> {
+        if held.published.is_empty() {
+            return Ok(());
+        }
+        let ids = store::padded(held.published.iter().map(|id| Value::from(*id)).collect());
+        let n = ids.len();
+        let settle = self.settle_sql(
+            &format!("IN ({})", placeholders(1, n)),
+            &format!("${}", n + 1),
+        );
+        let mut values = ids;
+        if settle.marks {
+            values.push(now_ms().into());
+        }
+        execute(self.db.conn(), &settle.sql, values)
             .await
             .context("failed to delete or mark the events the bus took")?;
-        for id in &ids {
+        let took = std::mem::take(&mut held.published);
+        for id in &took {
             held.cut_short.remove(id);
         }
         metrics::counter!("outbox_published_total", "module" => self.db.module())
-            .increment(ids.len() as u64);
-        Ok(Pass::Published(ids.len()))
+            .increment(took.len() as u64);
+        Ok(())
     }
 
-    /// Done with rows the bus accepted: deleted, or, where the outbox keeps published
-    /// events for a while (`outbox_retention_secs`), marked published.
-    async fn published(&self, ids: &[i64]) -> Result<u64, DbErr> {
-        let ids = store::padded(ids.iter().map(|id| Value::from(*id)).collect());
+    /// The statement that settles rows the bus took, named by `ids` (`= ANY($1)`, `IN
+    /// (..)`): deleted, or, where the outbox keeps published events for a while
+    /// (`outbox_retention_secs`), marked published at the time bound to `now`.
+    fn settle_sql(&self, ids: &str, now: &str) -> Settle {
         if self.settings.outbox_retention_secs == 0 {
             // A delete leaves the row's index entries alone, where a mark writes a new
             // version of the row and of each of them.
-            let sql = format!(
-                "DELETE FROM outbox WHERE id IN ({})",
-                placeholders(1, ids.len())
-            );
-            return execute(self.db.conn(), &sql, ids).await;
+            return Settle {
+                sql: format!("DELETE FROM outbox WHERE id {ids}"),
+                marks: false,
+            };
         }
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
-            placeholders(2, ids.len())
-        );
-        let mut values: Vec<Value> = vec![now_ms().into()];
-        values.extend(ids);
-        execute(self.db.conn(), &sql, values).await
+        Settle {
+            sql: format!("UPDATE outbox SET published_at = {now} WHERE id {ids}"),
+            marks: true,
+        }
     }
 
     /// Takes or renews the module's relay lease: the highest outbox id handed over
@@ -368,10 +506,26 @@ struct Held {
     predecessor_through: i64,
     /// Rows this relay handed over and has not marked published yet.
     cut_short: HashSet<i64>,
+    /// Rows the bus took, settled by the next pass (or when the relay stops).
+    published: Vec<i64>,
 }
 
 enum Pass {
-    Published(usize),
+    /// A batch went to the bus: the next pass follows at once, settling it.
+    Published,
     Empty,
     NotLeader,
+}
+
+/// What [`Relay::settle_and_read`] read.
+struct Read {
+    rows: Vec<sea_orm::QueryResult>,
+    /// Whether the batch was recorded as handed over.
+    recorded: bool,
+}
+
+/// A statement settling published rows, and whether it binds the time (last).
+struct Settle {
+    sql: String,
+    marks: bool,
 }
