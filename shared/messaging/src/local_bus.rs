@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use sea_orm::sea_query::ArrayType;
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,7 +35,7 @@ use crate::bus::{
 };
 use crate::instance_name::{InstanceName, NameState};
 use crate::settings::MessagingSettings;
-use store::{ModuleDb, execute, now_ms, placeholders, query};
+use store::{ModuleDb, Rows, execute, insert_rows, now_ms, placeholders, query};
 
 struct Queue {
     db: ModuleDb,
@@ -77,8 +78,6 @@ pub struct LocalBus {
     /// Whether this process holds its instance name, per subscribed module.
     names: Mutex<Vec<(&'static str, Arc<NameState>)>>,
 }
-
-const INSERT_CHUNK: usize = 500;
 
 impl LocalBus {
     /// `instance` names this process: it holds the claims of its subscriptions. A restarted
@@ -348,40 +347,51 @@ impl LocalBus {
 
     async fn enqueue(&self, queue: &Queue, events: &[&Outgoing]) -> Result<(), BusError> {
         let now = now_ms();
-        let tx = queue.db.begin().await?;
-        for chunk in events.chunks(INSERT_CHUNK) {
-            // An event repeated at the end is skipped as the conflict it is.
-            let chunk = store::padded(chunk.to_vec());
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (i, e) in chunk.iter().enumerate() {
-                let n = i * 7;
-                rows.push(format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7
-                ));
-                values.push(e.event_id.into());
-                values.push(e.event_type.clone().into());
-                values.push(ordering_key(e).into());
-                values.push(e.envelope.to_string().into());
-                values.push(now.into());
-                values.push(now.into());
-                // A delivery an earlier, cut-short publish may have made counts.
-                values.push(i32::from(e.handed_before).into());
-            }
-            let sql = format!(
-                "INSERT INTO bus_queue (event_id, event_type, ordering_key, envelope, visible_at, enqueued_at, deliveries) \
-                 VALUES {} ON CONFLICT (event_id) DO NOTHING",
-                rows.join(", ")
+        // Rows in batch order, so queue ids follow it (`store::insert_rows`: one statement
+        // of one shape on PostgreSQL); an event queued already is skipped as the conflict
+        // it is.
+        let rows = Rows::new()
+            .column(
+                "event_id",
+                ArrayType::Uuid,
+                events.iter().map(|e| Value::from(e.event_id)),
+            )
+            .column(
+                "event_type",
+                ArrayType::String,
+                events.iter().map(|e| Value::from(e.event_type.clone())),
+            )
+            .column(
+                "ordering_key",
+                ArrayType::String,
+                events.iter().map(|e| Value::from(ordering_key(e))),
+            )
+            .column(
+                "envelope",
+                ArrayType::String,
+                events.iter().map(|e| Value::from(e.envelope.to_string())),
+            )
+            .column(
+                "visible_at",
+                ArrayType::BigInt,
+                events.iter().map(|_| Value::from(now)),
+            )
+            .column(
+                "enqueued_at",
+                ArrayType::BigInt,
+                events.iter().map(|_| Value::from(now)),
+            )
+            // A delivery an earlier, cut-short publish may have made counts.
+            .column(
+                "deliveries",
+                ArrayType::Int,
+                events
+                    .iter()
+                    .map(|e| Value::from(i32::from(e.handed_before))),
             );
-            execute(&tx, &sql, values).await?;
-        }
+        // One transaction, however many statements SQLite takes for the rows.
+        let tx = queue.db.begin().await?;
+        insert_rows(&tx, "bus_queue", rows, "ON CONFLICT (event_id) DO NOTHING").await?;
         tx.commit().await?;
         queue.wake.notify_one();
         Ok(())

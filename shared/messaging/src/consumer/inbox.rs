@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::engine::Ready;
 use super::handler::HandlerError;
-use store::{ModuleDb, now_ms, query};
+use sea_orm::sea_query::ArrayType;
+use store::{ModuleDb, Rows, insert_rows, now_ms, query};
 
 /// Inserts the inbox keys of `items`; returns those that were new (the others were
 /// processed before and are skipped).
@@ -23,29 +24,35 @@ pub(super) async fn claim_inbox_keys(
         .iter()
         .flat_map(|i| i.handlers.iter().map(|h| (i.envelope.id, h.name())))
         .collect();
-    // A key repeated at the end is skipped as the conflict it is, and not returned.
-    let keys = store::padded(keys);
-    let mut values: Vec<Value> = Vec::with_capacity(keys.len() * 3);
-    let mut rows = Vec::with_capacity(keys.len());
-    for (event_id, handler) in keys {
-        let n = values.len();
-        rows.push(format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-        values.push(event_id.into());
-        values.push(handler.into());
-        values.push(now.into());
-    }
-    if rows.is_empty() {
+    if keys.is_empty() {
         // No handler takes these events (a replayed letter whose handler is gone).
         return Ok(HashSet::new());
     }
-    let sql = format!(
-        "INSERT INTO inbox (event_id, handler, processed_at) VALUES {} \
-         ON CONFLICT (event_id, handler) DO NOTHING RETURNING event_id, handler",
-        rows.join(", ")
-    );
-    let inserted = query(tx, &sql, values)
-        .await
-        .context("failed to record inbox keys")?;
+    // One statement of one shape for any batch on PostgreSQL (see `store::insert_rows`).
+    let rows = Rows::new()
+        .column(
+            "event_id",
+            ArrayType::Uuid,
+            keys.iter().map(|(id, _)| Value::from(*id)),
+        )
+        .column(
+            "handler",
+            ArrayType::String,
+            keys.iter().map(|(_, handler)| Value::from(*handler)),
+        )
+        .column(
+            "processed_at",
+            ArrayType::BigInt,
+            keys.iter().map(|_| Value::from(now)),
+        );
+    let inserted = insert_rows(
+        tx,
+        "inbox",
+        rows,
+        "ON CONFLICT (event_id, handler) DO NOTHING RETURNING event_id, handler",
+    )
+    .await
+    .context("failed to record inbox keys")?;
     let names: Vec<&'static str> = items
         .iter()
         .flat_map(|i| i.handlers.iter().map(|h| h.name()))
