@@ -249,12 +249,7 @@ impl Relay {
             .settle_and_read(held, direct)
             .await
             .context("failed to delete or mark the events the bus took, or to read the outbox")?;
-        let took = std::mem::take(&mut held.published);
-        for id in &took {
-            held.cut_short.remove(id);
-        }
-        metrics::counter!("outbox_published_total", "module" => self.db.module())
-            .increment(took.len() as u64);
+        self.settled(held);
         if read.rows.is_empty() {
             return Ok(Pass::Empty);
         }
@@ -435,13 +430,18 @@ impl Relay {
         execute(self.db.conn(), &settle.sql, values)
             .await
             .context("failed to delete or mark the events the bus took")?;
+        self.settled(held);
+        Ok(())
+    }
+
+    /// The rows the bus took are deleted or marked: no longer cut short, and counted.
+    fn settled(&self, held: &mut Held) {
         let took = std::mem::take(&mut held.published);
         for id in &took {
             held.cut_short.remove(id);
         }
         metrics::counter!("outbox_published_total", "module" => self.db.module())
             .increment(took.len() as u64);
-        Ok(())
     }
 
     /// The statement that settles rows the bus took, named by `ids` (`= ANY($1)`, `IN
