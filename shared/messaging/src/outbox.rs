@@ -369,21 +369,10 @@ impl Relay {
         held: &Held,
         record_past: i64,
     ) -> Result<Read, DbErr> {
-        let taken: Vec<Value> = held.published.iter().map(|id| Value::from(*id)).collect();
-        let n = taken.len();
-        if n > 0 {
-            let settle = self.settle_sql(
-                &format!("IN ({})", placeholders(1, n)),
-                &format!("${}", n + 1),
-            );
-            let mut values = taken.clone();
-            if settle.marks {
-                values.push(now_ms().into());
-            }
-            execute(conn, &settle.sql, values).await?;
-        }
+        self.settle_listed(conn, &held.published).await?;
+        let n = held.published.len();
         let mut values = vec![(self.settings.relay_batch as i64).into()];
-        values.extend(taken);
+        values.extend(held.published.iter().map(|id| Value::from(*id)));
         let rows = query(
             conn,
             &format!(
@@ -414,23 +403,28 @@ impl Relay {
     /// Settles what the bus took on its own, without reading on: when the relay stops or
     /// lost its lease.
     async fn settle(&self, held: &mut Held) -> anyhow::Result<()> {
-        if held.published.is_empty() {
+        self.settle_listed(self.db.conn(), &held.published)
+            .await
+            .context("failed to delete or mark the events the bus took")?;
+        self.settled(held);
+        Ok(())
+    }
+
+    /// Settles `ids` with an `IN` list, on either backend; nothing for no ids.
+    async fn settle_listed(&self, conn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
+        if ids.is_empty() {
             return Ok(());
         }
-        let ids = store::padded(held.published.iter().map(|id| Value::from(*id)).collect());
-        let n = ids.len();
+        let mut values = store::padded(ids.iter().map(|id| Value::from(*id)).collect());
+        let n = values.len();
         let settle = self.settle_sql(
             &format!("IN ({})", placeholders(1, n)),
             &format!("${}", n + 1),
         );
-        let mut values = ids;
         if settle.marks {
             values.push(now_ms().into());
         }
-        execute(self.db.conn(), &settle.sql, values)
-            .await
-            .context("failed to delete or mark the events the bus took")?;
-        self.settled(held);
+        execute(conn, &settle.sql, values).await?;
         Ok(())
     }
 
