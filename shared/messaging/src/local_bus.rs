@@ -15,7 +15,7 @@
 //! a dead one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -437,6 +437,7 @@ impl EventBus for LocalBus {
             unacked: Mutex::new(HashSet::new()),
             unreleased: Mutex::new(HashMap::new()),
             handovers: AtomicU64::new(0),
+            starved: AtomicBool::new(false),
             permits: Semaphore::new(spec.max_in_flight),
             settings: self.settings.clone(),
         });
@@ -484,6 +485,9 @@ struct State {
     unreleased: Mutex<HashMap<i64, Release>>,
     /// Deliveries handed over directly and not settled yet.
     handovers: AtomicU64,
+    /// Set while the reader finds no capacity to claim with: only then does a delivery
+    /// handed over directly and settled give the reader anything to do (its capacity).
+    starved: AtomicBool,
     permits: Semaphore,
     settings: MessagingSettings,
 }
@@ -500,11 +504,19 @@ impl State {
         self.wake.notify_one();
     }
 
-    /// Gives back the capacity of a delivery handed over directly.
+    /// Gives back the capacity of a delivery handed over directly. The reader is woken
+    /// only if it waits for capacity: a delivery that never was a row frees no row of its
+    /// key, and waking the reader after every settled batch made it claim an empty queue
+    /// (a transaction of four round trips) as often as the consumer committed.
     fn handover_settled(&self) {
         self.handovers.fetch_sub(1, Ordering::Relaxed);
         self.permits.add_permits(1);
-        self.wake.notify_one();
+        // Pairs with the fence in `read_queue`: either the reader sees this capacity, or
+        // this sees the reader starved and wakes it.
+        fence(Ordering::SeqCst);
+        if self.starved.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
     }
 
     fn held(&self) -> Vec<i64> {
@@ -626,6 +638,10 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
                 }
             }
         }
+        // Starved until capacity is found: a settlement that gives capacity back after
+        // this looked wakes the reader (see `State::handover_settled`).
+        state.starved.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let free = state.permits.available_permits();
         let want = free.min(state.settings.consumer_batch * 2);
         let reserved = match state.permits.try_acquire_many(want as u32) {
@@ -635,6 +651,9 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
             }
             _ => 0,
         };
+        if reserved > 0 {
+            state.starved.store(false, Ordering::SeqCst);
+        }
         let claimed = if reserved == 0 {
             Ok(Vec::new())
         } else {

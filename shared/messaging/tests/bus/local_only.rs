@@ -885,7 +885,100 @@ async fn a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row(back
     );
 }
 
+/// A queued event waiting for capacity that a delivery handed over directly holds goes
+/// out as soon as that delivery is settled, not at the reader's next poll: a settled
+/// handover wakes the reader when the reader waits for capacity (and only then, so a
+/// reader with nothing queued is not sent to read an empty queue after every batch).
+async fn a_queued_event_waiting_for_capacity_goes_out_once_a_handover_is_settled(backend: Backend) {
+    use futures::StreamExt;
+    let dbs = open(backend).await;
+    // A poll (and a lease renewal) far longer than the test: only a wake-up brings the
+    // queued event out in time.
+    let slow_poll = MessagingSettings {
+        poll_interval_ms: 120_000,
+        lease_ms: 360_000,
+        handover_wait_ms: 60_000,
+        ..settings()
+    };
+    let bus = bus_configured(Transport::Local, &dbs, "a", slow_poll).await;
+    let mut subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: 1,
+        })
+        .await
+        .expect("subscribe");
+    // The reader's first claim (of an empty queue) is over once a handover finds the
+    // capacity free.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let publish = publishing(&bus, &events(1, 1));
+    let handed = tokio::time::timeout(WAIT, subscription.deliveries.next())
+        .await
+        .expect("handed over")
+        .expect("the subscription is open");
+    // Two events of one key go through the queue, and wait: the one place is taken.
+    let queued = events(1, 2);
+    let batch: Vec<Outgoing> = queued.iter().map(outgoing).collect();
+    tokio::time::timeout(WAIT, bus.publish(&batch))
+        .await
+        .expect("queued without waiting for the consumer")
+        .expect("publish");
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            subscription.deliveries.next()
+        )
+        .await
+        .is_err(),
+        "a queued event was handed out beyond the subscription's capacity"
+    );
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&handed.tag))
+        .await
+        .expect("ack");
+    tokio::time::timeout(WAIT, publish)
+        .await
+        .expect("publish returns once the handover is settled")
+        .expect("the publisher ran")
+        .expect("publish");
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        subscription.deliveries.next(),
+    )
+    .await
+    .expect("the queued event goes out once the handover gave its place back, not at the next poll")
+    .expect("the subscription is open");
+    assert_eq!(
+        Envelope::from_bytes(&first.raw).expect("an envelope").id,
+        queued[0].id
+    );
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&first.tag))
+        .await
+        .expect("ack");
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        subscription.deliveries.next(),
+    )
+    .await
+    .expect("the next of its key goes out once the first is settled")
+    .expect("the subscription is open");
+    assert_eq!(
+        Envelope::from_bytes(&second.raw).expect("an envelope").id,
+        queued[1].id
+    );
+    subscription
+        .acker
+        .ack(std::slice::from_ref(&second.tag))
+        .await
+        .expect("ack");
+}
+
 on_both_backends!(
     an_event_handed_over_directly_is_settled_before_publish_returns_and_never_queued,
     a_handover_unsettled_after_the_handover_wait_becomes_a_claimed_row,
+    a_queued_event_waiting_for_capacity_goes_out_once_a_handover_is_settled,
 );
