@@ -77,8 +77,14 @@ pub async fn append(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<()
 /// PostgreSQL the same statement for any number of rows, which every pooled connection
 /// keeps prepared).
 pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Result<(), DbErr> {
+    insert_rows(tx, "outbox", outbox_rows(events), "").await?;
+    Ok(())
+}
+
+/// The outbox rows of `events`, in order.
+pub(crate) fn outbox_rows(events: &[Envelope]) -> Rows {
     let now = now_ms();
-    let rows = Rows::new()
+    Rows::new()
         .column(
             "event_id",
             ArrayType::Uuid,
@@ -105,9 +111,7 @@ pub(crate) async fn insert(tx: &impl ConnectionTrait, events: &[Envelope]) -> Re
             "created_at",
             ArrayType::BigInt,
             events.iter().map(|_| now.into()),
-        );
-    insert_rows(tx, "outbox", rows, "").await?;
-    Ok(())
+        )
 }
 
 /// What waits in a module's outbox, for metrics.

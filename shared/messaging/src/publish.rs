@@ -7,7 +7,9 @@
 //! contract and keeps its envelope; `tx.commit()` writes every kept event to the outbox in
 //! one multi-row `INSERT`, commits, wakes the relay if anything was published, and then
 //! runs the hooks given to `tx.after_commit`. A `Tx` dropped without `commit` rolls back:
-//! nothing is published and no hook runs.
+//! nothing is published and no hook runs. Rows given to `tx.insert_at_commit` are written
+//! with the outbox's, in the same statement on PostgreSQL: one round trip fewer for a
+//! transaction whose last write is an insert.
 //!
 //! A transaction begun for a request has one cause, the request's, and `publish` uses it.
 //! One that holds a batch (a consumer's, the payment recorder's) has none: each of its
@@ -28,8 +30,8 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
-use crate::outbox::{Outbox, insert};
-use store::ModuleDb;
+use crate::outbox::{Outbox, outbox_rows};
+use store::{ModuleDb, Rows, insert_rows_together};
 
 /// A module's database and its outbox: where its transactions begin.
 #[derive(Clone, Debug)]
@@ -91,6 +93,8 @@ pub struct Tx {
     tx: DatabaseTransaction,
     cause: Option<Cause>,
     events: Vec<Envelope>,
+    /// Rows written with the outbox's at commit ([`Tx::insert_at_commit`]).
+    inserts: Vec<(&'static str, Rows)>,
     hooks: Vec<Hook>,
     wake: Arc<Notify>,
 }
@@ -103,6 +107,7 @@ impl Tx {
             tx,
             cause,
             events: Vec::new(),
+            inserts: Vec::new(),
             hooks: Vec::new(),
             wake,
         }
@@ -123,6 +128,15 @@ impl Tx {
         Ok(())
     }
 
+    /// Inserts `rows` into `table` when the transaction commits, before the outbox rows
+    /// and in the same statement on PostgreSQL (`store::insert_rows_together`), in the
+    /// order given: for rows nothing in this transaction reads or writes after (they are
+    /// not there until then). An insert that fails fails the commit, and nothing of the
+    /// transaction is kept.
+    pub fn insert_at_commit(&mut self, table: &'static str, rows: Rows) {
+        self.inserts.push((table, rows));
+    }
+
     /// Runs `f` once the transaction has committed, after the hooks given before it, and
     /// never if it rolls back (a business counter: a batch rolled back and handled again
     /// one event at a time must not count twice; a wake-up of a worker that reads what
@@ -139,13 +153,15 @@ impl Tx {
         Ok(())
     }
 
-    /// The first half of [`Tx::commit`]: the outbox rows, in this transaction.
+    /// The first half of [`Tx::commit`]: the rows given to [`Tx::insert_at_commit`] and
+    /// the outbox rows, in this transaction, in one statement on PostgreSQL.
     pub(crate) async fn write_outbox(&mut self) -> Result<(), DbErr> {
-        if self.events.is_empty() {
-            return Ok(());
+        let mut inserts = std::mem::take(&mut self.inserts);
+        if !self.events.is_empty() {
+            crate::trace::published(&mut self.events);
+            inserts.push(("outbox", outbox_rows(&self.events)));
         }
-        crate::trace::published(&mut self.events);
-        insert(&self.tx, &self.events).await
+        insert_rows_together(&self.tx, inserts).await
     }
 
     /// The second half of [`Tx::commit`]: commits, and hands back what is due once it did

@@ -72,6 +72,94 @@ impl Rows {
     fn len(&self) -> usize {
         self.columns.first().map_or(0, |c| c.values.len())
     }
+
+    /// An error unless every column holds one value per row.
+    fn check(&self, table: &str) -> Result<(), DbErr> {
+        let len = self.len();
+        match self.columns.iter().find(|c| c.values.len() != len) {
+            Some(c) => Err(DbErr::Custom(format!(
+                "column {} of an insert into {table} has {} values for {len} rows",
+                c.name,
+                c.values.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Inserts each of `inserts` (a table and its rows, in the order given) in one round trip
+/// on PostgreSQL: one statement, the inserts but the last in data-modifying `WITH` clauses
+/// (a foreign key from a later table to an earlier one is checked at the end of the
+/// statement, when both are written). On SQLite, where a statement costs no round trip,
+/// [`insert_rows`] for each in turn. A table with no rows is left out.
+pub async fn insert_rows_together(
+    conn: &impl ConnectionTrait,
+    inserts: Vec<(&str, Rows)>,
+) -> Result<(), DbErr> {
+    let inserts: Vec<(&str, Rows)> = inserts.into_iter().filter(|(_, r)| r.len() > 0).collect();
+    for (table, rows) in &inserts {
+        rows.check(table)?;
+    }
+    if conn.get_database_backend() != DbBackend::Postgres || inserts.len() < 2 {
+        for (table, rows) in inserts {
+            insert_rows(conn, table, rows, "").await?;
+        }
+        return Ok(());
+    }
+    let mut values = Vec::new();
+    let mut clauses = Vec::with_capacity(inserts.len());
+    for (table, rows) in inserts {
+        clauses.push(unnest_insert(table, rows, &mut values)?);
+    }
+    let last = clauses.pop().unwrap_or_default();
+    let with = clauses
+        .iter()
+        .enumerate()
+        .map(|(i, clause)| format!("w{i} AS ({clause})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    query(conn, &format!("WITH {with} {last}"), values).await?;
+    Ok(())
+}
+
+/// `INSERT INTO table (..) SELECT .. FROM unnest(..)` on PostgreSQL, its arrays appended
+/// to `values` (numbered after those already there).
+fn unnest_insert(table: &str, rows: Rows, values: &mut Vec<Value>) -> Result<String, DbErr> {
+    let names = rows.names();
+    let mut arrays = Vec::with_capacity(rows.columns.len());
+    let mut selected = Vec::with_capacity(rows.columns.len());
+    let mut aliases = Vec::with_capacity(rows.columns.len());
+    for (i, column) in rows.columns.into_iter().enumerate() {
+        let n = i + 1;
+        let param = values.len() + 1;
+        arrays.push(format!("${param}::{}[]", pg_type(&column.kind, table)?));
+        aliases.push(format!("c{n}"));
+        if column.empty_is_null {
+            selected.push(format!("NULLIF(c{n}, '')"));
+        } else {
+            selected.push(format!("c{n}"));
+        }
+        let items = column.values.into_iter().map(|v| match v {
+            Value::String(None) if column.empty_is_null => Value::from(""),
+            v => v,
+        });
+        values.push(array(column.kind, items));
+    }
+    Ok(format!(
+        "INSERT INTO {table} ({names}) SELECT {} FROM unnest({}) \
+         WITH ORDINALITY AS u({}, n) ORDER BY n",
+        selected.join(", "),
+        arrays.join(", "),
+        aliases.join(", "),
+    ))
 }
 
 /// Inserts `rows` into `table`, followed by `tail` (such as `ON CONFLICT (order_id) DO
@@ -87,46 +175,11 @@ pub async fn insert_rows(
     if len == 0 {
         return Ok(Vec::new());
     }
-    if let Some(c) = rows.columns.iter().find(|c| c.values.len() != len) {
-        return Err(DbErr::Custom(format!(
-            "column {} of an insert into {table} has {} values for {len} rows",
-            c.name,
-            c.values.len()
-        )));
-    }
-    let names = rows
-        .columns
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ");
+    rows.check(table)?;
+    let names = rows.names();
     if conn.get_database_backend() == DbBackend::Postgres {
-        let mut arrays = Vec::with_capacity(rows.columns.len());
-        let mut selected = Vec::with_capacity(rows.columns.len());
-        let mut aliases = Vec::with_capacity(rows.columns.len());
         let mut values = Vec::with_capacity(rows.columns.len());
-        for (i, column) in rows.columns.into_iter().enumerate() {
-            let n = i + 1;
-            arrays.push(format!("${n}::{}[]", pg_type(&column.kind, table)?));
-            aliases.push(format!("c{n}"));
-            if column.empty_is_null {
-                selected.push(format!("NULLIF(c{n}, '')"));
-            } else {
-                selected.push(format!("c{n}"));
-            }
-            let items = column.values.into_iter().map(|v| match v {
-                Value::String(None) if column.empty_is_null => Value::from(""),
-                v => v,
-            });
-            values.push(array(column.kind, items));
-        }
-        let sql = format!(
-            "INSERT INTO {table} ({names}) SELECT {} FROM unnest({}) \
-             WITH ORDINALITY AS u({}, n) ORDER BY n {tail}",
-            selected.join(", "),
-            arrays.join(", "),
-            aliases.join(", "),
-        );
+        let sql = format!("{} {tail}", unnest_insert(table, rows, &mut values)?);
         return query(conn, sql.trim_end(), values).await;
     }
     let width = rows.columns.len();

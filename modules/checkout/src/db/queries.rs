@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use module_api::sql::{ArrayType, Rows, insert_rows};
+use module_api::sql::{ArrayType, Rows};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -303,12 +303,9 @@ pub(crate) async fn claim_idempotency_key(
     Ok(inserted > 0)
 }
 
-/// Inserts new orders and their lines: one statement per table for a whole batch
-/// ([`insert_rows`]).
-pub(crate) async fn insert_orders(
-    conn: &impl ConnectionTrait,
-    orders: &[&Order],
-) -> anyhow::Result<()> {
+/// The rows of new orders and of their lines, for the placing transaction to insert when
+/// it commits (`Tx::insert_at_commit`: with its outbox rows, one statement on PostgreSQL).
+pub(crate) fn order_rows(orders: &[&Order]) -> anyhow::Result<[(&'static str, Rows); 2]> {
     let column =
         |value: &dyn Fn(&Order) -> Value| orders.iter().map(|o| value(o)).collect::<Vec<_>>();
     let addresses = orders
@@ -365,14 +362,11 @@ pub(crate) async fn insert_orders(
             ArrayType::ChronoDateTimeUtc,
             column(&|o| o.updated_at.into()),
         );
-    insert_rows(conn, "orders", rows, "")
-        .await
-        .context("failed to insert orders")?;
     let lines: Vec<(&Order, usize, &Line)> = orders
         .iter()
         .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l)))
         .collect();
-    let rows = Rows::new()
+    let line_rows = Rows::new()
         .column(
             "order_id",
             ArrayType::Uuid,
@@ -398,10 +392,7 @@ pub(crate) async fn insert_orders(
             ArrayType::BigInt,
             lines.iter().map(|(_, _, l)| l.unit_price.minor().into()),
         );
-    insert_rows(conn, "order_lines", rows, "")
-        .await
-        .context("failed to insert order lines")?;
-    Ok(())
+    Ok([("orders", rows), ("order_lines", line_rows)])
 }
 
 /// Up to `limit` order ids in id order after `after`; with `owner`, only that customer's.

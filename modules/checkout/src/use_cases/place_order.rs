@@ -400,7 +400,11 @@ async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>>
             _ => None,
         })
         .collect();
-    queries::insert_orders(&tx, &stored).await?;
+    // Written with the outbox rows when the transaction commits: one statement for the
+    // orders, their lines and their events on PostgreSQL.
+    for (table, rows) in queries::order_rows(&stored)? {
+        tx.insert_at_commit(table, rows);
+    }
     tx.commit().await.context("failed to commit the orders")?;
     Ok(written)
 }

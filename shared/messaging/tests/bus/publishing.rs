@@ -2,7 +2,8 @@
 //! backends: its events reach the outbox only when it commits, in one go, under its
 //! cause; a transaction dropped without commit leaves nothing and runs no hook; the relay
 //! is woken by a commit that published something and by nothing else; hooks run after
-//! the commit, in the order given.
+//! the commit, in the order given; rows given to `insert_at_commit` are written with the
+//! events, or nothing is.
 
 use std::sync::Mutex;
 
@@ -145,8 +146,86 @@ async fn a_batch_publishes_each_event_under_its_own_cause_and_refuses_what_break
     assert!(woken(&outbox));
 }
 
+/// Inbox rows for `ids` under handler `h`, as a module's own rows for `insert_at_commit`.
+fn inbox_rows(ids: &[Uuid]) -> store::Rows {
+    use sea_orm::sea_query::ArrayType;
+    store::Rows::new()
+        .column(
+            "event_id",
+            ArrayType::Uuid,
+            ids.iter().map(|id| (*id).into()),
+        )
+        .column("handler", ArrayType::String, ids.iter().map(|_| "h".into()))
+        .column(
+            "processed_at",
+            ArrayType::BigInt,
+            ids.iter().map(|_| 1_i64.into()),
+        )
+}
+
+async fn inbox_ids(dbs: &Dbs) -> Vec<Uuid> {
+    let (producer, _) = connect(dbs.location()).await;
+    query(
+        &producer,
+        "SELECT event_id FROM inbox ORDER BY event_id",
+        vec![],
+    )
+    .await
+    .expect("read the inbox")
+    .iter()
+    .map(|row| row.try_get("", "event_id").expect("an id"))
+    .collect()
+}
+
+/// Rows given to `insert_at_commit` are written when the transaction commits, with its
+/// events (one statement on PostgreSQL); if one of them cannot be written, the commit
+/// fails and nothing of the transaction is kept: no row, no event, no hook, no wake-up.
+async fn rows_inserted_at_commit_are_written_with_the_events_or_not_at_all(backend: Backend) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let mut ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    ids.sort();
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.insert_at_commit("inbox", inbox_rows(&ids));
+    tx.publish(&payload(Uuid::now_v7(), 1))
+        .expect("a valid event");
+    assert!(
+        inbox_ids(&dbs).await.is_empty(),
+        "nothing is written before the commit"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(inbox_ids(&dbs).await, ids);
+    assert_eq!(outbox_rows(&dbs).await.len(), 1);
+    assert!(woken(&outbox));
+
+    // The same keys again: the insert fails, and with it the whole commit.
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.insert_at_commit("inbox", inbox_rows(&[Uuid::now_v7()]));
+    tx.insert_at_commit("inbox", inbox_rows(&ids));
+    tx.publish(&payload(Uuid::now_v7(), 2))
+        .expect("a valid event");
+    tx.after_commit(noting(&ran, 1));
+    assert!(
+        tx.commit().await.is_err(),
+        "a row that cannot be written fails the commit"
+    );
+    assert_eq!(
+        inbox_ids(&dbs).await,
+        ids,
+        "no row of the failed transaction is kept"
+    );
+    assert_eq!(outbox_rows(&dbs).await.len(), 1, "nor its event");
+    assert!(
+        ran.lock().expect("not poisoned").is_empty(),
+        "nor did its hook run"
+    );
+    assert!(!woken(&outbox), "nor was the relay woken");
+}
+
 on_both_backends!(
     events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order,
+    rows_inserted_at_commit_are_written_with_the_events_or_not_at_all,
     a_transaction_dropped_without_commit_publishes_nothing_and_runs_no_hook,
     a_batch_publishes_each_event_under_its_own_cause_and_refuses_what_breaks_a_contract,
 );
