@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use module_api::sql::{ArrayType, Rows};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Value,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -184,18 +184,39 @@ impl From<prices::Model> for StoredPrice {
     }
 }
 
+/// One index lookup per sku on PostgreSQL, whatever the planner's statistics say: an `IN`
+/// list over a price list of a thousand rows was planned (generic plan, under load) as a
+/// scan of the whole table, about 1 ms a batch of placements instead of 0.1.
+const PRICES_BY_SKU_POSTGRES: &str = "SELECT p.sku, p.price_minor, p.currency, p.version, p.updated_at \
+     FROM unnest($1::text[]) AS k(sku) \
+     CROSS JOIN LATERAL (SELECT * FROM prices WHERE prices.sku = k.sku LIMIT 1) AS p";
+
 /// The prices of these skus that the price list has (an unknown sku is absent).
 pub(crate) async fn price_list(
     conn: &impl ConnectionTrait,
     skus: &[&Sku],
 ) -> anyhow::Result<PriceList> {
-    prices::Entity::find()
-        .filter(prices::Column::Sku.is_in(module_api::sql::padded(
-            skus.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        )))
-        .all(conn)
-        .await
-        .context("failed to read prices")?
+    let names = || skus.iter().map(|s| s.as_str());
+    let rows = if conn.get_database_backend() == DbBackend::Postgres {
+        let values = vec![module_api::sql::array(
+            ArrayType::String,
+            names().map(Value::from),
+        )];
+        prices::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                PRICES_BY_SKU_POSTGRES,
+                values,
+            ))
+            .all(conn)
+            .await
+    } else {
+        prices::Entity::find()
+            .filter(prices::Column::Sku.is_in(module_api::sql::padded(names().collect::<Vec<_>>())))
+            .all(conn)
+            .await
+    };
+    rows.context("failed to read prices")?
         .into_iter()
         .map(|row| {
             let sku = Sku::parse(&row.sku)
