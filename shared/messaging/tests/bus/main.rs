@@ -480,6 +480,16 @@ async fn run(
     handlers: Vec<Arc<dyn Handler>>,
 ) -> Running {
     let cancel = CancellationToken::new();
+    // Subscribed before the relay starts, as the host does: the relay's first pass finds
+    // the subscription live and may hand its events over directly.
+    let subscription = bus
+        .subscribe(SubscriberSpec {
+            module: CONSUMER,
+            event_types: vec![OrderConfirmedV1::TYPE],
+            max_in_flight: settings.max_in_flight,
+        })
+        .await
+        .expect("subscribe");
     let mut tasks = Vec::new();
     if relay {
         let relay = Relay {
@@ -492,14 +502,6 @@ async fn run(
         };
         tasks.push(tokio::spawn(relay.run(cancel.child_token())));
     }
-    let subscription = bus
-        .subscribe(SubscriberSpec {
-            module: CONSUMER,
-            event_types: vec![OrderConfirmedV1::TYPE],
-            max_in_flight: settings.max_in_flight,
-        })
-        .await
-        .expect("subscribe");
     let consumer = Consumer {
         db: dbs.consumer.clone(),
         outbox: Outbox::new(CONSUMER),
