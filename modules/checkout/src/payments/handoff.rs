@@ -14,8 +14,16 @@
 //! Nothing is handed over while the breaker lets no call through (a handed attempt would
 //! wait out its lease), nor beyond [`Handoff::MOST`] waiting: the rest are opened
 //! unclaimed, due at once, and the worker claims them as before.
+//!
+//! The worker claims from the database only when something it knows of may be due there
+//! ([`Handoff::claim_due`]): attempts opened unclaimed, released, retried (from their due
+//! time), or handed over and left to their lease; after a claim that took all it had room
+//! for; and at every poll, which finds what other processes left (an attempt whose worker
+//! died holding its lease). While every attempt is handed over, as it is under a steady
+//! load, no claim runs at all: each would have been a transaction finding nothing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -32,6 +40,10 @@ pub(crate) struct Handoff {
     pub(crate) wake: Arc<Notify>,
     /// How long a claim lasts (see [`super::PaymentSettings::lease_ms`]).
     lease_ms: i64,
+    /// From when (milliseconds since the epoch) a claim may find an attempt this process
+    /// knows of due in the database: 0 at start (anything may be due), `i64::MAX` when
+    /// every attempt it knows of was claimed or handed over.
+    claim_from: AtomicI64,
 }
 
 #[derive(Default)]
@@ -51,6 +63,34 @@ impl Handoff {
             breaker,
             wake: Arc::new(Notify::new()),
             lease_ms,
+            claim_from: AtomicI64::new(0),
+        }
+    }
+
+    /// Notes that an attempt is due in the database from `at` (milliseconds since the
+    /// epoch; 0 for at once): the worker's next claim from then on looks for it.
+    pub(crate) fn due_from(&self, at: i64) {
+        self.claim_from.fetch_min(at, Ordering::SeqCst);
+    }
+
+    /// Whether a claim at `now` may find something this process knows of: if so, it is
+    /// taken as claimed (the claim that follows takes it, or notes it due again).
+    pub(crate) fn claim_due(&self, now: i64) -> bool {
+        self.claim_from
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |from| {
+                (from <= now).then_some(i64::MAX)
+            })
+            .is_ok()
+    }
+
+    /// How long from `now` until an attempt this process knows of falls due in the
+    /// database, if that is sooner than `most`; `most` if none will, or one is due
+    /// already (the worker had no room to claim it: it claims once woken with room).
+    pub(crate) fn until_due(&self, now: i64, most: std::time::Duration) -> std::time::Duration {
+        let from = self.claim_from.load(Ordering::SeqCst);
+        match u64::try_from(from.saturating_sub(now)) {
+            Ok(until) if until > 0 => most.min(std::time::Duration::from_millis(until)),
+            _ => most,
         }
     }
 
@@ -98,6 +138,8 @@ impl Handoff {
             };
             if attempt.fence > now {
                 taken.push(attempt);
+            } else {
+                self.due_from(0);
             }
         }
         taken
@@ -123,9 +165,13 @@ impl Reservation {
         self.fence
     }
 
-    /// Hands `attempts` (at most [`Reservation::places`]) to the worker and wakes it; run
-    /// once the transaction that opened them committed.
-    pub(crate) fn hand_over(mut self, attempts: Vec<Claimed>) {
+    /// Hands `attempts` (at most [`Reservation::places`]) to the worker and wakes it,
+    /// noting that others were opened for it to claim if `opened_unclaimed`; run once the
+    /// transaction that opened them committed.
+    pub(crate) fn hand_over(mut self, attempts: Vec<Claimed>, opened_unclaimed: bool) {
+        if opened_unclaimed {
+            self.handoff.due_from(0);
+        }
         {
             let mut state = self.handoff.state();
             state.reserved -= self.places;

@@ -104,9 +104,12 @@ impl PaymentWorker {
         }
         payments::finish_many(&tx, &outcome.finished, Utc::now()).await?;
         payments::release(&tx, &outcome.held).await?;
+        // Due again in the database: at once, or when their retry is.
+        let mut due_from = (!outcome.held.is_empty()).then_some(0);
         for (id, attempts, delay, error) in &outcome.retries {
             let due = now_ms() + delay.as_millis() as i64;
             payments::retry(&tx, *id, *attempts, due, error, Utc::now()).await?;
+            due_from = Some(due_from.map_or(due, |d: i64| d.min(due)));
         }
         let confirmed = outcome.count(OrderStatus::Confirmed, None);
         let declined = outcome.count(OrderStatus::Rejected, Some(StatusReason::PaymentDeclined));
@@ -120,6 +123,10 @@ impl PaymentWorker {
         tx.commit()
             .await
             .context("failed to commit payment outcomes")?;
+        if let Some(at) = due_from {
+            self.handoff.due_from(at);
+            self.handoff.wake.notify_one();
+        }
         crate::counters::orders_confirmed(confirmed);
         crate::counters::orders_rejected(StatusReason::PaymentDeclined, declined);
         Ok(outcome.voids)

@@ -164,6 +164,16 @@ impl Stage {
     }
 
     fn worker(&self, gateway: Arc<Provider>, lease_ms: i64) -> PaymentWorker {
+        self.worker_polling(gateway, lease_ms, Duration::from_millis(20))
+    }
+
+    /// [`Stage::worker`] polling the database every `poll`.
+    fn worker_polling(
+        &self,
+        gateway: Arc<Provider>,
+        lease_ms: i64,
+        poll: Duration,
+    ) -> PaymentWorker {
         let breaker = Arc::new(Breaker::new(Default::default()));
         PaymentWorker {
             store: self.store.clone(),
@@ -174,7 +184,7 @@ impl Stage {
                 ..PaymentSettings::default()
             },
             handoff: Arc::new(Handoff::new(breaker, lease_ms)),
-            poll: Duration::from_millis(20),
+            poll,
         }
     }
 
@@ -239,6 +249,7 @@ testkit::on_both_backends!(
     a_worker_that_died_between_the_provider_call_and_recording_it_is_replaced_and_the_order_paid_once,
     payments_are_handed_to_the_worker_by_the_transaction_that_opens_them_and_the_rest_claimed,
     a_reservation_handled_again_or_rolled_back_hands_nothing_over,
+    attempts_due_in_the_database_are_claimed_when_due_without_waiting_for_the_poll,
 );
 
 /// Runs `worker`'s loop until every order of `stage` is `status`, then stops it.
@@ -573,4 +584,83 @@ async fn a_reservation_handled_again_or_rolled_back_hands_nothing_over(backend: 
     );
     let claimed = claim_of(&short, stage.orders[1]).await;
     assert_eq!(claimed.order_id, stage.orders[1], "a claim takes it");
+}
+
+/// The worker claims from the database only when something may be due there, and misses
+/// nothing for it: with a poll longer than the test, attempts opened for it to claim (its
+/// handoff full) are claimed at once, and then a payment whose call timed out is claimed
+/// again when its retry is due. Each is asked for once, but the one retried.
+async fn attempts_due_in_the_database_are_claimed_when_due_without_waiting_for_the_poll(
+    backend: Backend,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let stage = Stage::new(backend, 7).await;
+    let provider = Arc::new(Provider::default());
+    let worker = stage.worker_polling(provider.clone(), 60_000, Duration::from_secs(120));
+    let handoff = worker.handoff.clone();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.child_token()));
+    // Its first round's claim (finding nothing) is behind it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (first, last) = stage.orders.split_at(6);
+    let others = handoff.reserve(Handoff::MOST - 2);
+    stage.reserve(first, &handoff, true).await;
+    drop(others);
+    all_confirmed(&stage, "two handed over, four opened unclaimed", first).await;
+    assert_eq!(provider.calls.load(SeqCst), 6, "each asked for once");
+
+    // The next call never answers: it times out, and its retry is due a moment later.
+    provider.hang_first.store(7, SeqCst);
+    stage.reserve(last, &handoff, true).await;
+    all_confirmed(&stage, "one handed over, its call retried", last).await;
+    assert_eq!(provider.calls.load(SeqCst), 8, "asked again once");
+    assert_eq!(provider.authorizations(), 7);
+    cancel.cancel();
+    running.await.expect("the worker stops");
+}
+
+/// Waits until each of `orders` is confirmed.
+async fn all_confirmed(stage: &Stage, what: &str, orders: &[Uuid]) {
+    for order in orders {
+        eventually(
+            20,
+            &format!("{what}: order {order} to be confirmed"),
+            || async { (stage.order_status(*order).await == OrderStatus::Confirmed).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// When a claim may find something: at start (an earlier process may have left attempts
+/// due), once an attempt is opened unclaimed or falls due, and not while every attempt is
+/// handed over.
+#[test]
+fn a_claim_is_due_only_when_an_attempt_may_wait_in_the_database() {
+    let handoff = Arc::new(Handoff::new(
+        Arc::new(Breaker::new(Default::default())),
+        60_000,
+    ));
+    let now = super::worker::now_ms();
+    let poll = Duration::from_millis(250);
+    assert!(handoff.claim_due(now), "at start");
+    assert!(!handoff.claim_due(now), "taken by the claim that followed");
+    assert_eq!(handoff.until_due(now, poll), poll);
+
+    handoff.reserve(1).hand_over(Vec::new(), false);
+    assert!(!handoff.claim_due(now), "everything opened was handed over");
+    handoff.reserve(1).hand_over(Vec::new(), true);
+    assert!(handoff.claim_due(now), "some were opened unclaimed");
+
+    handoff.due_from(now + 50);
+    assert_eq!(handoff.until_due(now, poll), Duration::from_millis(50));
+    assert!(!handoff.claim_due(now), "not due yet");
+    assert!(handoff.claim_due(now + 50), "due");
+    assert!(!handoff.claim_due(now + 50));
+
+    handoff.due_from(now - 5);
+    assert_eq!(
+        handoff.until_due(now, poll),
+        poll,
+        "due already: the worker claims once it has room, and does not spin meanwhile"
+    );
 }

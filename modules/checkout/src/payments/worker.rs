@@ -61,6 +61,8 @@ impl PaymentWorker {
         // wait ~40 ms for their record held claims back by up to 200 ms.)
         let recorder = tokio::spawn(this.clone().record_all(results_rx));
         let mut calls = JoinSet::new();
+        // The first round claims whatever an earlier process left due.
+        let mut polled = true;
         loop {
             // The bulkhead's free places, no more calls than the breaker lets through, and
             // no more outcomes than the channel has places for.
@@ -73,16 +75,24 @@ impl PaymentWorker {
             let mut taken = this.handoff.take(free);
             let mut full = free > 0 && taken.len() == free;
             let room = free - taken.len();
-            if room > 0 {
+            // Only when something may be due there: a claim that finds nothing is still a
+            // transaction.
+            let due = room > 0 && (this.handoff.claim_due(now_ms()) || polled);
+            if due {
                 match this.claim(room).await {
                     Ok(claimed) => {
                         full = claimed.len() == room;
+                        if full {
+                            this.handoff.due_from(0);
+                        }
                         taken.extend(claimed);
                     }
                     Err(e) => {
+                        this.handoff.due_from(0);
                         tracing::warn!(module = "checkout", error = %format!("{e:#}"), "claiming payments failed")
                     }
                 }
+                polled = false;
             }
             for attempt in taken {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -114,10 +124,13 @@ impl PaymentWorker {
                     }
                 }
             }
+            // Woken by a handover, or when the first attempt known to be due in the
+            // database is, or at the poll, which claims whatever is due.
+            let wait = this.handoff.until_due(now_ms(), this.poll);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = this.handoff.wake.notified() => {}
-                _ = tokio::time::sleep(this.poll) => {}
+                _ = tokio::time::sleep(wait) => polled = wait == this.poll,
             }
         }
         // Shutdown: let calls in flight finish (bounded by their timeout) and record them;

@@ -48,6 +48,7 @@ pub(crate) async fn on_reserved(
         return Ok(());
     }
     let reservation = payments.reserve(due.len());
+    let opened_unclaimed = due.len() > reservation.places();
     let mut handed = Vec::new();
     let mut attempts = Vec::new();
     for (i, (order, cause)) in due.into_iter().enumerate() {
@@ -83,7 +84,7 @@ pub(crate) async fn on_reserved(
     // An order that already had its attempt (this reservation handled before) keeps it,
     // and the one made here was not written: nothing of it may reach the provider.
     handed.retain(|attempt| opened.contains(&attempt.id));
-    tx.after_commit(move || reservation.hand_over(handed));
+    tx.after_commit(move || reservation.hand_over(handed, opened_unclaimed));
     Ok(())
 }
 
