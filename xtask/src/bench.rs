@@ -51,8 +51,8 @@ use load::{Load, Request};
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
     /// What to measure, side by side: pg, pg=PATH (another build of ours), sqlite,
-    /// extracted, extracted-redis (the monolith on bus.kind = redis instead of hybrid), peer,
-    /// url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
+    /// sqlite=PATH, extracted, extracted-redis (the monolith on bus.kind = redis instead of
+    /// hybrid), peer, url=http://127.0.0.1:PORT. The ratio column is the first to the peer.
     #[arg(long, value_delimiter = ',', default_value = "pg,peer")]
     pub(crate) targets: Vec<String>,
     /// Scenarios, each run on every target in turn: reads, place, journey.
@@ -217,7 +217,8 @@ enum Kind {
     /// The monolith on PostgreSQL; another binary than this workspace's when given (an
     /// older build, to measure a change side by side).
     Pg(Option<PathBuf>),
-    Sqlite,
+    /// The monolith on its embedded SQLite; another binary when given, as for `Pg`.
+    Sqlite(Option<PathBuf>),
     /// Fulfillment as a service; the monolith on the hybrid bus, or (`true`) with every
     /// event over Redis.
     Extracted {
@@ -231,23 +232,29 @@ impl Kind {
     fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(match text {
             "pg" => Self::Pg(None),
-            "sqlite" => Self::Sqlite,
+            "sqlite" => Self::Sqlite(None),
             "extracted" => Self::Extracted { redis_only: false },
             "extracted-redis" => Self::Extracted { redis_only: true },
             "peer" => Self::Peer,
-            _ => match (text.strip_prefix("url="), text.strip_prefix("pg=")) {
-                (Some(url), _) => Self::Url(url.to_owned()),
-                (_, Some(binary)) => Self::Pg(Some(PathBuf::from(binary))),
+            _ => match (
+                text.strip_prefix("url="),
+                text.strip_prefix("pg="),
+                text.strip_prefix("sqlite="),
+            ) {
+                (Some(url), _, _) => Self::Url(url.to_owned()),
+                (_, Some(binary), _) => Self::Pg(Some(PathBuf::from(binary))),
+                (_, _, Some(binary)) => Self::Sqlite(Some(PathBuf::from(binary))),
                 _ => bail!(
-                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, extracted, \
-                     extracted-redis, peer or url=http://127.0.0.1:PORT"
+                    "unknown target {text:?}: pg, pg=PATH-OF-A-BINARY, sqlite, \
+                     sqlite=PATH-OF-A-BINARY, extracted, extracted-redis, peer or \
+                     url=http://127.0.0.1:PORT"
                 ),
             },
         })
     }
 
     fn ours(&self) -> bool {
-        matches!(self, Self::Pg(_) | Self::Sqlite | Self::Extracted { .. })
+        matches!(self, Self::Pg(_) | Self::Sqlite(_) | Self::Extracted { .. })
     }
 
     fn name(&self) -> String {
@@ -257,7 +264,11 @@ impl Kind {
                 "ours-pg({})",
                 binary.file_name().unwrap_or_default().to_string_lossy()
             ),
-            Self::Sqlite => "ours-sqlite".into(),
+            Self::Sqlite(None) => "ours-sqlite".into(),
+            Self::Sqlite(Some(binary)) => format!(
+                "ours-sqlite({})",
+                binary.file_name().unwrap_or_default().to_string_lossy()
+            ),
             Self::Extracted { redis_only: false } => "ours-extracted".into(),
             Self::Extracted { redis_only: true } => "ours-extracted(redis)".into(),
             Self::Peer => "peer".into(),
@@ -504,7 +515,7 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
                 fulfillment: Store::open(pg_url(&db), Some("fulfillment")).await?,
             });
         }
-        Kind::Sqlite => {
+        Kind::Sqlite(other) => {
             let dir = tempfile::tempdir()?;
             let port = free_port()?;
             let vars: Vec<(String, String)> = vec![
@@ -514,7 +525,10 @@ async fn start(args: &BenchArgs, kind: &Kind) -> anyhow::Result<Running> {
                     dir.path().display().to_string(),
                 ),
             ];
-            let (path, cwd) = (binary(args, "app"), crate::workspace_root());
+            let (path, cwd) = (
+                other.clone().unwrap_or_else(|| binary(args, "app")),
+                crate::workspace_root(),
+            );
             running
                 .processes
                 .push(launch(args, &path, &cwd, &vars, port)?);
@@ -1049,7 +1063,7 @@ async fn one_run(
     }
     let ticks = procfs::ticks_per_sec();
     let me = [std::process::id()];
-    let in_postgres = !matches!(t.kind, Kind::Sqlite | Kind::Url(_));
+    let in_postgres = !matches!(t.kind, Kind::Sqlite(_) | Kind::Url(_));
     let wal0 = if in_postgres {
         wal_position(args).await?
     } else {
