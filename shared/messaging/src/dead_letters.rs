@@ -27,7 +27,7 @@ pub(crate) struct NewDeadLetter {
 pub(crate) async fn record(db: &ModuleDb, letter: NewDeadLetter) -> anyhow::Result<i64> {
     let now = now_ms();
     let rows = query(
-        db.conn(),
+        db.writes(),
         "INSERT INTO dead_letters (event_id, event_type, handlers, raw, attempts, last_error, status, first_failed_at, last_failed_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $7) RETURNING id",
         vec![
@@ -203,7 +203,7 @@ pub(crate) async fn mark_replayed(tx: &impl ConnectionTrait, id: i64) -> Result<
 /// meanwhile.
 pub(crate) async fn replay_failed(db: &ModuleDb, id: i64, error: &str) -> Result<(), DbErr> {
     execute(
-        db.conn(),
+        db.writes(),
         "UPDATE dead_letters SET status = 'dead', attempts = attempts + 1, last_error = $1, last_failed_at = $2 \
          WHERE id = $3 AND status = 'replay_requested'",
         vec![truncate(error).into(), now_ms().into(), id.into()],

@@ -541,7 +541,7 @@ impl Release {
     /// another instance's by now).
     async fn apply(&self, state: &State, id: i64) -> Result<(), sea_orm::DbErr> {
         execute(
-            state.db.conn(),
+            state.db.writes(),
             "UPDATE bus_queue SET visible_at = $1, locked_by = NULL, locked_until = NULL, last_error = $2, \
              deliveries = deliveries - $3 WHERE id = $4 AND locked_by = $5",
             vec![
@@ -569,7 +569,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Frees every claim made under this instance's name.
 async fn take_back(state: &State) -> Result<(), sea_orm::DbErr> {
     execute(
-        state.db.conn(),
+        state.db.writes(),
         "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
         vec![state.instance.clone().into()],
     )
@@ -877,7 +877,7 @@ async fn renew(state: &State) -> anyhow::Result<()> {
         );
         let mut values: Vec<Value> = vec![until.into(), state.instance.clone().into()];
         values.extend(ids);
-        execute(state.db.conn(), &sql, values)
+        execute(state.db.writes(), &sql, values)
             .await
             .context("failed to renew claims")?;
     }
@@ -927,7 +927,7 @@ fn has_pending(state: &State) -> bool {
 /// more) so it is claimed again, one attempt higher.
 async fn reclaim(state: &State) -> anyhow::Result<()> {
     let freed = execute(
-        state.db.conn(),
+        state.db.writes(),
         "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL \
          WHERE locked_by IS NOT NULL AND locked_until < $1",
         vec![now_ms().into()],
@@ -947,7 +947,7 @@ async fn reclaim(state: &State) -> anyhow::Result<()> {
 
 async fn release_all(state: &State) -> anyhow::Result<()> {
     execute(
-        state.db.conn(),
+        state.db.writes(),
         "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1",
         vec![state.instance.clone().into()],
     )
@@ -960,7 +960,7 @@ async fn delete_rows(db: &ModuleDb, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
     for chunk in ids.chunks(ID_CHUNK) {
         let ids = ids_in(chunk);
         execute(
-            db.conn(),
+            db.writes(),
             &format!(
                 "DELETE FROM bus_queue WHERE id IN ({})",
                 placeholders(1, ids.len())

@@ -219,7 +219,7 @@ impl Relay {
         }
         // Hand the lease back so another instance can take over at once.
         let _ = execute(
-            self.db.conn(),
+            self.db.writes(),
             "UPDATE relay_lease SET holder = NULL, held_until = 0 WHERE name = $1 AND holder = $2",
             vec![LEASE_NAME.into(), self.instance.clone().into()],
         )
@@ -362,7 +362,7 @@ impl Relay {
     /// to settle.
     async fn settle_and_read_sqlite(&self, held: &Held, record_past: i64) -> Result<Read, DbErr> {
         if held.published.is_empty() {
-            return self.sqlite_steps(self.db.conn(), held, record_past).await;
+            return self.sqlite_steps(self.db.writes(), held, record_past).await;
         }
         let tx = self.db.begin().await?;
         let read = self.sqlite_steps(&tx, held, record_past).await?;
@@ -410,7 +410,7 @@ impl Relay {
     /// Settles what the bus took on its own, without reading on: when the relay stops or
     /// lost its lease.
     async fn settle(&self, held: &mut Held) -> anyhow::Result<()> {
-        self.settle_listed(self.db.conn(), &held.published)
+        self.settle_listed(self.db.writes(), &held.published)
             .await
             .context("failed to delete or mark the events the bus took")?;
         self.settled(held);
@@ -467,7 +467,7 @@ impl Relay {
     /// directly under it so far, or `None` when another instance holds it.
     async fn take_lease(&self, now: i64, lease: i64) -> anyhow::Result<Option<i64>> {
         let taken = query(
-            self.db.conn(),
+            self.db.writes(),
             "UPDATE relay_lease SET holder = $1, held_until = $2 \
              WHERE name = $3 AND (holder = $1 OR holder IS NULL OR held_until < $4) \
              RETURNING handed_through",
@@ -485,7 +485,7 @@ impl Relay {
         }
         // The first relay ever: create the lease row (a concurrent one may win; fine).
         let created = execute(
-            self.db.conn(),
+            self.db.writes(),
             "INSERT INTO relay_lease (name, holder, held_until) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
             vec![LEASE_NAME.into(), self.instance.clone().into(), (now + lease).into()],
         )

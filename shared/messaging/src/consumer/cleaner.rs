@@ -35,7 +35,7 @@ async fn delete_in_chunks(db: &ModuleDb, sql: &str, before: i64) -> Result<u64, 
     const CHUNK: i64 = 5000;
     let mut total = 0;
     loop {
-        let n = execute(db.conn(), sql, vec![before.into(), CHUNK.into()]).await?;
+        let n = execute(db.writes(), sql, vec![before.into(), CHUNK.into()]).await?;
         total += n;
         if n < CHUNK as u64 {
             return Ok(total);

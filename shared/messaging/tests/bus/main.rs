@@ -175,8 +175,8 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
         .await
         .expect("counter");
     Dbs {
-        producer: ModuleDb::new(PRODUCER, producer),
-        consumer: ModuleDb::new(CONSUMER, consumer),
+        producer: module_db(&location, PRODUCER, producer).await,
+        consumer: module_db(&location, CONSUMER, consumer).await,
         namespace: format!("test-{}", Uuid::new_v4().simple()),
         location,
         _dir: dir,
@@ -189,8 +189,8 @@ pub(crate) async fn open(backend: Backend) -> Dbs {
 pub(crate) async fn attach(location: Location, namespace: String) -> Dbs {
     let (producer, consumer) = connect(&location).await;
     Dbs {
-        producer: ModuleDb::new(PRODUCER, producer),
-        consumer: ModuleDb::new(CONSUMER, consumer),
+        producer: module_db(&location, PRODUCER, producer).await,
+        consumer: module_db(&location, CONSUMER, consumer).await,
         namespace,
         location,
         _dir: None,
@@ -209,6 +209,30 @@ impl Dbs {
 }
 
 /// The producer's and the consumer's connections.
+/// `module`'s database on `pool`, with (on SQLite) the pool of one connection its write
+/// transactions begin on, as the application opens it (`ModuleDb::with_writer`).
+async fn module_db(
+    location: &Location,
+    module: &'static str,
+    pool: sea_orm::DatabaseConnection,
+) -> ModuleDb {
+    let db = ModuleDb::new(module, pool);
+    let Location::Sqlite(dir) = location else {
+        return db;
+    };
+    let mut options = sea_orm::ConnectOptions::new(format!(
+        "sqlite://{}?mode=rwc",
+        dir.join(format!("{module}.db")).display()
+    ));
+    options.max_connections(1).sqlx_logging(false);
+    let writer = Database::connect(options).await.expect("sqlite writer");
+    writer
+        .execute_unprepared("PRAGMA busy_timeout = 10000;")
+        .await
+        .expect("pragmas");
+    db.with_writer(writer)
+}
+
 async fn connect(
     location: &Location,
 ) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseConnection) {
