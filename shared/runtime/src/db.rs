@@ -533,6 +533,7 @@ mod tests {
             "{statement}"
         );
     }
+
     /// On SQLite a module's write transactions queue for one connection of their own:
     /// writers at once all commit, in turn, even with no busy timeout at all. (Each on a
     /// connection of the pool, they meet the file's lock: with no timeout they fail at
