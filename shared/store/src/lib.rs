@@ -67,7 +67,7 @@ impl ModuleDb {
     /// when a read lock cannot be upgraded.
     ///
     /// How long that takes is the `db_begin_duration_seconds` histogram: waiting for a
-    /// free connection of the pool (or, on SQLite, for the write lock) shows there first.
+    /// free connection of the pool (on SQLite, for the write connection) shows there first.
     pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         let started = std::time::Instant::now();
         let tx = begin_write(self.writes()).await;
@@ -82,10 +82,11 @@ impl ModuleDb {
     }
 
     pub async fn close(self) -> Result<(), DbErr> {
-        if let Some(writer) = self.writer {
-            writer.close().await?;
-        }
-        self.conn.close().await
+        let writer = match self.writer {
+            Some(writer) => writer.close().await,
+            None => Ok(()),
+        };
+        self.conn.close().await.and(writer)
     }
 }
 

@@ -61,8 +61,6 @@ impl PaymentWorker {
         // wait ~40 ms for their record held claims back by up to 200 ms.)
         let recorder = tokio::spawn(this.clone().record_all(results_rx));
         let mut calls = JoinSet::new();
-        // The first round claims whatever an earlier process left due.
-        let mut polled = true;
         loop {
             // The bulkhead's free places, no more calls than the breaker lets through, and
             // no more outcomes than the channel has places for.
@@ -77,8 +75,7 @@ impl PaymentWorker {
             let room = free - taken.len();
             // Only when something may be due there: a claim that finds nothing is still a
             // transaction.
-            let due = room > 0 && (this.handoff.claim_due(now_ms()) || polled);
-            if due {
+            if room > 0 && this.handoff.claim_due(now_ms()) {
                 match this.claim(room).await {
                     Ok(claimed) => {
                         full = claimed.len() == room;
@@ -92,7 +89,6 @@ impl PaymentWorker {
                         tracing::warn!(module = "checkout", error = %format!("{e:#}"), "claiming payments failed")
                     }
                 }
-                polled = false;
             }
             for attempt in taken {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -125,12 +121,13 @@ impl PaymentWorker {
                 }
             }
             // Woken by a handover, or when the first attempt known to be due in the
-            // database is, or at the poll, which claims whatever is due.
+            // database is, or at the poll, which claims whatever is due (what other
+            // processes left included).
             let wait = this.handoff.until_due(now_ms(), this.poll);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = this.handoff.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => polled = wait == this.poll,
+                _ = tokio::time::sleep(wait) => this.handoff.due_from(0),
             }
         }
         // Shutdown: let calls in flight finish (bounded by their timeout) and record them;
