@@ -23,7 +23,11 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# The dependencies of app only: this layer is reused until a manifest or Cargo.lock changes.
+# The patched copies of crates (vendor/README.md): the recipe holds the workspace's members
+# only, and `[patch.crates-io]` points into this folder.
+COPY vendor vendor
+# The dependencies of app only: this layer is reused until a manifest, Cargo.lock or a
+# patched copy changes.
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p app
 COPY . .
 RUN cargo build --release --locked -p app \

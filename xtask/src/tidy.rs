@@ -106,6 +106,9 @@ pub(crate) struct CrateRule {
 pub(crate) const RULE_CRATE_DEPS: &str =
     "a crate of ours depends only on the crates of ours its row of the crate table allows";
 
+pub(crate) const RULE_VENDORED: &str =
+    "a patched copy of a crate under vendor/ is the crate Cargo.lock resolves";
+
 /// The platform in layers, each crate using only those below it: `kernel` (value types)
 /// and `contracts` (events); `store` (a module's connection and SQL helpers);
 /// `messaging` (outbox, inbox, buses); `module-api` (all a module may use); `runtime` (the
@@ -202,6 +205,7 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
         }
     }
     found.extend(check_crates(root)?);
+    found.extend(check_vendored(root)?);
     for module in crate::boundaries::modules(root)? {
         let src = root.join("modules").join(&module).join("src");
         for file in rust_files(&src) {
@@ -342,6 +346,80 @@ fn check_crates(root: &Path) -> anyhow::Result<Vec<Violation>> {
                 });
             }
         }
+    }
+    Ok(found)
+}
+
+/// Every patched copy under `vendor/` (a folder with a `Cargo.toml`) that `Cargo.lock` does
+/// not resolve to, or resolves beside the published crate of the same name: cargo drops a
+/// `[patch.crates-io]` entry whose version no longer matches what is asked for with only a
+/// warning, and the build goes on with the published crate.
+fn check_vendored(root: &Path) -> anyhow::Result<Vec<Violation>> {
+    let Ok(entries) = std::fs::read_dir(root.join("vendor")) else {
+        return Ok(Vec::new());
+    };
+    let mut copies: Vec<(String, String, String)> = Vec::new();
+    for entry in entries.flatten() {
+        let manifest = entry.path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        let field = |key: &str| {
+            table
+                .get("package")
+                .and_then(|p| p.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        if let (Some(name), Some(version)) = (field("name"), field("version")) {
+            let folder = format!("vendor/{}", entry.file_name().to_string_lossy());
+            copies.push((folder, name, version));
+        }
+    }
+    copies.sort();
+    let lock_path = root.join("Cargo.lock");
+    let lock: toml::Table = std::fs::read_to_string(&lock_path)?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", lock_path.display()))?;
+    let packages: Vec<&toml::Table> = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .map(|a| a.iter().filter_map(|p| p.as_table()).collect())
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    for (folder, name, version) in copies {
+        let mut copy = false;
+        let mut published = Vec::new();
+        for package in packages
+            .iter()
+            .filter(|p| p.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
+        {
+            let locked = package.get("version").and_then(|v| v.as_str());
+            if package.get("source").is_some() {
+                published.push(locked.unwrap_or("?").to_owned());
+            } else if locked == Some(version.as_str()) {
+                copy = true;
+            }
+        }
+        let detail = if !copy {
+            format!("Cargo.lock does not use the copy of {name} {version}")
+        } else if !published.is_empty() {
+            format!(
+                "Cargo.lock uses the published {name} {} beside the copy",
+                published.join(", ")
+            )
+        } else {
+            continue;
+        };
+        found.push(Violation {
+            module: name,
+            rule: RULE_VENDORED,
+            place: format!("{folder}/Cargo.toml"),
+            detail,
+        });
     }
     Ok(found)
 }
@@ -564,6 +642,54 @@ use sea_orm_migration::prelude::*;
                     "shared/newcomer has no row in the crate table"
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn a_patched_copy_the_lock_file_does_not_resolve_to_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("vendor/demo-http")).expect("vendor");
+        std::fs::write(
+            root.join("vendor/demo-http/Cargo.toml"),
+            "[package]\nname = \"demo-http\"\nversion = \"3.2.0\"\n",
+        )
+        .expect("manifest");
+        let registry = "source = \"registry+https://github.com/rust-lang/crates.io-index\"\n";
+        let lock = |packages: &str| {
+            std::fs::write(
+                root.join("Cargo.lock"),
+                format!("version = 4\n\n{packages}"),
+            )
+            .expect("lock");
+            check_vendored(root).expect("checked")
+        };
+        let details = |found: Vec<Violation>| -> Vec<(String, String)> {
+            found.into_iter().map(|v| (v.place, v.detail)).collect()
+        };
+
+        let used = lock("[[package]]\nname = \"demo-http\"\nversion = \"3.2.0\"\n");
+        assert!(used.is_empty(), "{used:?}");
+        // A newer actix-web asked for 3.3: the patch no longer applies.
+        let dropped = lock(&format!(
+            "[[package]]\nname = \"demo-http\"\nversion = \"3.3.0\"\n{registry}"
+        ));
+        assert_eq!(
+            details(dropped),
+            [(
+                "vendor/demo-http/Cargo.toml".to_owned(),
+                "Cargo.lock does not use the copy of demo-http 3.2.0".to_owned()
+            )]
+        );
+        let beside = lock(&format!(
+            "[[package]]\nname = \"demo-http\"\nversion = \"3.2.0\"\n\n[[package]]\nname = \"demo-http\"\nversion = \"2.0.1\"\n{registry}"
+        ));
+        assert_eq!(
+            details(beside),
+            [(
+                "vendor/demo-http/Cargo.toml".to_owned(),
+                "Cargo.lock uses the published demo-http 2.0.1 beside the copy".to_owned()
+            )]
         );
     }
 

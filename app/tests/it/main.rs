@@ -2,6 +2,7 @@
 
 mod access;
 mod basics;
+mod connections;
 mod dead_letters_cli;
 mod delivery;
 mod fuzz;
