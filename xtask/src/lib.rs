@@ -67,7 +67,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Extract(args) => extract::extract(&workspace_root(), &args),
         Command::Inline(args) => extract::inline(&workspace_root(), &args),
         Command::MoveData(args) => move_data::run(&workspace_root(), &args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => {
+            // The idle connections it holds and the load's, each a descriptor here; the
+            // servers it starts inherit the raised limit too.
+            runtime::host::raise_open_file_limit();
+            bench::run(args)
+        }
         Command::Soak(args) => soak::run(*args),
         Command::Mutants(args) => mutants::run(&workspace_root(), &args),
     }

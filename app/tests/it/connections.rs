@@ -1,7 +1,9 @@
 //! What an idle keep-alive connection costs, read off the real binary: the HTTP server frees
 //! a connection's read and write buffers while nothing is in flight (actix-http as published
 //! keeps two 8 KiB buffers for the connection's whole life; the copy under `vendor/` frees
-//! them), and a connection whose buffers were freed serves its next request as before.
+//! them), and a connection whose buffers were freed serves its next request as before; and
+//! the binary raises a low open-file limit at start, so it accepts as many connections as the
+//! system allows, not a distribution's default of about a thousand.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +24,8 @@ const MOST_BYTES_PER_CONNECTION: u64 = 4 * 1024;
 struct Server {
     child: Child,
     address: String,
+    /// What it logged before it listened.
+    started: Vec<serde_json::Value>,
     _data: tempfile::TempDir,
 }
 
@@ -32,9 +36,22 @@ impl Drop for Server {
     }
 }
 
-fn start() -> Server {
+/// Starts the binary, under a soft open-file limit of `soft_open_files` when given (set by
+/// the shell that execs it, as a distribution's default would be).
+fn start(soft_open_files: Option<u64>) -> Server {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+    let mut command = match soft_open_files {
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -Sn {limit} && exec \"$0\""))
+                .arg(env!("CARGO_BIN_EXE_app"));
+            shell
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_app")),
+    };
+    let mut child = command
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env_remove("RUST_LOG")
         .env("APP__SERVER__PORT", "0")
@@ -51,6 +68,7 @@ fn start() -> Server {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut address = None;
+    let mut started = Vec::new();
     for line in lines.by_ref() {
         let record: serde_json::Value =
             serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
@@ -59,6 +77,7 @@ fn start() -> Server {
             address = Some(url.trim_start_matches("http://").to_owned());
             break;
         }
+        started.push(record);
         assert!(
             Instant::now() < deadline,
             "the binary did not start in time"
@@ -69,8 +88,32 @@ fn start() -> Server {
     Server {
         child,
         address: address.expect("the binary logged its address"),
+        started,
         _data: data,
     }
+}
+
+/// Makes room for `connections` client sockets in this process (and in the children it
+/// starts, which inherit the limit), up to the hard limit.
+fn room_for(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let wanted = (connections as u64 + 1_000).min(hard);
+    if soft < wanted {
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).expect("setrlimit");
+    }
+    assert!(
+        wanted >= connections as u64 + 1_000,
+        "the hard limit on open files ({hard}) is below {connections} connections"
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// The process's resident memory, in bytes.
@@ -129,28 +172,10 @@ async fn answered_once(address: &str) -> TcpStream {
 
 #[test]
 fn idle_keep_alive_connections_hold_no_buffers_and_serve_their_next_request() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    // Both ends of every connection are on this machine: this process and the child (which
-    // inherits the limit) each need a descriptor per connection.
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    let wanted = (CONNECTIONS as u64 + 1_000).min(hard);
-    if soft < wanted {
-        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).expect("setrlimit");
-    }
-    assert!(
-        wanted >= CONNECTIONS as u64 + 1_000,
-        "the hard limit on open files ({hard}) is below {} connections",
-        CONNECTIONS
-    );
-
-    let server = start();
+    room_for(CONNECTIONS);
+    let server = start(None);
     let pid = server.child.id();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime().block_on(async {
         // Every worker has served requests before the reading is taken.
         for _ in 0..50 {
             drop(answered_once(&server.address).await);
@@ -205,5 +230,41 @@ fn idle_keep_alive_connections_hold_no_buffers_and_serve_their_next_request() {
         assert_eq!(response(stream, &mut Vec::new()).await.0, 200);
         stream.write_all(HEALTH).await.expect("write");
         assert_eq!(response(stream, &mut Vec::new()).await.0, 200);
+    });
+}
+
+/// Under a soft open-file limit of 256 (a distribution's default is 1,024) the binary raises
+/// its own to the hard limit at start, says so, and serves more connections at once than
+/// the limit it was started with would let it accept.
+#[test]
+fn a_low_open_file_limit_is_raised_at_start_so_connections_beyond_it_are_served() {
+    const LIMIT: u64 = 256;
+    const HELD: usize = 600;
+    room_for(HELD);
+    let server = start(Some(LIMIT));
+    let raised = server
+        .started
+        .iter()
+        .find(|r| r["msg"] == "open-file limit raised to the hard limit")
+        .unwrap_or_else(|| panic!("no line says the limit was raised: {:?}", server.started));
+    assert_eq!(raised["was"], LIMIT);
+    assert!(raised["open_files"].as_u64().expect("open_files") >= HELD as u64 + 1_000);
+
+    runtime().block_on(async {
+        let mut held = Vec::with_capacity(HELD);
+        for _ in 0..HELD / 100 {
+            let batch = (0..100).map(|_| {
+                tokio::time::timeout(Duration::from_secs(10), answered_once(&server.address))
+            });
+            for answered in futures::future::join_all(batch).await {
+                held.push(answered.unwrap_or_else(|_| {
+                    panic!(
+                        "connection {} of {HELD} held at once was not answered within 10 s",
+                        held.len() + 1
+                    )
+                }));
+            }
+        }
+        assert_eq!(held.len(), HELD);
     });
 }

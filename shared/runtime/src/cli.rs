@@ -164,6 +164,7 @@ async fn run(
     let available = modules();
     match command {
         Command::Serve => {
+            host::raise_open_file_limit();
             let app = Application::build(settings, &available).await?;
             app.run_until_stopped().await
         }

@@ -99,6 +99,44 @@ pub fn select_modules(
     }
 }
 
+/// The highest open-file limit [`raise_open_file_limit`] asks for: Linux's default
+/// `fs.nr_open`, above which the kernel refuses any limit.
+const MOST_OPEN_FILES: u64 = 1 << 20;
+
+/// Raises the process's soft limit on open files to its hard limit (at most
+/// [`MOST_OPEN_FILES`]). Every connection, the HTTP clients' and the pools' alike, is a
+/// descriptor, and a soft limit left at a distribution's default of 1,024 makes the server
+/// stop accepting connections near a thousand, long before memory or the cores run out. The
+/// limit the server runs with is logged; one it cannot raise is a warning.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    let wanted = hard.min(MOST_OPEN_FILES);
+    if soft >= wanted {
+        tracing::info!(open_files = soft, "open-file limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+        Ok(()) => tracing::info!(
+            open_files = wanted,
+            was = soft,
+            "open-file limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            open_files = soft,
+            hard,
+            error = %e,
+            "cannot raise the open-file limit: connections beyond it are refused"
+        ),
+    }
+}
+
 /// Creates or updates the schema (and, on PostgreSQL, the role) of each module.
 ///
 /// Processes migrating other databases of the same PostgreSQL cluster at the same moment
