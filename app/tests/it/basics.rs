@@ -282,6 +282,39 @@ fn binary(vars: &[(&str, &str)]) -> Command {
     command
 }
 
+/// What a started binary logged: the lines before it listened, the "listening" line, and the
+/// rest of its output to read on.
+pub(crate) struct Started {
+    pub(crate) before: Vec<serde_json::Value>,
+    pub(crate) listening: serde_json::Value,
+    pub(crate) rest: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+/// Reads the JSON lines `child` writes to its (piped) stdout until it says "listening",
+/// within 60 s.
+pub(crate) fn until_listening(child: &mut std::process::Child) -> Started {
+    let mut rest = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = Vec::new();
+    for line in rest.by_ref() {
+        let record: serde_json::Value =
+            serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
+        if record["msg"] == "listening" {
+            return Started {
+                before,
+                listening: record,
+                rest,
+            };
+        }
+        before.push(record);
+        assert!(
+            Instant::now() < deadline,
+            "the binary did not start in time"
+        );
+    }
+    panic!("the binary ended before it listened: {before:?}");
+}
+
 /// Environment variables to set, and what the error message must name.
 type SettingsCase<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
 
@@ -415,27 +448,16 @@ fn the_binary_serves_and_logs_json_with_request_id_and_module() {
     ])
     .spawn()
     .expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut port = None;
-    for line in lines.by_ref() {
-        let line = line.expect("a line");
-        let record: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
-        if record["msg"] == "listening" {
-            let address = record["address"].as_str().expect("address");
-            port = address
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse::<u16>().ok());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the binary did not start in time"
-        );
-    }
-    let port = port.expect("the binary logged its address");
+    let Started {
+        listening,
+        rest: lines,
+        ..
+    } = until_listening(&mut child);
+    let port = listening["address"]
+        .as_str()
+        .and_then(|address| address.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the binary logged its address");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let status = runtime.block_on(async {

@@ -5,9 +5,8 @@
 //! the binary raises a low open-file limit at start, so it accepts as many connections as the
 //! system allows, not a distribution's default of about a thousand.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,30 +64,19 @@ fn start(soft_open_files: Option<u64>) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut address = None;
-    let mut started = Vec::new();
-    for line in lines.by_ref() {
-        let record: serde_json::Value =
-            serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
-        if record["msg"] == "listening" {
-            let url = record["address"].as_str().expect("address");
-            address = Some(url.trim_start_matches("http://").to_owned());
-            break;
-        }
-        started.push(record);
-        assert!(
-            Instant::now() < deadline,
-            "the binary did not start in time"
-        );
-    }
+    let started = crate::basics::until_listening(&mut child);
     // Keep reading what it logs, so a full pipe never blocks it.
-    std::thread::spawn(move || lines.for_each(drop));
+    let rest = started.rest;
+    std::thread::spawn(move || rest.for_each(drop));
+    let address = started.listening["address"]
+        .as_str()
+        .expect("address")
+        .trim_start_matches("http://")
+        .to_owned();
     Server {
         child,
-        address: address.expect("the binary logged its address"),
-        started,
+        address,
+        started: started.before,
         _data: data,
     }
 }

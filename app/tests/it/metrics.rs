@@ -4,7 +4,6 @@
 //! The recorder is one per process and the tests of this binary run side by side, so
 //! counters hold the sum of every app here: the checks are lower bounds.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -202,25 +201,13 @@ fn a_process_running_one_module_serves_that_modules_families() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addresses = None;
-    for line in lines.by_ref() {
-        let record: serde_json::Value =
-            serde_json::from_str(&line.expect("a line")).expect("every line is JSON");
-        if record["msg"] == "listening" {
-            addresses = Some((
-                record["address"].as_str().expect("address").to_owned(),
-                record["metrics"].as_str().expect("metrics").to_owned(),
-            ));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the binary did not start in time"
-        );
-    }
-    let (address, metrics) = addresses.expect("the binary logged its addresses");
+    let crate::basics::Started {
+        listening,
+        rest: lines,
+        ..
+    } = crate::basics::until_listening(&mut child);
+    let address = listening["address"].as_str().expect("address").to_owned();
+    let metrics = listening["metrics"].as_str().expect("metrics").to_owned();
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = runtime.block_on(async {
