@@ -268,8 +268,13 @@ async fn readiness_names_what_failed() {
 }
 
 /// Runs the real binary with the repository's settings plus `vars`.
-fn binary(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_app"));
+pub(crate) fn binary(vars: &[(&str, &str)]) -> Command {
+    configured(Command::new(env!("CARGO_BIN_EXE_app")), vars)
+}
+
+/// `command` (the binary, or a shell that execs it) run from the repository with its
+/// settings plus `vars`, stdout and stderr piped.
+pub(crate) fn configured(mut command: Command, vars: &[(&str, &str)]) -> Command {
     command
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env_remove("RUST_LOG")

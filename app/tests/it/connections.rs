@@ -39,7 +39,7 @@ impl Drop for Server {
 /// the shell that execs it, as a distribution's default would be).
 fn start(soft_open_files: Option<u64>) -> Server {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut command = match soft_open_files {
+    let command = match soft_open_files {
         Some(limit) => {
             let mut shell = Command::new("sh");
             shell
@@ -50,20 +50,18 @@ fn start(soft_open_files: Option<u64>) -> Server {
         }
         None => Command::new(env!("CARGO_BIN_EXE_app")),
     };
-    let mut child = command
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env_remove("RUST_LOG")
-        .env("APP__SERVER__PORT", "0")
-        .env("APP__SERVER__ADMIN_PORT", "0")
-        .env(
-            "APP__DATABASE__SQLITE__DIR",
-            data.path().to_str().expect("utf-8 path"),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+    let directory = data.path().to_str().expect("utf-8 path");
+    let mut child = crate::basics::configured(
+        command,
+        &[
+            ("APP__SERVER__PORT", "0"),
+            ("APP__SERVER__ADMIN_PORT", "0"),
+            ("APP__DATABASE__SQLITE__DIR", directory),
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("the binary starts");
     let started = crate::basics::until_listening(&mut child);
     // Keep reading what it logs, so a full pipe never blocks it.
     let rest = started.rest;

@@ -183,24 +183,21 @@ fn a_process_running_one_module_serves_that_modules_families() {
     let data = tempfile::tempdir().expect("temp dir");
     let namespace = format!("test-metrics-{}", uuid::Uuid::new_v4().simple());
     let _keys = testkit::RedisKeys(namespace.clone());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env_remove("RUST_LOG")
-        .env("APP__SERVER__PORT", "0")
-        .env("APP__SERVER__ADMIN_PORT", "0")
-        .env("APP__MODULES__ENABLED", "fulfillment")
-        .env("APP__BUS__KIND", "redis")
-        .env("APP__BUS__REDIS__NAMESPACE", &namespace)
-        .env("APP__BUS__INSTANCE", &namespace)
-        .env(
+    let mut child = crate::basics::binary(&[
+        ("APP__SERVER__PORT", "0"),
+        ("APP__SERVER__ADMIN_PORT", "0"),
+        ("APP__MODULES__ENABLED", "fulfillment"),
+        ("APP__BUS__KIND", "redis"),
+        ("APP__BUS__REDIS__NAMESPACE", &namespace),
+        ("APP__BUS__INSTANCE", &namespace),
+        (
             "APP__DATABASE__SQLITE__DIR",
             data.path().to_str().expect("utf-8 path"),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+        ),
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("the binary starts");
     let crate::basics::Started {
         listening,
         rest: lines,
