@@ -259,21 +259,24 @@ impl Kind {
 
     fn name(&self) -> String {
         match self {
-            Self::Pg(None) => "ours-pg".into(),
-            Self::Pg(Some(binary)) => format!(
-                "ours-pg({})",
-                binary.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            Self::Sqlite(None) => "ours-sqlite".into(),
-            Self::Sqlite(Some(binary)) => format!(
-                "ours-sqlite({})",
-                binary.file_name().unwrap_or_default().to_string_lossy()
-            ),
+            Self::Pg(binary) => ours("ours-pg", binary),
+            Self::Sqlite(binary) => ours("ours-sqlite", binary),
             Self::Extracted { redis_only: false } => "ours-extracted".into(),
             Self::Extracted { redis_only: true } => "ours-extracted(redis)".into(),
             Self::Peer => "peer".into(),
             Self::Url(url) => url.clone(),
         }
+    }
+}
+
+/// `name`, followed by the file name of another build than this workspace's when given.
+fn ours(name: &str, binary: &Option<PathBuf>) -> String {
+    match binary {
+        None => name.to_owned(),
+        Some(binary) => format!(
+            "{name}({})",
+            binary.file_name().unwrap_or_default().to_string_lossy()
+        ),
     }
 }
 

@@ -80,17 +80,12 @@ fn start(soft_open_files: Option<u64>) -> Server {
 }
 
 /// Makes room for `connections` client sockets in this process (and in the children it
-/// starts, which inherit the limit), up to the hard limit.
+/// starts, which inherit the limit): the server's own raise, up to the hard limit.
 fn room_for(connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    let wanted = (connections as u64 + 1_000).min(hard);
-    if soft < wanted {
-        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).expect("setrlimit");
-    }
+    let limit = runtime::host::raise_open_file_limit();
     assert!(
-        wanted >= connections as u64 + 1_000,
-        "the hard limit on open files ({hard}) is below {connections} connections"
+        limit >= connections as u64 + 1_000,
+        "the open-file limit ({limit}) is below {connections} connections"
     );
 }
 

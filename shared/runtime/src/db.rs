@@ -41,12 +41,12 @@ pub async fn connect_module(
             // Its write transactions on a pool of one connection of their own (see
             // `ModuleDb::with_writer`).
             let sqlite = &settings.sqlite;
-            match connect_sqlite(sqlite, module, sqlite.max_connections).await {
-                Ok(pool) => connect_sqlite(sqlite, module, 1)
-                    .await
-                    .map(|writer| (pool, Some(writer))),
-                Err(e) => Err(e),
+            async {
+                let pool = connect_sqlite(sqlite, module, sqlite.max_connections).await?;
+                let writer = connect_sqlite(sqlite, module, 1).await?;
+                Ok::<_, DbErr>((pool, Some(writer)))
             }
+            .await
         }
         Backend::Postgres => {
             let pg = &settings.postgres;

@@ -107,33 +107,40 @@ const MOST_OPEN_FILES: u64 = 1 << 20;
 /// [`MOST_OPEN_FILES`]). Every connection, the HTTP clients' and the pools' alike, is a
 /// descriptor, and a soft limit left at a distribution's default of 1,024 makes the server
 /// stop accepting connections near a thousand, long before memory or the cores run out. The
-/// limit the server runs with is logged; one it cannot raise is a warning.
-pub fn raise_open_file_limit() {
+/// limit the server runs with is logged; one it cannot raise is a warning. Returns the
+/// limit in force (0 when it cannot be read).
+pub fn raise_open_file_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(limits) => limits,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the open-file limit");
-            return;
+            return 0;
         }
     };
     let wanted = hard.min(MOST_OPEN_FILES);
     if soft >= wanted {
         tracing::info!(open_files = soft, "open-file limit");
-        return;
+        return soft;
     }
     match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
-        Ok(()) => tracing::info!(
-            open_files = wanted,
-            was = soft,
-            "open-file limit raised to the hard limit"
-        ),
-        Err(e) => tracing::warn!(
-            open_files = soft,
-            hard,
-            error = %e,
-            "cannot raise the open-file limit: connections beyond it are refused"
-        ),
+        Ok(()) => {
+            tracing::info!(
+                open_files = wanted,
+                was = soft,
+                "open-file limit raised to the hard limit"
+            );
+            wanted
+        }
+        Err(e) => {
+            tracing::warn!(
+                open_files = soft,
+                hard,
+                error = %e,
+                "cannot raise the open-file limit: connections beyond it are refused"
+            );
+            soft
+        }
     }
 }
 

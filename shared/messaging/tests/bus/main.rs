@@ -208,7 +208,6 @@ impl Dbs {
     }
 }
 
-/// The producer's and the consumer's connections.
 /// `module`'s database on `pool`, with (on SQLite) the pool of one connection its write
 /// transactions begin on, as the application opens it (`ModuleDb::with_writer`).
 async fn module_db(
@@ -220,10 +219,7 @@ async fn module_db(
     let Location::Sqlite(dir) = location else {
         return db;
     };
-    let mut options = sea_orm::ConnectOptions::new(format!(
-        "sqlite://{}?mode=rwc",
-        dir.join(format!("{module}.db")).display()
-    ));
+    let mut options = sea_orm::ConnectOptions::new(sqlite_url(dir, module));
     options.max_connections(1).sqlx_logging(false);
     let writer = Database::connect(options).await.expect("sqlite writer");
     writer
@@ -233,19 +229,26 @@ async fn module_db(
     db.with_writer(writer)
 }
 
+/// `module`'s SQLite file in `dir`, created if missing.
+fn sqlite_url(dir: &std::path::Path, module: &str) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        dir.join(format!("{module}.db")).display()
+    )
+}
+
+/// The producer's and the consumer's connections.
 async fn connect(
     location: &Location,
 ) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseConnection) {
     match location {
         Location::Sqlite(dir) => {
-            let url = |m: &str| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.join(format!("{m}.db")).display()
-                )
-            };
-            let producer = Database::connect(url(PRODUCER)).await.expect("sqlite");
-            let consumer = Database::connect(url(CONSUMER)).await.expect("sqlite");
+            let producer = Database::connect(sqlite_url(dir, PRODUCER))
+                .await
+                .expect("sqlite");
+            let consumer = Database::connect(sqlite_url(dir, CONSUMER))
+                .await
+                .expect("sqlite");
             for conn in [&producer, &consumer] {
                 conn.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
                     .await
