@@ -164,6 +164,13 @@ pub struct SqliteSettings {
     /// size: the cache is what a pool keeps of a burst of load once the load has passed.
     #[validate(range(min = 0, max = 10000))]
     pub statement_cache_capacity: usize,
+    /// How long a pooled connection lives before it is closed on its return to the pool
+    /// (and opened again when wanted). The pool hands its idle connections out in turn, so
+    /// the background loops' trickle of work keeps every connection a burst opened in use,
+    /// with the prepared statements each holds; a lifetime lets the pool shrink back to
+    /// what the trickle needs once the burst has passed.
+    #[validate(range(min = 1, max = 86400))]
+    pub max_lifetime_secs: u64,
 }
 
 word_enum!(SslMode {
@@ -210,6 +217,13 @@ pub struct PostgresSettings {
     /// size: the cache is what a pool keeps of a burst of load once the load has passed.
     #[validate(range(min = 0, max = 10000))]
     pub statement_cache_capacity: usize,
+    /// How long a pooled connection lives before it is closed on its return to the pool
+    /// (and opened again when wanted). The pool hands its idle connections out in turn, so
+    /// the background loops' trickle of work keeps every connection a burst opened in use,
+    /// with the prepared statements each holds; a lifetime lets the pool shrink back to
+    /// what the trickle needs once the burst has passed.
+    #[validate(range(min = 1, max = 86400))]
+    pub max_lifetime_secs: u64,
     #[validate(range(min = 0, max = 3600000))]
     pub statement_timeout_ms: u64,
     /// How often each module analyzes its tables that outgrew their planner statistics,

@@ -99,6 +99,7 @@ async fn connect_sqlite(
     options
         .max_connections(max_connections)
         .min_connections(1)
+        .max_lifetime(Duration::from_secs(settings.max_lifetime_secs))
         .acquire_timeout(busy + Duration::from_secs(5))
         // A file does not drop connections: no ping before handing one out.
         .test_before_acquire(false)
@@ -148,6 +149,7 @@ pub async fn connect_postgres(
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(Duration::from_secs(settings.max_lifetime_secs))
         // A ping before every acquire cost one round trip per query; ping only connections
         // idle long enough to have been dropped (a restarted server, a proxy's timeout).
         // A connection that broke while in use fails its query, which callers retry.
@@ -436,6 +438,37 @@ mod tests {
         encrypted(&untrusted)
             .await
             .expect_err("a server the CA file does not vouch for is refused");
+    }
+
+    /// A pooled connection older than its lifetime is closed when it comes back to the
+    /// pool and another opened in its place, so a pool a burst filled shrinks back once the burst has passed (the pool
+    /// hands idle connections out in turn: without a lifetime the background loops' trickle
+    /// kept every one of them, with its prepared statements, for good).
+    #[tokio::test]
+    async fn a_pooled_connection_older_than_its_lifetime_is_replaced() {
+        let mut pg = postgres("127.0.0.1", SslMode::Disable, None);
+        pg.max_lifetime_secs = 1;
+        let conn = connect_postgres(&pg, "postgres", None, "public", 1)
+            .await
+            .expect("connects");
+        let backend = || async {
+            let row = conn
+                .query_one_raw(sea_orm::Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT pg_backend_pid() AS pid",
+                ))
+                .await
+                .expect("runs")
+                .expect("a row");
+            row.try_get::<i32>("", "pid").expect("a pid")
+        };
+        let first = backend().await;
+        assert_eq!(backend().await, first, "a young connection is kept");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // Its last use: past its lifetime, it is closed when it comes back.
+        backend().await;
+        assert_ne!(backend().await, first, "an old one is not");
+        conn.close().await.ok();
     }
 
     /// A connection keeps no more prepared statements than its cache holds: the ones it
