@@ -26,6 +26,9 @@ COPY --from=planner /src/recipe.json recipe.json
 # The patched copies of crates (vendor/README.md): the recipe holds the workspace's members
 # only, and `[patch.crates-io]` points into this folder.
 COPY vendor vendor
+# The build's settings (.cargo/config.toml): the dependencies compiled here with other
+# settings would be compiled again by the build below.
+COPY .cargo .cargo
 # The dependencies of app only: this layer is reused until a manifest, Cargo.lock or a
 # patched copy changes.
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p app

@@ -447,6 +447,7 @@ fn launch(
     let vars = &vars[..];
     Launch {
         path: path.to_owned(),
+        args: Vec::new(),
         cwd: cwd.to_owned(),
         vars,
         port,

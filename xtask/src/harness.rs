@@ -112,6 +112,8 @@ impl Drop for Process {
 /// How to start one process of ours.
 pub(crate) struct Launch<'a> {
     pub(crate) path: PathBuf,
+    /// Its arguments (a wrapper's, such as valgrind's, then the binary's path).
+    pub(crate) args: Vec<String>,
     pub(crate) cwd: PathBuf,
     pub(crate) vars: &'a [(String, String)],
     /// The loopback port to serve on (a restart reuses its predecessor's).
@@ -124,6 +126,7 @@ impl Launch<'_> {
     pub(crate) fn start(&self) -> anyhow::Result<Process> {
         let mut command = Command::new(&self.path);
         command
+            .args(&self.args)
             .current_dir(&self.cwd)
             .env("APP_ENVIRONMENT", "local")
             .env("APP__SERVER__HOST", "127.0.0.1")

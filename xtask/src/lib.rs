@@ -5,6 +5,7 @@ mod bench;
 mod boundaries;
 mod extract;
 mod harness;
+mod hot_code;
 mod move_data;
 pub mod mutants;
 mod progress;
@@ -43,6 +44,10 @@ enum Command {
     /// Apply each named mutation of xtask/mutations.toml to a scratch copy and check that
     /// its tests fail (exits non-zero naming every mutation that survived).
     Mutants(mutants::Args),
+    /// Profile the release binary through the order journey (valgrind's callgrind) and
+    /// write app/hot-code.ld, which lays the code it runs out together (less of it
+    /// resident).
+    HotCode(hot_code::Args),
 }
 
 /// The root of the workspace the command runs in: the nearest folder, from the current
@@ -75,5 +80,6 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Soak(args) => soak::run(*args),
         Command::Mutants(args) => mutants::run(&workspace_root(), &args),
+        Command::HotCode(args) => hot_code::run(&workspace_root(), &args),
     }
 }

@@ -9,6 +9,7 @@ mod fuzz;
 mod hardening;
 mod journey;
 mod jwks;
+mod layout;
 mod metrics;
 mod openapi;
 mod pg_passwords;

@@ -219,6 +219,7 @@ impl Node {
     pub(crate) fn start(&mut self) -> anyhow::Result<()> {
         let process = Launch {
             path: self.path.clone(),
+            args: Vec::new(),
             cwd: self.cwd.clone(),
             vars: &self.vars,
             port: self.port,
