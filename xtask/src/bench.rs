@@ -144,7 +144,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     if !args.no_build && !args.debug && targets.iter().any(Kind::ours) {
         log("building the release binary");
-        crate::harness::build_release(&["app"])?;
+        crate::harness::build_release(&["app"], &[])?;
     }
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -17,9 +17,12 @@ pub(crate) fn loopback_only(host: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+/// `cargo build --release` of `packages`, with `vars` set for the build.
+pub(crate) fn build_release(packages: &[&str], vars: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.args(["build", "--release", "--quiet"]);
+    command
+        .args(["build", "--release", "--quiet"])
+        .envs(vars.iter().copied());
     for p in packages {
         command.args(["-p", p]);
     }

@@ -49,12 +49,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     // Profiled as the compiler lays it out: valgrind 3.19 names no function outside an
     // object's `.text`, so a binary built with the script would show most as unknown.
     // (The next build links with the new script again: the setting is part of its inputs.)
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "app"])
-        .env("SHOP_HOT_CODE", "off")
-        .status()
-        .context("cargo build")?;
-    anyhow::ensure!(status.success(), "the release build failed");
+    harness::build_release(&["app"], &[("SHOP_HOT_CODE", "off")])?;
     let binary = harness::target_dir().join("release/app");
     let runtime = tokio::runtime::Runtime::new()?;
     let mut ran = Vec::new();
