@@ -18,7 +18,8 @@
 //! Scenarios (`--scenarios`): `reads` (GET a random product), `place` (POST an order; behind
 //! it our journey runs), `journey` (ours only: place for `--journey-secs`, count shipments
 //! every second, then the latency from placement to `confirmed` and to the shipment's
-//! creation, from the timestamps the modules stored). For each: requests/s, latency
+//! creation, and of each step between (stock held, payment opened, confirmed, shipped), from
+//! the timestamps the modules stored). For each: requests/s, latency
 //! percentiles, server CPU per request (`/proc/<pid>/stat`), PostgreSQL CPU per request
 //! (every `postgres` process, before and after), the load generator's own CPU, and
 //! resident memory: idle, holding `--idle-connections` idle keep-alive connections (fresh
@@ -31,7 +32,7 @@
 mod load;
 mod procfs;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -861,6 +862,35 @@ struct Journey {
     drain_secs: f64,
     to_confirmed_ms: Latency,
     to_shipment_ms: Latency,
+    /// Each step's share of placement → shipment: the relay and consumer of each hop, and
+    /// the payment between the two events checkout handles.
+    steps_ms: StepLatencies,
+}
+
+/// How long each step of the journey took, from one module's record to the next.
+#[derive(Debug, Clone, Serialize)]
+struct StepLatencies {
+    /// Placed → stock held: checkout's relay, catalog's handler.
+    placed_to_held: Latency,
+    /// Stock held → payment opened: catalog's relay, checkout's handler.
+    held_to_paying: Latency,
+    /// Payment opened → confirmed: the payment worker and the provider.
+    paying_to_confirmed: Latency,
+    /// Confirmed → shipment: checkout's relay, fulfillment's handler.
+    confirmed_to_shipped: Latency,
+}
+
+impl StepLatencies {
+    fn of(timeline: &[Steps]) -> Self {
+        let step =
+            |f: fn(&Steps) -> f64| Latency::of(&mut timeline.iter().map(f).collect::<Vec<_>>());
+        Self {
+            placed_to_held: step(|s| s.held - s.placed),
+            held_to_paying: step(|s| s.paying - s.held),
+            paying_to_confirmed: step(|s| s.confirmed - s.paying),
+            confirmed_to_shipped: step(|s| s.shipped - s.confirmed),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -1156,10 +1186,10 @@ async fn one_run(
             let timeline = timeline(stores, window_start_ms).await?;
             let shipped_in_window = timeline
                 .iter()
-                .filter(|(_, _, s)| *s <= window_end_ms)
+                .filter(|s| s.shipped <= window_end_ms)
                 .count();
-            let mut confirmed: Vec<f64> = timeline.iter().map(|t| t.1 - t.0).collect();
-            let mut shipped: Vec<f64> = timeline.iter().map(|t| t.2 - t.0).collect();
+            let mut confirmed: Vec<f64> = timeline.iter().map(|s| s.confirmed - s.placed).collect();
+            let mut shipped: Vec<f64> = timeline.iter().map(|s| s.shipped - s.placed).collect();
             Some(Journey {
                 shipments_per_sec: shipped_in_window as f64 / outcome.elapsed.as_secs_f64(),
                 journeys: timeline.len(),
@@ -1169,6 +1199,7 @@ async fn one_run(
                 drain_secs,
                 to_confirmed_ms: Latency::of(&mut confirmed),
                 to_shipment_ms: Latency::of(&mut shipped),
+                steps_ms: StepLatencies::of(&timeline),
             })
         }
         _ => {
@@ -1224,43 +1255,68 @@ async fn wal_position(args: &BenchArgs) -> anyhow::Result<i64> {
     Ok(position)
 }
 
-/// Epoch-ms timestamps of each order placed since `since_ms`: created, confirmed (checkout),
-/// shipment created (fulfillment).
-async fn timeline(stores: &Stores, since_ms: f64) -> anyhow::Result<Vec<(f64, f64, f64)>> {
-    let (c, f) = (&stores.checkout, &stores.fulfillment);
+/// Epoch-ms timestamps of each order placed since `since_ms` and shipped, at each step of its
+/// journey as the module that took it recorded it.
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    /// Placed (checkout's order).
+    placed: f64,
+    /// Stock held (catalog's hold of the order).
+    held: f64,
+    /// Payment opened (checkout's attempt, written by the handler of `StockReservedV1`).
+    paying: f64,
+    /// Confirmed (checkout's order, once paid).
+    confirmed: f64,
+    /// Shipment created (fulfillment).
+    shipped: f64,
+}
+
+/// The steps of each order placed since `since_ms` that reached its shipment.
+async fn timeline(stores: &Stores, since_ms: f64) -> anyhow::Result<Vec<Steps>> {
+    let (c, k, f) = (&stores.checkout, &stores.catalog, &stores.fulfillment);
     let orders = c
         .rows(format!(
-            "SELECT {} AS id, {} AS created, {} AS confirmed FROM {} \
-             WHERE status = 'confirmed' AND {} >= {since_ms}",
-            c.id("id"),
-            c.epoch_ms("created_at"),
-            c.epoch_ms("updated_at"),
+            "SELECT {} AS id, {} AS created, {} AS confirmed, {} AS paying \
+             FROM {} o JOIN {} p ON p.order_id = o.id \
+             WHERE o.status = 'confirmed' AND {} >= {since_ms}",
+            c.id("o.id"),
+            c.epoch_ms("o.created_at"),
+            c.epoch_ms("o.updated_at"),
+            c.epoch_ms("p.created_at"),
             c.table("orders"),
-            c.epoch_ms("created_at"),
+            c.table("payment_attempts"),
+            c.epoch_ms("o.created_at"),
         ))
         .await?;
-    let shipments = f
-        .rows(format!(
-            "SELECT {} AS id, {} AS shipped FROM {} WHERE {} >= {since_ms}",
-            f.id("order_id"),
-            f.epoch_ms("created_at"),
-            f.table("shipments"),
-            f.epoch_ms("created_at"),
-        ))
-        .await?;
-    let mut shipped = std::collections::HashMap::new();
-    for row in shipments {
-        let id: String = row.try_get("", "id")?;
-        let at: f64 = row.try_get("", "shipped")?;
-        shipped.insert(id, at);
-    }
+    let by_order = |store: &Store, table: &str, column: &str| {
+        format!(
+            "SELECT {} AS id, {} AS at FROM {} WHERE {} >= {since_ms}",
+            store.id("order_id"),
+            store.epoch_ms(column),
+            store.table(table),
+            store.epoch_ms(column),
+        )
+    };
+    let times = |rows: Vec<sea_orm::QueryResult>| -> anyhow::Result<HashMap<String, f64>> {
+        let mut out = HashMap::new();
+        for row in rows {
+            out.insert(row.try_get::<String>("", "id")?, row.try_get("", "at")?);
+        }
+        Ok(out)
+    };
+    let held = times(k.rows(by_order(k, "order_holds", "updated_at")).await?)?;
+    let shipped = times(f.rows(by_order(f, "shipments", "created_at")).await?)?;
     let mut out = Vec::new();
     for row in orders {
         let id: String = row.try_get("", "id")?;
-        let created: f64 = row.try_get("", "created")?;
-        let confirmed: f64 = row.try_get("", "confirmed")?;
-        if let Some(s) = shipped.get(&id) {
-            out.push((created, confirmed, *s));
+        if let (Some(held), Some(shipped)) = (held.get(&id), shipped.get(&id)) {
+            out.push(Steps {
+                placed: row.try_get("", "created")?,
+                held: *held,
+                paying: row.try_get("", "paying")?,
+                confirmed: row.try_get("", "confirmed")?,
+                shipped: *shipped,
+            });
         }
     }
     Ok(out)
@@ -1328,7 +1384,7 @@ fn table(report: &Report) -> String {
         out.push('\n');
     };
     type Figure = (&'static str, fn(&Run) -> Option<f64>);
-    let figures: [Figure; 14] = [
+    let figures: [Figure; 18] = [
         ("req/s", |r| Some(r.per_sec)),
         ("latency p50, ms", |r| Some(r.latency_ms.p50)),
         ("latency p99, ms", |r| Some(r.latency_ms.p99)),
@@ -1362,6 +1418,22 @@ fn table(report: &Report) -> String {
         }),
         ("placement → shipment p99, ms", |r| {
             r.journey.as_ref().map(|j| j.to_shipment_ms.p99)
+        }),
+        ("step p99: placed → stock held, ms", |r| {
+            r.journey.as_ref().map(|j| j.steps_ms.placed_to_held.p99)
+        }),
+        ("step p99: stock held → payment opened, ms", |r| {
+            r.journey.as_ref().map(|j| j.steps_ms.held_to_paying.p99)
+        }),
+        ("step p99: payment opened → confirmed, ms", |r| {
+            r.journey
+                .as_ref()
+                .map(|j| j.steps_ms.paying_to_confirmed.p99)
+        }),
+        ("step p99: confirmed → shipment, ms", |r| {
+            r.journey
+                .as_ref()
+                .map(|j| j.steps_ms.confirmed_to_shipped.p99)
         }),
     ];
     for scenario in [Scenario::Reads, Scenario::Place, Scenario::Journey] {
