@@ -2,6 +2,7 @@
 //! statements of their own.
 
 use chrono::{DateTime, Utc};
+use kernel::Sku;
 use module_api::ModuleDb;
 use module_api::sql::query;
 use sea_orm::{
@@ -152,6 +153,34 @@ pub(crate) async fn transactions_that_wrote(db: &ModuleDb, ids: &[Uuid]) -> i64 
         .await
         .expect("read the orders' xmin");
     rows[0].try_get("", "n").expect("a count")
+}
+
+/// PostgreSQL: reads the price list once per set of skus on one connection, then tells
+/// how many prepared statements that connection holds for the price read, and how often
+/// their plan was kept (generic) and made anew (custom).
+pub(crate) async fn price_read_plans(db: &ModuleDb, sets: &[Vec<&Sku>]) -> (usize, i64, i64) {
+    use sea_orm::TransactionTrait;
+    // One transaction: one connection, whose prepared statements the view shows.
+    let tx = db.conn().begin().await.expect("begin");
+    for skus in sets {
+        let prices = super::queries::price_list(&tx, skus).await.expect("prices");
+        assert!(prices.contains_key(skus[0]), "{skus:?} priced");
+    }
+    let rows = query(
+        &tx,
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE '%FROM prices WHERE prices.sku%' \
+           AND statement NOT LIKE '%pg_prepared_statements%'",
+        vec![],
+    )
+    .await
+    .expect("prepared statements");
+    let plans = |column: &str| -> i64 {
+        rows.iter()
+            .map(|row| row.try_get::<i64>("", column).expect("a count"))
+            .sum()
+    };
+    (rows.len(), plans("generic_plans"), plans("custom_plans"))
 }
 
 /// PostgreSQL: a transaction of its own that holds every order row locked until it ends

@@ -186,9 +186,13 @@ impl From<prices::Model> for StoredPrice {
 
 /// One index lookup per sku on PostgreSQL, whatever the planner's statistics say: an `IN`
 /// list over a price list of a thousand rows was planned (generic plan, under load) as a
-/// scan of the whole table, about 1 ms a batch of placements instead of 0.1.
+/// scan of the whole table, about 1 ms a batch of placements instead of 0.1. The skus come
+/// as a JSON array, not an SQL one: the planner knows how long a bound array is and priced
+/// each call's own plan below the kept one, so it planned every placement batch anew (78 µs
+/// a call, three times what running it took); a set from JSON is estimated alike whatever
+/// its length, so the statement's plan is made once per connection and kept.
 const PRICES_BY_SKU_POSTGRES: &str = "SELECT p.sku, p.price_minor, p.currency, p.version, p.updated_at \
-     FROM unnest($1::text[]) AS k(sku) \
+     FROM json_array_elements_text($1::json) AS k(sku) \
      CROSS JOIN LATERAL (SELECT * FROM prices WHERE prices.sku = k.sku LIMIT 1) AS p";
 
 /// The prices of these skus that the price list has (an unknown sku is absent).
@@ -198,10 +202,8 @@ pub(crate) async fn price_list(
 ) -> anyhow::Result<PriceList> {
     let names = || skus.iter().map(|s| s.as_str());
     let rows = if conn.get_database_backend() == DbBackend::Postgres {
-        let values = vec![module_api::sql::array(
-            ArrayType::String,
-            names().map(Value::from),
-        )];
+        let skus = serde_json::to_string(&names().collect::<Vec<_>>())?;
+        let values = vec![Value::from(skus)];
         prices::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 DbBackend::Postgres,

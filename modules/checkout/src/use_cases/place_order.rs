@@ -637,6 +637,31 @@ mod tests {
         }
     }
 
+    /// On PostgreSQL the price read is planned once per connection and its plan kept,
+    /// whatever the number of skus: planned anew for each batch of placements, it cost
+    /// three times what running it took.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_price_read_keeps_its_plan_on_postgres() {
+        let (store, _db) = stage(Backend::Postgres).await;
+        let sku = |s: &str| Sku::parse(s).expect("a sku");
+        let (tea, coffee) = (sku("TEA-1"), sku("COF-1"));
+        let sets: Vec<Vec<&Sku>> = (0..12)
+            .map(|n| {
+                if n % 2 == 0 {
+                    vec![&tea]
+                } else {
+                    vec![&tea, &coffee]
+                }
+            })
+            .collect();
+        let (statements, generic, custom) = fixtures::price_read_plans(store.db(), &sets).await;
+        assert_eq!(statements, 1, "one statement for every number of skus");
+        assert!(
+            generic >= 6 && custom <= 6,
+            "planned anew for each call: {custom} own plans, {generic} kept"
+        );
+    }
+
     testkit::on_both_backends!(
         orders_that_arrive_together_are_written_in_one_transaction,
         an_order_the_price_list_cannot_price_is_refused_alone,
