@@ -11,6 +11,10 @@
 //! with the outbox's, in the same statement on PostgreSQL: one round trip fewer for a
 //! transaction whose last write is an insert.
 //!
+//! A batch whose only changes are such inserts needs no transaction around them on
+//! PostgreSQL: [`Store::writes`] collects them and their events and writes them in one
+//! statement ([`Writes`]).
+//!
 //! A transaction begun for a request has one cause, the request's, and `publish` uses it.
 //! One that holds a batch (a consumer's, the payment recorder's) has none: each of its
 //! events follows its own cause, given with [`Tx::publish_with`] (for a handler, the
@@ -68,6 +72,64 @@ impl Store {
     pub async fn begin_batch(&self) -> Result<Tx, DbErr> {
         let tx = self.db.begin().await?;
         Ok(Tx::new(tx, None, self.outbox.waker()))
+    }
+
+    /// Collects inserts and events for a batch that writes nothing else: see [`Writes`].
+    pub fn writes(&self) -> Writes {
+        Writes {
+            db: self.db.clone(),
+            events: Vec::new(),
+            inserts: Vec::new(),
+            wake: self.outbox.waker(),
+        }
+    }
+}
+
+/// The writes of a batch whose only changes are inserts that nothing reads back before
+/// they are done, and the events they publish (each with its own cause): on PostgreSQL
+/// [`Writes::commit`] writes them all in one statement, which is atomic on its own, so no
+/// `BEGIN` and `COMMIT` round trips surround it; on SQLite, in one transaction. What the
+/// batch reads first, it reads on the pool ([`Store::conn`]); a read in a transaction
+/// sees nothing more under PostgreSQL's read committed. It is not a connection: nothing
+/// can write through it but its commit.
+pub struct Writes {
+    db: ModuleDb,
+    events: Vec<Envelope>,
+    inserts: Vec<(&'static str, Rows)>,
+    wake: Arc<Notify>,
+}
+
+impl Writes {
+    /// Publishes `event` as a consequence of `cause` once the writes commit.
+    pub fn publish_with<E: Event>(&mut self, cause: &Cause, event: &E) -> Result<(), PublishError> {
+        self.events.push(Envelope::new(event, cause)?);
+        Ok(())
+    }
+
+    /// Inserts `rows` into `table` at commit, before the outbox rows, in the order given.
+    pub fn insert_at_commit(&mut self, table: &'static str, rows: Rows) {
+        self.inserts.push((table, rows));
+    }
+
+    /// Writes the inserts and the outbox rows, all or none, and wakes the relay if
+    /// anything was published.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let mut inserts = std::mem::take(&mut self.inserts);
+        if !self.events.is_empty() {
+            crate::trace::published(&mut self.events);
+            inserts.push(("outbox", outbox_rows(&self.events)));
+        }
+        if self.db.backend() == DbBackend::Postgres {
+            insert_rows_together(self.db.conn(), inserts).await?;
+        } else {
+            let tx = self.db.begin().await?;
+            insert_rows_together(&tx, inserts).await?;
+            tx.commit().await?;
+        }
+        if !self.events.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
     }
 }
 

@@ -223,7 +223,63 @@ async fn rows_inserted_at_commit_are_written_with_the_events_or_not_at_all(backe
     assert!(!woken(&outbox), "nor was the relay woken");
 }
 
+/// A batch of inserts and events written without a transaction around them
+/// (`Store::writes`) is written all or none: on PostgreSQL in one statement, which is
+/// atomic on its own; each event under its own cause, and the relay woken only when
+/// something was written. An insert that fails takes the events and the other rows with it.
+async fn writes_without_a_transaction_are_written_all_or_none(backend: Backend) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let mut ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    ids.sort();
+    let causes = [Cause::fresh(), Cause::fresh()];
+    let mut writes = store.writes();
+    writes.insert_at_commit("inbox", inbox_rows(&ids));
+    for (n, cause) in causes.iter().enumerate() {
+        writes
+            .publish_with(cause, &payload(Uuid::now_v7(), n as i64 + 1))
+            .expect("a valid event");
+    }
+    assert!(
+        inbox_ids(&dbs).await.is_empty(),
+        "nothing before the commit"
+    );
+    assert!(!woken(&outbox));
+    writes.commit().await.expect("commit");
+    assert_eq!(inbox_ids(&dbs).await, ids);
+    let events = outbox_rows(&dbs).await;
+    assert_eq!(events.len(), 2);
+    for (event, cause) in events.iter().zip(&causes) {
+        assert_eq!(
+            event.correlation_id, cause.correlation_id,
+            "under its own cause"
+        );
+    }
+    assert!(woken(&outbox));
+
+    // A new row, then the same keys again: the second insert fails, and with it the
+    // first and the event.
+    let mut writes = store.writes();
+    writes.insert_at_commit("inbox", inbox_rows(&[Uuid::now_v7()]));
+    writes.insert_at_commit("inbox", inbox_rows(&ids));
+    writes
+        .publish_with(&Cause::fresh(), &payload(Uuid::now_v7(), 3))
+        .expect("a valid event");
+    assert!(
+        writes.commit().await.is_err(),
+        "a row that cannot be written fails them all"
+    );
+    assert_eq!(
+        inbox_ids(&dbs).await,
+        ids,
+        "no row of the failed writes is kept"
+    );
+    assert_eq!(outbox_rows(&dbs).await.len(), 2, "nor their event");
+    assert!(!woken(&outbox), "nor was the relay woken");
+}
+
 on_both_backends!(
+    writes_without_a_transaction_are_written_all_or_none,
     events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order,
     rows_inserted_at_commit_are_written_with_the_events_or_not_at_all,
     a_transaction_dropped_without_commit_publishes_nothing_and_runs_no_hook,
