@@ -225,12 +225,7 @@ async fn exercise(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(240);
     for (id, token) in &placed[1..] {
         loop {
-            let order: serde_json::Value = client
-                .get(format!("{base}/api/checkout/orders/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let order = get_json(&client, format!("{base}/api/checkout/orders/{id}")).await?;
             let status = order["status"].as_str().unwrap_or_default();
             let done = match *token {
                 "tok_decline" => status == "rejected",
@@ -279,13 +274,16 @@ async fn shipment(
     base: &str,
     order: &str,
 ) -> anyhow::Result<Option<String>> {
-    let page: serde_json::Value = client
-        .get(format!("{base}/api/fulfillment/shipments?order_id={order}"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let page = get_json(
+        client,
+        format!("{base}/api/fulfillment/shipments?order_id={order}"),
+    )
+    .await?;
     Ok(page["items"][0]["id"].as_str().map(str::to_owned))
+}
+
+async fn get_json(client: &reqwest::Client, url: String) -> anyhow::Result<serde_json::Value> {
+    Ok(client.get(url).send().await?.json().await?)
 }
 
 /// The functions of the object whose file is named `binary` that a callgrind profile

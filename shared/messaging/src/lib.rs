@@ -27,6 +27,6 @@ pub use consumer::{
 };
 pub use faults::Faults;
 pub use progress::Progress;
-pub use publish::{PublishError, Store, Tx, Writes};
+pub use publish::{AtCommit, PublishError, Store, Tx, Writes};
 pub use redis_bus::{RedisBus, RedisConfig, Waiting, partition_of};
 pub use settings::{MessagingSettings, backoff};

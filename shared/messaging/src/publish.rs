@@ -78,10 +78,49 @@ impl Store {
     pub fn writes(&self) -> Writes {
         Writes {
             db: self.db.clone(),
-            events: Vec::new(),
-            inserts: Vec::new(),
+            at_commit: AtCommit::default(),
             wake: self.outbox.waker(),
         }
+    }
+}
+
+/// What a transaction or a batch's [`Writes`] writes when it commits: rows given to
+/// [`AtCommit::insert_at_commit`], then the outbox rows of the events published, in one
+/// statement on PostgreSQL.
+#[derive(Default)]
+pub struct AtCommit {
+    events: Vec<Envelope>,
+    inserts: Vec<(&'static str, Rows)>,
+}
+
+impl AtCommit {
+    /// Publishes `event` as a consequence of `cause`, once the writes commit: in a batch,
+    /// the cause of the one item it follows.
+    pub fn publish_with<E: Event>(&mut self, cause: &Cause, event: &E) -> Result<(), PublishError> {
+        self.events.push(Envelope::new(event, cause)?);
+        Ok(())
+    }
+
+    /// Inserts `rows` into `table` when the writes commit, before the outbox rows and in
+    /// the same statement on PostgreSQL (`store::insert_rows_together`), in the order
+    /// given: for rows nothing in the transaction reads or writes after (they are not there
+    /// until then). An insert that fails fails the commit, and nothing of it is kept.
+    pub fn insert_at_commit(&mut self, table: &'static str, rows: Rows) {
+        self.inserts.push((table, rows));
+    }
+
+    fn publishes(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Every insert, the outbox's last, each event's `publish` span started.
+    fn rows(&mut self) -> Vec<(&'static str, Rows)> {
+        let mut inserts = std::mem::take(&mut self.inserts);
+        if self.publishes() {
+            crate::trace::published(&mut self.events);
+            inserts.push(("outbox", outbox_rows(&self.events)));
+        }
+        inserts
     }
 }
 
@@ -94,31 +133,20 @@ impl Store {
 /// can write through it but its commit.
 pub struct Writes {
     db: ModuleDb,
-    events: Vec<Envelope>,
-    inserts: Vec<(&'static str, Rows)>,
+    at_commit: AtCommit,
     wake: Arc<Notify>,
 }
 
 impl Writes {
-    /// Publishes `event` as a consequence of `cause` once the writes commit.
-    pub fn publish_with<E: Event>(&mut self, cause: &Cause, event: &E) -> Result<(), PublishError> {
-        self.events.push(Envelope::new(event, cause)?);
-        Ok(())
-    }
-
-    /// Inserts `rows` into `table` at commit, before the outbox rows, in the order given.
-    pub fn insert_at_commit(&mut self, table: &'static str, rows: Rows) {
-        self.inserts.push((table, rows));
+    /// Where the inserts and events go.
+    pub fn at_commit(&mut self) -> &mut AtCommit {
+        &mut self.at_commit
     }
 
     /// Writes the inserts and the outbox rows, all or none, and wakes the relay if
     /// anything was published.
     pub async fn commit(mut self) -> Result<(), DbErr> {
-        let mut inserts = std::mem::take(&mut self.inserts);
-        if !self.events.is_empty() {
-            crate::trace::published(&mut self.events);
-            inserts.push(("outbox", outbox_rows(&self.events)));
-        }
+        let inserts = self.at_commit.rows();
         if self.db.backend() == DbBackend::Postgres {
             insert_rows_together(self.db.conn(), inserts).await?;
         } else {
@@ -126,7 +154,7 @@ impl Writes {
             insert_rows_together(&tx, inserts).await?;
             tx.commit().await?;
         }
-        if !self.events.is_empty() {
+        if self.at_commit.publishes() {
             self.wake.notify_one();
         }
         Ok(())
@@ -154,9 +182,8 @@ type Hook = Box<dyn FnOnce() + Send + Sync>;
 pub struct Tx {
     tx: DatabaseTransaction,
     cause: Option<Cause>,
-    events: Vec<Envelope>,
-    /// Rows written with the outbox's at commit ([`Tx::insert_at_commit`]).
-    inserts: Vec<(&'static str, Rows)>,
+    /// Rows and events written at commit.
+    at_commit: AtCommit,
     hooks: Vec<Hook>,
     wake: Arc<Notify>,
 }
@@ -168,8 +195,7 @@ impl Tx {
         Self {
             tx,
             cause,
-            events: Vec::new(),
-            inserts: Vec::new(),
+            at_commit: AtCommit::default(),
             hooks: Vec::new(),
             wake,
         }
@@ -178,25 +204,24 @@ impl Tx {
     /// Publishes `event` as a consequence of the transaction's cause, once it commits.
     pub fn publish<E: Event>(&mut self, event: &E) -> Result<(), PublishError> {
         let cause = self.cause.as_ref().ok_or(PublishError::NoCause)?;
-        let envelope = Envelope::new(event, cause)?;
-        self.events.push(envelope);
-        Ok(())
+        self.at_commit.publish_with(cause, event)
     }
 
     /// Publishes `event` as a consequence of `cause`, once the transaction commits: in a
-    /// batch, the cause of the one item it follows.
+    /// batch, the cause of the one item it follows ([`AtCommit::publish_with`]).
     pub fn publish_with<E: Event>(&mut self, cause: &Cause, event: &E) -> Result<(), PublishError> {
-        self.events.push(Envelope::new(event, cause)?);
-        Ok(())
+        self.at_commit.publish_with(cause, event)
     }
 
-    /// Inserts `rows` into `table` when the transaction commits, before the outbox rows
-    /// and in the same statement on PostgreSQL (`store::insert_rows_together`), in the
-    /// order given: for rows nothing in this transaction reads or writes after (they are
-    /// not there until then). An insert that fails fails the commit, and nothing of the
-    /// transaction is kept.
+    /// Inserts `rows` into `table` when the transaction commits: see
+    /// [`AtCommit::insert_at_commit`].
     pub fn insert_at_commit(&mut self, table: &'static str, rows: Rows) {
-        self.inserts.push((table, rows));
+        self.at_commit.insert_at_commit(table, rows)
+    }
+
+    /// Where the inserts and events written at commit go, as with [`Writes::at_commit`].
+    pub fn at_commit(&mut self) -> &mut AtCommit {
+        &mut self.at_commit
     }
 
     /// Runs `f` once the transaction has committed, after the hooks given before it, and
@@ -218,12 +243,7 @@ impl Tx {
     /// The first half of [`Tx::commit`]: the rows given to [`Tx::insert_at_commit`] and
     /// the outbox rows, in this transaction, in one statement on PostgreSQL.
     pub(crate) async fn write_outbox(&mut self) -> Result<(), DbErr> {
-        let mut inserts = std::mem::take(&mut self.inserts);
-        if !self.events.is_empty() {
-            crate::trace::published(&mut self.events);
-            inserts.push(("outbox", outbox_rows(&self.events)));
-        }
-        insert_rows_together(&self.tx, inserts).await
+        insert_rows_together(&self.tx, self.at_commit.rows()).await
     }
 
     /// The second half of [`Tx::commit`]: commits, and hands back what is due once it did
@@ -231,7 +251,7 @@ impl Tx {
     pub(crate) async fn commit_written(self) -> Result<Committed, DbErr> {
         self.tx.commit().await?;
         Ok(Committed {
-            wake: (!self.events.is_empty()).then_some(self.wake),
+            wake: self.at_commit.publishes().then_some(self.wake),
             hooks: self.hooks,
         })
     }

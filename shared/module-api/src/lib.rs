@@ -22,7 +22,7 @@ pub use http::{
     ApiError, BodyDeadline, BodyLimit, FromBody, Origin, Parsed, RequestId, ValidQuery, parse_json,
     parse_query, uuid_param,
 };
-pub use messaging::{HandlerError, Handling, Incoming, Prune, PublishError, Store, Tx};
+pub use messaging::{AtCommit, HandlerError, Handling, Incoming, Prune, PublishError, Store, Tx};
 pub use module::{BackgroundTask, Module, ModuleContext, StartedModule, parse_settings};
 pub use openapi::{BEARER, ErrorBody, ErrorDetail};
 pub use store::ModuleDb;

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::db::queries;
 use crate::domain::{NewOrder, Order, PlaceError, PriceList};
-use module_api::Store;
+use module_api::{AtCommit, Store};
 
 /// An `Idempotency-Key` and the hash of the request it came with.
 #[derive(Clone)]
@@ -368,15 +368,7 @@ async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>>
         let prices = queries::price_list(store.conn(), &skus).await?;
         let written = priced(batch, &prices, now);
         let mut writes = store.writes();
-        for (pending, order) in stored(batch, &written) {
-            writes
-                .publish_with(&pending.cause, &placed_event(order))
-                .context("the order does not fit its event")?;
-        }
-        let orders: Vec<&Order> = stored(batch, &written).map(|(_, o)| o).collect();
-        for (table, rows) in queries::order_rows(&orders)? {
-            writes.insert_at_commit(table, rows);
-        }
+        stage(writes.at_commit(), batch, &written)?;
         writes
             .commit()
             .await
@@ -406,16 +398,7 @@ async fn write(store: &Store, batch: &[Pending]) -> anyhow::Result<Vec<Written>>
             *written = Written::KeyTaken;
         }
     }
-    for (pending, order) in stored(batch, &written) {
-        tx.publish_with(&pending.cause, &placed_event(order))
-            .context("the order does not fit its event")?;
-    }
-    // Written with the outbox rows when the transaction commits: one statement for the
-    // orders, their lines and their events on PostgreSQL.
-    let orders: Vec<&Order> = stored(batch, &written).map(|(_, o)| o).collect();
-    for (table, rows) in queries::order_rows(&orders)? {
-        tx.insert_at_commit(table, rows);
-    }
+    stage(tx.at_commit(), batch, &written)?;
     tx.commit().await.context("failed to commit the orders")?;
     Ok(written)
 }
@@ -431,6 +414,21 @@ fn priced(batch: &[Pending], prices: &PriceList, now: DateTime<Utc>) -> Vec<Writ
             },
         )
         .collect()
+}
+
+/// The orders of `batch` that are to be stored, their lines and their events, written at
+/// commit: one statement on PostgreSQL.
+fn stage(at_commit: &mut AtCommit, batch: &[Pending], written: &[Written]) -> anyhow::Result<()> {
+    for (pending, order) in stored(batch, written) {
+        at_commit
+            .publish_with(&pending.cause, &placed_event(order))
+            .context("the order does not fit its event")?;
+    }
+    let orders: Vec<&Order> = stored(batch, written).map(|(_, o)| o).collect();
+    for (table, rows) in queries::order_rows(&orders)? {
+        at_commit.insert_at_commit(table, rows);
+    }
+    Ok(())
 }
 
 /// The orders of `batch` that are to be stored, each with what asked for it.

@@ -234,9 +234,12 @@ async fn writes_without_a_transaction_are_written_all_or_none(backend: Backend) 
     ids.sort();
     let causes = [Cause::fresh(), Cause::fresh()];
     let mut writes = store.writes();
-    writes.insert_at_commit("inbox", inbox_rows(&ids));
+    writes
+        .at_commit()
+        .insert_at_commit("inbox", inbox_rows(&ids));
     for (n, cause) in causes.iter().enumerate() {
         writes
+            .at_commit()
             .publish_with(cause, &payload(Uuid::now_v7(), n as i64 + 1))
             .expect("a valid event");
     }
@@ -260,9 +263,14 @@ async fn writes_without_a_transaction_are_written_all_or_none(backend: Backend) 
     // A new row, then the same keys again: the second insert fails, and with it the
     // first and the event.
     let mut writes = store.writes();
-    writes.insert_at_commit("inbox", inbox_rows(&[Uuid::now_v7()]));
-    writes.insert_at_commit("inbox", inbox_rows(&ids));
     writes
+        .at_commit()
+        .insert_at_commit("inbox", inbox_rows(&[Uuid::now_v7()]));
+    writes
+        .at_commit()
+        .insert_at_commit("inbox", inbox_rows(&ids));
+    writes
+        .at_commit()
         .publish_with(&Cause::fresh(), &payload(Uuid::now_v7(), 3))
         .expect("a valid event");
     assert!(
