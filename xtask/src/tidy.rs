@@ -86,13 +86,23 @@ pub(crate) struct CodeRule {
 }
 
 /// reqwest is built without a TLS provider of its own (no aws-lc-rs), so a client built the
-/// default way panics when built; `module_api::tls` hands each one rustls on ring.
-pub(crate) const CODE_RULES: &[CodeRule] = &[CodeRule {
-    name: "every HTTP client is built by module_api::tls",
-    forbidden: &["Client::new()", "Client::builder()"],
-    // The rule's own table, and its test, name what it forbids.
-    except: &["shared/module-api/src/tls.rs", "xtask/src/tidy.rs"],
-}];
+/// default way panics when built; `module_api::tls` hands each one rustls on ring. The
+/// workspace denies `unsafe` code rather than forbidding it, so that the one file that
+/// must call C (the C library's allocator, for SQLite's freed memory) can allow it call by
+/// call; every other file keeps none.
+pub(crate) const CODE_RULES: &[CodeRule] = &[
+    CodeRule {
+        name: "every HTTP client is built by module_api::tls",
+        forbidden: &["Client::new()", "Client::builder()"],
+        // The rule's own table, and its test, name what it forbids.
+        except: &["shared/module-api/src/tls.rs", "xtask/src/tidy.rs"],
+    },
+    CodeRule {
+        name: "unsafe code only where the C library's allocator is called",
+        forbidden: &["unsafe ", "unsafe_code"],
+        except: &["shared/runtime/src/c_heap.rs", "xtask/src/tidy.rs"],
+    },
+];
 
 /// Which crates of ours a crate of ours may depend on (its `[dependencies]`; tests and
 /// benches may use more). `crates` is a folder of the workspace, or `folder/*` for every
@@ -555,24 +565,47 @@ use sea_orm_migration::prelude::*;
         );
     }
 
+    /// The rule and place of each violation in a module's `lib.rs` holding `module_code`
+    /// and a workspace file `excepted` (its path, its code) that a rule's exception covers.
+    fn code_rule_places(module_code: &str, excepted: (&str, &str)) -> Vec<(&'static str, String)> {
+        let dir = fixture(&[("lib.rs", module_code)]);
+        let file = dir.path().join(excepted.0);
+        std::fs::create_dir_all(file.parent().expect("a folder")).expect("folder");
+        std::fs::write(file, excepted.1).expect("file");
+        let found = check(dir.path()).expect("checked");
+        found.into_iter().map(|v| (v.rule, v.place)).collect()
+    }
+
     #[test]
     fn an_http_client_built_outside_module_api_tls_is_named() {
-        let dir = fixture(&[(
-            "lib.rs",
+        let places = code_rule_places(
             "//! demo\nfn f() {\n    let _ = reqwest::Client::new(); // Client::builder() here is fine\n    let _ = module_api::tls::client_builder(None);\n}\n",
-        )]);
-        let tls = dir.path().join("shared/module-api/src");
-        std::fs::create_dir_all(&tls).expect("folder");
-        std::fs::write(
-            tls.join("tls.rs"),
-            "//! tls\nfn f() { reqwest::Client::builder(); }\n",
-        )
-        .expect("file");
-        let found = check(dir.path()).expect("checked");
-        let places: Vec<(&str, &str)> = found.iter().map(|v| (v.rule, v.place.as_str())).collect();
+            (
+                "shared/module-api/src/tls.rs",
+                "//! tls\nfn f() { reqwest::Client::builder(); }\n",
+            ),
+        );
         assert_eq!(
             places,
-            vec![(CODE_RULES[0].name, "modules/demo/src/lib.rs:3")]
+            vec![(CODE_RULES[0].name, "modules/demo/src/lib.rs:3".to_owned())]
+        );
+    }
+
+    #[test]
+    fn unsafe_code_outside_the_c_heap_is_named() {
+        let places = code_rule_places(
+            "//! demo\n#[allow(unsafe_code)]\nfn f() {\n    unsafe { g() } // unsafe in a comment is fine\n}\nconst CSP: &str = \"script-src 'unsafe-inline'\";\n",
+            (
+                "shared/runtime/src/c_heap.rs",
+                "//! c heap\n#[expect(unsafe_code)]\nfn f() { unsafe { g() } }\n",
+            ),
+        );
+        assert_eq!(
+            places,
+            vec![
+                (CODE_RULES[1].name, "modules/demo/src/lib.rs:2".to_owned()),
+                (CODE_RULES[1].name, "modules/demo/src/lib.rs:4".to_owned()),
+            ]
         );
     }
 

@@ -228,6 +228,8 @@ enum Worker {
     Task(&'static str, BackgroundTask),
     Sampler(Vec<ModuleDb>, PrometheusHandle),
     Statistics(Vec<ModuleDb>, Duration),
+    /// Hands back what the C code (SQLite) freed: [`crate::c_heap`].
+    CHeap,
 }
 
 /// The bus the settings ask for, over the modules of this process.
@@ -434,6 +436,7 @@ impl Application {
             dbs.clone(),
             Duration::from_millis(settings.database.postgres.refresh_statistics_ms),
         ));
+        workers.push(Worker::CHeap);
         let admin = settings.operator.token.clone().map(|token| Admin {
             token,
             modules: letters,
@@ -528,6 +531,9 @@ impl Application {
                 }
                 Worker::Statistics(dbs, every) => {
                     tasks.spawn(crate::statistics::keep(dbs, every, token));
+                }
+                Worker::CHeap => {
+                    tasks.spawn(crate::c_heap::keep_trimmed(token));
                 }
             }
         }
