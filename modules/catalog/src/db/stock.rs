@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
+use module_api::sql::{ArrayType, Rows};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -184,47 +185,49 @@ pub(crate) async fn hold_many(
         .map(|_| ())
 }
 
-/// Records the decision for many orders at once.
-pub(crate) async fn set_holds(
-    conn: &impl ConnectionTrait,
+/// The rows of a batch's decisions (one hold per order) and of the units each order
+/// reserved, for the deciding transaction to insert when it commits
+/// (`Tx::insert_at_commit`: with its outbox rows, one statement on PostgreSQL). The orders
+/// have no hold yet: a batch decides only those without one, and a hold found written by
+/// then fails the commit, so the batch is handled again and finds it.
+pub(crate) fn decided_rows(
     decisions: &[(Uuid, Hold)],
-) -> Result<(), DbErr> {
-    if decisions.is_empty() {
-        return Ok(());
-    }
+    reservations: &[(Uuid, String, i64)],
+) -> [(&'static str, Rows); 2] {
     let now = Utc::now();
-    order_holds::Entity::insert_many(decisions.iter().map(|(order, status)| {
-        order_holds::ActiveModel {
-            order_id: Set(*order),
-            status: Set(status.as_str().to_owned()),
-            updated_at: Set(now),
-        }
-    }))
-    .on_conflict(
-        OnConflict::column(order_holds::Column::OrderId)
-            .update_columns([order_holds::Column::Status, order_holds::Column::UpdatedAt])
-            .to_owned(),
-    )
-    .exec_without_returning(conn)
-    .await
-    .map(|_| ())
-}
-
-/// Records the units held for many orders at once, a thousand rows per statement.
-pub(crate) async fn record_many_reservations(
-    conn: &impl ConnectionTrait,
-    lines: &[(Uuid, String, i64)],
-) -> Result<(), DbErr> {
-    for chunk in lines.chunks(1000) {
-        stock_reservations::Entity::insert_many(chunk.iter().map(|(order, sku, quantity)| {
-            stock_reservations::ActiveModel {
-                order_id: Set(*order),
-                sku: Set(sku.clone()),
-                quantity: Set(*quantity),
-            }
-        }))
-        .exec_without_returning(conn)
-        .await?;
-    }
-    Ok(())
+    let holds = Rows::new()
+        .column(
+            "order_id",
+            ArrayType::Uuid,
+            decisions.iter().map(|(order, _)| (*order).into()),
+        )
+        .column(
+            "status",
+            ArrayType::String,
+            decisions.iter().map(|(_, hold)| hold.as_str().into()),
+        )
+        .column(
+            "updated_at",
+            ArrayType::ChronoDateTimeUtc,
+            decisions.iter().map(|_| now.into()),
+        );
+    let units = Rows::new()
+        .column(
+            "order_id",
+            ArrayType::Uuid,
+            reservations.iter().map(|(order, _, _)| (*order).into()),
+        )
+        .column(
+            "sku",
+            ArrayType::String,
+            reservations.iter().map(|(_, sku, _)| sku.clone().into()),
+        )
+        .column(
+            "quantity",
+            ArrayType::BigInt,
+            reservations
+                .iter()
+                .map(|(_, _, quantity)| (*quantity).into()),
+        );
+    [("order_holds", holds), ("stock_reservations", units)]
 }

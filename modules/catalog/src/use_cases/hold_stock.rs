@@ -102,8 +102,9 @@ pub(crate) async fn reserve(
     }
     let held: Vec<(String, i64)> = held.into_iter().collect();
     stock::hold_many(tx, &held).await?;
-    stock::record_many_reservations(tx, &reservations).await?;
-    stock::set_holds(tx, &decisions).await?;
+    for (table, rows) in stock::decided_rows(&decisions, &reservations) {
+        tx.insert_at_commit(table, rows);
+    }
     forget_after_commit(tx, products, held);
     Ok(())
 }

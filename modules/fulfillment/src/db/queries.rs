@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kernel::{OrderId, ShipmentId};
+use module_api::sql::{ArrayType, Rows};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -123,27 +124,50 @@ pub(crate) struct NewShipment {
     pub(crate) lines: String,
 }
 
-pub(crate) async fn insert_shipments(
-    conn: &impl ConnectionTrait,
-    new: Vec<NewShipment>,
-) -> anyhow::Result<()> {
-    if new.is_empty() {
-        return Ok(());
-    }
-    shipments::Entity::insert_many(new.into_iter().map(|n| shipments::ActiveModel {
-        id: Set(n.shipment.id.as_uuid()),
-        order_id: Set(n.shipment.order_id.as_uuid()),
-        status: Set(n.shipment.status.as_str().into()),
-        tracking_number: Set(n.shipment.tracking_number),
-        recipient: Set(n.recipient),
-        lines: Set(n.lines),
-        created_at: Set(n.shipment.created_at),
-        updated_at: Set(n.shipment.updated_at),
-    }))
-    .exec_without_returning(conn)
-    .await
-    .context("failed to insert shipments")?;
-    Ok(())
+/// The rows of new shipments, for the transaction that creates them to insert when it
+/// commits (`Tx::insert_at_commit`: with its outbox rows, one statement on PostgreSQL).
+pub(crate) fn shipment_rows(new: &[NewShipment]) -> (&'static str, Rows) {
+    let rows = Rows::new()
+        .column(
+            "id",
+            ArrayType::Uuid,
+            new.iter().map(|n| n.shipment.id.as_uuid().into()),
+        )
+        .column(
+            "order_id",
+            ArrayType::Uuid,
+            new.iter().map(|n| n.shipment.order_id.as_uuid().into()),
+        )
+        .column(
+            "status",
+            ArrayType::String,
+            new.iter().map(|n| n.shipment.status.as_str().into()),
+        )
+        .text_or_null(
+            "tracking_number",
+            new.iter().map(|n| n.shipment.tracking_number.clone()),
+        )
+        .column(
+            "recipient",
+            ArrayType::String,
+            new.iter().map(|n| n.recipient.clone().into()),
+        )
+        .column(
+            "lines",
+            ArrayType::String,
+            new.iter().map(|n| n.lines.clone().into()),
+        )
+        .column(
+            "created_at",
+            ArrayType::ChronoDateTimeUtc,
+            new.iter().map(|n| n.shipment.created_at.into()),
+        )
+        .column(
+            "updated_at",
+            ArrayType::ChronoDateTimeUtc,
+            new.iter().map(|n| n.shipment.updated_at.into()),
+        );
+    ("shipments", rows)
 }
 
 /// Writes a shipment's status, tracking number and time of change.

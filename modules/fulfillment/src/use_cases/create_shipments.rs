@@ -58,7 +58,8 @@ pub(crate) async fn on_confirmed(
             shipments = new.len(),
             "shipments ready"
         );
-        queries::insert_shipments(tx, new).await?;
+        let (table, rows) = queries::shipment_rows(&new);
+        tx.insert_at_commit(table, rows);
     }
     Ok(())
 }
