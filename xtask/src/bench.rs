@@ -865,6 +865,67 @@ struct Journey {
     /// Each step's share of placement → shipment: the relay and consumer of each hop, and
     /// the payment between the two events checkout handles.
     steps_ms: StepLatencies,
+    /// The seconds of placement whose slowest order took longest to its shipment, slowest
+    /// first: a p99 made by a few stalls, dated, so they can be set beside the database's
+    /// and the server's logs.
+    slowest_seconds: Vec<SlowSecond>,
+}
+
+/// One second of placement and the slowest order placed in it.
+#[derive(Debug, Clone, Serialize)]
+struct SlowSecond {
+    /// When the second began, UTC (RFC 3339, milliseconds).
+    at: String,
+    /// The slowest order's placement → shipment, ms.
+    to_shipment_ms: f64,
+    /// Its longest step, by the names of [`StepLatencies`], and how long it took, ms.
+    step: &'static str,
+    step_ms: f64,
+}
+
+impl SlowSecond {
+    /// The `n` slowest seconds of `timeline`.
+    fn of(timeline: &[Steps], n: usize) -> Vec<Self> {
+        let mut worst: BTreeMap<i64, &Steps> = BTreeMap::new();
+        for s in timeline {
+            let second = (s.placed / 1000.0).floor() as i64;
+            let slower = worst
+                .get(&second)
+                .is_none_or(|w| s.shipped - s.placed > w.shipped - w.placed);
+            if slower {
+                worst.insert(second, s);
+            }
+        }
+        let mut seconds: Vec<(i64, &Steps)> = worst.into_iter().collect();
+        seconds.sort_by(|a, b| {
+            let took = |s: &Steps| s.shipped - s.placed;
+            took(b.1).total_cmp(&took(a.1))
+        });
+        seconds
+            .into_iter()
+            .take(n)
+            .map(|(second, s)| {
+                let steps = [
+                    ("placed_to_held", s.held - s.placed),
+                    ("held_to_paying", s.paying - s.held),
+                    ("paying_to_confirmed", s.confirmed - s.paying),
+                    ("confirmed_to_shipped", s.shipped - s.confirmed),
+                ];
+                let (step, step_ms) = steps
+                    .into_iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or(("placed_to_held", 0.0));
+                SlowSecond {
+                    at: chrono::DateTime::from_timestamp(second, 0).map_or(String::new(), |t| {
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    }),
+                    to_shipment_ms: s.shipped - s.placed,
+                    step,
+                    step_ms,
+                }
+            })
+            .collect()
+    }
 }
 
 /// How long each step of the journey took, from one module's record to the next.
@@ -984,6 +1045,23 @@ async fn measure(
                         j.shipments_per_sec, j.to_shipment_ms.p99, j.backlog_max, j.backlog_end
                     ))
                 ));
+                if let Some(j) = &run.journey {
+                    let slowest: Vec<String> = j
+                        .slowest_seconds
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{} {:.0} ms ({} {:.0})",
+                                s.at, s.to_shipment_ms, s.step, s.step_ms
+                            )
+                        })
+                        .collect();
+                    log(&format!(
+                        "{} round {round}: slowest seconds of placement: {}",
+                        t.name,
+                        slowest.join(", ")
+                    ));
+                }
                 runs.push(run);
             }
         }
@@ -1200,6 +1278,7 @@ async fn one_run(
                 to_confirmed_ms: Latency::of(&mut confirmed),
                 to_shipment_ms: Latency::of(&mut shipped),
                 steps_ms: StepLatencies::of(&timeline),
+                slowest_seconds: SlowSecond::of(&timeline, 5),
             })
         }
         _ => {
