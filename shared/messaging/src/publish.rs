@@ -7,9 +7,10 @@
 //! contract and keeps its envelope; `tx.commit()` writes every kept event to the outbox in
 //! one multi-row `INSERT`, commits, wakes the relay if anything was published, and then
 //! runs the hooks given to `tx.after_commit`. A `Tx` dropped without `commit` rolls back:
-//! nothing is published and no hook runs. Rows given to `tx.insert_at_commit` are written
-//! with the outbox's, in the same statement on PostgreSQL: one round trip fewer for a
-//! transaction whose last write is an insert.
+//! nothing is published and no hook runs. Rows given to `tx.insert_at_commit`, and changes
+//! given to `tx.change_at_commit` (updates nothing in the transaction reads after), are
+//! written with the outbox's, in the same statement on PostgreSQL: a round trip fewer for
+//! each write a transaction leaves to its end.
 //!
 //! A batch whose only changes are such inserts needs no transaction around them on
 //! PostgreSQL: [`Store::writes`] collects them and their events and writes them in one
@@ -35,7 +36,7 @@ use sea_orm::{
 use tokio::sync::Notify;
 
 use crate::outbox::{Outbox, outbox_rows};
-use store::{ModuleDb, Rows, insert_rows_together};
+use store::{ModuleDb, Rows, write_together};
 
 /// A module's database and its outbox: where its transactions begin.
 #[derive(Clone, Debug)]
@@ -90,6 +91,7 @@ impl Store {
 #[derive(Default)]
 pub struct AtCommit {
     events: Vec<Envelope>,
+    changes: Vec<Statement>,
     inserts: Vec<(&'static str, Rows)>,
 }
 
@@ -109,6 +111,14 @@ impl AtCommit {
         self.inserts.push((table, rows));
     }
 
+    /// Runs `change` when the writes commit, before the inserts and in the same statement
+    /// on PostgreSQL (`store::write_together`, which says what such a statement may hold),
+    /// in the order given: for a change nothing in the transaction reads or writes after,
+    /// and whose rows no other change or insert at commit touches.
+    pub fn change_at_commit(&mut self, change: Statement) {
+        self.changes.push(change);
+    }
+
     fn publishes(&self) -> bool {
         !self.events.is_empty()
     }
@@ -121,6 +131,13 @@ impl AtCommit {
             inserts.push(("outbox", outbox_rows(&self.events)));
         }
         inserts
+    }
+
+    /// Writes the changes, then every insert and the outbox rows, on `conn`.
+    async fn write(&mut self, conn: &impl ConnectionTrait) -> Result<(), DbErr> {
+        let changes = std::mem::take(&mut self.changes);
+        let inserts = self.rows();
+        write_together(conn, changes, inserts).await
     }
 }
 
@@ -146,12 +163,11 @@ impl Writes {
     /// Writes the inserts and the outbox rows, all or none, and wakes the relay if
     /// anything was published.
     pub async fn commit(mut self) -> Result<(), DbErr> {
-        let inserts = self.at_commit.rows();
         if self.db.backend() == DbBackend::Postgres {
-            insert_rows_together(self.db.conn(), inserts).await?;
+            self.at_commit.write(self.db.conn()).await?;
         } else {
             let tx = self.db.begin().await?;
-            insert_rows_together(&tx, inserts).await?;
+            self.at_commit.write(&tx).await?;
             tx.commit().await?;
         }
         if self.at_commit.publishes() {
@@ -219,6 +235,11 @@ impl Tx {
         self.at_commit.insert_at_commit(table, rows)
     }
 
+    /// Runs `change` when the transaction commits: see [`AtCommit::change_at_commit`].
+    pub fn change_at_commit(&mut self, change: Statement) {
+        self.at_commit.change_at_commit(change)
+    }
+
     /// Where the inserts and events written at commit go, as with [`Writes::at_commit`].
     pub fn at_commit(&mut self) -> &mut AtCommit {
         &mut self.at_commit
@@ -240,10 +261,11 @@ impl Tx {
         Ok(())
     }
 
-    /// The first half of [`Tx::commit`]: the rows given to [`Tx::insert_at_commit`] and
-    /// the outbox rows, in this transaction, in one statement on PostgreSQL.
+    /// The first half of [`Tx::commit`]: the changes given to [`Tx::change_at_commit`],
+    /// the rows given to [`Tx::insert_at_commit`] and the outbox rows, in this transaction,
+    /// in one statement on PostgreSQL.
     pub(crate) async fn write_outbox(&mut self) -> Result<(), DbErr> {
-        insert_rows_together(&self.tx, self.at_commit.rows()).await
+        self.at_commit.write(&self.tx).await
     }
 
     /// The second half of [`Tx::commit`]: commits, and hands back what is due once it did

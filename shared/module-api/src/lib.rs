@@ -32,7 +32,7 @@ pub use validation::flatten_validation_errors;
 /// helpers of a module's `db/` layer.
 pub mod sql {
     pub use sea_orm::sea_query::ArrayType;
-    pub use store::{Rows, array, execute, insert_rows, now_ms, padded, placeholders, query};
+    pub use store::{Rows, array, execute, insert_rows, now_ms, padded, placeholders, query, stmt};
 }
 
 /// The trace context events carry, for work a module does outside a request or handler

@@ -4,7 +4,7 @@
 
 mod rows;
 
-pub use rows::{Rows, insert_rows, insert_rows_together};
+pub use rows::{Rows, insert_rows, insert_rows_together, write_together};
 
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{

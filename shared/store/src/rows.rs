@@ -8,7 +8,7 @@
 //! in the order given on both (an outbox's ids follow it).
 
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 
 use crate::{array, query};
 
@@ -104,18 +104,41 @@ pub async fn insert_rows_together(
     conn: &impl ConnectionTrait,
     inserts: Vec<(&str, Rows)>,
 ) -> Result<(), DbErr> {
+    write_together(conn, Vec::new(), inserts).await
+}
+
+/// Runs `changes` (complete statements that change rows and return nothing the caller
+/// reads, in the order given), then the inserts of [`insert_rows_together`]: on
+/// PostgreSQL all in one statement and one round trip, each change a data-modifying `WITH`
+/// clause of it, its parameters numbered after those of the clauses before. Every clause
+/// runs to completion against the same snapshot, so no clause sees what another wrote: the
+/// changes must touch rows no other clause touches. A change numbers its parameters from
+/// `$1` and holds no `$` but in them (no literal or dollar quote). On SQLite, one statement
+/// after the other.
+pub async fn write_together(
+    conn: &impl ConnectionTrait,
+    changes: Vec<Statement>,
+    inserts: Vec<(&str, Rows)>,
+) -> Result<(), DbErr> {
     let inserts: Vec<(&str, Rows)> = inserts.into_iter().filter(|(_, r)| r.len() > 0).collect();
     for (table, rows) in &inserts {
         rows.check(table)?;
     }
-    if conn.get_database_backend() != DbBackend::Postgres || inserts.len() < 2 {
+    if conn.get_database_backend() != DbBackend::Postgres || changes.len() + inserts.len() < 2 {
+        for change in changes {
+            conn.execute_raw(change).await?;
+        }
         for (table, rows) in inserts {
             insert_rows(conn, table, rows, "").await?;
         }
         return Ok(());
     }
     let mut values = Vec::new();
-    let mut clauses = Vec::with_capacity(inserts.len());
+    let mut clauses = Vec::with_capacity(changes.len() + inserts.len());
+    for change in changes {
+        clauses.push(renumbered(&change.sql, values.len()));
+        values.extend(change.values.map(|v| v.0).unwrap_or_default());
+    }
     for (table, rows) in inserts {
         clauses.push(unnest_insert(table, rows, &mut values)?);
     }
@@ -128,6 +151,26 @@ pub async fn insert_rows_together(
         .join(", ");
     query(conn, &format!("WITH {with} {last}"), values).await?;
     Ok(())
+}
+
+/// `sql` with each placeholder `$n` made `$(n + offset)`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            out.push_str(&(n + offset).to_string());
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `INSERT INTO table (..) SELECT .. FROM unnest(..)` on PostgreSQL, its arrays appended
@@ -225,4 +268,23 @@ fn pg_type(kind: &ArrayType, table: &str) -> Result<&'static str, DbErr> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumbered;
+
+    #[test]
+    fn placeholders_are_numbered_after_the_ones_before() {
+        assert_eq!(
+            renumbered(
+                "UPDATE t SET a = $1, b = $2::text[] WHERE id IN ($10, $3)",
+                4
+            ),
+            "UPDATE t SET a = $5, b = $6::text[] WHERE id IN ($14, $7)"
+        );
+        assert_eq!(renumbered("SELECT $1", 0), "SELECT $1");
+        assert_eq!(renumbered("no placeholder", 3), "no placeholder");
+        assert_eq!(renumbered("ends with $", 3), "ends with $");
+    }
 }

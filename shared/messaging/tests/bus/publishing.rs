@@ -2,8 +2,8 @@
 //! backends: its events reach the outbox only when it commits, in one go, under its
 //! cause; a transaction dropped without commit leaves nothing and runs no hook; the relay
 //! is woken by a commit that published something and by nothing else; hooks run after
-//! the commit, in the order given; rows given to `insert_at_commit` are written with the
-//! events, or nothing is.
+//! the commit, in the order given; rows given to `insert_at_commit` and changes given to
+//! `change_at_commit` are written with the events, or nothing is.
 
 use std::sync::Mutex;
 
@@ -286,7 +286,89 @@ async fn writes_without_a_transaction_are_written_all_or_none(backend: Backend) 
     assert!(!woken(&outbox), "nor was the relay woken");
 }
 
+/// Each inbox key's `processed_at`, by key, read on a connection of its own.
+async fn processed_at(dbs: &Dbs) -> Vec<(Uuid, i64)> {
+    let (producer, _) = connect(dbs.location()).await;
+    query(
+        &producer,
+        "SELECT event_id, processed_at FROM inbox ORDER BY event_id",
+        vec![],
+    )
+    .await
+    .expect("read the inbox")
+    .iter()
+    .map(|row| {
+        (
+            row.try_get("", "event_id").expect("an id"),
+            row.try_get("", "processed_at").expect("a time"),
+        )
+    })
+    .collect()
+}
+
+/// Changes given to `change_at_commit` run when the transaction commits, in the order
+/// given, with its inserts and events (on PostgreSQL in the same statement, each change's
+/// parameters numbered after the ones before it); if the commit fails, none is kept.
+async fn changes_at_commit_run_with_the_inserts_and_events_or_not_at_all(backend: Backend) {
+    let dbs = open(backend).await;
+    let (store, outbox) = store(&dbs);
+    let mut ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+    ids.sort();
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.insert_at_commit("inbox", inbox_rows(&ids));
+    tx.commit().await.expect("commit");
+    let db = dbs.producer.backend();
+    let set = |at: i64, id: Uuid| {
+        store::stmt(
+            db,
+            "UPDATE inbox SET processed_at = $1 WHERE event_id = $2",
+            vec![at.into(), id.into()],
+        )
+    };
+
+    let added = Uuid::now_v7();
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.change_at_commit(set(7, ids[0]));
+    tx.change_at_commit(set(9, ids[1]));
+    tx.insert_at_commit("inbox", inbox_rows(&[added]));
+    tx.publish(&payload(Uuid::now_v7(), 1))
+        .expect("a valid event");
+    assert_eq!(
+        processed_at(&dbs).await,
+        [(ids[0], 1), (ids[1], 1)],
+        "nothing is changed before the commit"
+    );
+    tx.commit().await.expect("commit");
+    let mut expected = vec![(ids[0], 7), (ids[1], 9), (added, 1)];
+    expected.sort();
+    assert_eq!(
+        processed_at(&dbs).await,
+        expected,
+        "each change runs with its own values"
+    );
+    assert_eq!(outbox_rows(&dbs).await.len(), 1);
+    assert!(woken(&outbox));
+
+    // A change, then an insert that cannot be written: the change is not kept either.
+    let mut tx = store.begin(&Cause::fresh()).await.expect("begin");
+    tx.change_at_commit(set(11, ids[0]));
+    tx.insert_at_commit("inbox", inbox_rows(&ids));
+    tx.publish(&payload(Uuid::now_v7(), 2))
+        .expect("a valid event");
+    assert!(
+        tx.commit().await.is_err(),
+        "a row that cannot be written fails the commit"
+    );
+    assert_eq!(
+        processed_at(&dbs).await,
+        expected,
+        "no change of the failed transaction is kept"
+    );
+    assert_eq!(outbox_rows(&dbs).await.len(), 1, "nor its event");
+}
+
 on_both_backends!(
+    changes_at_commit_run_with_the_inserts_and_events_or_not_at_all,
     writes_without_a_transaction_are_written_all_or_none,
     events_reach_the_outbox_on_commit_under_the_cause_and_hooks_run_after_in_order,
     rows_inserted_at_commit_are_written_with_the_events_or_not_at_all,
