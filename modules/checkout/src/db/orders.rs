@@ -26,6 +26,16 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// Read with the order, in the same query (`queries::load_orders`).
+    #[sea_orm(has_many = "super::order_lines::Entity")]
+    Lines,
+}
+
+impl Related<super::order_lines::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Lines.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -9,11 +9,12 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use module_api::sql::{ArrayType, Rows, array, execute, insert_rows, placeholders, query};
+use module_api::Tx;
+use module_api::sql::{ArrayType, Rows, array, insert_rows, placeholders, query, stmt};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Value,
+    Statement, Value,
 };
 use uuid::Uuid;
 
@@ -197,16 +198,19 @@ pub(crate) struct Finished {
     pub(crate) error: Option<String>,
 }
 
-/// Records final states of many attempts in one statement.
-pub(crate) async fn finish_many(
-    conn: &impl ConnectionTrait,
-    finished: &[Finished],
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
+/// Records final states of many attempts when `tx` commits, in its last statement
+/// (`Tx::change_at_commit`): nothing in the recorder's transaction reads them after.
+pub(crate) fn finish_at_commit(tx: &mut Tx, finished: &[Finished], now: DateTime<Utc>) {
     if finished.is_empty() {
-        return Ok(());
+        return;
     }
-    if conn.get_database_backend() == DbBackend::Postgres {
+    let change = finished_change(tx.get_database_backend(), finished, now);
+    tx.change_at_commit(change);
+}
+
+/// The one statement that records final states of many attempts.
+fn finished_change(backend: DbBackend, finished: &[Finished], now: DateTime<Utc>) -> Statement {
+    if backend == DbBackend::Postgres {
         // An array holds no NULL: a missing reference or error goes as '' (none is empty)
         // and leaves the column as it was.
         let text = |v: &Option<String>| Value::from(v.clone().unwrap_or_default());
@@ -223,18 +227,15 @@ pub(crate) async fn finish_many(
             array(ArrayType::String, finished.iter().map(|f| text(&f.error))),
             now.into(),
         ];
-        execute(
-            conn,
+        return stmt(
+            backend,
             "UPDATE payment_attempts SET status = u.s, \
              reference = COALESCE(NULLIF(u.r, ''), payment_attempts.reference), \
              last_error = COALESCE(NULLIF(u.e, ''), payment_attempts.last_error), updated_at = $5 \
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS u(i, s, r, e) \
              WHERE payment_attempts.id = u.i",
             values,
-        )
-        .await
-        .context("failed to record payment attempts")?;
-        return Ok(());
+        );
     }
     let mut values: Vec<Value> = Vec::with_capacity(finished.len() * 5 + 1);
     let (mut status, mut reference, mut error) = (String::new(), String::new(), String::new());
@@ -259,8 +260,5 @@ pub(crate) async fn finish_many(
          WHERE id IN ({})",
         placeholders(first, finished.len())
     );
-    execute(conn, &sql, values)
-        .await
-        .context("failed to record payment attempts")?;
-    Ok(())
+    stmt(backend, &sql, values)
 }

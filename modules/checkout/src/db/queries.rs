@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use module_api::Tx;
 use module_api::sql::{ArrayType, Rows};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, Value,
+    QueryOrder, QuerySelect, QueryTrait, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -38,8 +39,9 @@ pub(crate) async fn set_status(
     set_statuses(conn, &[id], status, reason).await
 }
 
-/// Loads several orders and their lines in two queries; with `lock`, their rows stay
-/// locked until the transaction ends.
+/// Loads several orders and their lines in one query (each order's columns come once per
+/// line); with `lock`, the orders' rows, locked in id order, stay locked until the
+/// transaction ends (the lines are not locked: nothing changes them after placement).
 pub(crate) async fn load_orders(
     conn: &impl ConnectionTrait,
     ids: &[Uuid],
@@ -49,21 +51,24 @@ pub(crate) async fn load_orders(
         return Ok(HashMap::new());
     }
     let mut query = orders::Entity::find()
-        .filter(orders::Column::Id.is_in(module_api::sql::padded(ids.to_vec())));
+        .find_also_related(order_lines::Entity)
+        .filter(orders::Column::Id.is_in(module_api::sql::padded(ids.to_vec())))
+        // Sorted before they are locked: the order every locker of orders keeps.
+        .order_by_asc(orders::Column::Id)
+        .order_by_asc(order_lines::Column::LineNo);
     if lock {
-        query = query.order_by_asc(orders::Column::Id).lock_exclusive();
+        QueryTrait::query(&mut query).lock_with_tables(LockType::Update, [orders::Entity]);
     }
-    let rows = query.all(conn).await.context("failed to load orders")?;
-    let mut lines: HashMap<Uuid, Vec<order_lines::Model>> = HashMap::new();
-    for l in order_lines::Entity::find()
-        .filter(order_lines::Column::OrderId.is_in(module_api::sql::padded(ids.to_vec())))
-        .order_by_asc(order_lines::Column::OrderId)
-        .order_by_asc(order_lines::Column::LineNo)
-        .all(conn)
-        .await
-        .context("failed to load order lines")?
-    {
-        lines.entry(l.order_id).or_default().push(l);
+    let joined = query.all(conn).await.context("failed to load orders")?;
+    let mut rows: Vec<orders::Model> = Vec::with_capacity(ids.len());
+    let mut lines: HashMap<Uuid, Vec<order_lines::Model>> = HashMap::with_capacity(ids.len());
+    for (order, line) in joined {
+        if let Some(line) = line {
+            lines.entry(order.id).or_default().push(line);
+        }
+        if rows.last().is_none_or(|last| last.id != order.id) {
+            rows.push(order);
+        }
     }
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -125,6 +130,33 @@ pub(crate) async fn set_statuses(
     if ids.is_empty() {
         return Ok(());
     }
+    statuses_change(ids, status, reason)
+        .exec(conn)
+        .await
+        .context("failed to update order statuses")?;
+    Ok(())
+}
+
+/// [`set_statuses`] when `tx` commits, in its last statement (`Tx::change_at_commit`): for
+/// a transaction that reads and writes nothing of these orders after.
+pub(crate) fn set_statuses_at_commit(
+    tx: &mut Tx,
+    ids: &[Uuid],
+    status: OrderStatus,
+    reason: Option<StatusReason>,
+) {
+    if ids.is_empty() {
+        return;
+    }
+    let change = statuses_change(ids, status, reason).build(tx.get_database_backend());
+    tx.change_at_commit(change);
+}
+
+fn statuses_change(
+    ids: &[Uuid],
+    status: OrderStatus,
+    reason: Option<StatusReason>,
+) -> sea_orm::UpdateMany<orders::Entity> {
     orders::Entity::update_many()
         .col_expr(orders::Column::Status, Expr::value(status.as_str()))
         .col_expr(
@@ -133,10 +165,6 @@ pub(crate) async fn set_statuses(
         )
         .col_expr(orders::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(orders::Column::Id.is_in(module_api::sql::padded(ids.to_vec())))
-        .exec(conn)
-        .await
-        .context("failed to update order statuses")?;
-    Ok(())
 }
 
 /// Orders still `pending` that were placed before `cutoff`: how many, and the oldest

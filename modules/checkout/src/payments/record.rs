@@ -99,10 +99,12 @@ impl PaymentWorker {
                 }
             }
         }
+        // The orders' and attempts' new states are written with the events, in the
+        // commit's one statement on PostgreSQL: nothing here reads them after.
         for ((status, reason), ids) in &outcome.moved {
-            queries::set_statuses(&tx, ids, *status, *reason).await?;
+            queries::set_statuses_at_commit(&mut tx, ids, *status, *reason);
         }
-        payments::finish_many(&tx, &outcome.finished, Utc::now()).await?;
+        payments::finish_at_commit(&mut tx, &outcome.finished, Utc::now());
         payments::release(&tx, &outcome.held).await?;
         // Due again in the database: at once, or when their retry is.
         let mut due_from = (!outcome.held.is_empty()).then_some(0);
