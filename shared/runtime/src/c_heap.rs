@@ -18,32 +18,32 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the C library's free memory is read.
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Free memory held by the C library's allocator that is handed back: below this, a trim
 /// is not worth its pass over the arenas.
-pub const TRIM_ABOVE: usize = 4 << 20;
+pub(crate) const TRIM_ABOVE: usize = 4 << 20;
 
 /// What one trim found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Trimmed {
+pub(crate) struct Trimmed {
     /// Bytes the C library's arenas held free before the trim.
-    pub free_before: usize,
+    pub(crate) free_before: usize,
     /// Whether the C library returned any memory to the system.
-    pub returned: bool,
+    pub(crate) returned: bool,
 }
 
 /// Decides when to trim: when free memory grew by the threshold since the last trim, or
 /// since its lowest point after it (freed memory that is reused again is not counted
 /// twice).
 #[derive(Debug, Default)]
-pub struct Trimmer {
+pub(crate) struct Trimmer {
     baseline: usize,
 }
 
 impl Trimmer {
     /// Reads the C library's free memory and trims if it grew by `threshold`.
-    pub fn check(&mut self, threshold: usize) -> Option<Trimmed> {
+    pub(crate) fn check(&mut self, threshold: usize) -> Option<Trimmed> {
         let free = free_bytes()?;
         if free >= self.baseline.saturating_add(threshold) {
             let returned = trim();
@@ -98,7 +98,7 @@ pub(crate) async fn keep_trimmed(cancel: CancellationToken) {
 
 /// Bytes the C library's allocator holds free in all its arenas (`None` where it cannot
 /// say: not glibc).
-pub fn free_bytes() -> Option<usize> {
+pub(crate) fn free_bytes() -> Option<usize> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[expect(unsafe_code, reason = "glibc's mallinfo2 has no safe binding")]
     {

@@ -5,7 +5,7 @@
 
 mod admin;
 pub mod auth;
-pub mod c_heap;
+mod c_heap;
 pub mod cli;
 pub mod config;
 pub mod db;
