@@ -905,13 +905,8 @@ impl SlowSecond {
             .into_iter()
             .take(n)
             .map(|(second, s)| {
-                let steps = [
-                    ("placed_to_held", s.held - s.placed),
-                    ("held_to_paying", s.paying - s.held),
-                    ("paying_to_confirmed", s.confirmed - s.paying),
-                    ("confirmed_to_shipped", s.shipped - s.confirmed),
-                ];
-                let (step, step_ms) = steps
+                let (step, step_ms) = s
+                    .durations()
                     .into_iter()
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .unwrap_or(("placed_to_held", 0.0));
@@ -943,13 +938,19 @@ struct StepLatencies {
 
 impl StepLatencies {
     fn of(timeline: &[Steps]) -> Self {
-        let step =
-            |f: fn(&Steps) -> f64| Latency::of(&mut timeline.iter().map(f).collect::<Vec<_>>());
+        let step = |i: usize| {
+            Latency::of(
+                &mut timeline
+                    .iter()
+                    .map(|s| s.durations()[i].1)
+                    .collect::<Vec<_>>(),
+            )
+        };
         Self {
-            placed_to_held: step(|s| s.held - s.placed),
-            held_to_paying: step(|s| s.paying - s.held),
-            paying_to_confirmed: step(|s| s.confirmed - s.paying),
-            confirmed_to_shipped: step(|s| s.shipped - s.confirmed),
+            placed_to_held: step(0),
+            held_to_paying: step(1),
+            paying_to_confirmed: step(2),
+            confirmed_to_shipped: step(3),
         }
     }
 }
@@ -1348,6 +1349,18 @@ struct Steps {
     confirmed: f64,
     /// Shipment created (fulfillment).
     shipped: f64,
+}
+
+impl Steps {
+    /// Each step's duration, ms, named as the fields of [`StepLatencies`], in journey order.
+    fn durations(&self) -> [(&'static str, f64); 4] {
+        [
+            ("placed_to_held", self.held - self.placed),
+            ("held_to_paying", self.paying - self.held),
+            ("paying_to_confirmed", self.confirmed - self.paying),
+            ("confirmed_to_shipped", self.shipped - self.confirmed),
+        ]
+    }
 }
 
 /// The steps of each order placed since `since_ms` that reached its shipment.

@@ -87,10 +87,12 @@ impl Scratch {
         command
     }
 
-    /// `cargo xtask <args>`, with extra environment variables.
+    /// `cargo xtask <args>` in the copy, with extra environment variables: the xtask
+    /// binary this test was built with (the copy's sources are the same, and xtask works
+    /// on the workspace it is started in), so that no copy builds xtask again.
     fn xtask(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
-        let mut command = self.command(&cargo());
-        command.arg("xtask").args(args);
+        let mut command = self.command(env!("CARGO_BIN_EXE_xtask"));
+        command.args(args);
         for (k, v) in vars {
             command.env(k, v);
         }

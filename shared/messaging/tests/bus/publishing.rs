@@ -164,17 +164,11 @@ fn inbox_rows(ids: &[Uuid]) -> store::Rows {
 }
 
 async fn inbox_ids(dbs: &Dbs) -> Vec<Uuid> {
-    let (producer, _) = connect(dbs.location()).await;
-    query(
-        &producer,
-        "SELECT event_id FROM inbox ORDER BY event_id",
-        vec![],
-    )
-    .await
-    .expect("read the inbox")
-    .iter()
-    .map(|row| row.try_get("", "event_id").expect("an id"))
-    .collect()
+    processed_at(dbs)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// Rows given to `insert_at_commit` are written when the transaction commits, with its
