@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 mod handover;
@@ -179,7 +180,7 @@ impl LocalBus {
         sender: mpsc::Sender<Delivery>,
         events: Vec<&Outgoing>,
     ) -> Result<(), BusError> {
-        let deadline = tokio::time::Instant::now() + self.settings.handover_wait();
+        let deadline = Instant::now() + self.settings.handover_wait();
         let now = now_ms();
         let mut later = Vec::new();
         let mut waiting = Vec::with_capacity(events.len());
@@ -258,7 +259,7 @@ impl LocalBus {
                 error: None,
             })
             .collect();
-        let claim = (self.instance.as_str(), now + self.settings.lease_ms as i64);
+        let claim = (self.instance.as_str(), self.settings.lease_ms);
         let written = write_later(&queue.db, &rows, Some(claim)).await;
         let ids = match written {
             Ok(ids) => ids,
@@ -561,11 +562,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Claims visible rows for this instance and hands them out, never more than the free
-/// capacity: capacity is reserved before the claim, so the reader never waits for
-/// capacity it cannot get. Every pass also renews the claims of what is in flight, settles
-/// again the rows whose acknowledgement or hand-back failed, and frees the rows of claims
-/// that lapsed.
 /// Frees every claim made under this instance's name.
 async fn take_back(state: &State) -> Result<(), sea_orm::DbErr> {
     execute(
@@ -577,18 +573,25 @@ async fn take_back(state: &State) -> Result<(), sea_orm::DbErr> {
     .map(|_| ())
 }
 
+/// Claims visible rows for this instance and hands them out, never more than the free
+/// capacity: capacity is reserved before the claim, so the reader never waits for
+/// capacity it cannot get. Every pass also renews the claims of what is in flight, settles
+/// again the rows whose acknowledgement or hand-back failed, and frees the rows of claims
+/// that lapsed (not right after the database kept the reader waiting: see [`Stalls`]).
 async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
     let module = state.db.module();
     let poll = Duration::from_millis(state.settings.poll_interval_ms);
     let renew_every = Duration::from_millis(state.settings.lease_ms / 3);
-    let mut last_renewal = tokio::time::Instant::now();
-    let mut last_reclaim = tokio::time::Instant::now() - renew_every;
+    let mut last_renewal = Instant::now();
+    let mut last_reclaim = Instant::now() - renew_every;
+    let mut stalls = Stalls::new(renew_every);
     let mut failures = 0_u32;
     let mut taken_back = false;
     loop {
         if tx.is_closed() {
             break;
         }
+        let pass = Instant::now();
         if !state.name.state.owned() {
             // Another live process under this name (or the name's lock was lost with the
             // database): claim and renew nothing until the name is ours again.
@@ -619,7 +622,7 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         }
         if last_renewal.elapsed() >= renew_every {
             match renew(&state).await {
-                Ok(()) => last_renewal = tokio::time::Instant::now(),
+                Ok(()) => last_renewal = Instant::now(),
                 Err(e) => {
                     tracing::warn!(module, error = %format!("{e:#}"), "renewing claims failed")
                 }
@@ -630,9 +633,12 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         {
             tracing::debug!(module, error = %format!("{e:#}"), "settling deliveries again failed; retrying");
         }
-        if last_reclaim.elapsed() >= renew_every {
-            match reclaim(&state).await {
-                Ok(()) => last_reclaim = tokio::time::Instant::now(),
+        stalls.note(pass, Instant::now());
+        if last_reclaim.elapsed() >= renew_every && stalls.may_reclaim(Instant::now(), module) {
+            let asked = Instant::now();
+            match reclaim(&state, stalls.limit).await {
+                Ok(Reclaim::Done) => last_reclaim = Instant::now(),
+                Ok(Reclaim::WaitedForTheWriter) => stalls.note(asked, Instant::now()),
                 Err(e) => {
                     tracing::warn!(module, error = %format!("{e:#}"), "freeing lapsed claims failed")
                 }
@@ -657,7 +663,10 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         let claimed = if reserved == 0 {
             Ok(Vec::new())
         } else {
-            claim(&state, reserved).await
+            let asked = Instant::now();
+            let claimed = claim(&state, reserved).await;
+            stalls.note(asked, Instant::now());
+            claimed
         };
         match claimed {
             Ok(rows) if !rows.is_empty() => {
@@ -789,9 +798,11 @@ pub fn claim_statement(backend: DbBackend) -> &'static str {
 }
 
 async fn claim(state: &State, limit: usize) -> anyhow::Result<Vec<Delivery>> {
-    let now = now_ms();
     let sql = claim_statement(state.db.backend());
     let tx = state.db.begin().await.context("failed to begin")?;
+    // Once the connection is ours: taken before, a claim that waited behind a long write
+    // transaction would start with part of its lease gone.
+    let now = now_ms();
     if state.db.backend() == DbBackend::Postgres {
         // Without statistics (a queue that grew fast) the planner expects one matching
         // row, sorts every unclaimed row and probes each one's key: linear in the backlog.
@@ -868,6 +879,14 @@ fn ids_in(ids: &[i64]) -> Vec<Value> {
 /// nothing else: a row this instance no longer tracks lets its claim lapse.
 async fn renew(state: &State) -> anyhow::Result<()> {
     let ids = state.held();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let tx = state.db.begin().await.context("failed to begin")?;
+    // The new deadline is taken once the connection is ours: taken before, a renewal that
+    // waited behind a write transaction longer than the lease (on SQLite every writer
+    // waits for the one that holds the file) would set a deadline already past, and
+    // another instance would free the claims as lapsed the moment the file was free.
     let until = now_ms() + state.settings.lease_ms as i64;
     for chunk in ids.chunks(ID_CHUNK) {
         let ids = ids_in(chunk);
@@ -877,10 +896,11 @@ async fn renew(state: &State) -> anyhow::Result<()> {
         );
         let mut values: Vec<Value> = vec![until.into(), state.instance.clone().into()];
         values.extend(ids);
-        execute(state.db.writes(), &sql, values)
+        execute(&tx, &sql, values)
             .await
             .context("failed to renew claims")?;
     }
+    tx.commit().await.context("failed to commit the renewal")?;
     Ok(())
 }
 
@@ -923,17 +943,88 @@ fn has_pending(state: &State) -> bool {
     !lock(&state.unacked).is_empty() || !lock(&state.unreleased).is_empty()
 }
 
+/// The reader's record of its last stall: a pass whose database work took more than
+/// `limit` (half the renewal period) was waiting for the database, most likely for a
+/// write transaction that held it (on SQLite, one writer holds the whole file). While the
+/// database is held, no instance can renew its claims, so a claim that lapsed meanwhile
+/// says nothing about its holder: lapsed claims are freed only once a full renewal period
+/// has passed since the last stall, which gives every live holder its turn to renew first.
+/// Stalls that keep coming defer the freeing for a lease at most, then it runs anyway (a
+/// dead instance's rows must not wait for as long as the database is busy).
+struct Stalls {
+    limit: Duration,
+    every: Duration,
+    last: Option<Instant>,
+    deferred_since: Option<Instant>,
+}
+
+impl Stalls {
+    fn new(renew_every: Duration) -> Self {
+        Stalls {
+            limit: renew_every / 2,
+            every: renew_every,
+            last: None,
+            deferred_since: None,
+        }
+    }
+
+    /// Notes a stall if the work begun at `started` took longer than the limit.
+    fn note(&mut self, started: Instant, now: Instant) {
+        if now - started > self.limit {
+            self.last = Some(now);
+        }
+    }
+
+    /// Whether lapsed claims may be freed now (see the type's description).
+    fn may_reclaim(&mut self, now: Instant, module: &str) -> bool {
+        if self.last.is_none_or(|at| now - at >= self.every) {
+            self.deferred_since = None;
+            return true;
+        }
+        let since = *self.deferred_since.get_or_insert(now);
+        if now - since < self.every * 3 {
+            return false;
+        }
+        tracing::warn!(
+            module,
+            deferred_ms = (now - since).as_millis() as u64,
+            "the database kept the reader waiting for a lease; freeing lapsed claims anyway"
+        );
+        self.deferred_since = None;
+        true
+    }
+}
+
+/// What a [`reclaim`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Reclaim {
+    Done,
+    /// It waited longer than the stall limit for the write connection and freed nothing.
+    WaitedForTheWriter,
+}
+
 /// Frees every claim that lapsed (an instance that died, or a delivery nobody tracks any
-/// more) so it is claimed again, one attempt higher.
-async fn reclaim(state: &State) -> anyhow::Result<()> {
+/// more) so it is claimed again, one attempt higher; unless getting the write connection
+/// took longer than `stall`, in which case the holders could not renew either (see
+/// [`Stalls`]).
+async fn reclaim(state: &State, stall: Duration) -> anyhow::Result<Reclaim> {
+    let asked = Instant::now();
+    let tx = state.db.begin().await.context("failed to begin")?;
+    if asked.elapsed() > stall {
+        tx.rollback().await.context("failed to roll back")?;
+        return Ok(Reclaim::WaitedForTheWriter);
+    }
     let freed = execute(
-        state.db.writes(),
+        &tx,
         "UPDATE bus_queue SET locked_by = NULL, locked_until = NULL \
          WHERE locked_by IS NOT NULL AND locked_until < $1",
         vec![now_ms().into()],
     )
     .await
     .context("failed to free lapsed claims")?;
+    tx.commit()
+        .await
+        .context("failed to commit freeing lapsed claims")?;
     if freed > 0 {
         tracing::warn!(
             module = state.db.module(),
@@ -942,7 +1033,7 @@ async fn reclaim(state: &State) -> anyhow::Result<()> {
         );
         state.wake.notify_one();
     }
-    Ok(())
+    Ok(Reclaim::Done)
 }
 
 async fn release_all(state: &State) -> anyhow::Result<()> {
@@ -1015,16 +1106,20 @@ async fn keys_in_queue(db: &ModuleDb, keys: &[String]) -> Result<HashSet<String>
 }
 
 /// Queues deliveries that came back from a handover, each with its delay, count and error,
-/// as rows claimed by `claimant` (instance, claim's end) when given: the ids of the rows
+/// as rows claimed by `claimant` (instance, lease in ms) when given: the ids of the rows
 /// written, `None` where the event was queued already.
 async fn write_later(
     db: &ModuleDb,
     rows: &[Later<'_>],
-    claimant: Option<(&str, i64)>,
+    claimant: Option<(&str, u64)>,
 ) -> Result<Vec<Option<i64>>, sea_orm::DbErr> {
-    let now = now_ms();
-    let (locked_by, locked_until) = claimant.unzip();
     let tx = db.begin().await?;
+    // Once the connection is ours (see `renew`): the relay writes late handovers while
+    // their consumer is still working, which on SQLite means after that consumer's
+    // transaction let go of the file.
+    let now = now_ms();
+    let (locked_by, lease_ms) = claimant.unzip();
+    let locked_until = lease_ms.map(|lease| now + lease as i64);
     let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
         let written = query(
@@ -1151,5 +1246,53 @@ impl Acker for LocalAcker {
             None => 0,
         };
         Ok(Some(n as u64 + self.0.handovers.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY: Duration = Duration::from_millis(1_000);
+
+    #[test]
+    fn lapsed_claims_are_freed_when_the_reader_did_not_wait() {
+        let mut stalls = Stalls::new(EVERY);
+        let t = Instant::now();
+        stalls.note(t, t + EVERY / 2);
+        assert!(stalls.may_reclaim(t + EVERY / 2, "test"));
+    }
+
+    #[test]
+    fn after_a_stall_freeing_waits_one_renewal_period() {
+        let mut stalls = Stalls::new(EVERY);
+        let t = Instant::now();
+        // A pass that waited six seconds for the write connection.
+        let free = t + Duration::from_secs(6);
+        stalls.note(t, free);
+        assert!(!stalls.may_reclaim(free, "test"));
+        assert!(!stalls.may_reclaim(free + EVERY / 2, "test"));
+        assert!(stalls.may_reclaim(free + EVERY, "test"));
+    }
+
+    #[test]
+    fn stalls_that_keep_coming_defer_freeing_for_a_lease_at_most() {
+        let mut stalls = Stalls::new(EVERY);
+        let t = Instant::now();
+        let mut now = t;
+        let mut deferred = Vec::new();
+        for _ in 0..8 {
+            // Each pass waits just over the limit.
+            let started = now;
+            now += EVERY / 2 + Duration::from_millis(1);
+            stalls.note(started, now);
+            deferred.push(!stalls.may_reclaim(now, "test"));
+        }
+        let first_free = deferred.iter().position(|d| !d).expect("freed at last");
+        let waited = (EVERY / 2 + Duration::from_millis(1)) * first_free as u32;
+        assert!(
+            waited >= EVERY * 3 && waited < EVERY * 4,
+            "deferred {waited:?}"
+        );
     }
 }
