@@ -634,9 +634,14 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
             tracing::debug!(module, error = %format!("{e:#}"), "settling deliveries again failed; retrying");
         }
         stalls.note(pass, Instant::now());
-        if last_reclaim.elapsed() >= renew_every && stalls.may_reclaim(Instant::now(), module) {
+        let may_wait = if last_reclaim.elapsed() >= renew_every {
+            stalls.may_reclaim(Instant::now(), module)
+        } else {
+            None
+        };
+        if let Some(may_wait) = may_wait {
             let asked = Instant::now();
-            match reclaim(&state, stalls.limit).await {
+            match reclaim(&state, may_wait).await {
                 Ok(Reclaim::Done) => last_reclaim = Instant::now(),
                 Ok(Reclaim::WaitedForTheWriter) => stalls.note(asked, Instant::now()),
                 Err(e) => {
@@ -975,15 +980,17 @@ impl Stalls {
         }
     }
 
-    /// Whether lapsed claims may be freed now (see the type's description).
-    fn may_reclaim(&mut self, now: Instant, module: &str) -> bool {
+    /// Whether lapsed claims may be freed now (see the type's description), and if so, how
+    /// long the freeing may wait for the write connection before it gives up for this
+    /// pass: the stall limit, or no limit once stalls deferred it for a lease.
+    fn may_reclaim(&mut self, now: Instant, module: &str) -> Option<Duration> {
         if self.last.is_none_or(|at| now - at >= self.every) {
             self.deferred_since = None;
-            return true;
+            return Some(self.limit);
         }
         let since = *self.deferred_since.get_or_insert(now);
         if now - since < self.every * 3 {
-            return false;
+            return None;
         }
         tracing::warn!(
             module,
@@ -991,7 +998,7 @@ impl Stalls {
             "the database kept the reader waiting for a lease; freeing lapsed claims anyway"
         );
         self.deferred_since = None;
-        true
+        Some(Duration::MAX)
     }
 }
 
@@ -1005,12 +1012,12 @@ enum Reclaim {
 
 /// Frees every claim that lapsed (an instance that died, or a delivery nobody tracks any
 /// more) so it is claimed again, one attempt higher; unless getting the write connection
-/// took longer than `stall`, in which case the holders could not renew either (see
+/// took longer than `may_wait`, in which case the holders could not renew either (see
 /// [`Stalls`]).
-async fn reclaim(state: &State, stall: Duration) -> anyhow::Result<Reclaim> {
+async fn reclaim(state: &State, may_wait: Duration) -> anyhow::Result<Reclaim> {
     let asked = Instant::now();
     let tx = state.db.begin().await.context("failed to begin")?;
-    if asked.elapsed() > stall {
+    if asked.elapsed() > may_wait {
         tx.rollback().await.context("failed to roll back")?;
         return Ok(Reclaim::WaitedForTheWriter);
     }
@@ -1260,7 +1267,7 @@ mod tests {
         let mut stalls = Stalls::new(EVERY);
         let t = Instant::now();
         stalls.note(t, t + EVERY / 2);
-        assert!(stalls.may_reclaim(t + EVERY / 2, "test"));
+        assert_eq!(stalls.may_reclaim(t + EVERY / 2, "test"), Some(EVERY / 2));
     }
 
     #[test]
@@ -1270,9 +1277,9 @@ mod tests {
         // A pass that waited six seconds for the write connection.
         let free = t + Duration::from_secs(6);
         stalls.note(t, free);
-        assert!(!stalls.may_reclaim(free, "test"));
-        assert!(!stalls.may_reclaim(free + EVERY / 2, "test"));
-        assert!(stalls.may_reclaim(free + EVERY, "test"));
+        assert_eq!(stalls.may_reclaim(free, "test"), None);
+        assert_eq!(stalls.may_reclaim(free + EVERY / 2, "test"), None);
+        assert_eq!(stalls.may_reclaim(free + EVERY, "test"), Some(EVERY / 2));
     }
 
     #[test]
@@ -1286,9 +1293,14 @@ mod tests {
             let started = now;
             now += EVERY / 2 + Duration::from_millis(1);
             stalls.note(started, now);
-            deferred.push(!stalls.may_reclaim(now, "test"));
+            deferred.push(stalls.may_reclaim(now, "test"));
         }
-        let first_free = deferred.iter().position(|d| !d).expect("freed at last");
+        let first_free = deferred
+            .iter()
+            .position(Option::is_some)
+            .expect("freed at last");
+        // Forced: it waits for the write connection as long as it takes.
+        assert_eq!(deferred[first_free], Some(Duration::MAX));
         let waited = (EVERY / 2 + Duration::from_millis(1)) * first_free as u32;
         assert!(
             waited >= EVERY * 3 && waited < EVERY * 4,
