@@ -634,16 +634,14 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
             tracing::debug!(module, error = %format!("{e:#}"), "settling deliveries again failed; retrying");
         }
         stalls.note(pass, Instant::now());
-        let may_wait = if last_reclaim.elapsed() >= renew_every {
-            stalls.may_reclaim(Instant::now(), module)
-        } else {
-            None
-        };
+        let may_wait = (last_reclaim.elapsed() >= renew_every)
+            .then(|| stalls.may_reclaim(Instant::now(), module))
+            .flatten();
         if let Some(may_wait) = may_wait {
-            let asked = Instant::now();
             match reclaim(&state, may_wait).await {
                 Ok(Reclaim::Done) => last_reclaim = Instant::now(),
-                Ok(Reclaim::WaitedForTheWriter) => stalls.note(asked, Instant::now()),
+                // The pass's stall is noted at its end.
+                Ok(Reclaim::WaitedForTheWriter) => {}
                 Err(e) => {
                     tracing::warn!(module, error = %format!("{e:#}"), "freeing lapsed claims failed")
                 }
@@ -668,11 +666,9 @@ async fn read_queue(state: Arc<State>, tx: mpsc::Sender<Delivery>) {
         let claimed = if reserved == 0 {
             Ok(Vec::new())
         } else {
-            let asked = Instant::now();
-            let claimed = claim(&state, reserved).await;
-            stalls.note(asked, Instant::now());
-            claimed
+            claim(&state, reserved).await
         };
+        stalls.note(pass, Instant::now());
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 failures = 0;
